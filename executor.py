@@ -1,0 +1,1991 @@
+"""
+executor.py -- the sandbox that runs the model's Python snippets.
+
+Paper ("How it works"): the model writes short Python snippets in the middle of its
+reasoning; an executor runs each one and its output goes back into the trace. The paper
+sets three limits on that executor: it is sandboxed, it allows imports only from a fixed
+list of modules, and each snippet has a timeout. Snippets may not touch files or the
+network. The design card calls it an "AST allow-list executor" that needs no RestrictedPython.
+
+This file is standalone (stdlib, plus the math libraries that snippets may import). It
+has no torch, vllm, trl, pyseccomp or landlock import, so it can be copied into other
+projects. The smolagents adapter imports smolagents only when you ask for it.
+
+Data flow (the numbers match the step comments in the code):
+
+  1) Static check, in the caller. Parse the snippet to an AST. Reject node types that
+     are not in ALLOWED_NODES, imports that are not in ALLOWED_IMPORTS, dunder names and
+     attributes, frame and code attributes, and string literals that look like dunders.
+     A rejection comes back as ExecResult.error. Nothing is raised, and nothing runs.
+  2) The zygote. On first use, each calling process starts one clean helper process
+     (`python executor.py --zygote`). It is NOT a fork of the caller, which may hold
+     torch or vLLM threads. Before it imports numpy, it sets the BLAS/OpenMP thread counts
+     to 1: a forked child cannot use a thread pool made by its parent. It then preloads
+     the allowed libraries, runs a few warm-up calls so their lazy imports and caches are
+     done once, calls gc.freeze() so forked children share those pages, and probes which
+     isolation layers this machine supports. It exits when its caller does: it watches its
+     control socket and its parent pid. (PR_SET_PDEATHSIG would fire when the *thread* that
+     started it exits, such as a run_batch pool thread, and take every session with it.)
+  3) A session's worker. The first run() of a Sandbox asks the zygote for a worker. The
+     zygote forks one, and passes the caller three file descriptors (socket.send_fds):
+     the worker's socket, its output file (a memfd) and a pidfd. After that, snippets go
+     straight from caller to worker and never pass through the zygote.
+  4) Isolation, applied by the worker to itself before any untrusted code runs:
+     a new session and process group; death with its parent; fds 1 and 2 pointed at the
+     output memfd; rlimits (address space, file size, open files, core); capabilities
+     dropped (or uid changed to nobody where the libraries stay readable); no_new_privs;
+     Landlock (read-only, and only for the Python and library trees; no TCP; no signals
+     or abstract sockets outside the sandbox); a seccomp filter. See THREAT MODEL below.
+  5) Running a snippet. The caller sends the source and starts the clock. The worker
+     compiles it once and runs it with plain exec(): no tracing and no per-node
+     interpretation, so loops run at native speed. Builtins are restricted, and imports
+     go through the allow-list again. If the last line is a bare expression, the worker
+     shows its repr(), as IPython does. Output is capped in the worker and written to
+     the memfd.
+  6) The reply. The worker sends a small JSON message: error text, last value, final
+     answer. It never sends pickle: after running a snippet, the worker is untrusted.
+     The caller reads the output from the memfd (bounded), truncates it with a visible
+     marker, and returns an ExecResult.
+  7) Failures. If the deadline passes, the caller kills the worker's whole process group,
+     whatever the worker is doing. If the worker dies (memory, crash, a snippet that
+     kills itself), the caller asks the zygote for the exit status. Either way the result
+     says "...; names defined before this snippet are lost", and the next run() starts a
+     fresh worker. The caller never waits on a worker or the zygote without a deadline.
+  8) Many sessions. run_batch() runs one snippet in each of many sessions at once, on a
+     small thread pool. It is bounded by max_running (snippets running together, default
+     os.cpu_count()) and max_workers (live worker processes, default 32 * cpu_count). When
+     the worker limit is hit, the least recently used idle session loses its worker. Its
+     next run() rebuilds it in a new worker by replaying its earlier snippets, without
+     their output. Each session's `random` and numpy seeds are fixed, and PYTHONHASHSEED
+     is fixed, so replay reproduces the state of deterministic snippets.
+  9) The smolagents adapter, SandboxExecutor, puts a Sandbox behind smolagents'
+     PythonExecutor interface, so that CodeAgent(executor=SandboxExecutor()) works.
+
+Departures from the paper, and why:
+  - The paper gives no details of its sandbox. Ours uses OS isolation (one process per
+    session, seccomp, Landlock, rlimits), because an AST check alone is not a boundary:
+    sympy.sympify, parse_expr and lambdify call eval() on strings, and numpy.load,
+    fromfile, loadtxt and memmap read files.
+  - Snippets run natively with exec(). The executor that smolagents ships (LocalPythonExecutor)
+    interprets every AST node itself, and is 20-80 times slower on loops.
+  - Integers print without the 4300-digit limit, because a math agent works with big
+    numbers. The timeout bounds the quadratic cost.
+  - final_answer() is available only when asked for (the smolagents adapter asks). The
+    DeepMath protocol itself reads a \\boxed{} answer from the text.
+
+THREAT MODEL. The snippet is hostile. It may reach any Python object inside the worker,
+for example through sympify("...") or through a module attribute such as
+sympy.utilities.misc.os. The static check and the restricted builtins only reduce that
+surface; they are not the boundary. The boundary is the worker process, with these
+layers:
+
+  effect                        layer (Linux, all present on the development machine)
+  ----------------------------  ----------------------------------------------------------
+  run past the time limit       caller-side wall clock and SIGKILL of the process group;
+                                RLIMIT_CPU as a backstop; new threads are refused, so CPU
+                                time cannot exceed wall time
+  exhaust memory                RLIMIT_AS = the preloaded baseline + memory_mb (MemoryError
+                                inside the snippet); the worker limit bounds how many
+                                workers live at once
+  flood output                  cap in the worker's writer, RLIMIT_FSIZE on the memfd, and
+                                a bounded read in the caller
+  new processes / exec          seccomp: fork, vfork, clone, clone3, execve and execveat
+                                are refused (threads too)
+  write, create or delete files seccomp: open/openat with write/create/truncate flags,
+                                creat, unlink*, rename*, mkdir*, link*, chmod*, chown*,
+                                truncate, xattrs, mknod; Landlock grants no write right at all
+  read files                    Landlock: read-only access to the Python prefix, the site-
+                                packages of the preloaded libraries, and system library
+                                dirs. /etc/passwd, /tmp, /proc and the project are unreadable.
+  network                       seccomp: socket, socketpair, connect, bind, listen, accept;
+                                Landlock: no TCP bind/connect (ABI >= 4)
+  signal or ptrace other procs  seccomp: kill, tgkill and sigqueue are allowed only on the
+                                worker's own pid; ptrace, process_vm_*, pidfd_* and kcmp are
+                                refused; Landlock signal scope (ABI >= 6)
+  change limits or privileges   capabilities are dropped (bounding set too), so hard limits
+                                cannot be raised; no_new_privs; prlimit/sched_set* only on self
+  kernel attack surface         seccomp refuses mount, bpf, perf_event_open, io_uring,
+                                userfaultfd, keyctl, unshare/setns, module and clock calls,
+                                and every syscall numbered above the table (newer than 6.x)
+  hurt the caller               the caller never unpickles worker data; replies are JSON of
+                                bounded size, parsed under try; all waits have deadlines;
+                                fds are never inherited; the zygote dies when its caller does
+
+Running as root: snippets run as `nobody` only when `nobody` can still read the installed
+libraries after the drop. The zygote checks this at start. Otherwise the worker keeps
+uid 0 and drops all capabilities instead. This is what happens on the development
+machine, where Python lives under /root (mode 700). A root worker without capabilities
+still owns root's files; seccomp and Landlock are what keep it from writing or reading
+them. The Sandbox.isolation property reports what each worker applied.
+
+What is NOT covered: CPU-cache or timing side channels; memory, disk or CPU taken by
+the caller's own use of many sessions (size max_workers yourself: the worst case is
+max_workers * memory_mb); kernel bugs reachable through the syscalls that stay allowed;
+denial of service by a snippet that runs for its full timeout, every time.
+
+How it degrades:
+  - Linux without Landlock (kernel < 5.13, or disabled): reads are no longer confined.
+    A snippet can read any file that its uid can read, for example through numpy.load.
+    Writes, exec, network and signals are still refused by seccomp.
+  - Linux on an architecture without a syscall table here (only x86_64 and aarch64 have
+    one; aarch64 is untested): no seccomp. Process-group kill, rlimits, dropped
+    capabilities and Landlock remain. Without seccomp, a snippet can fork and open sockets.
+  - macOS, and other POSIX systems: there is no seccomp, Landlock, prctl, memfd or pidfd.
+    The worker still runs in its own process and is killed at the deadline, with rlimits
+    (macOS does not enforce RLIMIT_AS). It can read and write whatever the user can, and
+    reach the network. Treat that as isolation against crashes, not a security boundary.
+  - Windows: unsupported (there is no fork); Sandbox() raises.
+  Sandbox.isolation shows which layers are active, so a deployment can refuse to run
+  without the ones it needs.
+
+Run:
+    python executor.py                      # a short demo: isolation report and a few snippets
+    python -m pytest tests/test_executor.py # the tests (they read as documentation)
+    python bench/executor.py [--quick]      # latency and throughput against baselines
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import collections
+import ctypes
+import gc
+import io
+import json
+import math
+import numbers
+import os
+import pickle
+import platform
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+# ---------------------------------------------------------------------------------------
+# 0) Configuration that a reviewer should see first: the allow-lists.
+# ---------------------------------------------------------------------------------------
+
+ALLOWED_IMPORTS: tuple[str, ...] = (
+    "math", "cmath", "fractions", "decimal", "itertools", "functools", "operator",
+    "statistics", "random", "collections", "numpy", "scipy", "sympy",
+)
+"""Top-level modules a snippet may import (their submodules too, except BLOCKED_SUBMODULES)."""
+
+BLOCKED_SUBMODULES: tuple[str, ...] = (
+    "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
+    "scipy.io", "scipy.datasets",
+    "sympy.testing", "sympy.external", "sympy.printing.preview",
+    "sympy.utilities.autowrap", "sympy.utilities.codegen", "sympy.utilities.runtests",
+)
+"""Submodules of allowed packages that exist to read and write files, load C code or
+start compilers. Refusing them only reduces the surface (the OS layers are the boundary).
+It also gives the model a clear message instead of a PermissionError from deep inside."""
+
+PRELOAD: tuple[str, ...] = ALLOWED_IMPORTS + (
+    "numpy.linalg", "scipy.special", "scipy.linalg", "scipy.optimize", "scipy.integrate",
+    "scipy.stats", "sympy.parsing.sympy_parser",
+)
+"""What the zygote imports once, so that a session's first import costs nothing."""
+
+ALLOWED_NODES: frozenset[type] = frozenset({
+    # module and statements (no async, no match, no except*)
+    ast.Module, ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete, ast.Pass,
+    ast.If, ast.For, ast.While, ast.Break, ast.Continue, ast.With, ast.withitem,
+    ast.FunctionDef, ast.Lambda, ast.Return, ast.Yield, ast.YieldFrom, ast.ClassDef,
+    ast.Try, ast.ExceptHandler, ast.Raise, ast.Assert, ast.Global, ast.Nonlocal,
+    ast.Import, ast.ImportFrom, ast.alias, ast.arguments, ast.arg, ast.keyword,
+    # expressions
+    ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.NamedExpr, ast.Call,
+    ast.Attribute, ast.Subscript, ast.Slice, ast.Starred, ast.Name, ast.Constant,
+    ast.List, ast.Tuple, ast.Set, ast.Dict, ast.ListComp, ast.SetComp, ast.DictComp,
+    ast.GeneratorExp, ast.comprehension, ast.JoinedStr, ast.FormattedValue,
+    ast.Load, ast.Store, ast.Del,
+    # operators
+    ast.And, ast.Or, ast.Add, ast.Sub, ast.Mult, ast.MatMult, ast.Div, ast.Mod, ast.Pow,
+    ast.LShift, ast.RShift, ast.BitOr, ast.BitXor, ast.BitAnd, ast.FloorDiv,
+    ast.Invert, ast.Not, ast.UAdd, ast.USub,
+    ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn,
+})
+"""The AST node types a snippet may contain. Anything else is rejected."""
+
+BLOCKED_ATTRIBUTES: frozenset[str] = frozenset({
+    # frames, code objects and tracebacks: the classic ways from an object to globals
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await",
+    "ag_frame", "ag_code", "ag_await", "f_globals", "f_locals", "f_builtins", "f_back",
+    "f_code", "f_trace", "tb_frame", "tb_next", "co_code", "co_consts", "co_names",
+    "func_globals", "func_code",
+})
+"""Non-dunder attribute names that reach frames or code objects. Dunders are blocked by rule."""
+
+SAFE_BUILTINS: tuple[str, ...] = (
+    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "classmethod", "complex", "dict", "dir", "divmod", "enumerate", "filter", "float",
+    "format", "frozenset", "hash", "hex", "id", "int", "isinstance", "issubclass", "iter",
+    "len", "list", "map", "max", "memoryview", "min", "next", "object", "oct", "ord", "pow",
+    "print", "property", "range", "repr", "reversed", "round", "set", "slice", "sorted",
+    "staticmethod", "str", "sum", "super", "tuple", "type", "zip",
+    "True", "False", "None", "Ellipsis", "NotImplemented",
+)
+"""Builtins a snippet gets as they are. All exception classes are added too.
+getattr/hasattr/setattr/delattr are replaced by versions that refuse dunder names.
+__import__ is replaced by the allow-list importer."""
+
+FORBIDDEN_BUILTINS: tuple[str, ...] = (
+    "open", "exec", "eval", "compile", "__import__", "input", "breakpoint", "help",
+    "globals", "locals", "vars", "exit", "quit", "copyright", "credits", "license",
+)
+"""Builtins a snippet does not get. Calling one raises a clear PermissionError."""
+
+DEFAULT_MAX_RUNNING = os.cpu_count() or 1
+DEFAULT_MAX_WORKERS = 32 * DEFAULT_MAX_RUNNING
+
+_THIS_FILE = os.path.abspath(__file__)
+_DUNDER_STRING = re.compile(r"__\w+__")
+_LEN = struct.Struct("!I")
+_MAX_CONTROL_FRAME = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# 1) Static check (runs in the caller, before any process is involved)
+# ---------------------------------------------------------------------------------------
+
+def _module_allowed(name: str, allowed: Sequence[str]) -> bool:
+    """`name` is importable: its top-level package is allowed and it is not a blocked submodule."""
+    if name.split(".")[0] not in allowed:
+        return False
+    return not any(name == b or name.startswith(b + ".") for b in BLOCKED_SUBMODULES)
+
+
+def _where(lineno: int | None, lines: Sequence[str]) -> str:
+    if not lineno or lineno > len(lines):
+        return ""
+    return f" (line {lineno}: {lines[lineno - 1].strip()[:200]})"
+
+
+def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
+                 max_code_chars: int = 100_000) -> str | None:
+    """Return a model-readable reason why `code` may not run, or None if it passes.
+
+    >>> static_check("import numpy as np; np.eye(2)") is None
+    True
+    >>> static_check("import os")
+    "ImportError: import of 'os' is not allowed; allowed: math, cmath, fractions, decimal, itertools, functools, operator, statistics, random, collections, numpy, scipy, sympy (line 1: import os)"
+    """
+    if not isinstance(code, str):
+        return f"TypeError: the snippet must be a str, not {type(code).__name__}"
+    if len(code) > max_code_chars:
+        return f"SandboxError: the snippet has {len(code)} characters; the limit is {max_code_chars}"
+    try:
+        tree = ast.parse(code, "<snippet>")
+    except SyntaxError as e:
+        return f"SyntaxError: {e.msg}" + (f" (line {e.lineno}: {(e.text or '').strip()[:200]})" if e.lineno else "")
+    except (ValueError, MemoryError, RecursionError) as e:  # null bytes, absurd nesting
+        return f"SyntaxError: {type(e).__name__}: {e}"
+    lines = code.splitlines()
+    allowed_list = ", ".join(allowed_imports)
+
+    def reject(node: ast.AST, what: str) -> str:
+        return f"SandboxError: {what} is not allowed in the sandbox" + _where(getattr(node, "lineno", None), lines)
+
+    def bad_name(name: str | None) -> bool:
+        return name is not None and name.startswith("__")
+
+    # Defining special methods (__init__, __repr__, __lt__...) directly in a class body is
+    # ordinary Python and reaches nothing; it is *reading* dunders that walks to globals.
+    methods: set[int] = set()
+
+    for node in ast.walk(tree):  # breadth-first and iterative: deep trees cannot exhaust the stack
+        kind = type(node)
+        if kind not in ALLOWED_NODES:
+            return reject(node, f"'{kind.__name__}' syntax")
+        if kind is ast.ClassDef:  # visited before its body (breadth-first)
+            methods.update(id(n) for n in node.body if isinstance(n, ast.FunctionDef)
+                           and re.fullmatch(r"__[a-z]\w*__", n.name))
+        if kind is ast.Name and bad_name(node.id):
+            return reject(node, f"the name '{node.id}' (names starting with '__')")
+        if kind is ast.Attribute:
+            if bad_name(node.attr):
+                return reject(node, f"the attribute '{node.attr}' (dunder attributes)")
+            if node.attr in BLOCKED_ATTRIBUTES:
+                return reject(node, f"the attribute '{node.attr}' (frames and code objects)")
+        if kind in (ast.FunctionDef, ast.ClassDef) and bad_name(node.name) and id(node) not in methods:
+            return reject(node, f"the name '{node.name}'")
+        if kind is ast.arg and bad_name(node.arg):
+            return reject(node, f"the argument name '{node.arg}'")
+        if kind is ast.keyword and bad_name(node.arg):
+            return reject(node, f"the keyword '{node.arg}'")
+        if kind is ast.ExceptHandler and bad_name(node.name):
+            return reject(node, f"the name '{node.name}'")
+        if kind in (ast.Global, ast.Nonlocal) and any(bad_name(n) for n in node.names):
+            return reject(node, "a dunder name")
+        if kind is ast.Constant and isinstance(node.value, str) and _DUNDER_STRING.search(node.value):
+            # catches "{0.__class__}".format(x), sympify("__import__('os')") and getattr(x, "__dict__")
+            return reject(node, "a string containing a dunder name")
+        if kind is ast.Import:
+            for a in node.names:
+                if not _module_allowed(a.name, allowed_imports):
+                    return (f"ImportError: import of '{a.name}' is not allowed; allowed: {allowed_list}"
+                            + _where(node.lineno, lines))
+                if bad_name(a.asname):
+                    return reject(node, f"the name '{a.asname}'")
+        if kind is ast.ImportFrom:
+            if node.level:
+                return reject(node, "a relative import")
+            if not _module_allowed(node.module or "", allowed_imports):
+                return (f"ImportError: import from '{node.module}' is not allowed; allowed: {allowed_list}"
+                        + _where(node.lineno, lines))
+            for a in node.names:
+                if a.name != "*" and not _module_allowed(f"{node.module}.{a.name}", allowed_imports):
+                    return (f"ImportError: import of '{node.module}.{a.name}' is not allowed"
+                            + _where(node.lineno, lines))
+                if bad_name(a.name) or bad_name(a.asname):
+                    return reject(node, f"the name '{a.asname or a.name}'")
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ExecResult:
+    """What one snippet did. `stdout` is what the model should see after the call."""
+
+    stdout: str = ""
+    """Printed output (stdout and stderr, in order), then the display of a bare last-line
+    expression: repr() of its value unless None, like IPython's Out without "Out[n]:".
+    Truncated to max_output_chars with a visible marker."""
+    error: str | None = None
+    """"ExceptionType: message (line N: <source line>)", a static-check rejection, or why
+    the worker was killed. None when the snippet finished without an exception."""
+    timed_out: bool = False
+    duration_s: float = 0.0
+    """Wall time from sending the snippet to its result (excludes worker start and replay)."""
+    session_reset: bool = False
+    """The worker died or was killed: names defined before this snippet are lost."""
+    final_answer: Any = None
+    """The argument of final_answer(x), as JSON-safe data (str() for other objects)."""
+    is_final_answer: bool = False
+    """final_answer(...) was called (its argument may legitimately be None)."""
+    value: str | None = None
+    """The display text of the last-line expression, or None (also part of stdout)."""
+    printed: str = ""
+    """stdout without the display of the last expression (smolagents' "logs")."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+def _truncate(text: str, limit: int, hidden: int = 0) -> str:
+    """Cut `text` to `limit` characters and add a marker saying how much was hidden."""
+    if len(text) > limit:
+        hidden += len(text) - limit
+        text = text[:limit]
+    if hidden > 0:
+        text += f"\n... [output truncated: {hidden} more characters]"
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# 4) Isolation primitives (used by the zygote's probe and by each worker on itself)
+# ---------------------------------------------------------------------------------------
+
+_IS_LINUX = sys.platform.startswith("linux")
+_libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+
+# prctl options
+_PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_SECCOMP = 1, 24, 22
+_PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+_SECCOMP_MODE_FILTER = 2
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    r = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                    ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"prctl({option}): {os.strerror(e)}")
+
+
+def _syscall(nr: int, *args: Any) -> int:
+    r = _libc.syscall(ctypes.c_long(nr), *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"syscall {nr}: {os.strerror(e)}")
+    return r
+
+
+# -- Landlock (https://docs.kernel.org/userspace-api/landlock.html), raw syscalls --------
+_LL_CREATE, _LL_ADD_RULE, _LL_RESTRICT = 444, 445, 446   # the same number on every arch
+_LL_READ_FILE, _LL_READ_DIR = 1 << 2, 1 << 3
+
+
+class _LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class _LandlockPathBeneath(ctypes.Structure):
+    _pack_ = 1  # the kernel's struct is __attribute__((packed))
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _landlock_abi() -> int:
+    """The Landlock ABI version the kernel offers, 0 when none."""
+    if not _IS_LINUX:
+        return 0
+    try:
+        return _syscall(_LL_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except OSError:
+        return 0
+
+
+def _landlock_apply(abi: int, read_paths: Sequence[str]) -> None:
+    """Confine this process: read-only access beneath `read_paths`, nothing else.
+
+    Every filesystem right this ABI knows is "handled" (so denied unless a rule grants it),
+    TCP bind/connect are handled with no rule (ABI 4), and signals and abstract unix
+    sockets are scoped to the sandbox (ABI 6)."""
+    fs = (1 << 13) - 1                       # ABI 1: execute .. make_sym
+    if abi >= 2: fs |= 1 << 13               # refer
+    if abi >= 3: fs |= 1 << 14               # truncate
+    if abi >= 5: fs |= 1 << 15               # ioctl_dev
+    attr = _LandlockRulesetAttr(fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    ruleset = _syscall(_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    try:
+        for path in read_paths:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                is_dir = os.path.isdir(path)
+                rule = _LandlockPathBeneath(_LL_READ_FILE | (_LL_READ_DIR if is_dir else 0), fd)
+                _syscall(_LL_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        _syscall(_LL_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+# -- seccomp: a classic-BPF filter, written out by hand -----------------------------------
+# Syscall numbers: (x86_64, aarch64/asm-generic); None where the arch lacks the call.
+# Checked against /usr/include/x86_64-linux-gnu/asm/unistd_64.h and asm-generic/unistd.h.
+_NR = {
+    "open": (2, None), "openat": (257, 56), "openat2": (437, 437), "creat": (85, None),
+    "fork": (57, None), "vfork": (58, None), "clone": (56, 220), "clone3": (435, 435),
+    "execve": (59, 221), "execveat": (322, 281),
+    "unlink": (87, None), "unlinkat": (263, 35), "rename": (82, None), "renameat": (264, 38),
+    "renameat2": (316, 276), "mkdir": (83, None), "mkdirat": (258, 34), "rmdir": (84, None),
+    "link": (86, None), "linkat": (265, 37), "symlink": (88, None), "symlinkat": (266, 36),
+    "chmod": (90, None), "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452),
+    "chown": (92, None), "fchown": (93, 55), "lchown": (94, None), "fchownat": (260, 54),
+    "truncate": (76, 45), "mknod": (133, None), "mknodat": (259, 33), "utime": (132, None),
+    "utimes": (235, None), "utimensat": (280, 88), "futimesat": (261, None),
+    "setxattr": (188, 5), "lsetxattr": (189, 6), "fsetxattr": (190, 7),
+    "removexattr": (197, 14), "lremovexattr": (198, 15), "fremovexattr": (199, 16),
+    "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264), "uselib": (134, None),
+    "acct": (163, 89), "quotactl": (179, 60), "quotactl_fd": (443, 443),
+    "socket": (41, 198), "socketpair": (53, 199), "connect": (42, 203), "bind": (49, 200),
+    "listen": (50, 201), "accept": (43, 202), "accept4": (288, 242),
+    "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
+    "pidfd_send_signal": (424, 424), "pidfd_open": (434, 434), "pidfd_getfd": (438, 438),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "kcmp": (312, 272), "process_madvise": (440, 440), "process_mrelease": (448, 448),
+    "setpriority": (141, 140), "ioprio_set": (251, 30), "migrate_pages": (256, 238),
+    "move_pages": (279, 239), "prlimit64": (302, 261), "sched_setaffinity": (203, 122),
+    "sched_setscheduler": (144, 119), "sched_setparam": (142, 118), "sched_setattr": (314, 274),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142),
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "bpf": (321, 280),
+    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218), "unshare": (272, 97), "setns": (308, 268),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171), "sethostname": (170, 161), "setdomainname": (171, 162),
+    "iopl": (172, None), "ioperm": (173, None), "syslog": (103, 116), "personality": (135, 92),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "fanotify_init": (300, 262), "open_tree": (428, 428), "move_mount": (429, 429),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "mount_setattr": (442, 442), "lookup_dcookie": (212, 18), "vhangup": (153, 58),
+    "nfsservctl": (180, 42), "memfd_secret": (447, 447), "statmount": (457, 457),
+    "listmount": (458, 458), "lsm_set_self_attr": (460, 460), "ioctl": (16, 29),
+}
+_SECCOMP_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # column, AUDIT_ARCH_*
+_NR_FIRST_UNKNOWN = 463   # setxattrat and later (6.13+): refused with ENOSYS, like any future call
+
+_DENY_EPERM = (
+    # new processes and programs (threads too: the worker is single-threaded by design)
+    "fork", "vfork", "clone", "execve", "execveat",
+    # changing the filesystem
+    "creat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
+    "rmdir", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
+    "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "mknod", "mknodat",
+    "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
+    "removexattr", "lremovexattr", "fremovexattr", "open_by_handle_at", "name_to_handle_at",
+    "uselib", "acct", "quotactl", "quotactl_fd",
+    # network (the worker's own socket is already open and stays usable)
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    # other processes
+    "tkill", "pidfd_send_signal", "pidfd_open", "pidfd_getfd", "ptrace", "process_vm_readv",
+    "process_vm_writev", "kcmp", "process_madvise", "process_mrelease", "setpriority",
+    "ioprio_set", "migrate_pages", "move_pages",
+    # the system
+    "mount", "umount2", "pivot_root", "chroot", "swapon", "swapoff", "reboot", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "bpf",
+    "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "unshare", "setns",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
+    "setdomainname", "iopl", "ioperm", "syslog", "personality", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "fanotify_init", "open_tree", "move_mount",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "lookup_dcookie", "vhangup",
+    "nfsservctl", "memfd_secret", "statmount", "listmount", "lsm_set_self_attr",
+)
+_DENY_ENOSYS = ("clone3", "openat2")  # their flags sit behind a pointer BPF cannot read; libc falls back
+_OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000 | 0o20000000  # WRONLY RDWR CREAT TRUNC APPEND TMPFILE
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+
+
+def _seccomp_program(machine: str, self_pid: int) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jt, jf, k) instructions. Default: allow. Each rule is a short
+    block that either returns or falls through, so no jump is ever longer than 8."""
+    col, audit_arch = _SECCOMP_ARCH[machine]
+    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+    ALLOW, KILL = 0x7FFF0000, 0x80000000
+    EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+
+    def arg(i: int) -> int:  # offset of the low 32 bits of args[i] in struct seccomp_data
+        return 16 + 8 * i
+
+    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, audit_arch), (RET, 0, 0, KILL),  # another ABI (e.g. int 0x80)
+            (LD, 0, 0, 0), (JGE, 0, 1, _NR_FIRST_UNKNOWN), (RET, 0, 0, ENOSYS)]  # also the x32 ABI
+    for names, action in ((_DENY_ENOSYS, ENOSYS), (_DENY_EPERM, EPERM)):
+        for name in names:
+            nr = _NR[name][col]
+            if nr is not None:
+                prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
+
+    def allow_only(name: str, index: int, values: Sequence[int]) -> None:
+        nr = _NR[name][col]
+        if nr is None:
+            return
+        n = len(values)
+        block = [(JEQ, 0, n + 3, nr), (LD, 0, 0, arg(index))]   # not this call: skip the block
+        block += [(JEQ, n - i, 0, v) for i, v in enumerate(values)]  # match -> the ALLOW below
+        block += [(RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
+        prog.extend(block)
+
+    def deny_if(name: str, index: int, values: Sequence[int]) -> None:
+        nr = _NR[name][col]
+        n = len(values)
+        block = [(JEQ, 0, n + 3, nr), (LD, 0, 0, arg(index))]
+        block += [(JEQ, n - i, 0, v) for i, v in enumerate(values)]  # match -> the EPERM below
+        block += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+        prog.extend(block)
+
+    for name, index in (("open", 1), ("openat", 2)):  # read-only opens are fine (Landlock decides where)
+        nr = _NR[name][col]
+        if nr is not None:
+            prog += [(JEQ, 0, 4, nr), (LD, 0, 0, arg(index)), (JSET, 0, 1, _OPEN_WRITE_FLAGS),
+                     (RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
+    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        allow_only(name, 0, [self_pid])          # a snippet may signal itself, nobody else
+    for name in ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+        allow_only(name, 0, [0, self_pid])
+    deny_if("ioctl", 1, [_TIOCSTI, _TIOCLINUX])  # no typing into a terminal
+    prog.append((RET, 0, 0, ALLOW))
+    return prog
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _seccomp_apply(machine: str) -> None:
+    prog = _seccomp_program(machine, os.getpid())
+    array = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), array)
+    _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+# -- capabilities --------------------------------------------------------------------------
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """Give up every capability for good: bounding set, ambient set, then capset(0)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 63
+    for cap in range(last + 1):
+        try:
+            _prctl(_PR_CAPBSET_DROP, cap)
+        except OSError:
+            pass
+    try:
+        _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), data) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"capset: {os.strerror(e)}")
+
+
+# -- what this machine offers (probed once, in the zygote) ---------------------------------
+
+def _nobody_ids() -> tuple[int, int]:
+    try:
+        import pwd
+        p = pwd.getpwnam("nobody")
+        return p.pw_uid, p.pw_gid
+    except (ImportError, KeyError):
+        return 65534, 65534
+
+
+def _library_probe_files() -> list[str]:
+    """Files a worker must still be able to read: the stdlib and each preloaded package."""
+    files = [os.__file__]
+    for name in ("numpy", "scipy", "sympy", "mpmath"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__file__", None):
+            files.append(mod.__file__)
+    return files
+
+
+def _probe_uid_drop() -> tuple[bool, str]:
+    """Can a worker become `nobody` and still read the libraries? Try it in a child."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return False, "not running as root: nothing to drop"
+    uid, gid = _nobody_ids()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            for f in _library_probe_files():
+                with open(f, "rb") as fh:
+                    fh.read(1)
+        except BaseException as e:
+            os.write(w, str(e).encode()[:500])
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        reason = fh.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return True, f"workers run as uid {uid}"
+    return False, f"workers keep uid 0 (capabilities dropped): uid {uid} cannot read the libraries ({reason})"
+
+
+def _read_roots() -> list[str]:
+    """Directories a worker may read beneath: the Python installation, the site-packages
+    that hold the preloaded libraries, and the system library directories (dlopen).
+    Never "/" or a home directory: that would expose everything else."""
+    import site
+    import sysconfig
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            roots.add(sysconfig.get_paths()[key])
+        except KeyError:
+            pass
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:
+        pass
+    path_entries = sorted({os.path.abspath(p) for p in sys.path if p}, key=len, reverse=True)
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if not f or os.path.abspath(f) == _THIS_FILE:
+            continue
+        f = os.path.abspath(f)
+        for entry in path_entries:  # the sys.path entry the module was found in
+            if f.startswith(entry + os.sep):
+                roots.add(entry)
+                break
+    roots.update(["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib",
+                  "/etc/ld.so.cache", "/sys/devices/system/cpu"])
+    forbidden = {"/", os.path.expanduser("~"), os.path.dirname(_THIS_FILE)}
+    return sorted(r for r in roots if r and os.path.exists(r) and os.path.abspath(r) not in forbidden)
+
+
+def _probe() -> dict:
+    machine = platform.machine()
+    can_drop, drop_note = _probe_uid_drop()
+    return {
+        "platform": sys.platform,
+        "machine": machine,
+        "euid": os.geteuid() if os.name == "posix" else None,
+        "landlock_abi": _landlock_abi(),
+        "seccomp": _IS_LINUX and machine in _SECCOMP_ARCH,
+        "drop_to_nobody": can_drop,
+        "uid_note": drop_note,
+        "read_roots": _read_roots(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# 3-6) The worker: isolation, then the snippet loop (runs in the zygote's forked child)
+# ---------------------------------------------------------------------------------------
+
+def _vm_size_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> dict:
+    """Step 4. Everything here happens before the first untrusted byte is executed.
+    A layer the probe said is available but fails to apply is fatal (fail closed)."""
+    import resource
+    applied: dict[str, Any] = {"pid": os.getpid()}
+    # 4a) own session and process group: the caller kills the whole group at the deadline
+    os.setsid()
+    # 4b) die with the zygote; if it is already gone, stop now
+    if _IS_LINUX:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        applied["pdeathsig"] = True
+    if os.getppid() != zygote_pid:
+        os._exit(0)
+    # 4c) signals back to defaults (the zygote's handlers and wakeup fd are not ours)
+    signal.set_wakeup_fd(-1)
+    for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # over-long output: EFBIG, not death
+    # 4d) file descriptors: 0 = /dev/null, 1 and 2 = the output memfd, the socket; nothing else
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    keep = sorted({0, 1, 2, sock_fd})
+    lo = 0
+    for fd in keep:
+        if lo < fd:   # os.closerange(0, 0) would close everything (close_range(0, ~0))
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 16)
+    os.chdir("/")
+    # 4e) resource limits
+    baseline = _vm_size_bytes()
+    limits = {
+        "RLIMIT_AS": baseline + cfg["memory_mb"] * 2**20 if baseline else cfg["memory_mb"] * 2**20,
+        "RLIMIT_FSIZE": 4 * cfg["max_output_chars"] + 65536,
+        "RLIMIT_CORE": 0,
+        "RLIMIT_NOFILE": 64,
+    }
+    for name, value in limits.items():
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+            applied[name.lower()] = value
+        except (ValueError, OSError, AttributeError) as e:  # macOS refuses RLIMIT_AS
+            applied[name.lower()] = f"not set: {e}"
+    # 4f) privileges: become nobody if the libraries stay readable, else drop capabilities
+    if os.geteuid() == 0 and probe.get("drop_to_nobody"):
+        uid, gid = _nobody_ids()
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    elif os.geteuid() == 0 and _IS_LINUX:
+        _drop_capabilities()
+        applied["capabilities"] = "dropped"
+    if os.geteuid() != 0:
+        try:  # as a normal uid, RLIMIT_NPROC=0 is one more fence against fork (and threads)
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        except (ValueError, OSError):
+            pass
+    applied["uid"] = os.geteuid()
+    applied["uid_note"] = probe.get("uid_note")
+    # 4g) no_new_privs: required by Landlock and seccomp; exec can never gain privileges
+    if _IS_LINUX:
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        applied["no_new_privs"] = True
+    # 4h) Landlock
+    abi = probe.get("landlock_abi", 0)
+    if abi:
+        _landlock_apply(abi, probe["read_roots"])
+    applied["landlock_abi"] = abi
+    # 4i) seccomp, last: the steps above need syscalls it refuses
+    if probe.get("seccomp"):
+        _seccomp_apply(probe["machine"])
+    applied["seccomp"] = bool(probe.get("seccomp"))
+    return applied
+
+
+class _FinalAnswer(BaseException):
+    """Raised by final_answer(x). BaseException, so `except Exception` in a snippet misses it."""
+
+    def __init__(self, value: Any):
+        super().__init__()
+        self.value = value
+
+
+def _final_answer(answer: Any) -> None:
+    """Provides a final answer to the given problem, and ends the snippet."""
+    raise _FinalAnswer(answer)
+
+
+class _Output(io.TextIOBase):
+    """sys.stdout and sys.stderr inside the worker: writes the first `limit` characters to
+    fd 1 (the memfd the caller reads) and only counts the rest."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.kept = self.dropped = 0
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        n = len(s)
+        room = self.limit - self.kept
+        if n > room:                 # past the cap: count, do not keep (the fast path of a flood)
+            self.dropped += n - max(room, 0)
+            if room <= 0:
+                return n
+            s = s[:room]
+        self.kept += len(s)
+        # written at once (not buffered), so that a snippet killed at its deadline still
+        # shows what it printed; at most `limit` characters ever reach this point
+        data = s.encode("utf-8", "backslashreplace")   # lone surrogates
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+        except OSError:              # RLIMIT_FSIZE reached by C-level output: the rest is lost
+            self.dropped += len(s)
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 1
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+def _to_json_safe(x: Any, depth: int = 0) -> Any:
+    """final_answer's argument as data the caller can parse without trusting the worker."""
+    if x is None or isinstance(x, (bool, float)):
+        return x
+    if isinstance(x, numbers.Integral):    # int, numpy and sympy integers
+        x = int(x)
+        return x if x.bit_length() < 10_000 else str(x)   # the caller's int-to-str limit
+    if isinstance(x, numbers.Real) and not isinstance(x, numbers.Rational):
+        return float(x)                     # numpy and sympy floats (sympy Rationals stay exact, as str)
+    if isinstance(x, str):
+        return x[:100_000]
+    if depth < 8 and isinstance(x, (list, tuple)):
+        return [_to_json_safe(v, depth + 1) for v in list(x)[:10_000]]
+    if depth < 8 and isinstance(x, dict):
+        return {str(k): _to_json_safe(v, depth + 1) for k, v in list(x.items())[:10_000]}
+    return str(x)[:100_000]
+
+
+class _Runner:
+    """A session's namespace, and step 5: compile once, exec natively, capture."""
+
+    def __init__(self, cfg: dict, out: _Output):
+        self.cfg = cfg
+        self.out = out
+        self.count = 0
+        self.sources: dict[str, list[str]] = {}
+        self.allowed = tuple(cfg["allowed_imports"])
+        self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": self._builtins()}
+        if cfg.get("final_answer"):
+            self.ns["final_answer"] = _final_answer
+
+    def _builtins(self) -> dict:
+        import builtins
+        real_import = builtins.__import__
+        allowed = self.allowed
+
+        def check_name(name: Any) -> None:
+            if isinstance(name, str) and (name.startswith("__") or name in BLOCKED_ATTRIBUTES):
+                raise PermissionError(f"attribute '{name}' is not accessible in the sandbox")
+
+        def safe_getattr(obj, name, *default):
+            check_name(name)
+            return getattr(obj, name, *default)
+
+        def safe_hasattr(obj, name):
+            check_name(name)
+            return hasattr(obj, name)
+
+        def safe_setattr(obj, name, value):
+            check_name(name)
+            setattr(obj, name, value)
+
+        def safe_delattr(obj, name):
+            check_name(name)
+            delattr(obj, name)
+
+        def safe_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if level:
+                raise ImportError("relative imports are not allowed in the sandbox")
+            if not _module_allowed(name, allowed):
+                raise ImportError(f"import of '{name}' is not allowed; allowed: {', '.join(allowed)}")
+            for sub in fromlist or ():
+                if sub != "*" and not _module_allowed(f"{name}.{sub}", allowed):
+                    raise ImportError(f"import of '{name}.{sub}' is not allowed")
+            return real_import(name, globals, locals, fromlist, level)
+
+        def forbidden(fname: str):
+            def stub(*args, **kwargs):
+                raise PermissionError(f"{fname}() is not available in the sandbox "
+                                      "(no file, console or interpreter access)")
+            stub.__name__ = fname
+            return stub
+
+        table = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
+        table.update({name: value for name, value in vars(builtins).items()
+                      if isinstance(value, type) and issubclass(value, BaseException)})
+        table.update(getattr=safe_getattr, hasattr=safe_hasattr, setattr=safe_setattr, delattr=safe_delattr)
+        table.update({name: forbidden(name) for name in FORBIDDEN_BUILTINS})
+        table["__import__"] = safe_import          # used by `import` statements only
+        table["__build_class__"] = builtins.__build_class__  # used by `class` statements only
+        return table
+
+    def describe(self, e: BaseException, current: str) -> str:
+        """ExceptionType: message (line N: <source line>), naming the deepest snippet frame."""
+        try:
+            msg = e.msg if isinstance(e, SyntaxError) else str(e)
+        except BaseException:
+            msg = "<message could not be printed>"
+        text = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+        if len(text) > 2000:
+            text = text[:2000] + "..."
+        fname, lineno = None, None
+        if isinstance(e, SyntaxError):
+            fname, lineno = current, e.lineno
+        tb = e.__traceback__
+        while tb is not None:
+            f = tb.tb_frame.f_code.co_filename
+            if f in self.sources:
+                fname, lineno = f, tb.tb_lineno
+            tb = tb.tb_next
+        lines = self.sources.get(fname or "", [])
+        if lineno and 0 < lineno <= len(lines):
+            where = "line" if fname == current else f"{fname[1:-1]}, line"
+            text += f" ({where} {lineno}: {lines[lineno - 1].strip()[:200]})"
+        return text
+
+    def run(self, code: str, timeout_s: float) -> dict:
+        import resource
+        self.count += 1
+        fname = f"<snippet {self.count}>"
+        self.sources[fname] = code.splitlines()
+        out = self.out
+        out.reset()
+        try:
+            os.ftruncate(1, 0)
+            os.lseek(1, 0, os.SEEK_SET)
+        except OSError:
+            pass
+        # RLIMIT_CPU as a backstop for the caller's wall clock: this snippet's budget + 1 s
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_limit = math.ceil(usage.ru_utime + usage.ru_stime + timeout_s) + 1
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass
+        reply: dict[str, Any] = {"err": None, "val": None, "fa": False}
+        try:
+            tree = ast.parse(code, fname)
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
+                last = ast.Expression(tree.body.pop().value)
+            exec(compile(tree, fname, "exec"), self.ns)
+            if last is not None:
+                value = eval(compile(last, fname, "eval"), self.ns)
+                if value is not None:
+                    text = repr(value)
+                    reply["val"] = _truncate(text, self.cfg["max_output_chars"])
+        except _FinalAnswer as fa:
+            reply["fa"] = True
+            reply["fav"] = _to_json_safe(fa.value)
+        except BaseException as e:  # SystemExit and KeyboardInterrupt too: the worker lives on
+            reply["err"] = self.describe(e, fname)
+            e.__traceback__ = None
+        try:
+            _libc.fflush(None)  # C-level printf output from the libraries
+        except Exception:
+            pass
+        reply["drop"] = out.dropped
+        return reply
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _send_frame(sock: socket.socket, payload: bytes) -> None:
+    # MSG_NOSIGNAL: a caller that restored the default SIGPIPE action must get EPIPE from
+    # a dead worker, not die of the signal
+    sock.sendall(_LEN.pack(len(payload)) + payload, _NOSIGNAL)
+
+
+def _recv_frame(sock: socket.socket, limit: int = _MAX_CONTROL_FRAME) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, 4))
+    if n > limit:
+        raise ValueError(f"frame of {n} bytes")
+    return _recv_exact(sock, n)
+
+
+def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> None:
+    """The worker's whole life. Never returns: the caller of this is a forked zygote."""
+    try:
+        applied = _apply_isolation(sock.fileno(), out_fd, cfg, zygote_pid, probe)
+    except BaseException as e:
+        try:
+            _send_frame(sock, json.dumps({"fatal": f"could not apply isolation: {type(e).__name__}: {e}"}).encode())
+        finally:
+            os._exit(71)
+    # 5) the Python-level session
+    out = _Output(cfg["max_output_chars"])
+    sys.stdout = sys.stderr = out
+    sys.stdin = None
+    sys.dont_write_bytecode = True
+    sys.set_int_max_str_digits(0)
+    import random
+    random.seed(cfg["seed"])
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(cfg["seed"] % 2**32)
+    runner = _Runner(cfg, out)
+    _send_frame(sock, json.dumps({"ready": applied}).encode())
+    while True:
+        try:
+            kind, seq, payload, timeout_s = pickle.loads(_recv_frame(sock, 1 << 30))
+        except BaseException:
+            os._exit(0)   # the caller closed the session (or went away)
+        if kind == "run":
+            reply = runner.run(payload, timeout_s)
+        elif kind == "vars":
+            try:
+                runner.ns.update(pickle.loads(payload))
+                reply = {"err": None, "val": None, "fa": False, "drop": 0}
+            except BaseException as e:
+                reply = {"err": f"could not load variables: {type(e).__name__}: {e}", "val": None, "fa": False, "drop": 0}
+        else:
+            os._exit(0)
+        reply["seq"] = seq
+        try:
+            _send_frame(sock, json.dumps(reply).encode())
+        except BaseException:
+            os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------
+# 2) The zygote: a clean process that preloads the libraries and forks workers
+# ---------------------------------------------------------------------------------------
+
+def _warm_up() -> None:
+    """Import the lazily loaded parts and fill the caches that typical snippets hit, once,
+    in the zygote: every forked worker then starts warm (a first sympy.solve costs ~0.3 s)."""
+    try:
+        import sympy
+        x, y = sympy.symbols("x y")
+        sympy.solve(x**2 - 2, x)
+        sympy.solve([x + y - 3, x - y - 1], [x, y])
+        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+        sympy.factor(x**2 - 1)
+        sympy.expand((x + 1) ** 3)
+        sympy.integrate(x**2, x)
+        sympy.limit(sympy.sin(x) / x, x, 0)
+        sympy.sympify("x**2 + 1")
+        sympy.factorint(360)
+        sympy.Rational(1, 3) + sympy.Rational(1, 6)
+    except Exception:
+        pass
+    try:
+        import numpy as np
+        a = np.array([[2.0, 1.0], [1.0, 3.0]])
+        np.linalg.det(a), np.linalg.inv(a), np.linalg.eig(a), np.linalg.solve(a, np.ones(2))
+    except Exception:
+        pass
+
+
+def _zygote_main(ctrl_fd: int, parent_pid: int) -> None:
+    ctrl = socket.socket(fileno=ctrl_fd)
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(_THIS_FILE):
+        del sys.path[0]   # the project directory is not a library
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
+    import importlib
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass       # not installed: a snippet importing it gets ModuleNotFoundError
+    _warm_up()
+    probe = _probe()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes select() through wake_w
+    children: set[int] = set()
+    statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
+
+    def reap(pid: int = -1) -> None:
+        while True:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if got == 0:
+                return
+            children.discard(got)
+            statuses[got] = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                             else {"exit": os.WEXITSTATUS(status)})
+            while len(statuses) > 4096:
+                statuses.popitem(last=False)
+            if pid != -1:
+                return
+
+    gc.collect()
+    gc.freeze()   # forked workers then leave the preloaded objects' pages shared
+    _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
+    while True:
+        try:
+            readable, _, _ = select.select([ctrl, wake_r], [], [], 1.0)
+        except InterruptedError:
+            readable = []
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        reap()
+        if os.getppid() != parent_pid:
+            break          # the caller died (a forked copy of it may still hold the socket)
+        if ctrl not in readable:
+            continue
+        try:
+            request = json.loads(_recv_frame(ctrl))
+        except (EOFError, OSError, ValueError):
+            break          # the caller closed the control socket or went away
+        if request.get("op") == "spawn":
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            out_fd = (os.memfd_create("deepmath-sandbox-output", os.MFD_CLOEXEC)
+                      if hasattr(os, "memfd_create") else _anonymous_tempfile())
+            zygote_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ctrl.close()
+                    parent_end.close()
+                    for fd in (wake_r, wake_w):
+                        os.close(fd)
+                    _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
+                except BaseException as e:
+                    os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
+                finally:
+                    os._exit(70)
+            children.add(pid)
+            fds = [parent_end.fileno(), out_fd]
+            pidfd = None
+            if hasattr(os, "pidfd_open"):
+                try:
+                    pidfd = os.pidfd_open(pid)
+                    fds.append(pidfd)
+                except OSError:
+                    pidfd = None
+            payload = json.dumps({"pid": pid, "pidfd": pidfd is not None}).encode()
+            try:
+                socket.send_fds(ctrl, [_LEN.pack(len(payload)) + payload], fds)
+            except OSError:
+                break
+            finally:
+                for fd in (out_fd, pidfd):
+                    if fd is not None:
+                        os.close(fd)
+                parent_end.close()
+                child_end.close()
+        elif request.get("op") == "status":
+            pid = int(request["pid"])
+            deadline = time.monotonic() + 2.0
+            while pid in children and pid not in statuses and time.monotonic() < deadline:
+                reap(pid)
+                time.sleep(0.002)
+            _send_frame(ctrl, json.dumps(statuses.get(pid, {})).encode())
+    # the caller is gone: take every worker with us
+    for pid in list(children):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for pid in list(children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    os._exit(0)
+
+
+def _anonymous_tempfile() -> int:
+    import tempfile
+    f = tempfile.TemporaryFile()
+    fd = os.dup(f.fileno())
+    f.close()
+    return fd
+
+
+# ---------------------------------------------------------------------------------------
+# 3, 7, 8) The caller's side: zygote client, workers, pool, sessions
+# ---------------------------------------------------------------------------------------
+
+class _SandboxStartError(RuntimeError):
+    pass
+
+
+class _ZygoteClient:
+    """One per calling process. All requests are serialised by a lock; every wait has a deadline."""
+
+    START_TIMEOUT_S = 180.0
+    REQUEST_TIMEOUT_S = 30.0
+
+    def __init__(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   NUMEXPR_NUM_THREADS="1", VECLIB_MAXIMUM_THREADS="1",
+                   PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, _THIS_FILE, "--zygote", str(child_end.fileno()), str(os.getpid())],
+            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=env, close_fds=True, start_new_session=True)
+        child_end.close()
+        self.sock = parent_end
+        self.lock = threading.Lock()
+        self.owner_pid = os.getpid()
+        self.probe: dict | None = None
+        self.dead = False
+
+    def _recv(self, deadline: float, with_fds: bool = False) -> tuple[dict, list[int]]:
+        fds: list[int] = []
+        buf = b""
+        while len(buf) < 4 or len(buf) < 4 + _LEN.unpack(buf[:4])[0]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the sandbox zygote did not answer in time")
+            self.sock.settimeout(remaining)
+            if with_fds and not buf:
+                # CLOEXEC: the worker's fds must not leak into programs the caller execs
+                data, new_fds, _, _ = socket.recv_fds(self.sock, 65536, 4, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+                fds.extend(new_fds)
+            else:
+                data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the sandbox zygote exited")
+            buf += data
+        return json.loads(buf[4:]), fds
+
+    def _ensure_ready(self) -> dict:
+        if self.probe is None:
+            msg, _ = self._recv(time.monotonic() + self.START_TIMEOUT_S)
+            self.probe = msg["probe"]
+        return self.probe
+
+    def spawn(self, cfg: dict) -> "_Worker":
+        with self.lock:
+            try:
+                probe = self._ensure_ready()
+                _send_frame(self.sock, json.dumps({"op": "spawn", "cfg": cfg}).encode())
+                msg, fds = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S, with_fds=True)
+            except (OSError, EOFError, ValueError, KeyError) as e:
+                self.dead = True
+                raise _SandboxStartError(f"the sandbox could not start a worker: {e}") from None
+        sock = socket.socket(fileno=fds[0])
+        worker = _Worker(msg["pid"], sock, fds[1], fds[2] if len(fds) > 2 else None, probe)
+        worker.zygote = self
+        return worker
+
+    def status(self, pid: int) -> dict:
+        with self.lock:
+            if self.dead:
+                return {}
+            try:
+                _send_frame(self.sock, json.dumps({"op": "status", "pid": pid}).encode())
+                msg, _ = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S)
+                return msg
+            except (OSError, EOFError, ValueError):
+                self.dead = True
+                return {}
+
+    def close(self) -> None:
+        self.dead = True
+        try:
+            self.sock.close()   # the zygote sees EOF, kills its workers and exits
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+class _Worker:
+    """The caller's handle on one worker process: socket, output memfd, pidfd."""
+
+    def __init__(self, pid: int, sock: socket.socket, out_fd: int, pidfd: int | None, probe: dict):
+        self.pid, self.sock, self.out_fd, self.pidfd = pid, sock, out_fd, pidfd
+        self.probe = probe
+        self.seq = 0
+        self.killed = False
+        self.released = False
+        self.isolation: dict = {}
+        self.zygote: _ZygoteClient | None = None
+        self._lock = threading.Lock()
+
+    def alive(self) -> bool:
+        if self.pidfd is None:
+            return not self.killed
+        return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd turns readable on exit
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group, then the worker itself. The pidfd makes the
+        second one immune to pid reuse; the group is signalled only while its leader is
+        alive, so its id cannot have been reused either."""
+        with self._lock:
+            if self.released:
+                return
+            self.killed = True
+            try:
+                if self.alive():
+                    os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def read_output(self, max_chars: int) -> tuple[str, int]:
+        """The worker's output so far (bounded read) and how many bytes were left unread."""
+        try:
+            size = os.fstat(self.out_fd).st_size
+            data = os.pread(self.out_fd, min(size, 4 * max_chars + 4096), 0)
+        except OSError:
+            return "", 0
+        return data.decode("utf-8", "replace"), max(size - len(data), 0)
+
+    def release(self) -> None:
+        """Kill (if needed) and close our fds. Idempotent."""
+        self.kill()
+        with self._lock:
+            if self.released:
+                return
+            self.released = True
+            for close in (self.sock.close, lambda: os.close(self.out_fd),
+                          lambda: self.pidfd is not None and os.close(self.pidfd)):
+                try:
+                    close()
+                except OSError:
+                    pass
+
+
+class _Pool:
+    """Process-wide bookkeeping: the zygote, live workers, running snippets, idle LRU."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.max_workers = DEFAULT_MAX_WORKERS
+        self.max_running = DEFAULT_MAX_RUNNING
+        self.running = 0
+        self.live = 0
+        self.idle: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
+        self.sessions: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+        self.zygote: _ZygoteClient | None = None
+        self.zygote_lock = threading.Lock()
+        self.stats = collections.Counter()
+
+    def get_zygote(self) -> _ZygoteClient:
+        with self.zygote_lock:
+            z = self.zygote
+            if z is None or z.dead or z.proc.poll() is not None:
+                if z is not None:
+                    z.close()
+                self.zygote = z = _ZygoteClient()
+                self.stats["zygotes_started"] += 1
+            return z
+
+    def begin_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            while self.running >= self.max_running:
+                self.cond.wait()
+            self.running += 1
+            self.idle.pop(id(session), None)
+
+    def end_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.running -= 1
+            if session._worker is not None and not session._closed:
+                self.idle[id(session)] = weakref.ref(session)
+            self.cond.notify_all()
+
+    def reserve_worker_slot(self) -> None:
+        """Make room for one more live worker, evicting the least recently used idle one."""
+        with self.cond:
+            while self.live >= self.max_workers:
+                victim = None
+                while self.idle and victim is None:
+                    _, ref = self.idle.popitem(last=False)
+                    victim = ref()
+                if victim is not None:
+                    victim._evict_locked()
+                    continue
+                self.cond.wait()
+            self.live += 1
+
+    def worker_gone(self) -> None:
+        with self.cond:
+            self.live -= 1
+            self.cond.notify_all()
+
+    def forget(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.idle.pop(id(session), None)
+
+    def shutdown(self) -> None:
+        for s in list(self.sessions):
+            s.close()
+        with self.zygote_lock:
+            if self.zygote is not None:
+                self.zygote.close()
+                self.zygote = None
+
+
+_POOL = _Pool()
+
+
+def set_limits(max_workers: int | None = None, max_running: int | None = None) -> None:
+    """Bound this process's live worker processes and concurrently running snippets.
+    max_workers is raised to max_running if lower (each running snippet needs a worker)."""
+    with _POOL.cond:
+        if max_running is not None:
+            _POOL.max_running = max(1, int(max_running))
+        if max_workers is not None:
+            _POOL.max_workers = max(1, int(max_workers))
+        _POOL.max_workers = max(_POOL.max_workers, _POOL.max_running)
+        _POOL.cond.notify_all()
+
+
+def pool_stats() -> dict:
+    """Counters for benchmarks and debugging: workers spawned/evicted, snippets replayed..."""
+    with _POOL.cond:
+        return dict(_POOL.stats, live_workers=_POOL.live, running=_POOL.running,
+                    max_workers=_POOL.max_workers, max_running=_POOL.max_running)
+
+
+def isolation_report() -> dict:
+    """What this machine offers, as probed by the zygote (starts it if needed)."""
+    z = _POOL.get_zygote()
+    with z.lock:
+        return dict(z._ensure_ready())
+
+
+def shutdown() -> None:
+    """Close every session and stop the zygote. Runs at interpreter exit."""
+    _POOL.shutdown()
+
+
+atexit.register(shutdown)
+
+
+def _after_fork_in_child() -> None:
+    """A forked copy of the caller (a DataLoader worker, say) must not touch the parent's
+    workers or zygote: forget them without killing anything; it gets its own on demand."""
+    global _POOL
+    old = _POOL
+    _POOL = _Pool()
+    _POOL.max_workers, _POOL.max_running = old.max_workers, old.max_running
+    for s in list(old.sessions):
+        w = s._worker
+        if w is not None:
+            for close in (w.sock.close, lambda: os.close(w.out_fd),
+                          lambda: w.pidfd is not None and os.close(w.pidfd)):
+                try:
+                    close()
+                except OSError:
+                    pass
+            s._worker = None
+            s._history.clear()
+        s._lock = threading.Lock()
+        _POOL.sessions.add(s)
+    if old.zygote is not None:
+        try:
+            old.zygote.sock.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Sandbox:
+    """One session: one solution trajectory. Names, functions and imports persist across
+    run() calls. run() never raises for anything the snippet does.
+
+    timeout_s         wall-clock limit per snippet, from the moment it is sent to the worker
+    memory_mb         what a snippet may allocate: the worker's address space is capped at the
+                      preloaded libraries' footprint (~200-300 MB of address space) + memory_mb
+    max_output_chars  stdout/stderr (and the last value's display) beyond this are cut, with a marker
+    allowed_imports   top-level modules a snippet may import (submodules follow, except
+                      BLOCKED_SUBMODULES); only those in PRELOAD cost nothing to import
+    seed              seeds `random` and numpy's global generator (random per session if None);
+                      it also makes replay after an eviction reproduce the same state
+    enable_final_answer  define final_answer(x), which ends the snippet (the smolagents adapter)
+
+    The worker starts on the first run(), not here, so creating many sessions is cheap.
+
+    >>> with Sandbox(timeout_s=5) as sb:
+    ...     sb.run("x = 6").ok, sb.run("x * 7").stdout
+    (True, '42\\n')
+    """
+
+    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
+                 allowed_imports: Sequence[str] = ALLOWED_IMPORTS, *, seed: int | None = None,
+                 max_code_chars: int = 100_000, enable_final_answer: bool = False):
+        if os.name != "posix":
+            raise RuntimeError("executor.Sandbox needs a POSIX system (it forks worker processes)")
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = int(memory_mb)
+        self.max_output_chars = int(max_output_chars)
+        self.allowed_imports = tuple(allowed_imports)
+        self.max_code_chars = int(max_code_chars)
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
+        self.enable_final_answer = enable_final_answer
+        self._worker: _Worker | None = None
+        self._history: list[tuple[str, Any]] = []   # what replay needs after an eviction
+        self._evicted = False
+        self._closed = False
+        self._lock = threading.Lock()
+        _POOL.sessions.add(self)
+
+    # -- public API ------------------------------------------------------------------------
+
+    def run(self, code: str) -> ExecResult:
+        """Run one snippet in this session and return what happened."""
+        rejection = static_check(code, self.allowed_imports, self.max_code_chars)
+        if rejection is not None:
+            return ExecResult(error=rejection)
+        return self._submit("run", code)
+
+    def set_variables(self, variables: dict[str, Any]) -> None:
+        """Define names in the session (values are pickled: stdlib or allowed-library types).
+        Raises in the caller for unpicklable values or dunder names: that is the caller's bug."""
+        bad = [k for k in variables if not isinstance(k, str) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"variable names must be str without a leading '__': {bad}")
+        payload = pickle.dumps(dict(variables))
+        result = self._submit("vars", payload)
+        if result.error:
+            raise RuntimeError(result.error)
+
+    @property
+    def isolation(self) -> dict:
+        """The layers this session's worker applied (starts the worker if needed)."""
+        with self._lock:
+            if self._closed:
+                return {}
+            _POOL.begin_run(self)
+            try:
+                if self._worker is None:
+                    err, _ = self._start_worker()
+                    if err:
+                        return {"error": err}
+                return dict(self._worker.isolation)
+            finally:
+                _POOL.end_run(self)
+
+    def close(self) -> None:
+        """Kill the worker and free its slot. Safe to call twice, or from another thread."""
+        self._closed = True
+        _POOL.forget(self)
+        w = self._worker
+        if w is not None:
+            w.kill()
+            if self._lock.acquire(blocking=False):   # not running: release now
+                try:
+                    self._drop_worker()
+                finally:
+                    self._lock.release()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _cfg(self) -> dict:
+        return {"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
+                "allowed_imports": list(self.allowed_imports), "seed": self.seed,
+                "final_answer": self.enable_final_answer}
+
+    def _drop_worker(self) -> None:
+        """Forget this session's worker (killing it) and free its slot. Idempotent, and
+        safe against a concurrent eviction: the swap happens under the pool lock."""
+        with _POOL.cond:
+            w, self._worker = self._worker, None
+            if w is not None:
+                _POOL.live -= 1
+                _POOL.cond.notify_all()
+        if w is not None:
+            w.release()
+
+    def _evict_locked(self) -> None:
+        """Called by the pool, under its lock, on an idle session: its worker goes, its
+        history stays, and the next run() replays the history in a new worker."""
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.release()
+            _POOL.live -= 1
+            _POOL.stats["evicted"] += 1
+            self._evicted = True
+
+    def _spawn(self) -> str | None:
+        """Get a fresh worker from the zygote and wait for its isolation report.
+        Returns an error message, or None."""
+        _POOL.reserve_worker_slot()
+        worker = None
+        try:
+            zygote = _POOL.get_zygote()
+            worker = zygote.spawn(self._cfg())
+            msg = json.loads(_recv_frame_deadline(worker.sock, time.monotonic() + 30.0, _MAX_CONTROL_FRAME))
+            if "fatal" in msg:
+                raise _SandboxStartError(str(msg["fatal"]))
+            worker.isolation = msg["ready"]
+        except Exception as e:
+            detail = str(e) if isinstance(e, _SandboxStartError) else f"{type(e).__name__}: {e}"
+            if worker is not None:
+                said, _ = worker.read_output(500)    # what the worker wrote before it died
+                detail += f"; it wrote: {said.strip()}" if said.strip() else ""
+                worker.release()
+            _POOL.worker_gone()
+            return f"SandboxError: the sandbox worker did not start ({detail})"
+        self._worker = worker
+        _POOL.stats["spawned"] += 1
+        return None
+
+    def _start_worker(self) -> tuple[str | None, bool]:
+        """Spawn a worker; after an eviction, replay the history into it.
+        Returns (error message or None, whether the session's names were lost)."""
+        err = self._spawn()
+        if err or not self._evicted:
+            return err, False
+        self._evicted = False
+        history, self._history = self._history, []
+        for kind, payload in history:
+            _POOL.stats["replayed"] += 1
+            if self._exchange(kind, payload).session_reset:   # could not rebuild: start fresh
+                return self._spawn(), True
+        return None, False
+
+    def _submit(self, kind: str, payload: Any) -> ExecResult:
+        with self._lock:
+            if self._closed:
+                return ExecResult(error="SandboxError: this sandbox is closed")
+            _POOL.begin_run(self)
+            try:
+                reset = False
+                if self._worker is None:
+                    err, reset = self._start_worker()
+                    if err:
+                        return ExecResult(error=err, session_reset=reset)
+                result = self._exchange(kind, payload)
+                result.session_reset = result.session_reset or reset
+                return result
+            except Exception as e:   # a bug here must not take the caller down
+                self._drop_worker()
+                self._history.clear()
+                return ExecResult(error=f"SandboxError: internal error ({type(e).__name__}: {e}); "
+                                        "names defined before this snippet are lost", session_reset=True)
+            finally:
+                if self._closed:     # close() was called from another thread meanwhile
+                    self._drop_worker()
+                _POOL.end_run(self)
+
+    def _exchange(self, kind: str, payload: Any) -> ExecResult:
+        """Steps 5-7 from the caller's side: send, wait until the deadline, read the result."""
+        w = self._worker
+        w.seq += 1
+        frame = pickle.dumps((kind, w.seq, payload, self.timeout_s))
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
+        failure = None
+        try:
+            _send_frame(w.sock, frame)
+            raw = _recv_frame_deadline(w.sock, deadline, 16 * self.max_output_chars + (1 << 20))
+            reply = json.loads(raw)
+            if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+                raise ValueError("reply out of sequence")
+        except TimeoutError:
+            failure = "timeout"
+        except (EOFError, OSError):
+            failure = "died"
+        except (ValueError, RecursionError, MemoryError):
+            failure = "protocol"
+        duration = time.perf_counter() - start
+        if failure is None:
+            try:
+                return self._result_from_reply(kind, payload, reply, duration)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                failure = "protocol"
+        # 7) the worker is gone or misbehaved: kill it, keep what it printed, start over next time
+        w.kill()
+        printed, unread = w.read_output(self.max_output_chars)
+        if failure == "timeout":
+            error = f"timed out after {self.timeout_s:g} s; names defined before this snippet are lost"
+        elif failure == "protocol":
+            error = "SandboxError: the sandbox process sent a malformed reply and was stopped; names defined before this snippet are lost"
+        else:
+            error = f"{self._death_reason(w)}; names defined before this snippet are lost"
+        self._drop_worker()
+        self._history.clear()
+        self._evicted = False
+        if len(printed) >= self.max_output_chars or unread:   # the worker's own count died with it
+            printed = printed[:self.max_output_chars] + "\n... [output truncated]"
+        return ExecResult(stdout=printed, printed=printed, error=error, timed_out=failure == "timeout",
+                          duration_s=duration, session_reset=True)
+
+    @staticmethod
+    def _death_reason(w: _Worker) -> str:
+        z = w.zygote
+        status = z.status(w.pid) if z is not None and not z.dead else {}
+        sig = status.get("signal")
+        if sig is not None:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            if sig == signal.SIGKILL:
+                return "the sandbox process was killed (SIGKILL: out of memory, or killed from outside)"
+            if sig == signal.SIGXCPU:
+                return "the sandbox process exceeded its CPU time limit (SIGXCPU)"
+            if sig == signal.SIGSYS:
+                return "the sandbox process made a forbidden system call (SIGSYS)"
+            return f"the sandbox process crashed ({name})"
+        if "exit" in status:
+            return f"the sandbox process exited (exit code {status['exit']})"
+        return "the sandbox process died"
+
+    def _result_from_reply(self, kind: str, payload: Any, reply: dict, duration: float) -> ExecResult:
+        w = self._worker
+        err, val = reply["err"], reply["val"]
+        if not (err is None or isinstance(err, str)) or not (val is None or isinstance(val, str)):
+            raise TypeError("bad reply")
+        err, val = _clean_text(err), _clean_text(val)
+        hidden = int(reply.get("drop", 0))
+        printed, unread = w.read_output(self.max_output_chars)
+        self._history.append((kind, payload))
+        printed = _truncate(printed, self.max_output_chars, hidden + unread)
+        stdout = printed
+        if val is not None:
+            stdout += ("\n" if printed and not printed.endswith("\n") else "") + val + "\n"
+            stdout = _truncate(stdout, self.max_output_chars)
+        fa = bool(reply.get("fa"))
+        return ExecResult(stdout=stdout, error=err, duration_s=duration, value=val, printed=printed,
+                          final_answer=reply.get("fav") if fa else None, is_final_answer=fa)
+
+
+def _clean_text(s: str | None) -> str | None:
+    """Text from the worker may hold lone surrogates (via JSON escapes): make it encodable."""
+    return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
+    """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
+    def exact(n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError
+            got += k
+        return bytes(buf)
+
+    (n,) = _LEN.unpack(exact(4))
+    if n > limit:
+        raise ValueError(f"reply of {n} bytes")
+    return exact(n)
+
+
+def run_batch(sandboxes: Sequence[Sandbox], codes: Sequence[str], max_running: int | None = None) -> list[ExecResult]:
+    """Run codes[i] in sandboxes[i], concurrently, and return the results in input order.
+
+    At most `max_running` snippets run at once (default, and upper bound: the process-wide
+    limit, os.cpu_count() unless set_limits() changed it); live workers stay within
+    max_workers. Each sandbox may appear once per batch."""
+    if len(sandboxes) != len(codes):
+        raise ValueError(f"{len(sandboxes)} sandboxes but {len(codes)} snippets")
+    if len({id(s) for s in sandboxes}) != len(sandboxes):
+        raise ValueError("a sandbox appears twice in one batch; its snippets would race")
+    if len(sandboxes) <= 1:
+        return [s.run(c) for s, c in zip(sandboxes, codes)]
+    threads = min(len(sandboxes), max_running or _POOL.max_running)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(Sandbox.run, sandboxes, codes))
+
+
+# ---------------------------------------------------------------------------------------
+# 9) smolagents adapter (built on first access, so importing executor never imports smolagents)
+# ---------------------------------------------------------------------------------------
+
+class SandboxCodeError(Exception):
+    """Raised by SandboxExecutor when a snippet fails; str(e) is the model-readable error."""
+
+
+def _make_sandbox_executor() -> type:
+    try:
+        from smolagents.local_python_executor import CodeOutput, PythonExecutor
+    except ImportError:   # smolagents is optional: the adapter still works duck-typed
+        PythonExecutor = object
+        CodeOutput = None
+
+    class SandboxExecutor(PythonExecutor):
+        """smolagents PythonExecutor backed by a Sandbox: CodeAgent(executor=SandboxExecutor()).
+
+        Only the final_answer tool can run inside the sandbox; other tools are refused at
+        send_tools() with a clear error. Variables must be picklable."""
+
+        def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
+                     allowed_imports: Sequence[str] = ALLOWED_IMPORTS, **sandbox_kwargs: Any):
+            self.sandbox = Sandbox(timeout_s, memory_mb, max_output_chars, allowed_imports,
+                                   enable_final_answer=True, **sandbox_kwargs)
+            self.state: dict[str, Any] = {"_print_outputs": ""}   # CodeAgent shows these logs on errors
+            self.calls = 0
+
+        def send_tools(self, tools: dict[str, Any]) -> None:
+            others = sorted(set(tools) - {"final_answer"})
+            if others:
+                raise ValueError(f"SandboxExecutor runs snippets in an isolated process and supports only "
+                                 f"the final_answer tool; remove these tools: {', '.join(others)}")
+
+        def send_variables(self, variables: dict[str, Any]) -> None:
+            usable = {k: v for k, v in variables.items() if isinstance(k, str) and not k.startswith("__")}
+            if usable:
+                self.sandbox.set_variables(usable)
+
+        def __call__(self, code_action: str):
+            self.calls += 1
+            r = self.sandbox.run(code_action)
+            self.state["_print_outputs"] = r.printed
+            if r.error is not None:
+                raise SandboxCodeError(r.error)
+            output = r.final_answer if r.is_final_answer else r.value
+            if CodeOutput is None:
+                return output, r.printed, r.is_final_answer
+            return CodeOutput(output=output, logs=r.printed, is_final_answer=r.is_final_answer)
+
+        def cleanup(self) -> None:
+            self.sandbox.close()
+
+    return SandboxExecutor
+
+
+_LAZY: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:   # PEP 562: `from executor import SandboxExecutor`
+    if name == "SandboxExecutor":
+        if name not in _LAZY:
+            _LAZY[name] = _make_sandbox_executor()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+def _demo() -> None:
+    print("isolation offered here:")
+    for k, v in isolation_report().items():
+        print(f"  {k}: {v}")
+    with Sandbox(timeout_s=2) as sb:
+        for code in ["import sympy as sp\nx = sp.symbols('x')\nsp.solve(x**2 - 5*x + 6, x)",
+                     "sum(k**2 for k in range(1, 101))",
+                     "import numpy as np\nnp.linalg.det(np.array([[1, 2], [3, 4]]))",
+                     "import os", "open('/etc/passwd').read()", "while True: pass", "x"]:
+            r = sb.run(code)
+            print(f"\n>>> {code}\n{r.stdout.rstrip()}" + (f"error: {r.error}" if r.error else ""))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--zygote":
+        _zygote_main(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        _demo()

@@ -1,0 +1,833 @@
+"""
+rewards.py -- the GRPO rewards (answer accuracy, agent-call use) and the one shared grader.
+
+Paper ("Training with GRPO"): the policy is trained with two rewards. Accuracy gives +1 when
+the final answer is correct. Code use gives +1 when the completion generated code snippets,
+weighted 10:1 against accuracy; the released training config writes that as weights
+accuracy 0.1, code use 1.0. This module implements both as TRL reward functions, plus the
+grader that decides "correct", which evaluate.py uses too, so training and evaluation can
+never disagree about what a correct answer is.
+
+Data flow (the numbers match the step comments in the code):
+
+  1. TRL calls accuracy_reward(completions, answer=[gold, ...], **kwargs). A completion is a
+     plain string or a conversational list of messages; completion_text() makes it a string.
+  2. check(): cheap checks in the calling thread. Is the gold usable (asked once per distinct
+     gold and cached)? Is there a \\boxed{} at all? Is the text under MAX_COMPLETION_CHARS?
+  3. The text and the gold go to a grader helper process, a `python rewards.py --serve` child
+     with a per-check deadline (GRADE_TIMEOUT_S). Past the deadline the caller SIGKILLs it,
+     starts a replacement at once, and scores the check as wrong ("timeout").
+  4. In the helper, final_answers() takes the answer: the content of the last \\boxed{}, by
+     agent.last_boxed()'s rules (output blocks ignored). If boxes come as a run, e.g.
+     "\\boxed{1}, \\boxed{2}", the run is taken whole (see "Not gameable" below).
+  5. _too_big() rejects pathological answers before sympy sees them: over MAX_ANSWER_CHARS
+     characters or deeper than MAX_ANSWER_DEPTH brackets. (The LaTeX parser's time grows
+     exponentially with bare nesting: "((((((((((((((((1))))))))))))))))" takes seconds.)
+  6. _normalize() fixes the few forms math-verify gets wrong (mixed numbers like
+     "137 \\frac{1}{2}", unicode minus, a trailing period). math-verify's own normalisation
+     does the rest: \\text{}, \\mbox{ inches}^2 and other units, ^\\circ, \\!, \\$, \\%,
+     \\dfrac, \\frac43, 11\\sqrt2, \\left( \\right), "x=" prefixes.
+  7. math_verify.parse() turns gold and answer into sympy (the parsed gold is cached, so a
+     group of completions for one problem parses it once per helper), and math_verify.verify()
+     compares them: numbers, fractions, surds, sets, tuples, intervals, equations.
+  8. accuracy_reward returns 1.0 / 0.0 per completion, None where the gold is unusable (TRL
+     turns None into NaN and leaves it out of the weighted sum).
+  9. code_use_reward counts agent calls: from the rollout's per-completion kwargs
+     (num_snippets, num_errors) when TRL passes them, otherwise by parsing the text with
+     agent.find_snippets() and the output blocks (in the helper, under the same deadline).
+ 10. reward_funcs_and_weights() gives train.py the functions and GRPOConfig.reward_weights.
+
+Why a helper process (the hard bound on one check)
+--------------------------------------------------
+sympy can run for hours on an answer like \\boxed{9^{9^{9^{9}}}}, and one hung reward call
+stops the whole GRPO step. math-verify's own timeout uses signal.alarm(): it works only in
+the main thread (evaluate.py may grade from threads), and its handler cannot interrupt a long
+C-level operation such as a huge integer power, so it does not fire (Math-Verify#65). A thread
+cannot be killed either. A process can: the only bound that always holds is SIGKILL from the
+outside. Design:
+  - Persistent helpers, not a process per check: a helper imports sympy and math-verify once
+    (about 1 s), then answers checks over a pipe (JSON lines) in milliseconds.
+  - Started with subprocess (fork+exec of a clean interpreter), not multiprocessing's fork:
+    the trainer process holds torch, CUDA and vLLM threads, and a forked copy of such a
+    process can deadlock. subprocess also re-imports nothing of the caller's __main__.
+  - The caller waits with poll() and a deadline; poll(), not select(), because a trainer can
+    hold more than 1024 file descriptors. Any thread may call; each check holds one helper.
+  - Up to GRADER_PROCESSES helpers run checks in parallel (check_many / accuracy_reward).
+  - Each helper limits itself: address space (GRADER_MEMORY_BYTES, so 10^{10^{10}} raises
+    MemoryError instead of swapping the node), CPU seconds per check (RLIMIT_CPU, a backstop
+    if its parent died), and it exits when its stdin closes.
+  - Everything that reads untrusted model text with regular expressions runs in the helper too:
+    some of agent.py's patterns are quadratic on degenerate text (thousands of unclosed
+    "<tool_call>"), and the deadline bounds them as well.
+Overhead (measured on the 2-core CPU machine): a round trip costs about 0.1 ms, against about
+10 ms for the math-verify work of a check (MATH-500 solutions, nothing cached: 10.5 ms per
+check in-process, 10.6 ms through a helper). A killed helper's replacement is started at once
+and is ready 1-1.5 s later; so a check returns within GRADE_TIMEOUT_S, plus that start when
+the helper it gets is still warming up.
+
+Not gameable
+------------
+  - Only the LAST box counts. A correct answer boxed earlier and then changed earns nothing.
+  - A box listing candidates is a set: \\boxed{1, 2, 3, 4, 5} is not 3 (math-verify compares
+    sets and tuples element by element). Several boxes in a row ("\\boxed{1}, \\boxed{2},
+    \\boxed{3}") are read the same way, as one list; so a run of different candidates gets
+    nothing, while a multi-value answer written as a run of boxes still matches a multi-value
+    gold. A run whose boxes each equal the gold ("\\boxed{3}, or \\boxed{6/2}") is also correct.
+  - A multi-value gold (a tuple, an interval, HMMT Feb 2025 problem 10's two roots) matches
+    only the full answer: one root of the two earns nothing.
+  - Output blocks are ignored: a \\boxed{} printed by a snippet is not an answer.
+  - Timeouts, crashes and oversized answers score 0, never None: a policy cannot make a
+    completion "skipped" instead of "wrong".
+
+Departures from the paper, and why
+----------------------------------
+  - The paper does not say how answers are compared. We build on math-verify, as TRL's own
+    accuracy_reward does, and add the normalisation of step 6 and the run-of-boxes rule of
+    step 4.
+  - A hard bound on every check (helper processes) instead of math-verify's signal timeout.
+  - code_use_reward has an option, off by default so the defaults stay the paper's, to credit
+    only snippets that ran without error, capped per trajectory (see code_use_reward).
+
+Run the tests (unit tests, doctests, the MATH-500 oracle, adversarial inputs):
+  .venv/bin/python -m pytest tests/test_rewards.py -q
+Grade one answer by hand:
+  .venv/bin/python rewards.py 'so the answer is \\boxed{4/3}' '\\frac43'
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    # A grader helper only needs agent.py's protocol functions. Marking smolagents as absent
+    # makes `import agent` skip it (agent.py supports that), saving ~1 s per helper start.
+    sys.modules.setdefault("smolagents", None)
+
+from agent import CALL_OPEN, OUTPUT_CLOSE, OUTPUT_OPEN, find_snippets, last_boxed
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Settings: module constants, read when used. The helper-side ones (MAX_ANSWER_CHARS,
+# MAX_ANSWER_DEPTH, MAX_RUN, GRADER_MEMORY_BYTES) are handed to each helper when it starts
+# and GRADER_PROCESSES when the pool is made: set those before the first check.
+# ---------------------------------------------------------------------------
+
+GRADE_TIMEOUT_S = 2.0
+"""Wall-clock deadline of one check in a helper. MATH-500's slowest honest check takes about
+0.2 s here; the deadline only ever fires on pathological answers."""
+GRADER_PROCESSES = min(4, os.cpu_count() or 1)
+"""Helper processes that grade in parallel (each holds about 60 MB)."""
+GRADER_MEMORY_BYTES = 2 << 30
+"""Address-space limit of a helper (RLIMIT_AS); a helper needs about 60 MB."""
+STARTUP_TIMEOUT_S = 60.0
+"""How long a new helper may take to import sympy and math-verify before it counts as broken."""
+MAX_COMPLETION_CHARS = 8_000_000
+"""Longer completions score 0 without a look (a 5k-token completion is about 20k chars)."""
+MAX_ANSWER_CHARS = 1000
+"""Longer answers score 0 (the longest gold answer in shared/data has 85 characters)."""
+MAX_ANSWER_DEPTH = 8
+"""Deeper bracket nesting scores 0 (the deepest gold answer in shared/data nests 4 deep)."""
+MAX_RUN = 16
+"""At most this many boxes in a row are read as one answer."""
+
+REWARD_WEIGHTS: dict[str, float] = {"accuracy_reward": 0.1, "code_use_reward": 1.0}
+"""The released training config's weights (paper: code use weighted 10:1 vs. accuracy)."""
+
+
+# ---------------------------------------------------------------------------
+# 1) Completions as text
+# ---------------------------------------------------------------------------
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a plain string, or TRL's conversational form.
+
+    A conversational completion is a list of messages; their contents are joined in order
+    (content may also be a list of {"type": "text", "text": ...} parts).
+
+    >>> completion_text("so \\\\boxed{4}")
+    'so \\\\boxed{4}'
+    >>> completion_text([{"role": "assistant", "content": "so \\\\boxed{4}"}])
+    'so \\\\boxed{4}'
+    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "x"}]}])
+    'x'
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    parts = []
+    for message in completion:
+        content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, list):  # multimodal-style content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append("" if content is None else str(content))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# 4) The final answer: the last box, or the run of boxes it ends
+# ---------------------------------------------------------------------------
+
+# Built from agent.py's public constants; the same pattern as the one last_boxed() strips.
+_OUTPUT_BLOCK_RE = re.compile(
+    re.escape(OUTPUT_OPEN) + r"(.*?)" + re.escape(OUTPUT_CLOSE.rstrip("\n")) + r"\n?", re.DOTALL
+)
+# What may stand between two boxes of one run: space, punctuation, math delimiters, "and"/"or".
+_RUN_GAP_RE = re.compile(
+    r"(?:\s|[$,;.&]|\\[,;:! ]|\\q?quad\b|\\\\|\\[()\[\]]"
+    r"|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b)*"
+)
+_MAX_GAP = 40
+
+
+def _box_end(text: str, start: int, content: str) -> int:
+    """End of the box that starts at `start` and holds `content` (as last_boxed read it)."""
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    if text[i] == "{":
+        return i + 1 + len(content) + 1
+    return i + (len(text[i:]) - len(text[i:].lstrip(" "))) + len(content)  # "\boxed 7"
+
+
+def final_answers(text: str) -> list[str]:
+    """The final answer as a list of box contents; [] when there is no (balanced) box.
+
+    The last element is always agent.last_boxed(text). Boxes just before it, separated only by
+    commas, "and"/"or", spaces or math delimiters, form one run with it and come first.
+    Boxes further back (e.g. an earlier attempt) are not part of the answer.
+
+    >>> final_answers(r"First \\boxed{1}. Later we see it is \\boxed{\\frac{4}{3}}.")
+    ['\\\\frac{4}{3}']
+    >>> final_answers(r"The roots are $\\boxed{2}$ and $\\boxed{-3}$.")
+    ['2', '-3']
+    >>> final_answers("```output\\n\\\\boxed{7}\\n```\\nno answer yet")
+    []
+    """
+    text = full = _OUTPUT_BLOCK_RE.sub("", text)
+    run: list[str] = []
+    next_start = None  # where the box found in the previous round starts
+    while len(run) < MAX_RUN:
+        content = last_boxed(text)
+        if content is None:
+            break
+        # the same search last_boxed() makes, to know where that box sits
+        start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        if next_start is not None:  # is this box adjacent to the one after it?
+            gap = full[_box_end(full, start, content): next_start]
+            if len(gap) > _MAX_GAP or not _RUN_GAP_RE.fullmatch(gap):
+                break
+        run.insert(0, content)
+        next_start = start
+        text = text[:start]
+    return run
+
+
+# ---------------------------------------------------------------------------
+# 5) + 6) + 7) Grading inside a helper (math-verify, imported only there)
+# ---------------------------------------------------------------------------
+
+def _bracket_depth(s: str) -> int:
+    depth = deepest = 0
+    for c in s:
+        if c in "({[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")}]":
+            depth -= 1
+    return deepest
+
+
+def _too_big(answer: str) -> bool:
+    """Step 5: answers that would make the parser or sympy crawl are refused unread."""
+    return len(answer) > MAX_ANSWER_CHARS or _bracket_depth(answer) > MAX_ANSWER_DEPTH
+
+
+_UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ",
+            "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt"}
+# "137 \frac{1}{2}", "-1\frac12": a whole number followed by a plain numeric fraction.
+_MIXED_RE = re.compile(r"(-?)\s*(\d+)\s*\\[dt]?frac\s*(?:\{(\d+)\}\s*\{(\d+)\}|(\d)(\d))")
+_DOLLARS_RE = re.compile(r"^\$+|(?<!\\)\$+$")
+
+
+def _normalize(answer: str) -> str:
+    """Step 6: the fixes math-verify's own normalisation lacks (it does the rest).
+
+    >>> _normalize(r"137 \\frac{1}{2}")      # a mixed number, as MATH writes them
+    '(137+\\\\frac{1}{2})'
+    >>> _normalize("\u22123.")               # unicode minus, sentence period
+    '-3'
+    """
+    s = "".join(_UNICODE.get(c, c) for c in answer).strip()
+    s = _DOLLARS_RE.sub("", s).strip()
+    while s.endswith((".", ",", ";")) and not s.endswith(("\\.", "\\,", "\\;")):  # keep \, spacing
+        s = s[:-1].rstrip()
+    # MATH's mixed numbers: math-verify reads "1\frac{4}{5}" as 1*4/5. Only a whole answer of
+    # that exact shape is rewritten; "2\frac{\pi}{3}" stays a product.
+    m = _MIXED_RE.fullmatch(s)
+    if m:
+        sign, whole, num, den = m.group(1), m.group(2), m.group(3) or m.group(5), m.group(4) or m.group(6)
+        s = f"{sign}({whole}+\\frac{{{num}}}{{{den}}})"
+    return s
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
+    """math-verify's parse/verify, set up once per helper process."""
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    # we bound time ourselves; stop it warning that its signal timeout is off
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    config = [LatexExtractionConfig(
+        boxed_match_priority=0,
+        try_extract_without_anchor=False,
+        normalization_config=NormalizationConfig(
+            basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="all"),
+    )]
+    return parse, verify, config
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(answer: str) -> tuple:
+    """Step 7: an answer string as math-verify's parse list (sympy object, then the string).
+
+    Cached: the gold of a problem is parsed once per helper for its whole group."""
+    parse, _, config = _math_verify()
+    return tuple(parse("\\boxed{" + _normalize(answer) + "}", extraction_config=config,
+                       parsing_timeout=None))
+
+
+def _matches(gold: tuple, answer: str) -> bool:
+    _, verify, _ = _math_verify()
+    return bool(verify(list(gold), list(_parse(answer)), timeout_seconds=None))
+
+
+def _gold_kind_local(gold: str) -> str | None:
+    """"sympy" (parsed), "string" (only exact text can match it) or None (unusable)."""
+    if not gold.strip() or _too_big(gold):
+        return None
+    parsed = _parse(gold)
+    if not parsed:
+        return None
+    return "string" if all(isinstance(p, str) for p in parsed) else "sympy"
+
+
+def _grade_local(text: str, gold: str) -> dict:
+    """Steps 4-7 for one completion, in this process, with no time bound (helpers only)."""
+    if _gold_kind_local(gold) is None:
+        return {"correct": None, "answer": None, "status": "bad_gold"}
+    run = final_answers(text)
+    if not run:
+        return {"correct": False, "answer": None, "status": "no_answer"}
+    answer = ", ".join(run)
+    if any(_too_big(a) for a in run) or _too_big(answer):
+        return {"correct": False, "answer": answer[:200], "status": "too_big"}
+    g = _parse(gold)
+    ok = _matches(g, answer) or (len(run) > 1 and all(_matches(g, a) for a in run))
+    return {"correct": ok, "answer": answer, "status": "correct" if ok else "wrong"}
+
+
+_ERROR_LINE_RE = re.compile(
+    r"^(?:[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b"    # "NameError: ...", "SandboxError: ..."
+    r"|Traceback \(most recent call last\)|timed out after\b|the sandbox process\b)",
+    re.MULTILINE,
+)
+
+
+def _calls_local(text: str) -> dict:
+    """Step 9 without rollout kwargs: snippets, output blocks, and blocks showing an error.
+
+    An error is a line of an output block in executor.py's error formats: "ExcType: ...",
+    "timed out after ...", "the sandbox process ...". format_output() puts it after stdout."""
+    blocks = [m.group(1) for m in _OUTPUT_BLOCK_RE.finditer(text)]
+    errors = sum(bool(_ERROR_LINE_RE.search(b)) for b in blocks)
+    return {"snippets": len(find_snippets(text)), "outputs": len(blocks), "errors": errors}
+
+
+# ---------------------------------------------------------------------------
+# 3) The helper processes: the hard bound on every check
+# ---------------------------------------------------------------------------
+
+_THIS_FILE = os.path.abspath(__file__)
+_HELPER_SETTINGS = ("MAX_ANSWER_CHARS", "MAX_ANSWER_DEPTH", "MAX_RUN", "GRADER_MEMORY_BYTES")
+
+
+class _HelperDied(Exception):
+    pass
+
+
+class _Helper:
+    """One `python rewards.py --serve` child. Used by one thread at a time (the pool's job)."""
+
+    def __init__(self) -> None:
+        # fork+exec of a clean interpreter: safe from a process that holds torch/vLLM threads
+        settings = {k: globals()[k] for k in _HELPER_SETTINGS}
+        self.proc = subprocess.Popen(
+            [sys.executable, _THIS_FILE, "--serve", json.dumps(settings)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+        )
+        self._buf = b""
+        self._ready = False
+
+    def _readline(self, deadline: float) -> bytes | None:
+        """One reply line, or None at the deadline. Raises _HelperDied on EOF."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        poller = select.poll()  # not select(): fds above 1024 are normal in a trainer
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not poller.poll(math.ceil(left * 1000)):
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise _HelperDied
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def request(self, req: dict, timeout_s: float) -> dict | None:
+        """Send one request; the reply, or None when the deadline passed."""
+        if not self._ready:
+            # a helper that cannot start is a broken install, not a wrong answer: say so loudly
+            try:
+                ok = self._readline(time.monotonic() + STARTUP_TIMEOUT_S) is not None
+            except _HelperDied:
+                ok = False
+            if not ok:
+                raise RuntimeError("the grader helper (`python rewards.py --serve`) did not start "
+                                   f"within {STARTUP_TIMEOUT_S:g} s; its error is on stderr above")
+            self._ready = True
+        req = {**req, "timeout_s": timeout_s}
+        try:
+            self.proc.stdin.write(json.dumps(req).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise _HelperDied from e
+        line = self._readline(time.monotonic() + timeout_s)
+        return None if line is None else json.loads(line)
+
+    def kill(self) -> None:
+        self.proc.kill()  # SIGKILL: the one stop that always works
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # the helper exits at EOF
+            self.proc.wait(timeout=1)
+        except Exception:
+            pass
+        if self.proc.poll() is None:
+            self.kill()
+
+
+class _HelperPool:
+    """Up to `size` helpers; a check borrows one, and a hung or dead one is replaced."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.pid = os.getpid()
+        self._idle: list[_Helper] = []
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def run(self, req: dict, timeout_s: float) -> tuple[dict | None, str | None]:
+        """(reply, None), or (None, "timeout" | "crashed")."""
+        helper = self._acquire()
+        try:
+            reply = helper.request(req, timeout_s)
+            failure = None if reply is not None else "timeout"
+        except _HelperDied:  # e.g. a C-level crash deep in sympy
+            reply, failure = None, "crashed"
+        except BaseException:
+            helper.kill()
+            self._release(None)
+            raise
+        if reply is None:  # hung or dead: kill it, and start the replacement now to warm up
+            if failure == "timeout":
+                log.warning("grader check passed its %.1f s deadline; helper killed and replaced", timeout_s)
+            helper.kill()
+            try:
+                helper = _Helper()
+            except BaseException:
+                self._release(None)
+                raise
+        elif "crash" in reply:  # an exception escaped the grader; the helper itself is fine
+            log.warning("grader helper error: %s", reply["crash"])
+            reply, failure = None, "crashed"
+        self._release(helper)
+        return reply, failure
+
+    def _acquire(self) -> _Helper:
+        with self._cond:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            return _Helper()
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, helper: _Helper | None) -> None:
+        with self._cond:
+            if helper is None:
+                self._count -= 1
+            else:
+                self._idle.append(helper)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+        for h in idle:
+            h.close()
+
+
+_POOL: _HelperPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _HelperPool:
+    global _POOL
+    with _POOL_LOCK:
+        # a forked child must not share its parent's helpers (their pipes would interleave)
+        if _POOL is None or _POOL.pid != os.getpid():
+            _POOL = _HelperPool(GRADER_PROCESSES)
+        return _POOL
+
+
+def close_grader() -> None:
+    """Stop the idle helper processes (they also stop when this process exits)."""
+    with _POOL_LOCK:
+        if _POOL is not None and _POOL.pid == os.getpid():
+            _POOL.close()
+
+
+atexit.register(close_grader)
+
+
+def _serve(settings: dict) -> None:
+    """The helper's main loop: one JSON request per stdin line, one JSON reply per line."""
+    import resource
+
+    globals().update({k: v for k, v in settings.items() if k in _HELPER_SETTINGS})
+    out = os.dup(1)
+    os.dup2(2, 1)  # a stray print() in a library must not corrupt the replies
+    # memory: 10^{10^{10}} must raise MemoryError here, not swap the machine
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    limit = GRADER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(GRADER_MEMORY_BYTES, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+
+    def send(obj: dict) -> None:
+        data = json.dumps(obj).encode() + b"\n"
+        while data:
+            data = data[os.write(out, data):]
+
+    _parse("\\frac{1}{2}")  # warm up: imports, the LaTeX parser's tables
+    send({"ready": True})
+    for line in sys.stdin.buffer:
+        req = json.loads(line)
+        # CPU backstop for this check, should the parent be gone and not kill us (SIGXCPU)
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + 2 * math.ceil(req.get("timeout_s", 10)) + 5
+        if cpu_hard == resource.RLIM_INFINITY or soft < cpu_hard:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+        try:
+            op = req["op"]
+            if op == "grade":
+                reply = _grade_local(req["text"], req["gold"])
+            elif op == "gold":
+                reply = {"kind": _gold_kind_local(req["gold"])}
+            elif op == "calls":
+                reply = _calls_local(req["text"])
+            else:
+                reply = {"crash": f"unknown op {op!r}"}
+        except Exception as e:  # noqa: BLE001 -- report, keep serving
+            reply = {"crash": f"{type(e).__name__}: {str(e)[:200]}"}
+        send(reply)
+
+
+# ---------------------------------------------------------------------------
+# 2) The shared grader (accuracy_reward and evaluate.py both use it)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """The grade of one completion against one gold answer."""
+
+    correct: bool | None
+    """True/False; None only when the gold answer is unusable."""
+    answer: str | None
+    """What was graded: the last box's content (a run of boxes joined by ", "), or None."""
+    status: str
+    """correct | wrong | no_answer | too_big | timeout | crashed | bad_gold"""
+
+
+_GOLD_CACHE: dict[str, str | None] = {}
+_GOLD_LOCK = threading.Lock()
+
+
+def gold_kind(gold: Any, timeout_s: float | None = None) -> str | None:
+    """How a gold answer parses: "sympy", "string" (only the same text matches it) or None.
+
+    Cached per gold string, so a GRPO group asks once.
+
+    >>> gold_kind(r"\\frac43"), gold_kind(""), gold_kind("(" * 20 + "1" + ")" * 20)
+    ('sympy', None, None)
+    """
+    gold = str(gold)
+    with _GOLD_LOCK:
+        if gold in _GOLD_CACHE:
+            return _GOLD_CACHE[gold]
+    if not gold.strip() or _too_big(gold):
+        kind = None
+    else:
+        reply, failure = _pool().run({"op": "gold", "gold": gold}, timeout_s or GRADE_TIMEOUT_S)
+        if failure:
+            log.warning("gold answer %r could not be parsed (%s)", gold[:80], failure)
+        kind = None if reply is None else reply["kind"]
+    with _GOLD_LOCK:
+        if len(_GOLD_CACHE) > 100_000:
+            _GOLD_CACHE.clear()
+        _GOLD_CACHE[gold] = kind
+    return kind
+
+
+def check(completion: Any, gold: Any, timeout_s: float | None = None) -> Verdict:
+    """Grade one completion (string or conversational) against a gold answer, within a bound.
+
+    Never hangs: past `timeout_s` (default GRADE_TIMEOUT_S) the check is killed and is wrong.
+
+    >>> check(r"so $x = \\boxed{\\dfrac{4}{3}}$.", r"\\frac43")
+    Verdict(correct=True, answer='\\\\dfrac{4}{3}', status='correct')
+    >>> check(r"\\boxed{1, 2, 3, 4, 5}", "3").status
+    'wrong'
+    >>> check("I don't know", "3")
+    Verdict(correct=False, answer=None, status='no_answer')
+    """
+    # 2) cheap checks in the calling thread
+    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
+    text, gold = completion_text(completion), str(gold)
+    if gold_kind(gold, timeout_s) is None:
+        return Verdict(None, None, "bad_gold")
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return Verdict(False, None, "no_answer")
+    if len(text) > MAX_COMPLETION_CHARS:
+        return Verdict(False, None, "too_big")
+    # 3) the rest in a helper, under the deadline
+    reply, failure = _pool().run({"op": "grade", "text": text, "gold": gold}, timeout_s)
+    if failure:
+        return Verdict(False, None, failure)
+    return Verdict(**reply)
+
+
+def grade(completion: Any, gold: Any, timeout_s: float | None = None) -> bool | None:
+    """True if the completion's final answer equals the gold answer; None if the gold is unusable.
+
+    >>> grade(r"... so the area is \\boxed{864 \\mbox{ inches}^2}", "864")
+    True
+    >>> grade(r"\\boxed{11\\sqrt2}", r"\\sqrt{242}"), grade(r"\\boxed{10,\\!080}", "10080")
+    (True, True)
+    """
+    return check(completion, gold, timeout_s).correct
+
+
+def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[Verdict]:
+    """check() for many pairs, on up to GRADER_PROCESSES helpers at once (order kept)."""
+    pairs = list(zip(completions, golds, strict=True))
+    if len(pairs) <= 1:
+        return [check(c, g, timeout_s) for c, g in pairs]
+    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(pairs))) as ex:
+        return list(ex.map(lambda cg: check(cg[0], cg[1], timeout_s), pairs))
+
+
+def grade_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[bool | None]:
+    """grade() for many pairs, in parallel (order kept)."""
+    return [v.correct for v in check_many(completions, golds, timeout_s)]
+
+
+# ---------------------------------------------------------------------------
+# 8) accuracy_reward
+# ---------------------------------------------------------------------------
+
+def accuracy_reward(completions: list, answer: list | None = None, log_extra: Callable | None = None,
+                    **kwargs) -> list[float | None]:
+    """+1.0 when the final \\boxed{} answer equals the gold `answer`, else 0.0; None if the
+    gold is unusable (TRL then leaves this reward out for that completion).
+
+    completions: plain strings or TRL conversational lists. answer: the dataset's gold answer
+    column, one per completion (TRL repeats it for each generation). log_extra: TRL's hook
+    to add columns to its completions table (the answer read and the grade status).
+    Grading is grade()'s: last box, math-verify, a hard time bound per check.
+
+    >>> accuracy_reward(["so \\\\boxed{3}", "\\\\boxed{1, 2, 3}", "no box"], answer=["3", "3", "3"])
+    [1.0, 0.0, 0.0]
+    >>> accuracy_reward([[{"role": "assistant", "content": "$\\\\boxed{\\\\frac{1}{2}}$"}]], answer=["0.5"])
+    [1.0]
+    >>> accuracy_reward(["\\\\boxed{3}"], answer=[""])
+    [None]
+    """
+    if answer is None:
+        raise ValueError("accuracy_reward needs the gold answers: a dataset column named 'answer'")
+    verdicts = check_many(completions, answer)
+    if log_extra is not None:
+        log_extra("final_answer", [v.answer for v in verdicts])
+        log_extra("grade", [v.status for v in verdicts])
+    return [None if v.correct is None else float(v.correct) for v in verdicts]
+
+
+# ---------------------------------------------------------------------------
+# 9) code_use_reward
+# ---------------------------------------------------------------------------
+
+def count_calls(completion: Any, timeout_s: float | None = None) -> dict:
+    """Agent calls in a completion's text: {"snippets", "outputs", "errors"} (errors: output
+    blocks that show an error). Parsed in a helper under the deadline; zeros on timeout.
+
+    >>> count_calls("<tool_call>\\n1/0\\n</tool_call>\\n```output\\nZeroDivisionError: division by zero\\n```\\n")
+    {'snippets': 1, 'outputs': 1, 'errors': 1}
+    """
+    text = completion_text(completion)
+    if CALL_OPEN not in text and "```py" not in text:  # no call possible: skip the round trip
+        return {"snippets": 0, "outputs": 0, "errors": 0}
+    if len(text) > MAX_COMPLETION_CHARS:
+        return {"snippets": 0, "outputs": 0, "errors": 0}
+    reply, failure = _pool().run({"op": "calls", "text": text}, timeout_s or GRADE_TIMEOUT_S)
+    return reply if reply is not None else {"snippets": 0, "outputs": 0, "errors": 0}
+
+
+def code_use_reward(completions: list, only_successful: bool = False, cap: int = 1,
+                    num_snippets: list[int] | None = None, num_errors: list[int] | None = None,
+                    **kwargs) -> list[float]:
+    """+1.0 if the completion made at least one agent call (the paper's reward), else 0.0.
+
+    The counts come from the rollout when TRL passes them (rollout.py's per-completion
+    `num_snippets` and `num_errors`, where errors include timeouts); otherwise the text is
+    parsed: agent.find_snippets() for the calls, and an error line in an ```output block for
+    a failed one. So it works on plain strings too (evaluate.py, tests). The text fallback
+    matches blocks to calls by count, not position, so a completion that writes a fake
+    ```output block itself can fool it; in training the rollout's counts, which the policy
+    cannot forge, are used.
+
+    only_successful, cap (off / 1 by default, the paper's behaviour): credit only snippets
+    that ran without error, and give min(credited, cap) / cap, so at most 1.0 per trajectory.
+    Why: under RL the policy optimises exactly what is rewarded. With code use weighted 10:1
+    over accuracy, a completion that emits any snippet -- `print(1)`, or one that crashes --
+    already collects 1.0 of the 1.1 a solved problem earns, and emitting it is far easier than
+    solving. only_successful removes the broken-snippet shortcut; the cap stops a trajectory
+    farming credit with many calls when cap > 1 gives partial credit per snippet. A trivial
+    snippet that runs still earns the credit: the accuracy term has to make it useful.
+    Use make_code_use_reward() to get this variant as a TRL reward function.
+
+    >>> call = "<tool_call>\\nprint(6*7)\\n</tool_call>\\n```output\\n42\\n```\\n"
+    >>> bad = "<tool_call>\\nprint(y)\\n</tool_call>\\n```output\\nNameError: name 'y' is not defined\\n```\\n"
+    >>> code_use_reward(["no calls, \\\\boxed{42}", call, bad])
+    [0.0, 1.0, 1.0]
+    >>> code_use_reward(["no calls", call, bad], only_successful=True)
+    [0.0, 1.0, 0.0]
+    >>> code_use_reward(["", "", ""], num_snippets=[0, 3, 2], num_errors=[0, 1, 2], only_successful=True, cap=2)
+    [0.0, 1.0, 0.0]
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    if num_snippets is not None:
+        snippets = list(num_snippets)
+        errors = list(num_errors) if num_errors is not None else [0] * len(snippets)
+        if len(snippets) != len(completions) or len(errors) != len(completions):
+            raise ValueError("num_snippets/num_errors must have one value per completion")
+    else:
+        counts = [count_calls(c) for c in completions]
+        snippets = [c["snippets"] for c in counts]
+        # a snippet counts as successful only if an output block without an error shows it
+        errors = [c["snippets"] - min(c["snippets"], c["outputs"] - c["errors"]) for c in counts]
+    credited = [max(0, n - e) if only_successful else n for n, e in zip(snippets, errors)]
+    return [min(c, cap) / cap for c in credited]
+
+
+def make_code_use_reward(only_successful: bool = True, cap: int = 1) -> Callable:
+    """code_use_reward with its options fixed, as a TRL reward function.
+
+    A functools.partial: picklable, and TRL logs it under the name "code_use_reward", so
+    REWARD_WEIGHTS keys still apply.
+
+    >>> f = make_code_use_reward(only_successful=True, cap=1)
+    >>> f.func.__name__, f(["", ""], num_snippets=[1, 1], num_errors=[0, 1])
+    ('code_use_reward', [1.0, 0.0])
+    """
+    return functools.partial(code_use_reward, only_successful=only_successful, cap=cap)
+
+
+# ---------------------------------------------------------------------------
+# 10) The weights
+# ---------------------------------------------------------------------------
+
+def reward_funcs_and_weights(weights: dict[str, float] | None = None, only_successful: bool = False,
+                             cap: int = 1) -> tuple[list[Callable], list[float]]:
+    """The reward functions and their weights, for GRPOTrainer(reward_funcs=...) and
+    GRPOConfig(reward_weights=...). Defaults: the released config, accuracy 0.1, code use 1.0.
+
+    Why 10:1. TRL sums the weighted rewards, R = 0.1 * accuracy + 1.0 * code_use, and GRPO
+    uses only differences within a group of completions for the same prompt. Early on, some
+    completions of a group call the executor and some do not: the code-use term dominates the
+    advantage and teaches the call format quickly. Once every completion calls code, that term
+    is the same for the whole group and cancels out, and the accuracy term alone orders the
+    completions. The weighting is a curriculum: first use the tool, then be right with it.
+    (With scale_rewards="group", each group's spread is normalised, so the 0.1 does not
+    shrink the accuracy signal once code use is saturated.) The risk is that the first stage
+    is cheap to satisfy (see code_use_reward's only_successful and cap).
+
+    >>> funcs, w = reward_funcs_and_weights()
+    >>> [f.__name__ for f in funcs], w
+    (['accuracy_reward', 'code_use_reward'], [0.1, 1.0])
+    >>> funcs, w = reward_funcs_and_weights({"accuracy_reward": 1.0}, only_successful=True)
+    >>> funcs[1].keywords, w
+    ({'only_successful': True, 'cap': 1}, [1.0, 1.0])
+    """
+    w = {**REWARD_WEIGHTS, **(weights or {})}
+    unknown = set(w) - set(REWARD_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_WEIGHTS)}")
+    code = make_code_use_reward(only_successful, cap) if (only_successful or cap != 1) else code_use_reward
+    return [accuracy_reward, code], [w["accuracy_reward"], w["code_use_reward"]]
+
+
+# ---------------------------------------------------------------------------
+# Command line: `python rewards.py COMPLETION GOLD` grades one answer; --serve is the helper
+# ---------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        _serve(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    elif len(sys.argv) == 3:
+        print(json.dumps(asdict(check(sys.argv[1], sys.argv[2])), ensure_ascii=False))
+    else:
+        print("usage: python rewards.py COMPLETION GOLD   (prints the verdict as JSON)", file=sys.stderr)
+        sys.exit(2)

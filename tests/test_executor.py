@@ -1,0 +1,689 @@
+"""
+Tests for executor.py: the sandbox that runs the model's snippets.
+
+Run:  .venv/bin/python -m pytest tests/test_executor.py        (about 1-2 minutes on 2 cores)
+
+They read as documentation, in the order of the module contract:
+  1) benign snippets of the kinds the paper shows give the right output, and state persists;
+  2) the static check rejects what it should, with a message the model can act on;
+  3) every OS limit, attacked the way a hostile snippet would: through sympify's eval,
+     which hands the snippet the real `os` and `builtins` past the static check. Each
+     test asserts that the harmful effect did not happen (no file, no connection, the
+     target process alive), not only that an error came back;
+  4) failures: timeouts fire on time, crashes are reported, the caller never hangs or
+     leaks a process, and the next run continues in a fresh session;
+  5) many sessions: run_batch, the worker bound, eviction and replay;
+  6) the smolagents adapter: a scripted model, then the real embedded SmolLM2-135M.
+No test asserts speed, except that a timeout fires within its limit + 0.5 s.
+"""
+
+from __future__ import annotations
+
+import collections
+import doctest
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import executor  # noqa: E402
+from executor import ExecResult, Sandbox, run_batch  # noqa: E402
+
+# A snippet prefix that gets past the static check the way an attacker would: sympify()
+# calls eval() on its string, with real builtins. The strings are built at run time so
+# that no literal contains a dunder. After it, `os`, `bi` (builtins) and `imp` (the real
+# __import__) are the genuine objects.
+ESCAPE = """import sympy
+U = "_" * 2
+os = sympy.sympify(U + "import" + U + "('os')")
+bi = sympy.sympify(U + "import" + U + "('builtins')")
+imp = bi.getattr(bi, U + "import" + U)
+"""
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """All processes below `pid` (default: this test process), from /proc."""
+    children = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(entry))
+    found, stack = set(), [pid or os.getpid()]
+    while stack:
+        for child in children[stack.pop()]:
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """Start the zygote once (imports numpy/scipy/sympy: a few seconds) and return its probe."""
+    return executor.isolation_report()
+
+
+@pytest.fixture
+def no_leaks(report):
+    """Whatever the test does, no process it created may survive it."""
+    before = descendants()
+    yield
+    assert wait_until(lambda: not (descendants() - before)), f"leftover processes: {descendants() - before}"
+
+
+@pytest.fixture
+def sb(report, no_leaks):
+    with Sandbox(timeout_s=5) as s:
+        yield s
+
+
+def run_ok(sb: Sandbox, code: str) -> str:
+    r = sb.run(code)
+    assert r.ok, r.error
+    return r.stdout
+
+
+needs_seccomp = pytest.mark.skipif(not (sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")),
+                                   reason="seccomp layer needs Linux x86_64/aarch64")
+
+
+# ---------------------------------------------------------------------------------------
+# 1) Benign snippets
+# ---------------------------------------------------------------------------------------
+
+def test_doctests_in_the_module():
+    assert doctest.testmod(executor, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_sympy_solve_simplify_factor(sb):
+    out = run_ok(sb, "import sympy as sp\nx = sp.symbols('x')\nsp.solve(x**2 - 5*x + 6, x)")
+    assert out == "[2, 3]\n"
+    assert run_ok(sb, "sp.simplify(sp.sin(x)**2 + sp.cos(x)**2)") == "1\n"
+    assert run_ok(sb, "sp.factor(x**3 - x)") == "x*(x - 1)*(x + 1)\n"
+    assert run_ok(sb, "print(sp.integrate(x**2, (x, 0, 3)))") == "9\n"
+
+
+def test_numpy_linear_algebra(sb):
+    out = run_ok(sb, "import numpy as np\nA = np.array([[2., 1.], [1., 3.]])\n"
+                     "print(round(float(np.linalg.det(A)), 6))\nprint(np.linalg.solve(A, [3., 5.]).round(6))")
+    assert out == "5.0\n[0.8 1.4]\n"
+    assert run_ok(sb, "sorted(np.linalg.eigvalsh(A).round(4).tolist())") == "[1.382, 3.618]\n"
+
+
+def test_scipy_is_available_and_lazy_imports_work(sb):
+    assert run_ok(sb, "from scipy import special\nprint(special.comb(10, 3, exact=True))") == "120\n"
+    # not preloaded by the zygote: imported inside the sandbox, through Landlock's read-only rules
+    assert run_ok(sb, "from scipy import interpolate\nfloat(interpolate.interp1d([0, 1], [0, 10])(0.5))") == "5.0\n"
+    assert run_ok(sb, "from sympy.ntheory import continued_fraction_periodic as cf\ncf(0, 1, 2)") == "[1, [2]]\n"
+
+
+def test_big_integers_print_in_full(sb):
+    out = run_ok(sb, "n = 3**20000\nlen(str(n)), n % 1000")
+    assert out == "(9543, 1)\n"   # past Python's default 4300-digit conversion limit
+    assert run_ok(sb, "import math\nmath.factorial(25)") == "15511210043330985984000000\n"
+
+
+def test_combinatorics(sb):
+    code = ("import math, itertools\n"
+            "print(math.comb(10, 4))\n"
+            "print(sum(1 for p in itertools.permutations(range(5)) if all(p[i] != i for i in range(5))))\n"
+            "from fractions import Fraction\nFraction(1, 3) + Fraction(1, 6)")
+    assert run_ok(sb, code) == "210\n44\nFraction(1, 2)\n"
+
+
+def test_multiline_functions_classes_and_state_persist(sb):
+    run_ok(sb, "def collatz(n):\n    steps = 0\n    while n != 1:\n"
+               "        n = n // 2 if n % 2 == 0 else 3 * n + 1\n        steps += 1\n    return steps\n")
+    run_ok(sb, "class P:\n    def __init__(self, a):\n        self.a = a\n    def double(self):\n        return 2 * self.a\n")
+    run_ok(sb, "import math as m\nmemo = {k: collatz(k) for k in range(1, 10)}")
+    assert run_ok(sb, "memo[9], P(21).double(), m.gcd(12, 18)") == "(19, 42, 6)\n"
+
+
+def test_display_rules_like_ipython(sb):
+    assert run_ok(sb, "1 + 1") == "2\n"
+    assert run_ok(sb, "x = 5") == ""
+    assert run_ok(sb, "None") == ""
+    assert run_ok(sb, "print('a')\n'b'") == "a\n'b'\n"
+    assert run_ok(sb, "x + 1;") == ""                      # a trailing semicolon hides it
+    r = sb.run("print('p')\n[1, 2]")
+    assert (r.printed, r.value) == ("p\n", "[1, 2]")
+
+
+def test_errors_are_short_and_name_the_line(sb):
+    r = sb.run("a = 1\nprint('before')\nb = a / 0\n")
+    assert r.error == "ZeroDivisionError: division by zero (line 3: b = a / 0)"
+    assert r.stdout == "before\n" and not r.ok and not r.session_reset
+    run_ok(sb, "def f(v):\n    return v[3]\n")
+    r = sb.run("f([1])")
+    assert r.error == "IndexError: list index out of range (snippet 2, line 2: return v[3])"
+    assert "Traceback" not in r.error and "executor" not in r.error
+    assert sb.run("a").stdout == "1\n"                     # an exception does not reset the session
+
+
+def test_stderr_and_warnings_are_captured(sb):
+    out = run_ok(sb, "import numpy as np\nnp.array([1.0]) / 0")
+    assert "RuntimeWarning: divide by zero" in out and "array([inf])" in out
+
+
+def test_random_is_seeded_per_session(report):
+    code = "import random, numpy as np\nrandom.randint(0, 10**9), int(np.random.randint(0, 10**9))"
+    with Sandbox(seed=7) as a, Sandbox(seed=7) as b, Sandbox(seed=8) as c:
+        assert a.run(code).stdout == b.run(code).stdout != c.run(code).stdout
+
+
+def test_output_truncation_has_a_marker(report):
+    with Sandbox(max_output_chars=100) as s:
+        r = s.run("print('x' * 10_000)")
+        assert r.ok and r.stdout.startswith("x" * 100)
+        assert "[output truncated: 9901 more characters]" in r.stdout and len(r.stdout) < 160
+        r = s.run("list(range(10_000))")
+        assert "[output truncated" in r.stdout and len(r.stdout) < 160
+
+
+def test_non_utf8_and_c_level_output(sb):
+    r = sb.run(ESCAPE + "os.write(1, b'ok \\xff\\xfe end\\n')")
+    assert r.ok and "ok \ufffd\ufffd end" in r.stdout
+    r = sb.run("print('\\udcff lone surrogate')")
+    assert r.ok and "lone surrogate" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# 2) The static check
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, expected", [
+    ("import os", "ImportError: import of 'os' is not allowed"),
+    ("import subprocess", "ImportError: import of 'subprocess' is not allowed"),
+    ("from ctypes import CDLL", "ImportError: import from 'ctypes' is not allowed"),
+    ("import numpy.f2py", "ImportError: import of 'numpy.f2py' is not allowed"),
+    ("from numpy import ctypeslib", "ImportError: import of 'numpy.ctypeslib' is not allowed"),
+    ("from . import x", "a relative import"),
+    ("().__class__.__bases__[0].__subclasses__()", "dunder attributes"),
+    ("__builtins__", "the name '__builtins__'"),
+    ("__import__('os')", "the name '__import__'"),
+    ("'{0.__class__}'.format(1)", "a string containing a dunder name"),
+    ("getattr(1, '__class__')", "a string containing a dunder name"),
+    ("def g():\n    yield 1\ng().gi_frame.f_globals", "frames and code objects"),
+    ("try:\n    1/0\nexcept Exception as e:\n    e.__traceback__.tb_frame", "is not allowed"),
+    ("try:\n    1/0\nexcept Exception as e:\n    t = e.with_traceback(None)\n    t.tb_frame", "frames and code objects"),
+    ("async def f():\n    pass", "'AsyncFunctionDef' syntax"),
+    ("match 1:\n    case 1:\n        pass", "'Match' syntax"),
+    ("x = (", "SyntaxError"),
+    ("-" * 200_000 + "1", "characters; the limit is"),
+])
+def test_static_check_rejects(code, expected):
+    r = Sandbox().run(code)            # rejected before any worker exists
+    assert r.error is not None and expected in r.error, r.error
+    assert not r.timed_out and not r.session_reset
+
+
+def test_static_check_never_raises():
+    for code in [None, 42, b"print(1)", "\x00", "(" * 1000, "x" * 10, "\ufeffprint(1)"]:
+        assert isinstance(Sandbox().run(code), ExecResult)
+
+
+def test_forbidden_builtins_and_dunder_getattr(sb):
+    for call in ["open('/etc/passwd')", "eval('1')", "exec('1')", "compile('1', 'x', 'eval')",
+                 "globals()", "locals()", "vars()", "input()", "breakpoint()", "help()"]:
+        r = sb.run(call)
+        assert r.error and r.error.startswith("PermissionError:") and "not available" in r.error, (call, r.error)
+    r = sb.run("U = '_' * 2\ngetattr(1, U + 'class' + U)")
+    assert r.error.startswith("PermissionError: attribute '__class__' is not accessible")
+    assert run_ok(sb, "open = 3\nopen + 1") == "4\n"      # the names stay usable as variables
+
+
+def test_dynamic_format_string_reads_only_text(sb):
+    """str.format can walk dunder attributes (it is a C method: the AST never sees it), but
+    it only produces text. The hard isolation is what keeps that text harmless."""
+    r = sb.run("U = '_' * 2\n('{0.' + U + 'class' + U + '}').format(1)")
+    assert r.ok and r.stdout == "\"<class 'int'>\"\n"
+
+
+def test_module_attributes_can_reach_os_so_the_os_layers_matter(sb):
+    """Why the AST check is not the boundary: an allowed module hands out `os` as a plain
+    attribute. With it, a snippet still cannot write, read outside the libraries, or spawn."""
+    r = sb.run("import sympy.utilities.misc as m\nm.os.getpid() > 0")
+    assert r.ok and r.stdout == "True\n"
+    assert "Operation not permitted" in sb.run("import sympy.utilities.misc as m\nm.os.fork()").error
+
+
+# ---------------------------------------------------------------------------------------
+# 3) Hard isolation, attacked through sympify's eval
+# ---------------------------------------------------------------------------------------
+
+def test_escape_prefix_really_escapes(sb):
+    """The premise of the tests below: the attacker holds the real os and builtins."""
+    r = sb.run(ESCAPE + "os.getpid() > 0, bi.open is not None")
+    assert r.ok and r.stdout == "(True, True)\n"
+
+
+def test_isolation_layers_are_active(sb, report):
+    iso = sb.isolation
+    assert iso["no_new_privs"] and iso["rlimit_core"] == 0
+    if report["seccomp"]:
+        assert iso["seccomp"] is True
+    if report["landlock_abi"]:
+        assert iso["landlock_abi"] == report["landlock_abi"]
+    if report["euid"] == 0:
+        assert iso["uid"] != 0 or iso["capabilities"] == "dropped"
+
+
+@needs_seccomp
+def test_no_file_writes(sb, tmp_path):
+    target = tmp_path / "pwned"
+    attempts = [
+        f"os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)",
+        f"bi.open({str(target)!r}, 'w').write('x')",
+        f"import numpy as np\nnp.save({str(target)!r}, np.arange(3))",
+        f"import numpy as np\nnp.arange(3).tofile({str(target)!r})",
+        f"import numpy as np\nnp.savetxt({str(target)!r}, np.arange(3))",
+        f"os.mkdir({str(target)!r})",
+        f"os.symlink('/etc/passwd', {str(target)!r})",
+    ]
+    for attempt in attempts:
+        r = sb.run(ESCAPE + attempt)
+        assert r.error and ("PermissionError" in r.error or "not available" in r.error), (attempt, r.error)
+        assert not os.path.lexists(target), attempt
+
+
+@needs_seccomp
+def test_existing_files_cannot_be_changed(sb, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    for attempt in [f"os.unlink({str(victim)!r})", f"os.rename({str(victim)!r}, {str(victim)!r} + '2')",
+                    f"os.truncate({str(victim)!r}, 0)", f"os.chmod({str(victim)!r}, 0o777)",
+                    f"bi.open({str(victim)!r}, 'a').write('more')"]:
+        r = sb.run(ESCAPE + attempt)
+        assert r.error and "PermissionError" in r.error, (attempt, r.error)
+    assert victim.read_text() == "original" and oct(victim.stat().st_mode)[-3:] != "777"
+
+
+def test_no_reads_outside_the_libraries(sb, tmp_path, report):
+    if not report["landlock_abi"]:
+        pytest.skip("no Landlock on this kernel: reads are not confined")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET 1 2 3")
+    np_file = tmp_path / "data.npy"
+    import numpy as np
+    np.save(np_file, np.frombuffer(b"TOPSECRET", dtype="u1"))
+    mat_file = tmp_path / "data.mat"
+    import scipy.io
+    scipy.io.savemat(mat_file, {"s": "TOPSECRET"})
+    attempts = [
+        "bi.open('/etc/passwd').read()",
+        f"bi.open({str(secret)!r}).read()",
+        f"import numpy as np\nnp.loadtxt({str(secret)!r}, dtype=str)",
+        f"import numpy as np\nnp.genfromtxt({str(secret)!r}, dtype=str)",
+        f"import numpy as np\nnp.fromfile({str(secret)!r}, dtype='u1')",
+        f"import numpy as np\nnp.load({str(np_file)!r})",
+        f"import numpy as np\nnp.memmap({str(secret)!r}, dtype='u1', mode='r')",
+        f"imp('scipy.io').io.loadmat({str(mat_file)!r})",   # retries with '.mat' appended: FileNotFoundError
+        "os.listdir('/work')",
+        "bi.open('/proc/1/environ').read()",
+    ]
+    for attempt in attempts:
+        r = sb.run(ESCAPE + attempt)
+        assert r.error and any(e in r.error for e in ("Permission", "not available", "FileNotFound")), (attempt, r.error)
+        assert "TOPSECRET" not in r.stdout + r.error and "root:" not in r.stdout
+
+
+def test_sympy_parse_expr_and_lambdify_evals_are_contained(sb, tmp_path):
+    """parse_expr eval()s its string and lambdify exec()s generated source, both with real
+    builtins: the static check never sees that code. The OS layers stop what it tries."""
+    target = tmp_path / "via_sympy"
+    payload = f"\"import\" + U + \"('os').system('touch {target}')\""
+    for code in [f"from sympy.parsing.sympy_parser import parse_expr\nU = '_' * 2\nparse_expr(U + {payload})",
+                 f"import sympy\nU = '_' * 2\nsympy.lambdify([], sympy.Symbol(U + {payload}))()"]:
+        r = sb.run(code)
+        assert r.stdout.strip() != "0" and not os.path.exists(target), (code, r)
+
+
+@needs_seccomp
+def test_no_network(sb):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    try:
+        for attempt in [f"imp('socket').create_connection(('127.0.0.1', {port}), timeout=1)",
+                        "imp('socket').socket(imp('socket').AF_UNIX)",
+                        "imp('socket').socketpair()",
+                        f"imp('urllib.request').request.urlopen('http://127.0.0.1:{port}/', timeout=1)"]:
+            r = sb.run(ESCAPE + attempt)
+            assert r.error and ("Operation not permitted" in r.error or "PermissionError" in r.error
+                                or "URLError" in r.error), (attempt, r.error)
+        with pytest.raises(socket.timeout):
+            listener.accept()                     # nobody ever connected
+    finally:
+        listener.close()
+
+
+@needs_seccomp
+def test_no_new_processes(sb, tmp_path):
+    target = tmp_path / "spawned"
+    run_ok(sb, "0")                               # the session's own worker exists before we count
+    before = descendants()
+    refused = "Operation not permitted"
+    attempts = [
+        ("os.fork()", refused),
+        ("while True:\n    os.fork()", refused),          # a fork bomb stops at the first fork
+        (f"imp('subprocess').run(['touch', {str(target)!r}])", refused),
+        (f"os.execv('/usr/bin/touch', ['touch', {str(target)!r}])", refused),
+        (f"os.posix_spawn('/usr/bin/touch', ['touch', {str(target)!r}], {{}})", refused),
+        ("imp('multiprocessing').Process(target=print).start()", refused),
+        ("imp('threading').Thread(target=print).start()", "can't start new thread"),
+    ]
+    for attempt, expected in attempts:
+        r = sb.run(ESCAPE + attempt)
+        assert r.error and expected in r.error and not r.session_reset, (attempt, r.error)
+    assert sb.run(ESCAPE + "imp('ctypes').CDLL(None).fork()").stdout == "-1\n"   # libc, past Python
+    r = sb.run(ESCAPE + f"os.system('touch {target}')")
+    assert r.stdout != "0\n"                      # glibc reports 127 << 8: the spawn failed
+    assert not os.path.exists(target)
+    assert descendants() - before == set()
+
+
+@needs_seccomp
+def test_cannot_kill_or_trace_other_processes(sb, report):
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    zygote_pid = executor._POOL.zygote.proc.pid
+    try:
+        for attempt in [f"os.kill({victim.pid}, 9)", f"os.killpg({victim.pid}, 9)",
+                        f"imp('signal').pidfd_send_signal(os.pidfd_open({victim.pid}), 9)",
+                        f"imp('ctypes').CDLL(None).kill({victim.pid}, 9) == 0 or bi.exit(3)",
+                        f"imp('ctypes').CDLL(None).syscall(234, {victim.pid}, {victim.pid}, 9) == 0 or bi.exit(3)",
+                        "os.kill(os.getppid(), 9)",                         # the zygote
+                        f"os.kill({os.getpid()}, 9)",                       # the caller (this test)
+                        f"imp('ctypes').CDLL(None).ptrace(16, {victim.pid}, 0, 0) == 0 or bi.exit(3)"]:
+            r = sb.run(ESCAPE + attempt)
+            assert r.error and ("Operation not permitted" in r.error or r.error.startswith("SystemExit: 3")), (attempt, r.error)
+        time.sleep(0.1)
+        assert victim.poll() is None
+        assert executor._POOL.zygote.proc.pid == zygote_pid and executor._POOL.zygote.proc.poll() is None
+        assert run_ok(sb, "1 + 1") == "2\n"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@needs_seccomp
+def test_limits_cannot_be_raised(sb):
+    r = sb.run(ESCAPE + "r = imp('resource')\nr.setrlimit(r.RLIMIT_AS, (r.RLIM_INFINITY, r.RLIM_INFINITY))")
+    assert r.error and "not allowed to raise maximum limit" in r.error
+    r = sb.run(ESCAPE + f"r = imp('resource')\nr.prlimit({os.getpid()}, r.RLIMIT_NOFILE, (1, 1))")
+    assert r.error and "Operation not permitted" in r.error
+    assert len(os.listdir("/proc/self/fd")) > 0   # our own limits are intact
+
+
+# ---------------------------------------------------------------------------------------
+# 4) Failures: memory, time, floods, crashes
+# ---------------------------------------------------------------------------------------
+
+def test_memory_bombs_fail_inside_the_snippet(report, no_leaks):
+    with Sandbox(memory_mb=256) as s:
+        run_ok(s, "kept = 41")
+        for bomb in ["x = bytearray(1024**3)", "x = [0] * 10**9",
+                     "import numpy as np\nx = np.ones((20000, 20000))", "x = 'a' * 2**40"]:
+            r = s.run(bomb)
+            assert r.error and r.error.startswith("MemoryError"), (bomb, r.error)
+            assert not r.session_reset
+        assert run_ok(s, "kept + 1") == "42\n"       # the session survived all of them
+
+
+def test_timeout_fires_on_time_and_session_restarts(report, no_leaks):
+    with Sandbox(timeout_s=1.0) as s:
+        run_ok(s, "y = 1")
+        for code in ["while True:\n    pass", "10**10**10", "import sympy\nsympy.factorint(2**400 + 1)"]:
+            run_ok(s, "0")      # the worker is up, so the clock below measures only the snippet
+            t0 = time.monotonic()
+            r = s.run(code)
+            elapsed = time.monotonic() - t0
+            assert r.timed_out and r.session_reset and not r.ok, (code, r)
+            assert r.error == "timed out after 1 s; names defined before this snippet are lost"
+            assert 1.0 <= r.duration_s <= 1.5 and elapsed <= 1.5, (code, r.duration_s, elapsed)
+        r = s.run("y")
+        assert r.error.startswith("NameError") and not r.session_reset   # fresh, working session
+        assert run_ok(s, "y = 2\ny") == "2\n"
+
+
+def test_timeout_keeps_partial_output(report, no_leaks):
+    with Sandbox(timeout_s=1.0, max_output_chars=200) as s:
+        r = s.run("print('started', flush=True)\nwhile True:\n    print('x' * 100)")
+        assert r.timed_out and r.stdout.startswith("started\nxxx") and "[output truncated" in r.stdout
+
+
+def test_output_floods_are_bounded(report, no_leaks):
+    with Sandbox(timeout_s=30, max_output_chars=1000) as s:
+        r = s.run("for i in range(300_000):\n    print(i)")
+        assert r.ok and r.stdout.startswith("0\n1\n2\n") and len(r.stdout) < 1100
+        assert "[output truncated" in r.stdout
+        r = s.run(ESCAPE + "os.write(1, b'y' * 50_000_000)")       # C-level, past the Python writer
+        assert len(r.stdout) < 1100 and "[output truncated" in r.stdout and not r.session_reset
+
+
+def test_crashes_are_reported_and_the_session_restarts(report, no_leaks):
+    with Sandbox(timeout_s=5) as s:
+        for code, reason in [("imp('ctypes').string_at(0)", "crashed (SIGSEGV)"),
+                             ("os.kill(os.getpid(), 9)", "killed (SIGKILL"),
+                             ("os._exit(3)", "exited (exit code 3)"),
+                             ("os.abort()", "crashed (SIGABRT)")]:
+            run_ok(s, "z = 1")
+            r = s.run(ESCAPE + code)
+            assert r.session_reset and reason in r.error, (code, r.error)
+            assert r.error.endswith("names defined before this snippet are lost")
+            assert s.run("z").error.startswith("NameError")
+
+
+def test_a_worker_that_lies_on_its_socket_is_stopped(report, no_leaks):
+    """The worker is untrusted: garbage on the socket must not hurt (or hang) the caller."""
+    with Sandbox(timeout_s=3) as s:
+        find_socket = ESCAPE + ("fd = None\nfor f in range(3, 64):\n    try:\n"
+                                "        if imp('stat').S_ISSOCK(os.fstat(f).st_mode):\n            fd = f\n"
+                                "    except OSError:\n        pass\n")
+        for lie in ["os.write(fd, b'\\xff\\xff\\xff\\xff')",                       # a 4 GB frame
+                    "os.write(fd, b'\\x00\\x00\\x00\\x05nope!')",                    # not JSON
+                    "os.write(fd, b'\\x00\\x00\\x00\\x02{}')",                       # wrong shape
+                    "os.close(fd)"]:                                                # hang up
+            r = s.run(find_socket + lie)
+            assert r.session_reset and "names defined before this snippet are lost" in r.error, (lie, r.error)
+        assert run_ok(s, "3 * 3") == "9\n"
+
+
+def test_closed_sandbox_and_close_from_another_thread(report, no_leaks):
+    s = Sandbox(timeout_s=30)
+    run_ok(s, "1")
+    threading.Timer(0.5, s.close).start()
+    t0 = time.monotonic()
+    r = s.run("while True:\n    pass")
+    assert time.monotonic() - t0 < 5 and r.session_reset and r.error
+    assert s.run("1").error == "SandboxError: this sandbox is closed"
+    s.close()
+
+
+def test_zygote_killed_from_outside(report):
+    """If the zygote dies, its workers die with it (PDEATHSIG); the affected run reports it
+    and the next one starts a new zygote."""
+    with Sandbox(timeout_s=5) as s:
+        run_ok(s, "w = 1")
+        old = executor._POOL.zygote.proc
+        workers = descendants(old.pid)
+        old.kill()
+        old.wait()
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers))
+        r = s.run("w")
+        assert r.session_reset and "names defined before this snippet are lost" in r.error
+        assert run_ok(s, "w = 2\nw") == "2\n"
+        assert executor._POOL.zygote.proc.pid != old.pid
+
+
+def test_caller_death_takes_zygote_and_workers_along(tmp_path):
+    """If the calling process dies without cleaning up (SIGKILL), nothing it started survives."""
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {os.path.dirname(executor.__file__)!r})\n"
+        "from executor import Sandbox\n"
+        "boxes = [Sandbox() for _ in range(3)]\n"
+        "for b in boxes:\n    assert b.run('1').ok\n"
+        "print('ready', flush=True)\n"
+        "boxes[0].run('while True:\\n    pass')\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        below = descendants(proc.pid)
+        assert len(below) >= 4                   # the zygote and three workers
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in below), timeout=5)
+    finally:
+        proc.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# 5) Many sessions
+# ---------------------------------------------------------------------------------------
+
+def test_run_batch_in_order_with_separate_state(report, no_leaks):
+    boxes = [Sandbox(timeout_s=5) for _ in range(6)]
+    try:
+        results = run_batch(boxes, [f"v = {i} * 11" for i in range(6)])
+        assert all(r.ok for r in results)
+        results = run_batch(boxes, ["v"] * 6)
+        assert [r.stdout for r in results] == [f"{i * 11}\n" for i in range(6)]
+        mixed = run_batch(boxes[:3], ["import os", "1/0", "v"])
+        assert [r.error is None for r in mixed] == [False, False, True]
+        with pytest.raises(ValueError):
+            run_batch([boxes[0], boxes[0]], ["1", "2"])
+    finally:
+        for b in boxes:
+            b.close()
+
+
+def test_worker_bound_evicts_and_replays(report, no_leaks):
+    old = executor.pool_stats()
+    executor.set_limits(max_workers=2, max_running=2)
+    boxes = [Sandbox(timeout_s=5, seed=i) for i in range(5)]
+    try:
+        run_batch(boxes, ["import random\nr = random.random()\ndef f(k):\n    return k + 100\n"] * 5)
+        first = [r.stdout for r in run_batch(boxes, ["r, f(1)"] * 5)]
+        assert executor.pool_stats()["live_workers"] <= 2
+        again = [r.stdout for r in run_batch(boxes, ["r, f(1)"] * 5)]
+        assert first == again and all(out.endswith(", 101)\n") for out in first)
+        stats = executor.pool_stats()
+        assert stats["evicted"] > old.get("evicted", 0) and stats["replayed"] > old.get("replayed", 0)
+        assert not any(r.session_reset for r in run_batch(boxes, ["f(2)"] * 5))
+    finally:
+        for b in boxes:
+            b.close()
+        executor.set_limits(max_workers=old["max_workers"], max_running=old["max_running"])
+
+
+# ---------------------------------------------------------------------------------------
+# 6) The smolagents adapter
+# ---------------------------------------------------------------------------------------
+
+smolagents = pytest.importorskip("smolagents")
+
+
+class ScriptedModel(smolagents.models.Model):
+    """A deterministic stand-in for an LLM: returns the next scripted reply each call."""
+
+    def __init__(self, replies):
+        super().__init__(model_id="scripted")
+        self.replies = list(replies)
+
+    def generate(self, messages, stop_sequences=None, response_format=None, tools_to_call_from=None, **kwargs):
+        from smolagents.models import ChatMessage, MessageRole
+        return ChatMessage(role=MessageRole.ASSISTANT, content=self.replies.pop(0))
+
+
+def test_code_agent_with_scripted_model(report, no_leaks):
+    from smolagents import CodeAgent
+    from executor import SandboxExecutor
+    replies = [
+        "Thought: compute it.\n<code>\nresult = 1 / 0\n</code>",                 # an error the model sees
+        "Thought: fix it.\n<code>\nimport sympy as sp\nx = sp.symbols('x')\nroots = sp.solve(x**2 - 4, x)\nprint(roots)\n</code>",
+        "Thought: done.\n<code>\nfinal_answer(sum(roots) + 17 * 23)\n</code>",
+    ]
+    ex = SandboxExecutor(timeout_s=5)
+    agent = CodeAgent(tools=[], model=ScriptedModel(replies), executor=ex, max_steps=5, verbosity_level=0)
+    try:
+        assert agent.run("What is 17 * 23 plus the sum of the roots of x^2 - 4?") == 391
+        assert ex.calls == 3
+        steps = [s for s in agent.memory.steps if type(s).__name__ == "ActionStep"]
+        assert "ZeroDivisionError: division by zero (line 1: result = 1 / 0)" in str(steps[0].error)
+        assert "[-2, 2]" in steps[1].observations
+    finally:
+        agent.cleanup()
+
+
+def test_adapter_tools_variables_and_errors(report, no_leaks):
+    from executor import SandboxCodeError, SandboxExecutor
+    from smolagents.default_tools import FinalAnswerTool, WebSearchTool
+    ex = SandboxExecutor(timeout_s=5)
+    try:
+        ex.send_tools({"final_answer": FinalAnswerTool()})
+        with pytest.raises(ValueError, match="supports only the final_answer tool"):
+            ex.send_tools({"final_answer": FinalAnswerTool(), "web_search": WebSearchTool()})
+        ex.send_variables({"n": 12, "coeffs": [1, -3, 2]})
+        out = ex("import numpy as np\nprint(n)\nsorted(np.roots(coeffs).round(6).tolist())")
+        assert (out.output, out.logs, out.is_final_answer) == ("[1.0, 2.0]", "12\n", False)
+        out = ex("final_answer({'n': n, 'half': n / 2})")
+        assert out.is_final_answer and out.output == {"n": 12, "half": 6.0}
+        with pytest.raises(SandboxCodeError, match=r"^NameError: name 'nope' is not defined \(line 1: nope\)$"):
+            ex("nope")
+        with pytest.raises(SandboxCodeError, match="import of 'os' is not allowed"):
+            ex("import os")
+    finally:
+        ex.cleanup()
+
+
+def test_code_agent_with_the_real_embedded_model(report, no_leaks):
+    """SmolLM2-135M through smolagents' TransformersModel: its answers are unpredictable,
+    so assert only that the agent ran, reached the executor, and nothing crashed."""
+    models = pytest.importorskip("models")
+    torch = pytest.importorskip("torch")
+    from smolagents import CodeAgent, TransformersModel
+    from executor import SandboxExecutor
+    import importlib.resources
+    import yaml
+    path = models.resolve_model("smollm2-135m")
+    # float32: bf16 matmuls are emulated on most CPUs and many times slower. One torch
+    # thread: on a busy 2-core machine two threads were 5-20x slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = TransformersModel(model_id=path, device_map="cpu", max_new_tokens=40, torch_dtype="float32")
+    templates = yaml.safe_load(importlib.resources.files("smolagents.prompts").joinpath("code_agent.yaml").read_text())
+    # smolagents' own system prompt is ~2300 tokens; a short one keeps this test fast on a CPU.
+    # With greedy decoding this task makes the model open a ```python block (checked here).
+    templates["system_prompt"] = ("You answer math questions by writing Python in a ```python block.\n"
+                                  "Example:\nQuestion: What is 2 + 3?\n```python\nprint(2 + 3)\n```")
+    ex = SandboxExecutor(timeout_s=10)
+    agent = CodeAgent(tools=[], model=model, executor=ex, max_steps=1, code_block_tags="markdown",
+                      prompt_templates=templates, verbosity_level=0)
+    try:
+        agent.run("Write a ```python block that prints 17 * 23.")
+        outputs = [getattr(s, "model_output", None) for s in agent.memory.steps]
+        assert ex.calls >= 1, outputs
+        assert any(type(s).__name__ == "ActionStep" for s in agent.memory.steps)
+    finally:
+        agent.cleanup()
+        torch.set_num_threads(threads)
