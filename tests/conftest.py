@@ -62,6 +62,7 @@ def vllm_llm(smollm2_dir):
     llm = LLM(model=smollm2_dir, **VLLM_CPU_KWARGS)
     yield llm
     # the engine core runs in a child process: shut it down so no process outlives the tests
-    shutdown = getattr(llm.llm_engine, "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    # (vLLM 0.32's LLMEngine has no shutdown() of its own; its engine-core client does)
+    engine_core = getattr(llm.llm_engine, "engine_core", None)
+    if engine_core is not None and callable(getattr(engine_core, "shutdown", None)):
+        engine_core.shutdown()

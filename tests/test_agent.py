@@ -284,6 +284,37 @@ def test_max_steps_counts_agent_calls():
 
 
 @needs_smolagents
+def test_smolagents_step_limit_answers_from_the_trace_without_another_model_call():
+    # chunks that close a non-python fence run nothing but use up smolagents' turns (max_steps + 1)
+    math_agent, model = make_agent(["I get \\boxed{7}\n```latex\nx\n```\n"] * 3, max_steps=1)
+    solution = math_agent.solve("p")
+    assert (solution.end_reason, solution.answer, solution.calls) == ("max_steps", "7", 0)
+    assert len(model.requests) == 2
+
+
+@needs_smolagents
+def test_a_chunk_cut_by_the_backends_token_limit_ends_the_run():
+    class CutModel(ScriptedModel):
+        def generate(self, messages, stop_sequences=None, **kwargs):
+            reply = super().generate(messages, stop_sequences, **kwargs)
+            reply.raw = {"finish_reason": "length"}  # what the OpenAI API and VLLMAgentModel report
+            return reply
+
+    math_agent = agent.MathAgent(CutModel(["<tool_call>\nprint(1 +"]), verbosity_level=LogLevel.OFF)
+    solution = math_agent.solve("p")
+    assert (solution.end_reason, solution.calls) == ("max_tokens", 0)
+
+
+@needs_smolagents
+def test_streaming_yields_the_call_and_its_output():
+    math_agent, _ = make_agent(["<tool_call>\nprint(6 * 7)\n</tool_call>", "\\boxed{42}"])
+    events = list(math_agent.run("p", stream=True))
+    outputs = [e for e in events if isinstance(e, smolagents.agents.ToolOutput)]
+    assert [(o.tool_call.arguments, o.observation) for o in outputs] == [("print(6 * 7)", "\n```output\n42\n```\n")]
+    assert isinstance(events[-1], smolagents.memory.FinalAnswerStep) and events[-1].output == "42"
+
+
+@needs_smolagents
 def test_no_snippet_and_no_box_ends_the_run():
     math_agent, _ = make_agent(["I think it is 5."])
     solution = math_agent.solve("p")

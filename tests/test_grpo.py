@@ -53,7 +53,8 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread):
+def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
