@@ -98,7 +98,7 @@ Run:
   python agent.py "What is 237*682?" --model smollm2-135m --layout turns
   python agent.py "What is 237*682?" --backend vllm --layout turns
   python -m vllm.entrypoints.openai.api_server --model DIR --gpu-memory-utilization 0.1 \\
-      --enforce-eager --max-model-len 2048 --port 8011 &
+      --kv-cache-memory-bytes 1073741824 --enforce-eager --max-model-len 2048 --port 8011 &
   python agent.py "What is 237*682?" --backend openai --model DIR --api-base http://127.0.0.1:8011/v1
   python agent.py --help
 Tests: python -m pytest tests/test_agent.py tests/test_prompts.py
