@@ -22,6 +22,8 @@ Data flow for one problem (the numbers match the comments in MathAgent._step_str
   5. format_result() renders the output block, which is appended to the SAME assistant
      message; generation continues from there (back to 2).
   6. The answer is last_boxed() of the trace.
+The text format and its scanners (STOP_STRINGS, trailing_snippet, format_result, last_boxed,
+find_snippets) are protocol.py's, re-exported here; they read hostile model text in linear time.
 
 Same-turn continuation, and how it differs from smolagents' ReAct turns
 -----------------------------------------------------------------------
@@ -92,7 +94,10 @@ Departures from the paper
     max_new_tokens, and it does not cut output blocks to Budget.max_output_tokens (the
     Sandbox's max_output_chars bounds them). rollout.py enforces both token by token.
   - smolagents is needed only by MathAgent and the CLI: sections 1-5 are plain Python, so
-    rewards.py and rollout.py use the protocol without any ML stack.
+    rollout.py uses the protocol without any ML stack. Sections 1-2 (the protocol as text:
+    delimiters, output blocks, the snippet and answer scanners) live in protocol.py and are
+    re-exported here: `import agent` still imports smolagents when it is installed, and
+    rewards.py, which must not load it, imports protocol.py alone.
 
 Run:
   python agent.py "What is 237*682?" --model smollm2-135m --layout turns
@@ -115,9 +120,17 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# sections 1 and 2, the protocol as text; names re-exported (rollout.py uses agent.X)
+from protocol import (  # noqa: F401
+    CALL_CLOSE, CALL_OPEN, EMPTY_OUTPUT, ERROR_LINE_RE, FENCE_CLOSE, FENCE_OPEN_RE, OUTPUT_CLOSE,
+    OUTPUT_OPEN, STOP_STRINGS, find_snippets, format_output, format_result, last_box, last_boxed,
+    output_blocks, shows_error, strip_output_blocks, trailing_snippet,
+)
+
 # smolagents is optional at import time: sections 1-5 (the protocol and the prompts) are plain
-# Python, and rewards.py imports them on machines without any ML stack. Only MathAgent
-# (section 6), the model backends (section 7) and the CLI need it.
+# Python, and rollout.py uses them on machines without any ML stack. Only MathAgent
+# (section 6), the model backends (section 7) and the CLI need it. When it is installed it is
+# imported here, so rewards.py imports protocol.py instead of this module.
 try:
     from smolagents import CodeAgent, OpenAIModel, VLLMModel
     from smolagents.agents import EMPTY_PROMPT_TEMPLATES, ActionOutput, ToolOutput
@@ -134,156 +147,10 @@ except ImportError:  # the protocol still works; MathAgent says what to install
 SMOLAGENTS_MISSING = "smolagents is not installed: run `pip install smolagents==1.26.0` (or `make install`)"
 
 # ---------------------------------------------------------------------------
-# 1) The protocol: delimiters, stop strings, output blocks
+# 1) The protocol: delimiters, stop strings, output blocks, and 2) the final answer
 # ---------------------------------------------------------------------------
-
-CALL_OPEN = "<tool_call>"
-"""Opens an agent call. Qwen3's tokenizer has it as one special token (id 151657)."""
-CALL_CLOSE = "</tool_call>"
-"""Closes an agent call; generation stops here and the snippet is run."""
-
-FENCE_OPEN_RE = re.compile(r"```(?:python|py)[ \t]*\n")
-"""Markdown fences are accepted as well: ```python ... ``` (smolagents' "markdown" tags)."""
-FENCE_CLOSE = "\n```\n"
-"""A fence closes on its own line. The opening "```python" can never match this."""
-
-STOP_STRINGS: tuple[str, ...] = (CALL_CLOSE, FENCE_CLOSE)
-"""What every backend passes as stop strings (vLLM `SamplingParams.stop`, HF stop_strings)."""
-
-OUTPUT_OPEN = "```output\n"
-OUTPUT_CLOSE = "\n```\n"
-EMPTY_OUTPUT = "(no output)"
-"""Shown when a snippet printed nothing and displayed nothing, so the model sees that it ran."""
-
-# A snippet is the text between an opening and a closing delimiter. The `<tool_call>` form
-# tolerates a ```python fence inside it, which small models often add.
-_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
-_FENCE_RE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)\n```(?=\n|$)", re.DOTALL)
-_INNER_FENCE_RE = re.compile(r"^\s*```(?:python|py)?[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
-_OUTPUT_BLOCK_RE = re.compile(r"```output\n.*?\n```\n?", re.DOTALL)
-
-
-def _clean(code: str) -> str:
-    m = _INNER_FENCE_RE.match(code)
-    return (m.group(1) if m else code).strip("\n")
-
-
-def find_snippets(text: str) -> list[str]:
-    """Every agent call in a trace, in order (executor output blocks are skipped).
-
-    >>> find_snippets("a <tool_call>\\nx = 2\\n</tool_call> b ```python\\nprint(x)\\n```\\n")
-    ['x = 2', 'print(x)']
-    >>> find_snippets("no calls, just \\\\boxed{4}")
-    []
-    """
-    text = _OUTPUT_BLOCK_RE.sub("", text)
-    found = [(m.start(), _clean(m.group(1))) for m in _CALL_RE.finditer(text)]
-    # fences inside a <tool_call> were already taken with it
-    spans = [m.span() for m in _CALL_RE.finditer(text)]
-    for m in _FENCE_RE.finditer(text):
-        if not any(a <= m.start() < b for a, b in spans):
-            found.append((m.start(), _clean(m.group(1))))
-    return [code for _, code in sorted(found) if code.strip()]
-
-
-def trailing_snippet(chunk: str) -> str | None:
-    """The snippet a generation chunk *ended with*, or None.
-
-    A chunk is what the model produced since the last executor output. The backend stopped
-    it on one of STOP_STRINGS; vLLM stop strings need not fall on token boundaries, so up to
-    one token of text may follow the delimiter (usually whitespace), which is tolerated.
-
-    >>> trailing_snippet("Let me compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>")
-    'print(17*23)'
-    >>> trailing_snippet("```python\\nprint(1)\\n```\\n")
-    'print(1)'
-    >>> trailing_snippet("So the answer is \\\\boxed{391}.") is None
-    True
-    >>> trailing_snippet("```output\\n391\\n```\\n") is None   # not a python fence
-    True
-    """
-    tail = chunk.rstrip()
-    if tail.endswith(CALL_CLOSE):
-        start = tail.rfind(CALL_OPEN)
-        if start == -1:
-            return None
-        code = _clean(tail[start + len(CALL_OPEN): -len(CALL_CLOSE)])
-        return code if code.strip() else None  # as in find_snippets: a blank call is no snippet
-    if tail.endswith("```"):
-        body = tail[:-3]
-        opens = list(FENCE_OPEN_RE.finditer(body))
-        if not opens:
-            return None
-        last_open = opens[-1]
-        code = body[last_open.end():]
-        # another fence (```output, ```latex, a bare ```) opened after it: not a python block
-        if "```" in code:
-            return None
-        code = code.strip("\n")
-        return code if code.strip() else None
-    return None
-
-
-def format_output(stdout: str, error: str | None = None) -> str:
-    """The block inserted into the trace after an agent call: exactly what the model sees.
-
-    >>> format_output("391\\n")
-    '\\n```output\\n391\\n```\\n'
-    >>> format_output("", "NameError: name 'y' is not defined (line 1: print(y))")
-    "\\n```output\\nNameError: name 'y' is not defined (line 1: print(y))\\n```\\n"
-    >>> format_output("")
-    '\\n```output\\n(no output)\\n```\\n'
-    """
-    body = stdout.rstrip("\n")
-    if error:
-        body = f"{body}\n{error}" if body else error
-    return "\n" + OUTPUT_OPEN + (body or EMPTY_OUTPUT) + OUTPUT_CLOSE
-
-
-def format_result(result) -> str:
-    """format_output for an executor.ExecResult (anything with .stdout and .error)."""
-    return format_output(result.stdout, result.error)
-
-
-# ---------------------------------------------------------------------------
-# 2) The final answer
-# ---------------------------------------------------------------------------
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in text, braces balanced.
-
-    Output blocks are ignored: a number printed by the executor is not an answer.
-
-    >>> last_boxed(r"first \\boxed{1}, then \\boxed{\\frac{4}{3}}.")
-    '\\\\frac{4}{3}'
-    >>> last_boxed(r"\\boxed 7")
-    '7'
-    >>> last_boxed("no box") is None
-    True
-    >>> last_boxed(r"\\boxed{unbalanced") is None
-    True
-    """
-    text = _OUTPUT_BLOCK_RE.sub("", text)
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start == -1:
-        return None
-    i = text.index("\\", start) + (6 if text.startswith("\\boxed", start) else 5)
-    if i < len(text) and text[i] == " ":  # "\boxed 7" (no braces): a single token
-        m = re.match(r" +([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1: j]
-    return None
-
+# Both live in protocol.py (imported at the top, and re-exported: agent.find_snippets etc.),
+# because this module imports smolagents and rewards.py must read traces without it.
 
 # ---------------------------------------------------------------------------
 # 3) When a trajectory ends
@@ -313,6 +180,9 @@ def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budge
     When this returns None, `trailing_snippet(chunk)` is the snippet to run; it is None when
     the chunk stopped on a closing fence of some other block (```latex ... ```), and then
     generation simply continues with nothing inserted.
+    A chunk that ended with EOS is "answer" or "no_snippet" even when it used up the budget:
+    the model finished on its own, nothing was cut. The budget ends a trajectory only when
+    something else would follow: more text (FINISH_LENGTH) or a snippet run (FINISH_STOP).
 
     >>> b = Budget(max_tokens=100, max_steps=2)
     >>> call = "<tool_call>\\nprint(1)\\n</tool_call>"
@@ -326,13 +196,15 @@ def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budge
     'max_steps'
     >>> end_reason(call, FINISH_LENGTH, 0, 100, b)
     'max_tokens'
+    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 100, b)   # EOS on the budget's last token
+    'answer'
     >>> end_reason("```latex\\nx^2\\n```\\n", FINISH_STOP, 0, 10, b) is None
     True
     """
+    if finish == FINISH_EOS:  # before the budget: the model ended by itself, nothing was cut
+        return "answer" if last_boxed(chunk) is not None else "no_snippet"
     if finish == FINISH_LENGTH or n_tokens >= budget.max_tokens:
         return "max_tokens"
-    if finish == FINISH_EOS:
-        return "answer" if last_boxed(chunk) is not None else "no_snippet"
     if trailing_snippet(chunk) is not None and steps >= budget.max_steps:
         return "max_steps"
     return None
@@ -464,6 +336,44 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system") ->
     messages.append({"role": "user", "content": problem})
     return messages
 
+
+
+# A warm-up workload for small, untrained models. The paper's prompt (above) assumes a model that
+# already reasons; the untrained 135M model used on CPU here called the tool on 0 of 20 products
+# with layout "system" and 16 of 20 with "turns" (greedy). With these three solved products as
+# earlier chat turns it calls the tool on most 3-digit products even when sampling at T=1, so
+# tests, benchmarks and `make demo` have a real agent loop to exercise.
+
+ARITHMETIC_SYSTEM = ("You solve math problems. Write Python between <tool_call> and </tool_call>; its output "
+                     "appears in an ```output block. Then give the answer as \\boxed{answer}.")
+ARITHMETIC_EXAMPLES = ((123, 456), (215, 307), (999, 101))
+
+
+def arithmetic_messages(a: int, b: int) -> list[dict]:
+    """Chat messages asking for a * b, after three solved products as earlier turns.
+
+    >>> m = arithmetic_messages(12, 34)
+    >>> [x["role"] for x in m][:3], m[-1]["content"]
+    (['system', 'user', 'assistant'], 'What is 12 * 34?')
+    """
+    msgs = [{"role": "system", "content": ARITHMETIC_SYSTEM}]
+    for x, y in ARITHMETIC_EXAMPLES:
+        msgs += [{"role": "user", "content": f"What is {x} * {y}?"},
+                 {"role": "assistant", "content": f"{CALL_OPEN}\nprint({x} * {y})\n{CALL_CLOSE}"
+                  + format_output(f"{x * y}\n") + f"The answer is \\boxed{{{x * y}}}."}]
+    return msgs + [{"role": "user", "content": f"What is {a} * {b}?"}]
+
+
+def arithmetic_problems(n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """n seeded pairs of 3-digit factors; the exact answer of each is a * b.
+
+    >>> arithmetic_problems(2, seed=0)
+    [(964, 494), (876, 530)]
+    """
+    import random
+
+    rng = random.Random(seed)
+    return [(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(n)]
 
 # ---------------------------------------------------------------------------
 # 5) Same-turn continuation: chat templates, and chunks that stopped on a stop string

@@ -192,7 +192,14 @@ BLOCKED_SUBMODULES: tuple[str, ...] = (
 start compilers. Refusing them only reduces the surface (the OS layers are the boundary).
 It also gives the model a clear message instead of a PermissionError from deep inside."""
 
-PRELOAD: tuple[str, ...] = ALLOWED_IMPORTS + (
+INTERPRETER_IMPORTS: tuple[str, ...] = ("_pylong",)
+"""Modules CPython itself imports through builtins.__import__ while running allowed code:
+from 3.12, str(n), int(s) and Decimal of huge integers call into `_pylong` (seen on 3.12:
+`len(str(3**20000))` failed with "import of '_pylong' is not allowed"). The runtime import
+hook accepts exactly these names, the static check never does, so no snippet can name them
+(`__import__` is a dunder, rejected before anything runs)."""
+
+PRELOAD: tuple[str, ...] = ALLOWED_IMPORTS + INTERPRETER_IMPORTS + (
     "numpy.linalg", "scipy.special", "scipy.linalg", "scipy.optimize", "scipy.integrate",
     "scipy.stats", "sympy.parsing.sympy_parser",
 )
@@ -826,6 +833,13 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
             resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         except (ValueError, OSError):
             pass
+    if _IS_LINUX and applied.get("pdeathsig"):
+        # changing credentials clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG):
+        # arm it again as nobody, and check the zygote did not die in between. Seen on a
+        # kernel where the uid drop works: workers outlived a killed zygote without this.
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(0)
     applied["uid"] = os.geteuid()
     applied["uid_note"] = probe.get("uid_note")
     # 4g) no_new_privs: required by Landlock and seccomp; exec can never gain privileges
@@ -966,6 +980,8 @@ class _Runner:
         def safe_import(name, globals=None, locals=None, fromlist=(), level=0):
             if level:
                 raise ImportError("relative imports are not allowed in the sandbox")
+            if name in INTERPRETER_IMPORTS:
+                return real_import(name, globals, locals, fromlist, level)
             if not _module_allowed(name, allowed):
                 raise ImportError(f"import of '{name}' is not allowed; allowed: {', '.join(allowed)}")
             for sub in fromlist or ():

@@ -18,7 +18,7 @@ Data flow (the numbers match the step comments in the code):
      with a per-check deadline (GRADE_TIMEOUT_S). Past the deadline the caller SIGKILLs it,
      starts a replacement at once, and scores the check as wrong ("timeout").
   4. In the helper, final_answers() takes the answer: the content of the last \\boxed{}, by
-     agent.last_boxed()'s rules (output blocks ignored). If boxes come as a run, e.g.
+     protocol.last_boxed()'s rules (output blocks ignored). If boxes come as a run, e.g.
      "\\boxed{1}, \\boxed{2}", the run is taken whole (see "Not gameable" below).
   5. _too_big() rejects pathological answers before sympy sees them: over MAX_ANSWER_CHARS
      characters or deeper than MAX_ANSWER_DEPTH brackets. (The LaTeX parser's time grows
@@ -34,7 +34,8 @@ Data flow (the numbers match the step comments in the code):
      turns None into NaN and leaves it out of the weighted sum).
   9. code_use_reward counts agent calls: from the rollout's per-completion kwargs
      (num_snippets, num_errors) when TRL passes them, otherwise by parsing the text with
-     agent.find_snippets() and the output blocks (in the helper, under the same deadline).
+     protocol.find_snippets() and protocol.output_blocks() (in the helper, under the same
+     deadline).
  10. reward_funcs_and_weights() gives train.py the functions and GRPOConfig.reward_weights.
 
 Why a helper process (the hard bound on one check)
@@ -56,9 +57,9 @@ outside. Design:
   - Each helper limits itself: address space (GRADER_MEMORY_BYTES, so 10^{10^{10}} raises
     MemoryError instead of swapping the node), CPU seconds per check (RLIMIT_CPU, a backstop
     if its parent died), and it exits when its stdin closes.
-  - Everything that reads untrusted model text with regular expressions runs in the helper too:
-    some of agent.py's patterns are quadratic on degenerate text (thousands of unclosed
-    "<tool_call>"), and the deadline bounds them as well.
+  - Everything that reads untrusted model text runs in the helper too. protocol.py's scanners
+    are linear in the text (they used to be lazy regexes, quadratic on thousands of unclosed
+    "<tool_call>": 21 s for 10,000), and the deadline is the backstop should one ever not be.
 Overhead (measured on the 2-core CPU machine): a round trip costs about 0.1 ms, against about
 10 ms for the math-verify work of a check (MATH-500 solutions, nothing cached: 10.5 ms per
 check in-process, 10.6 ms through a helper). A killed helper's replacement is started at once
@@ -111,12 +112,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
-    # A grader helper only needs agent.py's protocol functions. Marking smolagents as absent
-    # makes `import agent` skip it (agent.py supports that), saving ~1 s per helper start.
-    sys.modules.setdefault("smolagents", None)
-
-from agent import CALL_OPEN, OUTPUT_CLOSE, OUTPUT_OPEN, find_snippets, last_boxed
+# The trace format and its scanners, shared with agent.py (which re-exports them) so the two
+# cannot drift. protocol.py, not agent.py: `import agent` loads smolagents when it is installed,
+# and neither the trainer's side of this module nor a grader helper should pay for that.
+from protocol import CALL_OPEN, find_snippets, last_box, output_blocks, shows_error, strip_output_blocks
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +181,6 @@ def completion_text(completion: Any) -> str:
 # 4) The final answer: the last box, or the run of boxes it ends
 # ---------------------------------------------------------------------------
 
-# Built from agent.py's public constants; the same pattern as the one last_boxed() strips.
-_OUTPUT_BLOCK_RE = re.compile(
-    re.escape(OUTPUT_OPEN) + r"(.*?)" + re.escape(OUTPUT_CLOSE.rstrip("\n")) + r"\n?", re.DOTALL
-)
 # What may stand between two boxes of one run: space, punctuation, math delimiters, "and"/"or".
 _RUN_GAP_RE = re.compile(
     r"(?:\s|[$,;.&]|\\[,;:! ]|\\q?quad\b|\\\\|\\[()\[\]]"
@@ -194,18 +189,10 @@ _RUN_GAP_RE = re.compile(
 _MAX_GAP = 40
 
 
-def _box_end(text: str, start: int, content: str) -> int:
-    """End of the box that starts at `start` and holds `content` (as last_boxed read it)."""
-    i = start + (6 if text.startswith("\\boxed", start) else 5)
-    if text[i] == "{":
-        return i + 1 + len(content) + 1
-    return i + (len(text[i:]) - len(text[i:].lstrip(" "))) + len(content)  # "\boxed 7"
-
-
 def final_answers(text: str) -> list[str]:
     """The final answer as a list of box contents; [] when there is no (balanced) box.
 
-    The last element is always agent.last_boxed(text). Boxes just before it, separated only by
+    The last element is always protocol.last_boxed(text). Boxes just before it, separated only by
     commas, "and"/"or", spaces or math delimiters, form one run with it and come first.
     Boxes further back (e.g. an earlier attempt) are not part of the answer.
 
@@ -216,22 +203,21 @@ def final_answers(text: str) -> list[str]:
     >>> final_answers("```output\\n\\\\boxed{7}\\n```\\nno answer yet")
     []
     """
-    text = full = _OUTPUT_BLOCK_RE.sub("", text)
+    # last_boxed(text) is last_box() of this text; boxes further back are looked for in it too
+    text = strip_output_blocks(text)
     run: list[str] = []
     next_start = None  # where the box found in the previous round starts
     while len(run) < MAX_RUN:
-        content = last_boxed(text)
-        if content is None:
+        box = last_box(text if next_start is None else text[:next_start])
+        if box is None:
             break
-        # the same search last_boxed() makes, to know where that box sits
-        start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        start, end, content = box
         if next_start is not None:  # is this box adjacent to the one after it?
-            gap = full[_box_end(full, start, content): next_start]
+            gap = text[end: next_start]
             if len(gap) > _MAX_GAP or not _RUN_GAP_RE.fullmatch(gap):
                 break
         run.insert(0, content)
         next_start = start
-        text = text[:start]
     return run
 
 
@@ -340,20 +326,13 @@ def _grade_local(text: str, gold: str) -> dict:
     return {"correct": ok, "answer": answer, "status": "correct" if ok else "wrong"}
 
 
-_ERROR_LINE_RE = re.compile(
-    r"^(?:[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b"    # "NameError: ...", "SandboxError: ..."
-    r"|Traceback \(most recent call last\)|timed out after\b|the sandbox process\b)",
-    re.MULTILINE,
-)
-
-
 def _calls_local(text: str) -> dict:
     """Step 9 without rollout kwargs: snippets, output blocks, and blocks showing an error.
 
-    An error is a line of an output block in executor.py's error formats: "ExcType: ...",
-    "timed out after ...", "the sandbox process ...". format_output() puts it after stdout."""
-    blocks = [m.group(1) for m in _OUTPUT_BLOCK_RE.finditer(text)]
-    errors = sum(bool(_ERROR_LINE_RE.search(b)) for b in blocks)
+    An error is a line of an output block in executor.py's error formats (protocol.shows_error:
+    "ExcType: ...", "timed out after ...", "the sandbox process ...")."""
+    blocks = output_blocks(text)
+    errors = sum(shows_error(b) for b in blocks)
     return {"snippets": len(find_snippets(text)), "outputs": len(blocks), "errors": errors}
 
 
@@ -731,7 +710,7 @@ def code_use_reward(completions: list, only_successful: bool = False, cap: int =
 
     The counts come from the rollout when TRL passes them (rollout.py's per-completion
     `num_snippets` and `num_errors`, where errors include timeouts); otherwise the text is
-    parsed: agent.find_snippets() for the calls, and an error line in an ```output block for
+    parsed: protocol.find_snippets() for the calls, and an error line in an ```output block for
     a failed one. So it works on plain strings too (evaluate.py, tests). The text fallback
     matches blocks to calls by count, not position, so a completion that writes a fake
     ```output block itself can fool it; in training the rollout's counts, which the policy

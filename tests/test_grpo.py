@@ -20,37 +20,8 @@ from __future__ import annotations
 import math
 import random
 
-import pytest
-
 import agent
 import rollout as R
-
-SYSTEM = ("You solve math problems. Write Python between <tool_call> and </tool_call>; its output "
-          "appears in an ```output block. Then give the answer as \\boxed{answer}.")
-
-
-def messages(a: int, b: int) -> list[dict]:
-    """Solved examples as earlier chat turns: with these the untrained 135M model calls the tool
-    on most 3-digit products (ENVIRONMENT.md). The project's own prompts/examples.txt are
-    competition problems, on which this model does not call the tool at all."""
-    msgs = [{"role": "system", "content": SYSTEM}]
-    for x, y in [(123, 456), (215, 307), (999, 101)]:
-        msgs += [{"role": "user", "content": f"What is {x} * {y}?"},
-                 {"role": "assistant", "content": f"<tool_call>\nprint({x} * {y})\n</tool_call>"
-                  + agent.format_output(f"{x * y}\n") + f"The answer is \\boxed{{{x * y}}}."}]
-    return msgs + [{"role": "user", "content": f"What is {a} * {b}?"}]
-
-
-@pytest.fixture
-def one_torch_thread():
-    """torch's 2 OpenMP threads crawl when the 2 cores are shared with other jobs (15x slower
-    decode steps were measured); one thread is steady."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread, monkeypatch):
@@ -59,9 +30,9 @@ def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    rng = random.Random(0)
-    pairs = [(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(2)]
-    dataset = Dataset.from_list([{"prompt": messages(a, b), "answer": str(a * b)} for a, b in pairs])
+    # agent.arithmetic_messages: prompts on which the untrained 135M model calls the tool
+    pairs = agent.arithmetic_problems(2, seed=0)
+    dataset = Dataset.from_list([{"prompt": agent.arithmetic_messages(a, b), "answer": str(a * b)} for a, b in pairs])
 
     seen_kwargs = []
     noise = random.Random(1)

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import rewards  # noqa: E402
-from agent import last_boxed  # noqa: E402
+from protocol import last_boxed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -155,9 +155,15 @@ def test_final_answers_runs_of_boxes():
     assert rewards.final_answers(r"\boxed 7") == ["7"]
     assert rewards.final_answers(r"\boxed{unbalanced") == []
     assert rewards.final_answers(r"\boxed{\boxed{3}}") == ["3"]
-    # the last element is always agent.last_boxed's answer
+    # the last element is always protocol.last_boxed's answer
     for text in (r"a \boxed{1} b \fbox{2}", r"\boxed{x}, \boxed{y}", "```output\n\\boxed{9}\n```\n\\boxed{4}"):
         assert rewards.final_answers(text)[-1] == last_boxed(text)
+    # even when removing an output block joins text into a new opener ("```out" + "put\n"):
+    # output blocks are stripped once, as last_boxed does (stripping twice used to give ["1"])
+    joined = "\\boxed{1}, ```out```output\nx\n```\nput\n\\boxed{2}\n```\n"
+    assert rewards.final_answers(joined) == ["2"] == [last_boxed(joined)]
+    # a box's end is where last_boxed stopped reading it, "\boxed 7" included
+    assert rewards.final_answers(r"\boxed 1 , \boxed{2} and \fbox 3") == ["1", "2", "3"]
 
 
 def test_run_of_boxes_multi_value_and_restatement():
@@ -203,7 +209,8 @@ def test_completion_text_joins_messages():
 def test_parent_process_stays_light():
     """rewards.py itself imports no ML stack and no sympy: the helpers do the math."""
     code = ("import sys, rewards; rewards.grade(r'\\boxed{3}', '3'); "
-            "print(sorted(m for m in ('torch', 'trl', 'vllm', 'transformers', 'sympy', 'math_verify') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'trl', 'vllm', 'transformers', 'sympy', 'math_verify', 'smolagents')"
+            " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -246,6 +253,20 @@ def test_code_use_counts():
     assert rewards.count_calls(TWO_OK_ONE_ERR) == {"snippets": 3, "outputs": 3, "errors": 1}
     assert rewards.count_calls(NO_CALL) == {"snippets": 0, "outputs": 0, "errors": 0}
     assert rewards.count_calls(CALL_TIMEOUT)["errors"] == 1
+
+
+def test_code_use_counts_use_the_protocol_scanners():
+    # rewards counts with protocol.py's scanners, the ones agent.py re-exports: no second copy
+    import agent
+    import protocol
+
+    assert rewards.find_snippets is agent.find_snippets is protocol.find_snippets
+    assert rewards.output_blocks is agent.output_blocks and rewards.shows_error is agent.shows_error
+    text = ("<tool_call>\nprint(1)\n</tool_call>\n```output\n1\n```\n"
+            "```python\nprint(y)\n```\n```output\nNameError: name 'y' is not defined\n```\n"
+            "<tool_call>\nprint(2)\n</tool_call>\n```output\nunclosed")
+    assert rewards._calls_local(text) == {"snippets": 3, "outputs": 2, "errors": 1}
+    assert rewards.count_calls(text) == {"snippets": 3, "outputs": 2, "errors": 1}
 
 
 def test_code_use_rollout_kwargs_take_precedence():
@@ -412,6 +433,16 @@ def test_adversarial_code_use_is_bounded(name, short_deadline):
     out = rewards.code_use_reward([ADVERSARIAL[name]])
     assert time.perf_counter() - t0 < BOUND_S
     assert out in ([0.0], [1.0])
+
+
+def test_adversarial_text_is_parsed_not_timed_out(short_deadline):
+    # the text scanners are linear now: these are read to the end and graded, not killed
+    assert rewards.check(ADVERSARIAL["20k unclosed tool calls"], "3").status == "correct"
+    assert rewards.check(ADVERSARIAL["20k unclosed output blocks"], "3").status == "correct"
+    assert rewards.check(r"\boxed{" * 20_000, "3").status == "no_answer"
+    zeros = {"snippets": 0, "outputs": 0, "errors": 0}
+    assert rewards.count_calls(ADVERSARIAL["20k unclosed tool calls"]) == zeros
+    assert rewards.count_calls("```python\n" * 10_000 + "<tool_call>x</tool_call>") == {**zeros, "snippets": 1}
 
 
 def test_grader_recovers_after_a_kill():

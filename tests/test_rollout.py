@@ -13,7 +13,6 @@ Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session
 
 from __future__ import annotations
 
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -157,6 +156,12 @@ def check_invariants(t: R.Trajectory, tok) -> None:
 # Tier 1: unit tests
 # ---------------------------------------------------------------------------
 
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(R, optionflags=doctest.ELLIPSIS).failed == 0
+
+
 def test_call_output_answer_is_token_exact():
     be = ScriptedBackend({
         "Q1": [("Compute.\n" + CALL, FINISH_STOP), ("So \\boxed{391}.", FINISH_EOS)],
@@ -203,6 +208,113 @@ def test_all_active_trajectories_step_together():
     assert c.sandbox is None  # opened lazily: C never ran code
     for t in trajs:
         check_invariants(t, be.tokenizer)
+
+
+class StreamingScriptedBackend(ScriptedBackend):
+    """The scripted backend with the continuous interface: a submitted request ends after
+    `latency[prompt]` polls (default 1), so requests finish out of order, as in a real engine."""
+
+    def __init__(self, scripts, latency=None):
+        super().__init__(scripts)
+        self.latency = latency or {}
+        self.queue: dict = {}  # key -> [polls left, chunk]
+        self.events: list[tuple] = []  # ("submit" | "done", key), in order
+        self.cancelled = 0
+
+    def submit(self, key, prompt, max_tokens, stop, sampling):
+        (chunk,) = self.generate([prompt], [max_tokens], stop, sampling)
+        name = next(k for k in self.latency if self.tokenizer.encode(k) == prompt[: len(k)]) if any(
+            self.tokenizer.encode(k) == prompt[: len(k)] for k in self.latency) else None
+        self.queue[key] = [self.latency.get(name, 1), chunk]
+        self.events.append(("submit", key))
+
+    def poll(self):
+        done = []
+        for key in list(self.queue):
+            self.queue[key][0] -= 1
+            if self.queue[key][0] <= 0:
+                done.append((key, self.queue.pop(key)[1]))
+                self.events.append(("done", key))
+        return done
+
+    def pending(self):
+        return len(self.queue)
+
+    def cancel(self):
+        self.cancelled += len(self.queue)
+        self.queue.clear()
+
+
+SCRIPTS = {
+    "A": [("Let me compute.\n" + CALL, FINISH_STOP), (CALL, FINISH_STOP), ("\\boxed{1}", FINISH_EOS)],
+    "B": [(CALL, FINISH_STOP), ("\\boxed{2}", FINISH_EOS)],
+    "C": [("\\boxed{3}", FINISH_EOS)],
+}
+
+
+def test_continuous_schedule_gives_the_lockstep_trajectories():
+    table = {"print(17*23)": ("391\n", None, False)}
+    lock, _ = run(ScriptedBackend(SCRIPTS), ["A", "B", "C"], table, schedule="lockstep")
+    be = StreamingScriptedBackend(SCRIPTS, latency={"A": 3, "B": 1, "C": 5})
+    stats = R.RolloutStats()
+    cont, batches = run(be, ["A", "B", "C"], table, stats=stats)  # "auto" picks continuous here
+    assert be.events[:3] == [("submit", 0), ("submit", 1), ("submit", 2)]
+    assert [k for e, k in be.events if e == "done"][0] == 1  # B's call ended first, out of order
+    for x, y in zip(lock, cont):
+        assert (x.text, x.completion_ids, x.logprobs, x.mask, x.finish_reason, x.snippets) == \
+            (y.text, y.completion_ids, y.logprobs, y.mask, y.finish_reason, y.snippets)
+        check_invariants(y, be.tokenizer)
+    assert batches == [["print(17*23)"]] * 3  # one snippet at a time, as each became ready
+    assert stats.snippets == 3 and stats.generate_calls == 6 and be.pending() == 0 and be.cancelled == 0
+
+
+def test_continuous_schedule_decodes_while_a_snippet_runs():
+    """A's snippet blocks until B has finished its whole trajectory: possible only if the
+    engine keeps stepping B while A's snippet runs (lockstep would wait for A first)."""
+    import threading
+
+    be = StreamingScriptedBackend({"A": [(CALL, FINISH_STOP), ("\\boxed{1}", FINISH_EOS)],
+                                   "B": [("thinking " * 3, FINISH_LENGTH), ("\\boxed{2}", FINISH_EOS)]},
+                                  latency={"A": 1, "B": 3})
+    b_done, seen = threading.Event(), []
+    poll = be.poll
+
+    def watching_poll():
+        done = poll()
+        if any(k == 1 and c.finish == FINISH_EOS for k, c in done):
+            b_done.set()
+        return done
+
+    be.poll = watching_poll
+
+    class SlowSandbox(FakeSandbox):
+        def run(self, code):
+            seen.append(b_done.wait(timeout=10))
+            return super().run(code)
+
+    trajs = R.rollout(be, [be.tokenizer.encode("A"), be.tokenizer.encode("B")], step_tokens=27,
+                      sandbox_factory=lambda: SlowSandbox({}), run_batch=lambda sbs, codes: [sbs[0].run(codes[0])])
+    assert seen == [True]
+    assert [t.finish_reason for t in trajs] == ["answer", "answer"]
+
+
+def test_continuous_schedule_cancels_pending_requests_on_error():
+    be = StreamingScriptedBackend(SCRIPTS, latency={"C": 50})
+
+    def broken(sandboxes, codes):
+        raise RuntimeError("executor down")
+
+    with pytest.raises(RuntimeError, match="executor down"):
+        R.rollout(be, [be.tokenizer.encode(q) for q in "ABC"], sandbox_factory=lambda: FakeSandbox({}),
+                  run_batch=broken)
+    assert be.pending() == 0 and be.cancelled >= 1  # C's request was still in the engine
+
+
+def test_schedule_argument_is_checked():
+    with pytest.raises(ValueError, match="schedule"):
+        run(ScriptedBackend(SCRIPTS), ["C"], schedule="fast")
+    with pytest.raises(ValueError, match="submit/poll"):
+        run(ScriptedBackend(SCRIPTS), ["C"], schedule="continuous")
 
 
 def test_step_cap_splits_chunks_and_finds_stop_strings_across_calls():
@@ -333,36 +445,35 @@ def test_missing_model_is_a_clear_error():
 # products, with solved arithmetic examples given as earlier chat turns (ENVIRONMENT.md).
 # ---------------------------------------------------------------------------
 
-SYSTEM = ("You solve math problems. Write Python between <tool_call> and </tool_call>; its output "
-          "appears in an ```output block. Then give the answer as \\boxed{answer}.")
-EXAMPLES = [(123, 456), (215, 307), (999, 101)]
-
-
-def arithmetic_messages(a: int, b: int) -> list[dict]:
-    msgs = [{"role": "system", "content": SYSTEM}]
-    for x, y in EXAMPLES:
-        msgs += [{"role": "user", "content": f"What is {x} * {y}?"},
-                 {"role": "assistant", "content": f"<tool_call>\nprint({x} * {y})\n</tool_call>"
-                  + agent.format_output(f"{x * y}\n") + f"The answer is \\boxed{{{x * y}}}."}]
-    return msgs + [{"role": "user", "content": f"What is {a} * {b}?"}]
-
-
-def problems(n: int, seed: int = 0) -> list[tuple[int, int]]:
-    rng = random.Random(seed)
-    return [(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(n)]
+def arithmetic_prompts(tok, n: int, seed: int = 0) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    qs = agent.arithmetic_problems(n, seed=seed)
+    return qs, [R.encode_prompt(tok, agent.arithmetic_messages(a, b)) for a, b in qs]
 
 
 class Recording:
-    """Wraps a backend and keeps every call's inputs and chunks."""
+    """Wraps a backend and keeps every call's inputs and chunks. Continuous backends
+    (submit/poll) are wrapped too, so both schedules can be checked against the engine."""
 
     def __init__(self, inner):
-        self.inner, self.calls = inner, []
+        self.inner, self.calls, self._fed = inner, [], {}
         self.name, self.tokenizer, self.max_model_len = inner.name, inner.tokenizer, inner.max_model_len
+        if hasattr(inner, "submit"):
+            self.submit, self.poll, self.pending, self.cancel = self._submit, self._poll, inner.pending, inner.cancel
 
     def generate(self, prompts, max_tokens, stop, sampling):
         chunks = self.inner.generate(prompts, max_tokens, stop, sampling)
         self.calls.append(list(zip([list(p) for p in prompts], chunks)))
         return chunks
+
+    def _submit(self, key, prompt, max_tokens, stop, sampling):
+        self._fed[key] = list(prompt)
+        self.inner.submit(key, prompt, max_tokens, stop, sampling)
+
+    def _poll(self):
+        done = self.inner.poll()
+        if done:
+            self.calls.append([(self._fed.pop(k), c) for k, c in done])
+        return done
 
 
 def check_against_engine(trajs, rec):
@@ -380,13 +491,13 @@ def check_against_engine(trajs, rec):
             assert s.finish == matches[0].finish
 
 
-def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm):
+@pytest.mark.parametrize("schedule", ["continuous", "lockstep"])
+def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm, schedule):
     be = Recording(R.VLLMBackend(vllm_llm))
-    qs = problems(8)
-    prompts = [R.encode_prompt(be.tokenizer, arithmetic_messages(a, b)) for a, b in qs]
+    qs, prompts = arithmetic_prompts(be.tokenizer, 8)
     stats = R.RolloutStats()
     trajs = R.rollout(be, prompts, budget=Budget(max_tokens=96, max_steps=3, max_output_tokens=64),
-                      sampling=R.Sampling(temperature=1.0, seed=1), stats=stats)
+                      sampling=R.Sampling(temperature=1.0, seed=1), stats=stats, schedule=schedule)
     check_against_engine(trajs, be)
     with_output = [t for t in trajs if t.blocks]
     assert len(with_output) >= 4, "the model should call the tool on most of these problems"
@@ -397,15 +508,38 @@ def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm):
             head = t.blocks[0][: -len(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)]
             assert full.startswith(head) and len(be.tokenizer.encode(t.blocks[0])) <= 64
     assert stats.snippets == sum(t.num_snippets for t in trajs)
+    assert stats.generate_calls == sum(len(call) for call in be.calls)
     assert all(t.finish_reason for t in trajs) and all(len(t.completion_ids) <= 96 for t in trajs)
     assert sum(agent.last_boxed(t.text) == str(a * b) for (a, b), t in zip(qs, trajs)) >= 2
+    assert not vllm_llm.llm_engine.has_unfinished_requests()
+
+
+def test_real_vllm_continuous_rollout_cancels_its_requests_on_error(vllm_llm):
+    """An error mid-rollout (here: the executor fails on the first snippet) leaves no request
+    of ours in the engine: the next plain LLM.generate gets exactly its own outputs."""
+    be = R.VLLMBackend(vllm_llm)
+    _, prompts = arithmetic_prompts(be.tokenizer, 6, seed=4)
+
+    def broken_run_batch(sandboxes, codes):
+        raise RuntimeError("executor down")
+
+    with pytest.raises(RuntimeError, match="executor down"):
+        R.rollout(be, prompts, budget=Budget(max_tokens=96), sampling=R.Sampling(temperature=0.0),
+                  sandbox_factory=lambda: FakeSandbox({}), run_batch=broken_run_batch, schedule="continuous")
+    assert be.pending() == 0 and not vllm_llm.llm_engine.has_unfinished_requests()
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    outs = vllm_llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts[:2]],
+                             SamplingParams(max_tokens=3, temperature=0.0), use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [3, 3]
 
 
 def test_real_vllm_stop_string_that_ends_inside_a_token(vllm_llm):
     """A stop string that is not a token boundary: "</tool_ca" ends inside the token "call".
     vLLM returns the whole sampled token in token_ids; the backend keeps it."""
     be = R.VLLMBackend(vllm_llm)
-    prompt = R.encode_prompt(be.tokenizer, arithmetic_messages(347, 829))
+    prompt = R.encode_prompt(be.tokenizer, agent.arithmetic_messages(347, 829))
     (chunk,) = be.generate([prompt], [60], ["</tool_ca"], R.Sampling(temperature=0.0))
     text = be.tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
     assert chunk.finish == FINISH_STOP
@@ -424,7 +558,8 @@ def test_real_rollout_func_on_a_colocated_engine(vllm_llm, smollm2_dir):
         processing_class=tok, eos_token_ids=[tok.eos_token_id], max_completion_length=64, temperature=1.0,
         top_p=1.0, top_k=0, state=SimpleNamespace(global_step=0, max_steps=1), chat_template_kwargs={},
     )
-    prompts = [arithmetic_messages(a, b) for a, b in problems(2, seed=5) for _ in range(2)]  # repeated, as TRL does
+    prompts = [agent.arithmetic_messages(a, b) for a, b in agent.arithmetic_problems(2, seed=5)
+               for _ in range(2)]  # each repeated, as TRL does
     out = R.make_rollout_func(seed=0)(prompts, trainer)
     assert len(out["completion_ids"]) == 4 and out["prompt_ids"][0] == out["prompt_ids"][1]
     for ids, lps, mask in zip(out["completion_ids"], out["logprobs"], out["env_mask"]):
@@ -457,7 +592,7 @@ class EngineAsTRLClient:
 def test_real_trl_server_backend_cuts_and_classifies(vllm_llm):
     local = R.VLLMBackend(vllm_llm)
     be = Recording(R.TRLServerBackend(EngineAsTRLClient(vllm_llm), local.tokenizer, {local.tokenizer.eos_token_id}))
-    prompts = [R.encode_prompt(local.tokenizer, arithmetic_messages(a, b)) for a, b in problems(3, seed=6)]
+    _, prompts = arithmetic_prompts(local.tokenizer, 3, seed=6)
     chunks = be.generate(prompts, [40, 40, 5], agent.STOP_STRINGS, R.Sampling(temperature=0.0))
     assert len(chunks[2].token_ids) == 5 and chunks[2].finish == FINISH_LENGTH  # cut to its own budget
     for c in chunks[:2]:  # greedy on this prompt: a call, cut right where the stop string completes
@@ -466,25 +601,28 @@ def test_real_trl_server_backend_cuts_and_classifies(vllm_llm):
         assert R._cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), agent.STOP_STRINGS) is None
 
 
-@pytest.fixture
-def one_torch_thread():
-    """On this 2-core machine, shared with other jobs, torch's 2-thread matmuls on small
-    decode-step shapes ran 15x slower than 1 thread (OpenMP threads spinning for a busy core):
-    101 s vs 6.6 s for this test's first generate call."""
-    import torch
+def test_real_trl_vllm_client_against_a_real_vllm_server(vllm_server, smollm2_dir):
+    """TRL's own VLLMClient (what GRPOTrainer uses in server mode) against a real vLLM OpenAI
+    server: a whole lockstep rollout through TRLServerBackend, with real sandboxes. TRL's
+    weight sync (NCCL) is not part of this; it needs CUDA."""
+    from transformers import AutoTokenizer
+    from trl.generation.vllm_client import VLLMClient
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    client = VLLMClient(base_url=vllm_server, connection_timeout=30)
+    be = Recording(R.TRLServerBackend(client, tok, {tok.eos_token_id}, max_model_len=2048))
+    qs, prompts = arithmetic_prompts(tok, 4, seed=8)
+    trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=R.Sampling(temperature=0.0))
+    check_against_engine(trajs, be)
+    assert sum(bool(t.blocks) for t in trajs) >= 2, "greedy on these prompts, the model calls the tool"
+    assert all(t.finish_reason for t in trajs)
 
 
 def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thread):
     import torch
 
     be = Recording(R.HFBackend.from_model(smollm2_dir))
-    qs = problems(3, seed=2)
-    prompts = [R.encode_prompt(be.tokenizer, arithmetic_messages(a, b)) for a, b in qs]
+    _, prompts = arithmetic_prompts(be.tokenizer, 3, seed=2)
     trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=R.Sampling(temperature=1.0, seed=3))
     check_against_engine(trajs, be)
     assert any(t.blocks for t in trajs)
@@ -496,3 +634,40 @@ def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thre
     ref = torch.log_softmax(logits, -1).gather(1, ids[0, len(t.prompt_ids):, None]).squeeze(1)  # (C,)
     model_pos = [j for j, m in enumerate(t.mask) if m == 1]
     assert torch.allclose(ref[model_pos], torch.tensor(t.logprobs)[model_pos], atol=2e-3)
+
+
+# ---------------------------------------------------------------------------
+# Tier 3: the command line, in a subprocess (it starts its own vLLM engine)
+# ---------------------------------------------------------------------------
+
+def run_cli(*args: str, timeout: float = 600):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "rollout.py", *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+
+
+def test_cli_runs_a_continuous_rollout_and_prints_the_traces(smollm2_dir):
+    run = run_cli("What is 12 * 34?", "What is 5 + 7?", "--model", smollm2_dir, "--max-tokens", "48")
+    assert run.returncode == 0, run.stderr[-3000:]
+    heads = [line for line in run.stdout.splitlines() if line.startswith("=== ")]
+    assert [h.split("  [")[0] for h in heads] == ["=== What is 12 * 34?", "=== What is 5 + 7?"]
+    assert all(" snippets, answer " in h for h in heads)
+    assert "rollout " in run.stderr and "/2 active" in run.stderr  # the continuous schedule's progress line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["q", "--model", "/no/such/model"], "error: model '/no/such/model' not found"),
+    (["q", "--max-tokens", "0"], "error: --max-tokens must be at least 1"),
+    (["q", "--schedule", "fastest"], "error: argument --schedule: invalid choice: 'fastest'"),
+])
+def test_cli_bad_input_gives_one_error_line(args, message):
+    run = run_cli(*args, timeout=120)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert message in last, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+

@@ -1,0 +1,328 @@
+"""
+protocol.py -- the agent protocol as text: delimiters, stop strings, output blocks, the final
+answer, and the scanners that read them back out of a trace.
+
+Paper ("Agent Interface"): while it reasons, the model may write an agent call, a short Python
+snippet between delimiters; the sandbox's output is written back into the same trace as an
+output block, and the answer is the trace's last \\boxed{}. This module is that text format and
+nothing else. agent.py runs the agent on it and re-exports every name here (agent.find_snippets
+and so on stay the public spelling); rewards.py reads completions with it.
+
+Why a module of its own: agent.py imports smolagents at import time when it is installed
+(MathAgent subclasses its CodeAgent), and rewards.py must read traces in processes that load
+no ML stack: the trainer's parent side and the grader helpers, which start often. This module
+imports only the standard library (re, bisect).
+
+Data flow (who calls what):
+
+  1. Generation stops on STOP_STRINGS; trailing_snippet() is the snippet a chunk ended with.
+  2. format_output() / format_result() render the output block inserted after it.
+  3. find_snippets() lists every agent call of a whole trace (output blocks skipped).
+  4. last_boxed() is the answer: the last box outside output blocks. last_box() gives the
+     same box with its position, for rewards.py's runs of boxes.
+  5. output_blocks() and shows_error() count executed and failed calls from text alone
+     (rewards.code_use_reward without rollout counts); strip_output_blocks() is the text the
+     model wrote, with every output block removed.
+
+Scanning hostile text in linear time
+------------------------------------
+Model output is hostile input: RL can push a policy to write anything, e.g. ten thousand
+unclosed "<tool_call>". The scanners find delimiters with str.find and never rescan the text
+from each opener, as the lazy regexes they replace did (`<tool_call>(.*?)</tool_call>` took
+21 s on "<tool_call>" * 10000; "```output\\n.*?\\n```" 21 s on "```output\\nx" * 20000). What
+makes one pass enough: an opener with no closer after it means no later opener has one either,
+so a scan stops at the first unclosed opener. The results are exactly those regexes' (leftmost
+opener, nearest closer, non-overlapping, left to right); tests/test_agent.py checks both on
+tricky and degenerate inputs. The regexes left here are anchored or have no lazy span, so each
+is one pass too.
+
+Departures from the paper: none beyond those agent.py's contract lists. ```python fences are
+accepted as agent calls too (alone, or inside a <tool_call>), because small models write them.
+
+Tests: python -m pytest tests/test_agent.py -q -k "doctests or tricky or degenerate or snippet or boxed"
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+
+CALL_OPEN = "<tool_call>"
+"""Opens an agent call. Qwen3's tokenizer has it as one special token (id 151657)."""
+CALL_CLOSE = "</tool_call>"
+"""Closes an agent call; generation stops here and the snippet is run."""
+
+FENCE_OPEN_RE = re.compile(r"```(?:python|py)[ \t]*\n")
+"""Markdown fences are accepted as well: ```python ... ``` (smolagents' "markdown" tags)."""
+FENCE_CLOSE = "\n```\n"
+"""A fence closes on its own line. The opening "```python" can never match this."""
+
+STOP_STRINGS: tuple[str, ...] = (CALL_CLOSE, FENCE_CLOSE)
+"""What every backend passes as stop strings (vLLM `SamplingParams.stop`, HF stop_strings)."""
+
+OUTPUT_OPEN = "```output\n"
+OUTPUT_CLOSE = "\n```\n"
+EMPTY_OUTPUT = "(no output)"
+"""Shown when a snippet printed nothing and displayed nothing, so the model sees that it ran."""
+
+ERROR_LINE_RE = re.compile(
+    r"^(?:[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b"    # "NameError: ...", "SandboxError: ..."
+    r"|Traceback \(most recent call last\)|timed out after\b|the sandbox process\b)",
+    re.MULTILINE,
+)
+"""A line of an output block that shows an error, in executor.py's formats: "ExcType: ...",
+"timed out after ...", "the sandbox process ...". format_output() puts it after the printed text."""
+
+# A closing fence is "\n```" followed by a newline or the end of the text; an output block also
+# ends at a bare "\n```" (whatever follows it), as the model sees it closed there.
+_FENCE_END = "\n```"
+# A fence that wraps a call's whole body: ``` with an optional language, blanks, a newline.
+_INNER_OPEN_RE = re.compile(r"```(?:python|py)?[ \t]*\n")
+# "\boxed 7": a box without braces holds one token. Matched at one position: one pass.
+_BARE_BOX_RE = re.compile(r" +([^\s$]+)")
+
+
+# ---------------------------------------------------------------------------
+# The scanners: (start, body start, body end, end) of each block, left to right
+# ---------------------------------------------------------------------------
+
+def _output_spans(text: str):
+    """Output blocks: OUTPUT_OPEN, the body, then "\\n```" and one optional newline."""
+    pos = 0
+    while (start := text.find(OUTPUT_OPEN, pos)) != -1:
+        body = start + len(OUTPUT_OPEN)
+        close = text.find(_FENCE_END, body)
+        if close == -1:  # unclosed: no later opener has a closer either
+            return
+        end = close + len(_FENCE_END)
+        end += text.startswith("\n", end)
+        yield start, body, close, end
+        pos = end
+
+
+def _call_spans(text: str):
+    """<tool_call> ... </tool_call>: the nearest closer; a nested opener is part of the body."""
+    pos = 0
+    while (start := text.find(CALL_OPEN, pos)) != -1:
+        body = start + len(CALL_OPEN)
+        close = text.find(CALL_CLOSE, body)
+        if close == -1:  # unclosed: no later opener has a closer either
+            return
+        end = close + len(CALL_CLOSE)
+        yield start, body, close, end
+        pos = end
+
+
+def _fence_close(text: str, pos: int) -> int:
+    """The first "\\n```" at or after pos that ends its line (newline or end of text), or -1."""
+    close = text.find(_FENCE_END, pos)
+    while close != -1:
+        after = close + len(_FENCE_END)
+        if after == len(text) or text[after] == "\n":
+            return close
+        close = text.find(_FENCE_END, close + 1)
+    return -1
+
+
+def _fence_spans(text: str):
+    """```python / ```py fences. The end excludes the newline after the closing ```, which the
+    old pattern only looked ahead at: the next block may start on that newline."""
+    pos = 0
+    # FENCE_OPEN_RE has no lazy span: a search costs one pass over the text it skips
+    while (m := FENCE_OPEN_RE.search(text, pos)) is not None:
+        close = _fence_close(text, m.end())
+        if close == -1:  # unclosed: no later opener has a closer either
+            return
+        end = close + len(_FENCE_END)
+        yield m.start(), m.end(), close, end
+        pos = end
+
+
+# ---------------------------------------------------------------------------
+# Agent calls
+# ---------------------------------------------------------------------------
+
+def _clean(code: str) -> str:
+    """A call's body without the ```python fence small models wrap it in (when the fence
+    wraps all of it), and without blank lines around it."""
+    head = len(code) - len(code.lstrip())
+    tail = code.rstrip()
+    m = _INNER_OPEN_RE.match(code, head)
+    close = len(tail) - 3  # the closing ``` must end the body, only whitespace after it
+    if m and tail.endswith("```") and close >= m.end():
+        # one newline before the closing ``` belongs to the fence, not to the code
+        end = close - 1 if close > m.end() and code[close - 1] == "\n" else close
+        code = code[m.end(): end]
+    return code.strip("\n")
+
+
+def find_snippets(text: str) -> list[str]:
+    """Every agent call in a trace, in order (executor output blocks are skipped).
+
+    A ```python fence that starts inside a <tool_call> was taken with that call. Blank calls
+    are not snippets.
+
+    >>> find_snippets("a <tool_call>\\nx = 2\\n</tool_call> b ```python\\nprint(x)\\n```\\n")
+    ['x = 2', 'print(x)']
+    >>> find_snippets("no calls, just \\\\boxed{4}")
+    []
+    """
+    text = strip_output_blocks(text)
+    calls = list(_call_spans(text))
+    found = [(start, _clean(text[body:close])) for start, body, close, _ in calls]
+    starts = [c[0] for c in calls]
+    for start, body, close, _ in _fence_spans(text):
+        # calls are sorted and disjoint: only the last one opened before this fence can hold it
+        k = bisect_right(starts, start) - 1
+        if k < 0 or start >= calls[k][3]:
+            found.append((start, _clean(text[body:close])))
+    found.sort(key=lambda f: f[0])  # a call and a fence never start at the same place
+    return [code for _, code in found if code.strip()]
+
+
+def trailing_snippet(chunk: str) -> str | None:
+    """The snippet a generation chunk *ended with*, or None.
+
+    A chunk is what the model produced since the last executor output. The backend stopped
+    it on one of STOP_STRINGS; vLLM stop strings need not fall on token boundaries, so up to
+    one token of text may follow the delimiter (usually whitespace), which is tolerated.
+
+    >>> trailing_snippet("Let me compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>")
+    'print(17*23)'
+    >>> trailing_snippet("```python\\nprint(1)\\n```\\n")
+    'print(1)'
+    >>> trailing_snippet("So the answer is \\\\boxed{391}.") is None
+    True
+    >>> trailing_snippet("```output\\n391\\n```\\n") is None   # not a python fence
+    True
+    """
+    tail = chunk.rstrip()
+    if tail.endswith(CALL_CLOSE):
+        start = tail.rfind(CALL_OPEN)
+        if start == -1:
+            return None
+        code = _clean(tail[start + len(CALL_OPEN): -len(CALL_CLOSE)])
+        return code if code.strip() else None  # as in find_snippets: a blank call is no snippet
+    if tail.endswith("```"):
+        body = tail[:-3]
+        opens = list(FENCE_OPEN_RE.finditer(body))
+        if not opens:
+            return None
+        last_open = opens[-1]
+        code = body[last_open.end():]
+        # another fence (```output, ```latex, a bare ```) opened after it: not a python block
+        if "```" in code:
+            return None
+        code = code.strip("\n")
+        return code if code.strip() else None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Output blocks
+# ---------------------------------------------------------------------------
+
+def format_output(stdout: str, error: str | None = None) -> str:
+    """The block inserted into the trace after an agent call: exactly what the model sees.
+
+    >>> format_output("391\\n")
+    '\\n```output\\n391\\n```\\n'
+    >>> format_output("", "NameError: name 'y' is not defined (line 1: print(y))")
+    "\\n```output\\nNameError: name 'y' is not defined (line 1: print(y))\\n```\\n"
+    >>> format_output("")
+    '\\n```output\\n(no output)\\n```\\n'
+    """
+    body = stdout.rstrip("\n")
+    if error:
+        body = f"{body}\n{error}" if body else error
+    return "\n" + OUTPUT_OPEN + (body or EMPTY_OUTPUT) + OUTPUT_CLOSE
+
+
+def format_result(result) -> str:
+    """format_output for an executor.ExecResult (anything with .stdout and .error)."""
+    return format_output(result.stdout, result.error)
+
+
+def output_blocks(text: str) -> list[str]:
+    """The body of every output block in text, in order. A block whose closing fence is
+    missing is not a block.
+
+    >>> output_blocks("<tool_call>\\nprint(1)\\n</tool_call>\\n```output\\n1\\n```\\nand ```output\\nx")
+    ['1']
+    """
+    return [text[body:close] for _, body, close, _ in _output_spans(text)]
+
+
+def strip_output_blocks(text: str) -> str:
+    """text without its output blocks: what the model itself wrote (and a few newlines).
+
+    >>> strip_output_blocks("a\\n```output\\n\\\\boxed{7}\\n```\\nb")
+    'a\\nb'
+    """
+    parts, pos = [], 0
+    for start, _, _, end in _output_spans(text):
+        parts.append(text[pos:start])
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def shows_error(block: str) -> bool:
+    """Does an output block's body show an error (a line of ERROR_LINE_RE)?
+
+    >>> shows_error("NameError: name 'y' is not defined"), shows_error("42")
+    (True, False)
+    """
+    return ERROR_LINE_RE.search(block) is not None
+
+
+# ---------------------------------------------------------------------------
+# The final answer
+# ---------------------------------------------------------------------------
+
+def last_box(text: str) -> tuple[int, int, str] | None:
+    """The last ``\\boxed{...}`` (or ``\\fbox{...}``) of text as (start, end, content), or None
+    when there is none or it is unbalanced. Output blocks are NOT skipped here (last_boxed()
+    does that): positions are those of the text given.
+
+    >>> text = r"so \\boxed{\\frac{4}{3}}."
+    >>> last_box(text), text[3:22]
+    ((3, 22, '\\\\frac{4}{3}'), '\\\\boxed{\\\\frac{4}{3}}')
+    """
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start == -1:
+        return None
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    if i < len(text) and text[i] == " ":  # "\boxed 7" (no braces): a single token
+        m = _BARE_BOX_RE.match(text, i)
+        return (start, m.end(), m.group(1)) if m else None
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return start, j + 1, text[i + 1: j]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in text, braces balanced.
+
+    Output blocks are ignored: a number printed by the executor is not an answer.
+
+    >>> last_boxed(r"first \\boxed{1}, then \\boxed{\\frac{4}{3}}.")
+    '\\\\frac{4}{3}'
+    >>> last_boxed(r"\\boxed 7")
+    '7'
+    >>> last_boxed("no box") is None
+    True
+    >>> last_boxed(r"\\boxed{unbalanced") is None
+    True
+    """
+    box = last_box(strip_output_blocks(text))
+    return None if box is None else box[2]
