@@ -1,0 +1,38 @@
+"""
+Tier 3 smoke runs of the benchmark scripts: each runs end to end on a tiny budget and prints
+its machine-readable RESULT line. Nothing here checks a speed: bench/ measures, tests do not
+(the figures move with machine load); this only keeps the scripts from rotting.
+
+Run:  .venv/bin/python -m pytest tests/test_bench.py -q        (about 2 minutes on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, *args: str, timeout: float = 900) -> dict[str, float]:
+    run = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), run.stdout[-2000:]
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", last)}
+
+
+def test_executor_bench_quick():
+    result = run_bench("executor.py", "--quick", "--sessions", "4")
+    assert {"warm_overhead_ms_median", "loop_ratio_vs_bare", "speedup_vs_smolagents_loop"} <= set(result)
+    assert all(v > 0 for v in result.values())
+
+
+def test_rollout_bench_quick(smollm2_dir):
+    result = run_bench("rollout.py", "--quick", "--model", smollm2_dir)
+    assert set(result) == {"batched_vs_sequential", "agent_vs_plain"}
+    assert all(v > 0 for v in result.values())
