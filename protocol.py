@@ -86,31 +86,30 @@ _BARE_BOX_RE = re.compile(r" +([^\s$]+)")
 # The scanners: (start, body start, body end, end) of each block, left to right
 # ---------------------------------------------------------------------------
 
-def _output_spans(text: str):
-    """Output blocks: OUTPUT_OPEN, the body, then "\\n```" and one optional newline."""
+def _spans(text: str, opener: str, closer: str, eat_newline: bool = False):
+    """Each opener ... nearest closer, left to right, non-overlapping: what the lazy regex
+    `opener(.*?)closer` matched, in one pass (a nested opener is part of the body)."""
     pos = 0
-    while (start := text.find(OUTPUT_OPEN, pos)) != -1:
-        body = start + len(OUTPUT_OPEN)
-        close = text.find(_FENCE_END, body)
+    while (start := text.find(opener, pos)) != -1:
+        body = start + len(opener)
+        close = text.find(closer, body)
         if close == -1:  # unclosed: no later opener has a closer either
             return
-        end = close + len(_FENCE_END)
-        end += text.startswith("\n", end)
+        end = close + len(closer)
+        if eat_newline:
+            end += text.startswith("\n", end)
         yield start, body, close, end
         pos = end
+
+
+def _output_spans(text: str):
+    """Output blocks: OUTPUT_OPEN, the body, then "\\n```" and one optional newline."""
+    return _spans(text, OUTPUT_OPEN, _FENCE_END, eat_newline=True)
 
 
 def _call_spans(text: str):
-    """<tool_call> ... </tool_call>: the nearest closer; a nested opener is part of the body."""
-    pos = 0
-    while (start := text.find(CALL_OPEN, pos)) != -1:
-        body = start + len(CALL_OPEN)
-        close = text.find(CALL_CLOSE, body)
-        if close == -1:  # unclosed: no later opener has a closer either
-            return
-        end = close + len(CALL_CLOSE)
-        yield start, body, close, end
-        pos = end
+    """<tool_call> ... </tool_call>."""
+    return _spans(text, CALL_OPEN, CALL_CLOSE)
 
 
 def _fence_close(text: str, pos: int) -> int:
