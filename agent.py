@@ -766,10 +766,9 @@ class VLLMAgentModel(VLLMModel):
 
     def cleanup(self) -> None:
         """Stop the engine (its core runs in a child process)."""
-        engine = getattr(self.model, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
+        from models import shutdown_vllm
+
+        shutdown_vllm(self.model)
         self.model = None
 
 
@@ -794,12 +793,14 @@ def make_model(cfg: "Config"):
         _check_server(model, cfg.api_base)
         return model
     if cfg.backend == "vllm":
+        from models import vllm_engine_kwargs
+
         return VLLMAgentModel(
             model_id,
-            model_kwargs=dict(
-                dtype="bfloat16", max_model_len=cfg.max_model_len, enforce_eager=True,
-                gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
-            ),
+            # the project's engine settings (models.py; on CPU they fix the KV cache size, which
+            # then takes precedence over gpu_memory_utilization), with this CLI's own choices
+            model_kwargs={**vllm_engine_kwargs(), "max_model_len": cfg.max_model_len,
+                          "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed},
             temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
         )
     import torch

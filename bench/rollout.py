@@ -108,6 +108,7 @@ def main() -> None:
     import agent
     import executor
     import rollout as R
+    from models import shutdown_vllm
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -195,10 +196,7 @@ def main() -> None:
           f"batched agent/plain generation {A.tok_s / C.tok_s:.2f}x (lockstep {A2.tok_s / C.tok_s:.2f}x)")
     print(f"RESULT batched_vs_sequential={A.tok_s / rb.tok_s:.2f} agent_vs_plain={A.tok_s / C.tok_s:.2f}")
     executor.shutdown()
-    # the engine core is a child process (vLLM 0.32's LLMEngine has no shutdown(); its client does)
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and callable(getattr(core, "shutdown", None)):
-        core.shutdown()
+    shutdown_vllm(llm)  # the engine core is a child process
 
 
 if __name__ == "__main__":

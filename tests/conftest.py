@@ -53,17 +53,13 @@ def vllm_llm(smollm2_dir):
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from vllm import LLM
 
-    from rollout import vllm_engine_kwargs
+    from models import shutdown_vllm, vllm_engine_kwargs
 
-    # the settings VLLMBackend.from_model uses (on this CPU: float32, 2 GiB KV cache, 32-token
-    # blocks, processed logprobs), seeded; one engine for the whole session
+    # the project's engine settings (on this CPU: float32, 2 GiB KV cache, 32-token blocks,
+    # processed logprobs), seeded; one engine for the whole session
     llm = LLM(model=smollm2_dir, **vllm_engine_kwargs(), seed=0)
     yield llm
-    # the engine core runs in a child process: shut it down so no process outlives the tests
-    # (vLLM 0.32's LLMEngine has no shutdown() of its own; its engine-core client does)
-    engine_core = getattr(llm.llm_engine, "engine_core", None)
-    if engine_core is not None and callable(getattr(engine_core, "shutdown", None)):
-        engine_core.shutdown()
+    shutdown_vllm(llm)  # the engine core runs in a child process: none may outlive the tests
 
 
 @pytest.fixture
@@ -109,7 +105,7 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_dir, "--host", "127.0.0.1",
            "--port", str(port), "--gpu-memory-utilization", "0.1", "--enforce-eager", "--max-model-len", "2048",
-           "--kv-cache-memory-bytes", str(1 << 30)]  # an explicit KV size: see rollout.vllm_engine_kwargs
+           "--kv-cache-memory-bytes", str(1 << 30)]  # an explicit KV size: see models.vllm_engine_kwargs
     env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
