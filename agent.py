@@ -24,6 +24,8 @@ Data flow for one problem (the numbers match the comments in MathAgent._step_str
   6. The answer is last_boxed() of the trace.
 The text format and its scanners (STOP_STRINGS, trailing_snippet, format_result, last_boxed,
 find_snippets) are protocol.py's, re-exported here; they read hostile model text in linear time.
+arithmetic_messages() / arithmetic_problems() are not the paper's prompt: a warm-up workload on
+which the untrained 135M model used here calls the tool, for tests, benchmarks and examples.
 
 Same-turn continuation, and how it differs from smolagents' ReAct turns
 -----------------------------------------------------------------------

@@ -223,8 +223,7 @@ class StreamingScriptedBackend(ScriptedBackend):
 
     def submit(self, key, prompt, max_tokens, stop, sampling):
         (chunk,) = self.generate([prompt], [max_tokens], stop, sampling)
-        name = next(k for k in self.latency if self.tokenizer.encode(k) == prompt[: len(k)]) if any(
-            self.tokenizer.encode(k) == prompt[: len(k)] for k in self.latency) else None
+        name = next((k for k in self.latency if self.tokenizer.encode(k) == prompt[: len(k)]), None)
         self.queue[key] = [self.latency.get(name, 1), chunk]
         self.events.append(("submit", key))
 
