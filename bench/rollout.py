@@ -37,7 +37,7 @@ costs about what a decoded one does. And each continuation waits an engine itera
 before it rejoins. On a shared 2-core machine the ratios move with other jobs' load, so the
 header prints the load average; compare runs only at similar load.
 
-Run:  python bench/rollout.py            (32 trajectories, 3 repeats; ~4 minutes on 2 CPU cores)
+Run:  python bench/rollout.py            (32 trajectories, 3 repeats; about 5 minutes on 2 CPU cores)
       python bench/rollout.py --quick    (8 trajectories, short budget, 1 repeat; a smoke run)
 """
 
