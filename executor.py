@@ -179,14 +179,21 @@ from typing import Any, Sequence
 ALLOWED_IMPORTS: tuple[str, ...] = (
     "math", "cmath", "fractions", "decimal", "itertools", "functools", "operator",
     "statistics", "random", "collections", "numpy", "scipy", "sympy",
+    "mpmath", "heapq", "bisect", "numbers", "string", "copy",
 )
-"""Top-level modules a snippet may import (their submodules too, except BLOCKED_SUBMODULES)."""
+"""Top-level modules a snippet may import (their submodules too, except BLOCKED_SUBMODULES).
+The first thirteen are the paper's computing stack. The rest are what a solver reaches for
+next, and each only computes: mpmath is sympy's own arbitrary-precision numerics (already
+loaded with sympy); heapq and bisect are list algorithms (priority queues, binary search);
+numbers holds the abstract number types for isinstance checks; string holds constants such
+as ascii_lowercase; copy copies nested data. None opens files, processes or sockets."""
 
 BLOCKED_SUBMODULES: tuple[str, ...] = (
     "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
     "scipy.io", "scipy.datasets",
     "sympy.testing", "sympy.external", "sympy.printing.preview",
     "sympy.utilities.autowrap", "sympy.utilities.codegen", "sympy.utilities.runtests",
+    "mpmath.tests",
 )
 """Submodules of allowed packages that exist to read and write files, load C code or
 start compilers. Refusing them only reduces the surface (the OS layers are the boundary).
@@ -254,6 +261,17 @@ FORBIDDEN_BUILTINS: tuple[str, ...] = (
 )
 """Builtins a snippet does not get. Calling one raises a clear PermissionError."""
 
+ZYGOTE_ENV: dict[str, str] = {
+    "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
+    "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+}
+"""The whole environment of the zygote and its workers. Nothing is copied from the caller's
+environment, which may hold tokens (HF_TOKEN, WANDB_API_KEY): a snippet that reaches libc
+getenv() or /proc/self/environ sees only these. One BLAS/OpenMP thread (a forked worker cannot
+use a thread pool made before the fork, and seccomp refuses new threads); a fixed hash seed, so
+that replay after an eviction rebuilds the same state."""
+
 DEFAULT_MAX_RUNNING = os.cpu_count() or 1
 DEFAULT_MAX_WORKERS = 32 * DEFAULT_MAX_RUNNING
 
@@ -287,7 +305,7 @@ def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
     >>> static_check("import numpy as np; np.eye(2)") is None
     True
     >>> static_check("import os")
-    "ImportError: import of 'os' is not allowed; allowed: math, cmath, fractions, decimal, itertools, functools, operator, statistics, random, collections, numpy, scipy, sympy (line 1: import os)"
+    "ImportError: import of 'os' is not allowed; allowed: math, cmath, fractions, decimal, itertools, functools, operator, statistics, random, collections, numpy, scipy, sympy, mpmath, heapq, bisect, numbers, string, copy (line 1: import os)"
     """
     if not isinstance(code, str):
         return f"TypeError: the snippet must be a str, not {type(code).__name__}"
@@ -378,7 +396,8 @@ class ExecResult:
     the worker was killed. None when the snippet finished without an exception."""
     timed_out: bool = False
     duration_s: float = 0.0
-    """Wall time from sending the snippet to its result (excludes worker start and replay)."""
+    """Wall time from sending the snippet to its result, on the caller's clock. After an
+    eviction it includes the replay that rebuilt the session (not the ~10 ms worker start)."""
     session_reset: bool = False
     """The worker died or was killed: names defined before this snippet are lost."""
     final_answer: Any = None
@@ -393,6 +412,17 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.timed_out
+
+    @property
+    def error_type(self) -> str | None:
+        """The error's class, for counting: the exception's name ("ZeroDivisionError"),
+        "TimeoutError" for a timeout, "SandboxError" for a refused snippet or a lost worker."""
+        if self.error is None and not self.timed_out:
+            return None
+        if self.timed_out:
+            return "TimeoutError"
+        m = re.match(r"([A-Za-z_][\w.]*):", self.error)
+        return m.group(1) if m else "SandboxError"
 
 
 def _truncate(text: str, limit: int, hidden: int = 0) -> str:
@@ -488,132 +518,151 @@ def _landlock_apply(abi: int, read_paths: Sequence[str]) -> None:
         os.close(ruleset)
 
 
-# -- seccomp: a classic-BPF filter, written out by hand -----------------------------------
+# -- seccomp: an allow-list, as a classic-BPF filter written out by hand --------------------
 # Syscall numbers: (x86_64, aarch64/asm-generic); None where the arch lacks the call.
 # Checked against /usr/include/x86_64-linux-gnu/asm/unistd_64.h and asm-generic/unistd.h.
 _NR = {
-    "open": (2, None), "openat": (257, 56), "openat2": (437, 437), "creat": (85, None),
-    "fork": (57, None), "vfork": (58, None), "clone": (56, 220), "clone3": (435, 435),
-    "execve": (59, 221), "execveat": (322, 281),
-    "unlink": (87, None), "unlinkat": (263, 35), "rename": (82, None), "renameat": (264, 38),
-    "renameat2": (316, 276), "mkdir": (83, None), "mkdirat": (258, 34), "rmdir": (84, None),
-    "link": (86, None), "linkat": (265, 37), "symlink": (88, None), "symlinkat": (266, 36),
-    "chmod": (90, None), "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452),
-    "chown": (92, None), "fchown": (93, 55), "lchown": (94, None), "fchownat": (260, 54),
-    "truncate": (76, 45), "mknod": (133, None), "mknodat": (259, 33), "utime": (132, None),
-    "utimes": (235, None), "utimensat": (280, 88), "futimesat": (261, None),
-    "setxattr": (188, 5), "lsetxattr": (189, 6), "fsetxattr": (190, 7),
-    "removexattr": (197, 14), "lremovexattr": (198, 15), "fremovexattr": (199, 16),
-    "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264), "uselib": (134, None),
-    "acct": (163, 89), "quotactl": (179, 60), "quotactl_fd": (443, 443),
-    "socket": (41, 198), "socketpair": (53, 199), "connect": (42, 203), "bind": (49, 200),
-    "listen": (50, 201), "accept": (43, 202), "accept4": (288, 242),
-    "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
-    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
-    "pidfd_send_signal": (424, 424), "pidfd_open": (434, 434), "pidfd_getfd": (438, 438),
-    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
-    "kcmp": (312, 272), "process_madvise": (440, 440), "process_mrelease": (448, 448),
-    "setpriority": (141, 140), "ioprio_set": (251, 30), "migrate_pages": (256, 238),
-    "move_pages": (279, 239), "prlimit64": (302, 261), "sched_setaffinity": (203, 122),
-    "sched_setscheduler": (144, 119), "sched_setparam": (142, 118), "sched_setattr": (314, 274),
-    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
-    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142),
-    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
-    "finit_module": (313, 273), "delete_module": (176, 106), "bpf": (321, 280),
-    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "keyctl": (250, 219),
-    "add_key": (248, 217), "request_key": (249, 218), "unshare": (272, 97), "setns": (308, 268),
-    "settimeofday": (164, 170), "clock_settime": (227, 112), "clock_adjtime": (305, 266),
-    "adjtimex": (159, 171), "sethostname": (170, 161), "setdomainname": (171, 162),
-    "iopl": (172, None), "ioperm": (173, None), "syslog": (103, 116), "personality": (135, 92),
-    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
-    "fanotify_init": (300, 262), "open_tree": (428, 428), "move_mount": (429, 429),
-    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
-    "mount_setattr": (442, 442), "lookup_dcookie": (212, 18), "vhangup": (153, 58),
-    "nfsservctl": (180, 42), "memfd_secret": (447, 447), "statmount": (457, 457),
-    "listmount": (458, 458), "lsm_set_self_attr": (460, 460), "ioctl": (16, 29),
+    # file descriptors the worker already holds, and read-only files (Landlock decides where)
+    "read": (0, 63), "write": (1, 64), "close": (3, 57), "lseek": (8, 62), "pread64": (17, 67),
+    "readv": (19, 65), "writev": (20, 66), "fstat": (5, 80), "newfstatat": (262, 79),
+    "stat": (4, None), "lstat": (6, None), "statx": (332, 291), "getdents64": (217, 61),
+    "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
+    "readlink": (89, None), "readlinkat": (267, 78), "getcwd": (79, 17),
+    "ftruncate": (77, 46), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
+    "close_range": (436, 436), "select": (23, None), "pselect6": (270, 72), "poll": (7, None),
+    "ppoll": (271, 73), "open": (2, None), "openat": (257, 56), "openat2": (437, 437),
+    "fcntl": (72, 25), "ioctl": (16, 29),
+    # the worker's own socket to the caller
+    "sendto": (44, 206), "recvfrom": (45, 207), "sendmsg": (46, 211), "recvmsg": (47, 212),
+    "shutdown": (48, 210), "getsockname": (51, 204), "getpeername": (52, 205), "getsockopt": (55, 209),
+    # memory
+    "brk": (12, 214), "mmap": (9, 222), "munmap": (11, 215), "mremap": (25, 216),
+    "mprotect": (10, 226), "madvise": (28, 233),
+    # signals, to itself only
+    "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135), "rt_sigreturn": (15, 139),
+    "sigaltstack": (131, 132), "restart_syscall": (219, 128), "kill": (62, 129),
+    "tkill": (200, 130), "tgkill": (234, 131), "rt_sigqueueinfo": (129, 138),
+    "rt_tgsigqueueinfo": (297, 240),
+    # clocks, ids and limits (read only)
+    "clock_gettime": (228, 113), "clock_getres": (229, 114), "gettimeofday": (96, 169),
+    "time": (201, None), "nanosleep": (35, 101), "clock_nanosleep": (230, 115),
+    "sched_yield": (24, 124), "sched_getaffinity": (204, 123), "getpid": (39, 172),
+    "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175),
+    "getgid": (104, 176), "getegid": (108, 177), "getgroups": (115, 158), "getpgrp": (111, None),
+    "getrlimit": (97, 163), "prlimit64": (302, 261), "getrusage": (98, 165), "times": (100, 153),
+    "uname": (63, 160), "getrandom": (318, 278), "futex": (202, 98),
+    "exit": (60, 93), "exit_group": (231, 94),
+    # refused with ENOSYS rather than EPERM: libc falls back to an older call when they are missing
+    "clone3": (435, 435),
 }
 _SECCOMP_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # column, AUDIT_ARCH_*
-_NR_FIRST_UNKNOWN = 463   # setxattrat and later (6.13+): refused with ENOSYS, like any future call
 
-_DENY_EPERM = (
-    # new processes and programs (threads too: the worker is single-threaded by design)
-    "fork", "vfork", "clone", "execve", "execveat",
-    # changing the filesystem
-    "creat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
-    "rmdir", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
-    "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "mknod", "mknodat",
-    "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
-    "removexattr", "lremovexattr", "fremovexattr", "open_by_handle_at", "name_to_handle_at",
-    "uselib", "acct", "quotactl", "quotactl_fd",
-    # network (the worker's own socket is already open and stays usable)
-    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
-    # other processes
-    "tkill", "pidfd_send_signal", "pidfd_open", "pidfd_getfd", "ptrace", "process_vm_readv",
-    "process_vm_writev", "kcmp", "process_madvise", "process_mrelease", "setpriority",
-    "ioprio_set", "migrate_pages", "move_pages",
-    # the system
-    "mount", "umount2", "pivot_root", "chroot", "swapon", "swapoff", "reboot", "kexec_load",
-    "kexec_file_load", "init_module", "finit_module", "delete_module", "bpf",
-    "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "unshare", "setns",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
-    "setdomainname", "iopl", "ioperm", "syslog", "personality", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "fanotify_init", "open_tree", "move_mount",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "lookup_dcookie", "vhangup",
-    "nfsservctl", "memfd_secret", "statmount", "listmount", "lsm_set_self_attr",
+_SYSCALLS_ALLOWED = (
+    "read", "write", "close", "lseek", "pread64", "readv", "writev", "fstat", "newfstatat",
+    "stat", "lstat", "statx", "getdents64", "access", "faccessat", "faccessat2", "readlink",
+    "readlinkat", "getcwd", "ftruncate", "dup", "dup2", "dup3", "close_range", "select",
+    "pselect6", "poll", "ppoll", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
+    "getsockname", "getpeername", "getsockopt", "brk", "munmap", "mremap", "mprotect", "madvise",
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
+    "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
+    "sched_yield", "sched_getaffinity", "getpid", "gettid", "getppid", "getuid", "geteuid",
+    "getgid", "getegid", "getgroups", "getpgrp", "getrlimit", "getrusage", "times", "uname",
+    "getrandom", "futex", "exit", "exit_group",
 )
-_DENY_ENOSYS = ("clone3", "openat2")  # their flags sit behind a pointer BPF cannot read; libc falls back
-_OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000 | 0o20000000  # WRONLY RDWR CREAT TRUNC APPEND TMPFILE
-_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+"""System calls the worker may make with any arguments, once its snippet loop starts.
+Derived by tracing the benign workload (see the contract), plus what CPython's runtime
+needs on paths that workload did not take (signals to itself, sleeping, exiting)."""
+
+_SYSCALLS_CHECKED = ("open", "openat", "fcntl", "ioctl", "mmap", "prlimit64", "kill", "tkill",
+                     "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+"""Allowed only with the arguments _seccomp_program checks (see its comments)."""
+
+_SYSCALLS_ENOSYS = ("clone3", "openat2")
+"""Refused with ENOSYS: glibc treats ENOSYS as "older kernel" and falls back (clone3 to clone,
+which is refused with EPERM). Every other call is refused with EPERM."""
+
+_O_WRONLY, _O_RDWR, _O_CREAT, _O_TRUNC, _O_APPEND = 0o1, 0o2, 0o100, 0o1000, 0o2000
+_O_ASYNC, _O_PATH, _O_TMPFILE = 0o20000, 0o10000000, 0o20000000
+_OPEN_REFUSED_FLAGS = _O_WRONLY | _O_RDWR | _O_CREAT | _O_TRUNC | _O_APPEND | _O_PATH | _O_TMPFILE
+_FCNTL_ALLOWED = (0, 1, 2, 3, 1030)   # F_DUPFD F_GETFD F_SETFD F_GETFL F_DUPFD_CLOEXEC (+ F_SETFL, checked)
+_F_SETFL = 4
+_IOCTL_ALLOWED = (0x5401, 0x5413, 0x5421, 0x5450, 0x5451)  # TCGETS TIOCGWINSZ FIONBIO FIONCLEX FIOCLEX
+_MAP_SHARED, _MAP_ANONYMOUS = 0x01, 0x20   # MAP_SHARED_VALIDATE (0x03) has the MAP_SHARED bit too
 
 
 def _seccomp_program(machine: str, self_pid: int) -> list[tuple[int, int, int, int]]:
-    """The filter as (code, jt, jf, k) instructions. Default: allow. Each rule is a short
-    block that either returns or falls through, so no jump is ever longer than 8."""
+    """The filter as (code, jt, jf, k) instructions. Default: EPERM. Each rule is a short
+    block that returns or falls through to the next one, so no jump is ever long."""
     col, audit_arch = _SECCOMP_ARCH[machine]
-    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+    LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
     ALLOW, KILL = 0x7FFF0000, 0x80000000
     EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38
 
-    def arg(i: int) -> int:  # offset of the low 32 bits of args[i] in struct seccomp_data
+    def lo(i: int) -> int:   # offset of the low 32 bits of args[i] in struct seccomp_data
         return 16 + 8 * i
 
-    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, audit_arch), (RET, 0, 0, KILL),  # another ABI (e.g. int 0x80)
-            (LD, 0, 0, 0), (JGE, 0, 1, _NR_FIRST_UNKNOWN), (RET, 0, 0, ENOSYS)]  # also the x32 ABI
-    for names, action in ((_DENY_ENOSYS, ENOSYS), (_DENY_EPERM, EPERM)):
-        for name in names:
-            nr = _NR[name][col]
-            if nr is not None:
-                prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
+    def hi(i: int) -> int:   # and of the high 32 bits (little-endian: x86_64 and aarch64)
+        return 20 + 8 * i
 
-    def allow_only(name: str, index: int, values: Sequence[int]) -> None:
+    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, audit_arch), (RET, 0, 0, KILL),  # another ABI (int 0x80)
+            (LD, 0, 0, 0)]   # x32 numbers (bit 30 set) match no rule below: EPERM
+
+    for name in _SYSCALLS_ALLOWED:
+        nr = _NR[name][col]
+        if nr is not None:
+            prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ALLOW)]
+    for name in _SYSCALLS_ENOSYS:
+        nr = _NR[name][col]
+        if nr is not None:
+            prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ENOSYS)]
+
+    def rule(name: str, body: list[tuple]) -> None:
+        """A block for syscall `name`: `body` holds (code, k, jt, jf) with jump targets named
+        by label ("allow", "deny", "next" or a label placed as ("label", name)); the block
+        ends in its own RET EPERM and RET ALLOW. Load instructions use jt = jf = "next"."""
         nr = _NR[name][col]
         if nr is None:
             return
-        n = len(values)
-        block = [(JEQ, 0, n + 3, nr), (LD, 0, 0, arg(index))]   # not this call: skip the block
-        block += [(JEQ, n - i, 0, v) for i, v in enumerate(values)]  # match -> the ALLOW below
+        code, labels = [], {}
+        for ins in body:
+            if ins[0] == "label":
+                labels[ins[1]] = len(code)
+            else:
+                code.append(ins)
+        labels["deny"], labels["allow"] = len(code), len(code) + 1
+
+        def target(at: int, label: str) -> int:
+            return 0 if label == "next" else labels[label] - at - 1
+
+        block = [(c, target(i, jt), target(i, jf), k) for i, (c, k, jt, jf) in enumerate(code)]
         block += [(RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
+        prog.append((JEQ, 0, len(block), nr))   # not this call: skip the block
         prog.extend(block)
 
-    def deny_if(name: str, index: int, values: Sequence[int]) -> None:
-        nr = _NR[name][col]
-        n = len(values)
-        block = [(JEQ, 0, n + 3, nr), (LD, 0, 0, arg(index))]
-        block += [(JEQ, n - i, 0, v) for i, v in enumerate(values)]  # match -> the EPERM below
-        block += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
-        prog.extend(block)
-
-    for name, index in (("open", 1), ("openat", 2)):  # read-only opens are fine (Landlock decides where)
-        nr = _NR[name][col]
-        if nr is not None:
-            prog += [(JEQ, 0, 4, nr), (LD, 0, 0, arg(index)), (JSET, 0, 1, _OPEN_WRITE_FLAGS),
-                     (RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
-    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
-        allow_only(name, 0, [self_pid])          # a snippet may signal itself, nobody else
-    for name in ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
-        allow_only(name, 0, [0, self_pid])
-    deny_if("ioctl", 1, [_TIOCSTI, _TIOCLINUX])  # no typing into a terminal
-    prog.append((RET, 0, 0, ALLOW))
+    # open/openat: read-only, and no O_PATH (it would open any path for fstat, past Landlock)
+    for name, i in (("open", 1), ("openat", 2)):
+        rule(name, [(LD, lo(i), "next", "next"), (JSET, _OPEN_REFUSED_FLAGS, "deny", "allow")])
+    # fcntl: no F_SETOWN/F_SETSIG/F_SETLEASE/F_NOTIFY/locks/seals, and F_SETFL without O_ASYNC
+    # (with Landlock ABI < 6 those were a way to signal any process of the same uid)
+    rule("fcntl", [(LD, lo(1), "next", "next"), (JEQ, _F_SETFL, "setfl", "next")]
+         + [(JEQ, cmd, "allow", "next") for cmd in _FCNTL_ALLOWED]
+         + [(JEQ, 0xFFFFFFFF, "deny", "deny"),   # an unconditional jump to "deny"
+            ("label", "setfl"), (LD, lo(2), "next", "next"), (JSET, _O_ASYNC, "deny", "allow")])
+    # ioctl: only the terminal queries isatty() makes and (non)blocking/close-on-exec toggles
+    rule("ioctl", [(LD, lo(1), "next", "next")]
+         + [(JEQ, cmd, "allow", "next") for cmd in _IOCTL_ALLOWED] + [(JEQ, 0, "deny", "deny")])
+    # mmap: no shared anonymous memory (private mappings and read-only files are fine)
+    rule("mmap", [(LD, lo(3), "next", "next"), (JSET, _MAP_ANONYMOUS, "next", "allow"),
+                  (JSET, _MAP_SHARED, "deny", "allow")])
+    # prlimit64: read limits only (new_limit == NULL), and only its own
+    rule("prlimit64", [(LD, lo(2), "next", "next"), (JEQ, 0, "next", "deny"),
+                       (LD, hi(2), "next", "next"), (JEQ, 0, "next", "deny"),
+                       (LD, lo(0), "next", "next"), (JEQ, 0, "allow", "next"),
+                       (JEQ, self_pid, "allow", "deny")])
+    # signals: only to itself (the caller's own signals come from outside the filter)
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        rule(name, [(LD, lo(0), "next", "next"), (JEQ, self_pid, "allow", "deny")])
+    prog.append((RET, 0, 0, EPERM))
     return prog
 
 
@@ -721,7 +770,11 @@ def _read_roots() -> list[str]:
     Never "/" or a home directory: that would expose everything else."""
     import site
     import sysconfig
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    # A prefix such as /usr (a venv on a system Python) would open all of /usr: the stdlib
+    # and site-packages paths below already name what is needed from it.
+    system = {"/", "/usr", "/usr/local", "/opt"}
+    roots = {p for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+             if os.path.abspath(p) not in system}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         try:
             roots.add(sysconfig.get_paths()[key])
@@ -807,11 +860,16 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
     os.chdir("/")
     # 4e) resource limits
     baseline = _vm_size_bytes()
+    # (hard = soft: without CAP_SYS_RESOURCE no limit can be raised again, and seccomp
+    # refuses setrlimit/prlimit with a new value anyway). RLIMIT_CPU is set by the caller
+    # before each snippet (prlimit on this pid), never by the worker.
     limits = {
         "RLIMIT_AS": baseline + cfg["memory_mb"] * 2**20 if baseline else cfg["memory_mb"] * 2**20,
         "RLIMIT_FSIZE": 4 * cfg["max_output_chars"] + 65536,
         "RLIMIT_CORE": 0,
         "RLIMIT_NOFILE": 64,
+        "RLIMIT_MEMLOCK": 0,
+        "RLIMIT_MSGQUEUE": 0,
     }
     for name, value in limits.items():
         try:
@@ -1029,8 +1087,7 @@ class _Runner:
             text += f" ({where} {lineno}: {lines[lineno - 1].strip()[:200]})"
         return text
 
-    def run(self, code: str, timeout_s: float) -> dict:
-        import resource
+    def run(self, code: str) -> dict:
         self.count += 1
         fname = f"<snippet {self.count}>"
         self.sources[fname] = code.splitlines()
@@ -1040,13 +1097,6 @@ class _Runner:
             os.ftruncate(1, 0)
             os.lseek(1, 0, os.SEEK_SET)
         except OSError:
-            pass
-        # RLIMIT_CPU as a backstop for the caller's wall clock: this snippet's budget + 1 s
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_limit = math.ceil(usage.ru_utime + usage.ru_stime + timeout_s) + 1
-        try:
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
-        except (ValueError, OSError):
             pass
         reply: dict[str, Any] = {"err": None, "val": None, "fa": False}
         try:
@@ -1123,11 +1173,11 @@ def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, p
     _send_frame(sock, json.dumps({"ready": applied}).encode())
     while True:
         try:
-            kind, seq, payload, timeout_s = pickle.loads(_recv_frame(sock, 1 << 30))
+            kind, seq, payload = pickle.loads(_recv_frame(sock, 1 << 30))
         except BaseException:
             os._exit(0)   # the caller closed the session (or went away)
         if kind == "run":
-            reply = runner.run(payload, timeout_s)
+            reply = runner.run(payload)
         elif kind == "vars":
             try:
                 runner.ns.update(pickle.loads(payload))
@@ -1173,10 +1223,12 @@ def _warm_up() -> None:
         pass
 
 
-def _zygote_main(ctrl_fd: int, parent_pid: int) -> None:
+def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
     ctrl = socket.socket(fileno=ctrl_fd)
-    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(_THIS_FILE):
-        del sys.path[0]   # the project directory is not a library
+    # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
+    # clean environment does not carry), without the project directory: it is not a library
+    project = os.path.dirname(_THIS_FILE)
+    sys.path[:] = [p for p in caller_path if p and os.path.abspath(p) != project]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
     import importlib
     for name in PRELOAD:
@@ -1186,11 +1238,9 @@ def _zygote_main(ctrl_fd: int, parent_pid: int) -> None:
             pass       # not installed: a snippet importing it gets ModuleNotFoundError
     _warm_up()
     probe = _probe()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes select() through wake_w
+    # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
+    # would wake the zygote. Dead workers are reaped once a second, or at once when the
+    # caller asks for one's exit status.
     children: set[int] = set()
     statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
 
@@ -1215,15 +1265,9 @@ def _zygote_main(ctrl_fd: int, parent_pid: int) -> None:
     _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
     while True:
         try:
-            readable, _, _ = select.select([ctrl, wake_r], [], [], 1.0)
+            readable, _, _ = select.select([ctrl], [], [], 1.0)
         except InterruptedError:
             readable = []
-        if wake_r in readable:
-            try:
-                while os.read(wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
         reap()
         if os.getppid() != parent_pid:
             break          # the caller died (a forked copy of it may still hold the socket)
@@ -1243,8 +1287,6 @@ def _zygote_main(ctrl_fd: int, parent_pid: int) -> None:
                 try:
                     ctrl.close()
                     parent_end.close()
-                    for fd in (wake_r, wake_w):
-                        os.close(fd)
                     _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
                 except BaseException as e:
                     os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
@@ -1300,6 +1342,15 @@ def _anonymous_tempfile() -> int:
     return fd
 
 
+try:
+    import resource
+    _CAN_PRLIMIT = hasattr(resource, "prlimit")
+except ImportError:   # not POSIX
+    resource = None
+    _CAN_PRLIMIT = False
+_RAISE_HARD_LIMITS = os.name == "posix" and os.geteuid() == 0
+
+
 # ---------------------------------------------------------------------------------------
 # 3, 7, 8) The caller's side: zygote client, workers, pool, sessions
 # ---------------------------------------------------------------------------------------
@@ -1316,14 +1367,11 @@ class _ZygoteClient:
 
     def __init__(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   NUMEXPR_NUM_THREADS="1", VECLIB_MAXIMUM_THREADS="1",
-                   PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        path = json.dumps([p for p in sys.path if isinstance(p, str)])
         self.proc = subprocess.Popen(
-            [sys.executable, _THIS_FILE, "--zygote", str(child_end.fileno()), str(os.getpid())],
+            [sys.executable, _THIS_FILE, "--zygote", str(child_end.fileno()), str(os.getpid()), path],
             pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env=env, close_fds=True, start_new_session=True)
+            env=dict(ZYGOTE_ENV), close_fds=True, start_new_session=True)
         child_end.close()
         self.sock = parent_end
         self.lock = threading.Lock()
@@ -1406,12 +1454,43 @@ class _Worker:
         self.released = False
         self.isolation: dict = {}
         self.zygote: _ZygoteClient | None = None
+        self.ran_s = 0.0          # wall time it was allowed to run: an upper bound on its CPU time
         self._lock = threading.Lock()
 
     def alive(self) -> bool:
         if self.pidfd is None:
             return not self.killed
         return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd turns readable on exit
+
+    def _signal(self, sig: int) -> None:
+        """Signal exactly this process (the pidfd cannot point at a reused pid)."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            elif not self.killed:
+                os.kill(self.pid, sig)
+        except OSError:
+            pass
+
+    def pause(self) -> None:
+        """SIGSTOP after each reply: a worker that answered early (a forged reply) and kept
+        computing is frozen until the next snippet is sent, and its time then counts."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self, budget_s: float) -> None:
+        """Before sending a snippet: cap the worker's total CPU time at what it may have used
+        so far (ran_s >= its CPU time: it has one thread) + this snippet's budget + 1 s, then
+        SIGCONT. The caller sets the limit from outside; seccomp keeps the worker from
+        changing it. Where the caller may raise hard limits again (CAP_SYS_RESOURCE, i.e.
+        root), hard = soft + 1 s; otherwise the hard limit stays where it was."""
+        if _CAN_PRLIMIT and self.alive():
+            soft = math.ceil(self.ran_s + budget_s) + 1
+            try:
+                hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
+                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
+            except (OSError, ValueError):
+                pass   # it exited meanwhile; the wall clock still bounds it
+        self._signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the worker's process group, then the worker itself. The pidfd makes the
@@ -1665,10 +1744,9 @@ class Sandbox:
                 return {}
             _POOL.begin_run(self)
             try:
-                if self._worker is None:
-                    err, _ = self._start_worker()
-                    if err:
-                        return {"error": err}
+                early, *_ = self._prepare()
+                if early is not None:
+                    return {"error": early.error}
                 return dict(self._worker.isolation)
             finally:
                 _POOL.end_run(self)
@@ -1727,10 +1805,11 @@ class Sandbox:
             self._evicted = True
 
     def _spawn(self) -> str | None:
-        """Get a fresh worker from the zygote and wait for its isolation report.
-        Returns an error message, or None."""
+        """Get a fresh worker from the zygote, wait for its isolation report, and stop it
+        until its first snippet. Returns an error message, or None."""
         _POOL.reserve_worker_slot()
         worker = None
+        t0 = time.perf_counter()
         try:
             zygote = _POOL.get_zygote()
             worker = zygote.spawn(self._cfg())
@@ -1746,23 +1825,40 @@ class Sandbox:
                 worker.release()
             _POOL.worker_gone()
             return f"SandboxError: the sandbox worker did not start ({detail})"
+        worker.pause()
+        worker.ran_s = time.perf_counter() - t0
         self._worker = worker
         _POOL.stats["spawned"] += 1
         return None
 
-    def _start_worker(self) -> tuple[str | None, bool]:
-        """Spawn a worker; after an eviction, replay the history into it.
-        Returns (error message or None, whether the session's names were lost)."""
-        err = self._spawn()
-        if err or not self._evicted:
-            return err, False
-        self._evicted = False
-        history, self._history = self._history, []
-        for kind, payload in history:
-            _POOL.stats["replayed"] += 1
-            if self._exchange(kind, payload).session_reset:   # could not rebuild: start fresh
-                return self._spawn(), True
-        return None, False
+    def _prepare(self) -> tuple[ExecResult | None, float, float, bool]:
+        """Make sure the session has a worker; after an eviction, rebuild its names by
+        replaying its earlier snippets. The replay and the snippet share one deadline,
+        timeout_s from the moment the worker is up, so run() stays within its timeout.
+        Returns (a result to return instead of running the snippet, or None; the deadline;
+        the perf_counter start of this run's clock; whether the session's names were lost)."""
+        reset = False
+        replay = self._worker is None and self._evicted
+        if self._worker is None:
+            err = self._spawn()
+            if err:
+                return ExecResult(error=err), 0.0, 0.0, False
+        start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
+        if replay:
+            self._evicted = False
+            history, self._history = self._history, []
+            for kind, payload in history:
+                _POOL.stats["replayed"] += 1
+                r = self._exchange(kind, payload, deadline, start, replaying=True)
+                if r.timed_out:
+                    return r, deadline, start, True
+                if r.session_reset:     # it went differently this time: start fresh
+                    err = self._spawn()
+                    if err:
+                        return ExecResult(error=err, session_reset=True), 0.0, 0.0, True
+                    reset = True
+                    break
+        return None, deadline, start, reset
 
     def _submit(self, kind: str, payload: Any) -> ExecResult:
         with self._lock:
@@ -1770,12 +1866,10 @@ class Sandbox:
                 return ExecResult(error="SandboxError: this sandbox is closed")
             _POOL.begin_run(self)
             try:
-                reset = False
-                if self._worker is None:
-                    err, reset = self._start_worker()
-                    if err:
-                        return ExecResult(error=err, session_reset=reset)
-                result = self._exchange(kind, payload)
+                early, deadline, start, reset = self._prepare()
+                if early is not None:
+                    return early
+                result = self._exchange(kind, payload, deadline, start)
                 result.session_reset = result.session_reset or reset
                 return result
             except Exception as e:   # a bug here must not take the caller down
@@ -1788,41 +1882,57 @@ class Sandbox:
                     self._drop_worker()
                 _POOL.end_run(self)
 
-    def _exchange(self, kind: str, payload: Any) -> ExecResult:
-        """Steps 5-7 from the caller's side: send, wait until the deadline, read the result."""
+    def _exchange(self, kind: str, payload: Any, deadline: float, start: float,
+                  replaying: bool = False) -> ExecResult:
+        """Steps 5-7 from the caller's side: continue the worker, send, wait until the
+        deadline, stop the worker again the moment it replies, then read the result.
+        Only the caller's clock and the session's settings decide duration_s and
+        is_final_answer; the reply is data from an untrusted process."""
         w = self._worker
         w.seq += 1
-        frame = pickle.dumps((kind, w.seq, payload, self.timeout_s))
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.timeout_s
+        frame = pickle.dumps((kind, w.seq, payload))
         failure = None
-        try:
-            _send_frame(w.sock, frame)
-            raw = _recv_frame_deadline(w.sock, deadline, 16 * self.max_output_chars + (1 << 20))
-            reply = json.loads(raw)
-            if not isinstance(reply, dict) or reply.get("seq") != w.seq:
-                raise ValueError("reply out of sequence")
-        except TimeoutError:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             failure = "timeout"
-        except (EOFError, OSError):
-            failure = "died"
-        except (ValueError, RecursionError, MemoryError):
-            failure = "protocol"
+        else:
+            t_run = time.perf_counter()
+            w.resume(remaining)
+            try:
+                _send_frame(w.sock, frame)
+                raw = _recv_frame_deadline(w.sock, deadline, 16 * self.max_output_chars + (1 << 20))
+            except TimeoutError:
+                failure = "timeout"
+            except (EOFError, OSError):
+                failure = "died"
+            except ValueError:
+                failure = "protocol"
+            finally:
+                w.pause()
+                w.ran_s += time.perf_counter() - t_run
         duration = time.perf_counter() - start
         if failure is None:
             try:
+                reply = json.loads(raw)
+                if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+                    raise ValueError("reply out of sequence")
                 return self._result_from_reply(kind, payload, reply, duration)
-            except (TypeError, ValueError, KeyError, AttributeError):
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError, MemoryError):
                 failure = "protocol"
         # 7) the worker is gone or misbehaved: kill it, keep what it printed, start over next time
         w.kill()
         printed, unread = w.read_output(self.max_output_chars)
-        if failure == "timeout":
-            error = f"timed out after {self.timeout_s:g} s; names defined before this snippet are lost"
+        lost = "names defined before this snippet are lost"
+        if failure == "timeout" and replaying:
+            error = (f"timed out after {self.timeout_s:g} s while rebuilding this session (its process "
+                     f"had been reclaimed to bound the number of live workers), before the snippet ran; {lost}")
+            printed, unread = "", 0   # output of the replayed snippets, not of this one
+        elif failure == "timeout":
+            error = f"timed out after {self.timeout_s:g} s; {lost}"
         elif failure == "protocol":
-            error = "SandboxError: the sandbox process sent a malformed reply and was stopped; names defined before this snippet are lost"
+            error = f"SandboxError: the sandbox process sent a malformed reply and was stopped; {lost}"
         else:
-            error = f"{self._death_reason(w)}; names defined before this snippet are lost"
+            error = f"{self._death_reason(w)}; {lost}"
         self._drop_worker()
         self._history.clear()
         self._evicted = False
@@ -1854,11 +1964,12 @@ class Sandbox:
 
     def _result_from_reply(self, kind: str, payload: Any, reply: dict, duration: float) -> ExecResult:
         w = self._worker
-        err, val = reply["err"], reply["val"]
+        err, val, hidden = reply["err"], reply["val"], reply.get("drop", 0)
         if not (err is None or isinstance(err, str)) or not (val is None or isinstance(val, str)):
             raise TypeError("bad reply")
+        if type(hidden) is not int or not 0 <= hidden < 1 << 60:
+            raise TypeError("bad reply")
         err, val = _clean_text(err), _clean_text(val)
-        hidden = int(reply.get("drop", 0))
         printed, unread = w.read_output(self.max_output_chars)
         self._history.append((kind, payload))
         printed = _truncate(printed, self.max_output_chars, hidden + unread)
@@ -1866,7 +1977,8 @@ class Sandbox:
         if val is not None:
             stdout += ("\n" if printed and not printed.endswith("\n") else "") + val + "\n"
             stdout = _truncate(stdout, self.max_output_chars)
-        fa = bool(reply.get("fa"))
+        # a final answer counts only where this session defined final_answer()
+        fa = reply.get("fa") is True and self.enable_final_answer and kind == "run"
         return ExecResult(stdout=stdout, error=err, duration_s=duration, value=val, printed=printed,
                           final_answer=reply.get("fav") if fa else None, is_final_answer=fa)
 
@@ -2001,7 +2113,7 @@ def _demo() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "--zygote":
-        _zygote_main(int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "--zygote":
+        _zygote_main(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))
     else:
         _demo()
