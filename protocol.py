@@ -66,20 +66,31 @@ EMPTY_OUTPUT = "(no output)"
 """Shown when a snippet printed nothing and displayed nothing, so the model sees that it ran."""
 
 ERROR_LINE_RE = re.compile(
-    r"^(?:[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b"    # "NameError: ...", "SandboxError: ..."
-    r"|Traceback \(most recent call last\)|timed out after\b|the sandbox process\b)",
-    re.MULTILINE,
+    # "NameError: ...", "StopIteration", "CoercionFailed: ...", "SandboxError: ...": an exception
+    # name of the usual shapes (a bare "Error:" or "Warning:" is left to _ERROR_WHERE_RE)
+    r"(?:[A-Za-z_]\w*?(?:Error|Exception|Exit|Interrupt|Iteration|Warning|Failed)(?=: | \(|\Z)"
+    # the executor's own messages: a timeout, a dead worker, a failed variable load
+    r"|timed out after \d|the sandbox process |could not load variables: )"
 )
-"""A line of an output block that shows an error, in executor.py's formats: "ExcType: ...",
-"timed out after ...", "the sandbox process ...". format_output() puts it after the printed text."""
+"""The start of an error line in executor.py's formats (ExecResult.error), matched at the start
+of an output block's last line. format_output() puts the error after the printed text, so an
+error always ends the block."""
+_ERROR_WHERE_RE = re.compile(r" \((?:snippet \d+, )?line \d+: [^\n]*\)\Z")
+"""Where executor.describe() says the exception happened: " (line N: <source line>)", or
+" (snippet K, line N: ...)" in an earlier snippet's function. It ends every exception raised
+while the snippet ran, whatever the exception's name (user-defined ones too)."""
+_ERROR_WHERE_MAX = 300
+"""The location is at most about 240 characters (a source line is cut to 200): only this tail
+of the last line is searched, so the check is linear however long the line."""
 
 # A closing fence is "\n```" followed by a newline or the end of the text; an output block also
 # ends at a bare "\n```" (whatever follows it), as the model sees it closed there.
 _FENCE_END = "\n```"
 # A fence that wraps a call's whole body: ``` with an optional language, blanks, a newline.
 _INNER_OPEN_RE = re.compile(r"```(?:python|py)?[ \t]*\n")
-# "\boxed 7": a box without braces holds one token. Matched at one position: one pass.
-_BARE_BOX_RE = re.compile(r" +([^\s$]+)")
+# "\boxed 7": a box without braces counts only when what follows is a plausible answer: a
+# number (up to the next space or $) or one capital letter (a choice). Matched at one position.
+_BARE_BOX_RE = re.compile(r"[-+]?\d[^\s$]*|[A-Z](?![\w\\{])")
 
 
 # ---------------------------------------------------------------------------
@@ -217,6 +228,61 @@ def trailing_snippet(chunk: str) -> str | None:
     return None
 
 
+def is_trivial_snippet(code: str, max_chars: int = 100_000) -> bool:
+    """Is this agent call no code at all? Only whitespace, comments, `pass`, `...`, or bare
+    constants: a number, a string or docstring, None/True/False, signed numbers, and tuples,
+    lists, sets and dicts of them.
+
+    The paper rewards generating code snippets; a call like these computes nothing, so
+    rewards.code_use_reward does not pay for it. A snippet that does not parse is NOT trivial:
+    it is an attempt that failed (the executor reports a SyntaxError), and counts as an error.
+    Nor is a snippet over max_chars (executor.py's default limit, over which the executor
+    rejects it as an error): it is not parsed at all.
+
+    Safe on hostile text: one ast.parse (linear in the snippet, at most max_chars), then a walk
+    with an explicit stack; deep nesting raises SyntaxError, RecursionError or MemoryError in
+    the parser, each of which means "not trivial". Warnings the parser emits (e.g. for "\\d" in
+    a string) are silenced with warnings.catch_warnings(), which touches process-wide state:
+    rewards.py calls this only in its single-threaded grader helpers.
+
+    >>> [is_trivial_snippet(s) for s in ["# just a comment", "pass", "...", "'plan: add'", " \\n", "-1, 'a'"]]
+    [True, True, True, True, True, True]
+    >>> [is_trivial_snippet(s) for s in ["print(1)", "x = 1", "1 + 1", "x", "f(", "import math"]]
+    [False, False, False, False, False, False]
+    """
+    import ast  # stdlib, imported here: only the grader helpers need it
+    import warnings
+
+    if len(code) > max_chars:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
+    except Exception:  # SyntaxError, ValueError (a null byte), RecursionError, MemoryError
+        return False
+    stack: list = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr):
+            stack.append(stmt.value)
+        elif not isinstance(stmt, ast.Pass):
+            return False
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Constant):
+            continue
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            stack.append(node.operand)
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            stack.extend(node.elts)
+        elif isinstance(node, ast.Dict) and None not in node.keys:  # None: a ** unpacking
+            stack.extend(node.keys)
+            stack.extend(node.values)
+        else:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------
 # Output blocks
 # ---------------------------------------------------------------------------
@@ -267,12 +333,35 @@ def strip_output_blocks(text: str) -> str:
 
 
 def shows_error(block: str) -> bool:
-    """Does an output block's body show an error (a line of ERROR_LINE_RE)?
+    """Does an output block's body show an error? Read from text, in executor.py's formats.
 
-    >>> shows_error("NameError: name 'y' is not defined"), shows_error("42")
+    format_output() appends the executor's error (ExecResult.error) after the printed text, so
+    the block's LAST line shows it: its start matches ERROR_LINE_RE ("NameError: ...",
+    "StopIteration", "timed out after 5 s; ..."), or it ends with the executor's location
+    " (line N: <source>)" (any exception raised while the snippet ran, user-defined names and
+    messages over several lines included). Printed text before the last line is not read, so a
+    snippet printing "KeyError: 3" and then more output does not count as failed.
+
+    What text alone cannot tell (so callers that have the executor's structured result, e.g.
+    rollout.py's per-snippet ExecResult.ok, should count from it instead): a snippet whose own
+    LAST printed line looks like an error (printing a caught exception, "ValueError: ...") reads
+    as failed; an error cut off by output truncation, or one with a multi-line message and no
+    location (raised outside the snippet's lines), reads as success; and a block the model
+    wrote itself is read like a real one.
+
+    >>> shows_error("NameError: name 'y' is not defined (line 1: print(y))"), shows_error("42")
     (True, False)
+    >>> shows_error("StopIteration (line 2: next(it))"), shows_error("CoercionFailed: cannot convert")
+    (True, True)
+    >>> shows_error("7\\nOops: bad input (line 3: raise Oops('bad input'))")   # user-defined
+    True
+    >>> shows_error("Error: 0.001\\nWarning: slow"), shows_error("ValueError: x\\nbut it was caught")
+    (False, False)
     """
-    return ERROR_LINE_RE.search(block) is not None
+    body = block.rstrip()
+    last = body[body.rfind("\n") + 1:]
+    return (ERROR_LINE_RE.match(last) is not None
+            or _ERROR_WHERE_RE.search(last, max(0, len(last) - _ERROR_WHERE_MAX)) is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -280,33 +369,57 @@ def shows_error(block: str) -> bool:
 # ---------------------------------------------------------------------------
 
 def last_box(text: str) -> tuple[int, int, str] | None:
-    """The last ``\\boxed{...}`` (or ``\\fbox{...}``) of text as (start, end, content), or None
-    when there is none or it is unbalanced. Output blocks are NOT skipped here (last_boxed()
-    does that): positions are those of the text given.
+    """The last box of text as (start, end, content), or None when there is none or the last
+    braced one is unbalanced. Output blocks are NOT skipped here (last_boxed() does that):
+    positions are those of the text given.
+
+    A box is ``\\boxed{...}`` or ``\\fbox{...}`` (braces balanced; spaces may precede the
+    brace). A bare ``\\boxed 7`` holds no braces, so it is read only when what follows is a
+    plausible answer: a number (up to the next space or $; the grader drops a trailing period)
+    or one capital letter (a multiple-choice answer). Anything else after a bare \\boxed (a word, a
+    period, another command) is prose about the macro, not an answer, and the box before it is
+    read instead. Not gameable: it is still one answer, the last one written; a mention of the
+    macro cannot turn a boxed answer into "no answer" or into the word that follows it.
 
     >>> text = r"so \\boxed{\\frac{4}{3}}."
     >>> last_box(text), text[3:22]
     ((3, 22, '\\\\frac{4}{3}'), '\\\\boxed{\\\\frac{4}{3}}')
+    >>> last_box(r"\\boxed{4}. (I used \\boxed for it, not \\boxed.)")
+    (0, 9, '4')
+    >>> [last_box(t)[2] for t in (r"\\boxed 7.", r"\\boxed{1} then \\boxed -2/3$", r"\\boxed C", r"\\boxed {5}")]
+    ['7.', '-2/3', 'C', '5']
+    >>> last_box(r"we write \\boxed a lot") is None
+    True
     """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start == -1:
-        return None
-    i = start + (6 if text.startswith("\\boxed", start) else 5)
-    if i < len(text) and text[i] == " ":  # "\boxed 7" (no braces): a single token
-        m = _BARE_BOX_RE.match(text, i)
-        return (start, m.end(), m.group(1)) if m else None
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return start, j + 1, text[i + 1: j]
-    return None
+    # the nearest \boxed and \fbox at or before the current one, each searched for once per
+    # mention skipped: one pass back over the text in all
+    boxed, fbox = text.rfind("\\boxed"), text.rfind("\\fbox")
+    while True:
+        start = max(boxed, fbox)
+        if start == -1:
+            return None
+        name_end = start + (6 if text.startswith("\\boxed", start) else 5)
+        i = name_end
+        while i < len(text) and text[i] == " ":  # the spaces of one mention: each read once
+            i += 1
+        if i < len(text) and text[i] == "{":  # braced: the last one decides, balanced or not
+            depth = 0
+            for j in range(i, len(text)):
+                c = text[j]
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return start, j + 1, text[i + 1: j]
+            return None
+        if i > name_end and (m := _BARE_BOX_RE.match(text, i)):
+            return start, m.end(), m.group()
+        # a mention of the macro, not a box: look further back
+        if start == boxed:
+            boxed = text.rfind("\\boxed", 0, start)
+        else:
+            fbox = text.rfind("\\fbox", 0, start)
 
 
 def last_boxed(text: str) -> str | None:

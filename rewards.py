@@ -115,7 +115,8 @@ from typing import Any, Callable, Iterable
 # The trace format and its scanners, shared with agent.py (which re-exports them) so the two
 # cannot drift. protocol.py, not agent.py: `import agent` loads smolagents when it is installed,
 # and neither the trainer's side of this module nor a grader helper should pay for that.
-from protocol import CALL_OPEN, find_snippets, last_box, output_blocks, shows_error, strip_output_blocks
+from protocol import (CALL_OPEN, find_snippets, is_trivial_snippet, last_box, output_blocks, shows_error,
+                      strip_output_blocks)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ MAX_ANSWER_DEPTH = 8
 """Deeper bracket nesting scores 0 (the deepest gold answer in shared/data nests 4 deep)."""
 MAX_RUN = 16
 """At most this many boxes in a row are read as one answer."""
+GOLD_MAX_FAILURES = 3
+"""A gold answer whose own check timed out or crashed this many times is treated as unusable
+(None) for the rest of the run; fewer failures are not remembered as a result (retried)."""
 
 REWARD_WEIGHTS: dict[str, float] = {"accuracy_reward": 0.1, "code_use_reward": 1.0}
 """The released training config's weights (paper: code use weighted 10:1 vs. accuracy)."""
@@ -327,13 +331,13 @@ def _grade_local(text: str, gold: str) -> dict:
 
 
 def _calls_local(text: str) -> dict:
-    """Step 9 without rollout kwargs: snippets, output blocks, and blocks showing an error.
-
-    An error is a line of an output block in executor.py's error formats (protocol.shows_error:
-    "ExcType: ...", "timed out after ...", "the sandbox process ...")."""
+    """Step 9 from text (count_calls): snippets holding code, trivial ones, output blocks, and
+    blocks showing an error in executor.py's formats (protocol.shows_error)."""
     blocks = output_blocks(text)
     errors = sum(shows_error(b) for b in blocks)
-    return {"snippets": len(find_snippets(text)), "outputs": len(blocks), "errors": errors}
+    calls = find_snippets(text)
+    trivial = sum(is_trivial_snippet(c) for c in calls)
+    return {"snippets": len(calls) - trivial, "trivial": trivial, "outputs": len(blocks), "errors": errors}
 
 
 # ---------------------------------------------------------------------------
@@ -547,6 +551,8 @@ def _serve(settings: dict) -> None:
                 reply = {"kind": _gold_kind_local(req["gold"])}
             elif op == "calls":
                 reply = _calls_local(req["text"])
+            elif op == "trivial":
+                reply = {"trivial": [is_trivial_snippet(c) for c in req["snippets"]]}
             else:
                 reply = {"crash": f"unknown op {op!r}"}
         except Exception as e:  # noqa: BLE001 -- report, keep serving
@@ -563,41 +569,82 @@ class Verdict:
     """The grade of one completion against one gold answer."""
 
     correct: bool | None
-    """True/False; None only when the gold answer is unusable."""
+    """True/False; None when the gold answer is unusable, or when checking the gold itself
+    failed this time (status gold_timeout / gold_crashed: not cached, retried next time)."""
     answer: str | None
     """What was graded: the last box's content (a run of boxes joined by ", "), or None."""
     status: str
-    """correct | wrong | no_answer | too_big | timeout | crashed | bad_gold"""
+    """correct | wrong | no_answer | too_big | timeout | crashed | bad_gold | gold_timeout | gold_crashed"""
 
 
 _GOLD_CACHE: dict[str, str | None] = {}
+"""gold -> its kind, for definite answers only: a parse, or a gold refused unread (empty, too
+big), or one whose check failed GOLD_MAX_FAILURES times."""
+_GOLD_FAILURES: dict[str, int] = {}
+"""gold -> how many of its checks timed out or crashed so far (until it is cached)."""
 _GOLD_LOCK = threading.Lock()
 
 
-def gold_kind(gold: Any, timeout_s: float | None = None) -> str | None:
-    """How a gold answer parses: "sympy", "string" (only the same text matches it) or None.
+def _gold_status(gold: str, timeout_s: float | None = None) -> tuple[str | None, str | None]:
+    """(kind, None), or (None, "timeout" | "crashed") when this check of the gold failed.
 
-    Cached per gold string, so a GRPO group asks once.
-
-    >>> gold_kind(r"\\frac43"), gold_kind(""), gold_kind("(" * 20 + "1" + ")" * 20)
-    ('sympy', None, None)
-    """
-    gold = str(gold)
+    Why a failure is not cached: a gold check times out when the machine is busy as easily as
+    when the gold is pathological, and a cached None would take the problem's accuracy reward
+    away for the rest of the run. So a failed check is retried on the next call, and only a
+    gold that failed GOLD_MAX_FAILURES times is cached as unusable (so a truly pathological
+    gold costs at most that many deadlines per run, not one per completion)."""
     with _GOLD_LOCK:
         if gold in _GOLD_CACHE:
-            return _GOLD_CACHE[gold]
+            return _GOLD_CACHE[gold], None
+    failure = None
     if not gold.strip() or _too_big(gold):
         kind = None
     else:
         reply, failure = _pool().run({"op": "gold", "gold": gold}, timeout_s or GRADE_TIMEOUT_S)
-        if failure:
-            log.warning("gold answer %r could not be parsed (%s)", gold[:80], failure)
         kind = None if reply is None else reply["kind"]
     with _GOLD_LOCK:
+        if failure is not None:
+            n = _GOLD_FAILURES[gold] = _GOLD_FAILURES.get(gold, 0) + 1
+            if n < GOLD_MAX_FAILURES:
+                log.warning("gold answer %r: its check failed (%s, %d of %d); retried next time",
+                            gold[:80], failure, n, GOLD_MAX_FAILURES)
+                return None, failure
+            log.warning("gold answer %r: its check failed %d times (%s); treated as unusable",
+                        gold[:80], n, failure)
         if len(_GOLD_CACHE) > 100_000:
             _GOLD_CACHE.clear()
         _GOLD_CACHE[gold] = kind
-    return kind
+        _GOLD_FAILURES.pop(gold, None)
+    return kind, None
+
+
+def gold_kind(gold: Any, timeout_s: float | None = None) -> str | None:
+    """How a gold answer parses: "sympy", "string" (only the same text matches it) or None
+    (unusable, or its check failed this time: see _gold_status, a failure is retried).
+
+    Definite answers are cached per gold string, so a GRPO group asks once.
+
+    >>> gold_kind(r"\\frac43"), gold_kind(""), gold_kind("(" * 20 + "1" + ")" * 20)
+    ('sympy', None, None)
+    """
+    return _gold_status(str(gold), timeout_s)[0]
+
+
+def _check(text: str, gold: str, timeout_s: float, gold_status: tuple[str | None, str | None]) -> Verdict:
+    kind, failure = gold_status
+    if failure is not None:  # unknown this time, not wrong: TRL leaves the reward out
+        return Verdict(None, None, f"gold_{failure}")
+    if kind is None:
+        return Verdict(None, None, "bad_gold")
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return Verdict(False, None, "no_answer")
+    if len(text) > MAX_COMPLETION_CHARS:
+        return Verdict(False, None, "too_big")
+    # 3) the rest in a helper, under the deadline
+    reply, failure = _pool().run({"op": "grade", "text": text, "gold": gold}, timeout_s)
+    if failure:
+        return Verdict(False, None, failure)
+    return Verdict(**reply)
 
 
 def check(completion: Any, gold: Any, timeout_s: float | None = None) -> Verdict:
@@ -614,18 +661,8 @@ def check(completion: Any, gold: Any, timeout_s: float | None = None) -> Verdict
     """
     # 2) cheap checks in the calling thread
     timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
-    text, gold = completion_text(completion), str(gold)
-    if gold_kind(gold, timeout_s) is None:
-        return Verdict(None, None, "bad_gold")
-    if "\\boxed" not in text and "\\fbox" not in text:
-        return Verdict(False, None, "no_answer")
-    if len(text) > MAX_COMPLETION_CHARS:
-        return Verdict(False, None, "too_big")
-    # 3) the rest in a helper, under the deadline
-    reply, failure = _pool().run({"op": "grade", "text": text, "gold": gold}, timeout_s)
-    if failure:
-        return Verdict(False, None, failure)
-    return Verdict(**reply)
+    gold = str(gold)
+    return _check(completion_text(completion), gold, timeout_s, _gold_status(gold, timeout_s))
 
 
 def grade(completion: Any, gold: Any, timeout_s: float | None = None) -> bool | None:
@@ -640,17 +677,26 @@ def grade(completion: Any, gold: Any, timeout_s: float | None = None) -> bool | 
 
 
 def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[Verdict]:
-    """check() for many pairs, on up to GRADER_PROCESSES helpers at once (order kept)."""
-    pairs = list(zip(completions, golds, strict=True))
-    if len(pairs) <= 1:
-        return [check(c, g, timeout_s) for c, g in pairs]
-    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(pairs))) as ex:
-        return list(ex.map(lambda cg: check(cg[0], cg[1], timeout_s), pairs))
+    """check() for many pairs, on up to GRADER_PROCESSES helpers at once (order kept): the batch
+    grader that accuracy_reward uses, and evaluation can use.
 
+    Each distinct gold is checked once, before the completions (a GRPO group shares one gold):
+    if that check fails, the group's verdicts say gold_timeout / gold_crashed rather than every
+    completion paying the deadline again; the next call retries it.
 
-def grade_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[bool | None]:
-    """grade() for many pairs, in parallel (order kept)."""
-    return [v.correct for v in check_many(completions, golds, timeout_s)]
+    >>> [v.status for v in check_many([r"\\boxed{2}", r"\\boxed{3}", "none"], ["2", "2", "2"])]
+    ['correct', 'wrong', 'no_answer']
+    """
+    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
+    pairs = [(completion_text(c), str(g)) for c, g in zip(completions, golds, strict=True)]
+    distinct = list(dict.fromkeys(g for _, g in pairs))
+    workers = min(GRADER_PROCESSES, len(pairs))
+    if workers <= 1:
+        status = {g: _gold_status(g, timeout_s) for g in distinct}
+        return [_check(t, g, timeout_s, status[g]) for t, g in pairs]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        status = dict(zip(distinct, ex.map(lambda g: _gold_status(g, timeout_s), distinct)))
+        return list(ex.map(lambda tg: _check(tg[0], tg[1], timeout_s, status[tg[1]]), pairs))
 
 
 # ---------------------------------------------------------------------------
@@ -687,34 +733,86 @@ def accuracy_reward(completions: list, answer: list | None = None, log_extra: Ca
 # 9) code_use_reward
 # ---------------------------------------------------------------------------
 
+_NO_CALLS = {"snippets": 0, "trivial": 0, "outputs": 0, "errors": 0}
+
+
 def count_calls(completion: Any, timeout_s: float | None = None) -> dict:
-    """Agent calls in a completion's text: {"snippets", "outputs", "errors"} (errors: output
-    blocks that show an error). Parsed in a helper under the deadline; zeros on timeout.
+    """Agent calls in a completion's text: {"snippets", "trivial", "outputs", "errors"}.
+
+    snippets: calls holding code (protocol.find_snippets, less the trivial ones); trivial: calls
+    that are no code at all (protocol.is_trivial_snippet: a comment, `pass`, a constant);
+    outputs: output blocks; errors: output blocks showing an error (protocol.shows_error).
+    Parsed in a helper under the deadline; zeros on timeout.
 
     >>> count_calls("<tool_call>\\n1/0\\n</tool_call>\\n```output\\nZeroDivisionError: division by zero\\n```\\n")
-    {'snippets': 1, 'outputs': 1, 'errors': 1}
+    {'snippets': 1, 'trivial': 0, 'outputs': 1, 'errors': 1}
+    >>> count_calls("<tool_call>\\n# think first\\n</tool_call>\\n```output\\n(no output)\\n```\\n")
+    {'snippets': 0, 'trivial': 1, 'outputs': 1, 'errors': 0}
     """
     text = completion_text(completion)
     if CALL_OPEN not in text and "```py" not in text:  # no call possible: skip the round trip
-        return {"snippets": 0, "outputs": 0, "errors": 0}
+        return dict(_NO_CALLS)
     if len(text) > MAX_COMPLETION_CHARS:
-        return {"snippets": 0, "outputs": 0, "errors": 0}
+        return dict(_NO_CALLS)
     reply, failure = _pool().run({"op": "calls", "text": text}, timeout_s or GRADE_TIMEOUT_S)
-    return reply if reply is not None else {"snippets": 0, "outputs": 0, "errors": 0}
+    return reply if reply is not None else dict(_NO_CALLS)
+
+
+def trivial_flags(snippets: list[list[str]], timeout_s: float | None = None) -> list[list[bool]]:
+    """protocol.is_trivial_snippet for each snippet of each completion, in the helpers (snippets
+    are model text: parsing them gets the same deadline and memory limit as grading).
+
+    A completion whose check fails (deadline, crash) gets False for all its snippets: they
+    count as code. (Only snippets near the executor's 100,000-character limit take long to
+    parse, and the executor rejects longer ones as errors.)
+
+    >>> trivial_flags([["pass", "print(2)"], [], ["'notes'"]])
+    [[True, False], [], [True]]
+    """
+    timeout_s = timeout_s or GRADE_TIMEOUT_S
+
+    def one(codes: list[str]) -> list[bool]:
+        if not codes:
+            return []
+        reply, _ = _pool().run({"op": "trivial", "snippets": codes}, timeout_s)
+        return [False] * len(codes) if reply is None else reply["trivial"]
+
+    groups = [[str(c) for c in codes] for codes in snippets]
+    if sum(bool(g) for g in groups) <= 1:
+        return [one(g) for g in groups]
+    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(groups))) as ex:
+        return list(ex.map(one, groups))
+
+
+def _per_completion(name: str, values: Any, n: int) -> list:
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} must have one value per completion: got {len(values)} for {n} completions")
+    return values
 
 
 def code_use_reward(completions: list, only_successful: bool = False, cap: int = 1,
+                    snippets: list[list[str]] | None = None, snippet_ok: list[list[bool]] | None = None,
                     num_snippets: list[int] | None = None, num_errors: list[int] | None = None,
                     **kwargs) -> list[float]:
-    """+1.0 if the completion made at least one agent call (the paper's reward), else 0.0.
+    """+1.0 if the completion made at least one agent call holding code (the paper's reward:
+    "generating code snippets"), else 0.0.
 
-    The counts come from the rollout when TRL passes them (rollout.py's per-completion
-    `num_snippets` and `num_errors`, where errors include timeouts); otherwise the text is
-    parsed: protocol.find_snippets() for the calls, and an error line in an ```output block for
-    a failed one. So it works on plain strings too (evaluate.py, tests). The text fallback
-    matches blocks to calls by count, not position, so a completion that writes a fake
-    ```output block itself can fool it; in training the rollout's counts, which the policy
-    cannot forge, are used.
+    Where the counts come from, best first:
+      a. `snippets` and `snippet_ok` (rollout.py's rollout_func passes them per completion, and
+         TRL hands them on): each code string that was run, and whether it ran without error or
+         timeout (the executor's structured result, ExecResult.ok). Exact, and the policy
+         cannot forge them.
+      b. `num_snippets` and `num_errors` (errors include timeouts): exact counts, but they
+         cannot tell a trivial snippet from code, so trivial snippets are paid here.
+      c. the text: protocol.find_snippets() for the calls, protocol.shows_error() on the
+         ```output blocks for failures (count_calls). So it works on plain strings too
+         (evaluation, tests). It matches blocks to calls by count, not position, so a
+         completion that writes a fake ```output block itself can fool it, and reading errors
+         from text has the ambiguities shows_error() lists.
+    A trivial snippet (protocol.is_trivial_snippet: only a comment, `pass`, a constant or
+    docstring, whitespace) is not a code snippet and earns nothing in a and c; a snippet that
+    does not parse is code that failed (an error), not a trivial one.
 
     only_successful, cap (off / 1 by default, the paper's behaviour): credit only snippets
     that ran without error, and give min(credited, cap) / cap, so at most 1.0 per trajectory.
@@ -722,32 +820,47 @@ def code_use_reward(completions: list, only_successful: bool = False, cap: int =
     over accuracy, a completion that emits any snippet -- `print(1)`, or one that crashes --
     already collects 1.0 of the 1.1 a solved problem earns, and emitting it is far easier than
     solving. only_successful removes the broken-snippet shortcut; the cap stops a trajectory
-    farming credit with many calls when cap > 1 gives partial credit per snippet. A trivial
-    snippet that runs still earns the credit: the accuracy term has to make it useful.
-    Use make_code_use_reward() to get this variant as a TRL reward function.
+    farming credit with many calls when cap > 1 gives partial credit per snippet. A snippet
+    that computes little (`print(1)`) and runs still earns the credit: the accuracy term has to
+    make it useful. Use make_code_use_reward() to get this variant as a TRL reward function.
 
     >>> call = "<tool_call>\\nprint(6*7)\\n</tool_call>\\n```output\\n42\\n```\\n"
     >>> bad = "<tool_call>\\nprint(y)\\n</tool_call>\\n```output\\nNameError: name 'y' is not defined\\n```\\n"
-    >>> code_use_reward(["no calls, \\\\boxed{42}", call, bad])
-    [0.0, 1.0, 1.0]
+    >>> empty = "<tool_call>\\n# nothing to run\\npass\\n</tool_call>\\n```output\\n(no output)\\n```\\n"
+    >>> code_use_reward(["no calls, \\\\boxed{42}", call, bad, empty])
+    [0.0, 1.0, 1.0, 0.0]
     >>> code_use_reward(["no calls", call, bad], only_successful=True)
+    [0.0, 1.0, 0.0]
+    >>> code_use_reward(["", "", ""], snippets=[["pass"], ["print(1)", "1/0"], ["1/0"]],
+    ...                 snippet_ok=[[True], [True, False], [False]], only_successful=True)
     [0.0, 1.0, 0.0]
     >>> code_use_reward(["", "", ""], num_snippets=[0, 3, 2], num_errors=[0, 1, 2], only_successful=True, cap=2)
     [0.0, 1.0, 0.0]
     """
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
-    if num_snippets is not None:
-        snippets = list(num_snippets)
-        errors = list(num_errors) if num_errors is not None else [0] * len(snippets)
-        if len(snippets) != len(completions) or len(errors) != len(completions):
-            raise ValueError("num_snippets/num_errors must have one value per completion")
-    else:
+    n = len(completions)
+    if snippets is not None:  # a. the rollout's record of each snippet
+        if snippet_ok is None:
+            raise ValueError("code_use_reward got `snippets` without `snippet_ok` (one bool per snippet)")
+        codes = _per_completion("snippets", snippets, n)
+        oks = _per_completion("snippet_ok", snippet_ok, n)
+        if any(len(c) != len(o) for c, o in zip(codes, oks)):
+            raise ValueError("snippets and snippet_ok must have one entry per snippet")
+        flags = trivial_flags(codes)
+        real = [sum(not t for t in ts) for ts in flags]
+        good = [sum(bool(ok) and not t for ok, t in zip(o, ts)) for o, ts in zip(oks, flags)]
+    elif num_snippets is not None:  # b. the rollout's counts
+        real = _per_completion("num_snippets", num_snippets, n)
+        errors = _per_completion("num_errors", num_errors, n) if num_errors is not None else [0] * n
+        good = [max(0, r - e) for r, e in zip(real, errors)]
+    else:  # c. the text
         counts = [count_calls(c) for c in completions]
-        snippets = [c["snippets"] for c in counts]
-        # a snippet counts as successful only if an output block without an error shows it
-        errors = [c["snippets"] - min(c["snippets"], c["outputs"] - c["errors"]) for c in counts]
-    credited = [max(0, n - e) if only_successful else n for n, e in zip(snippets, errors)]
+        real = [c["snippets"] for c in counts]
+        # a snippet ran well only if an output block without an error shows it; trivial
+        # snippets cannot fail to parse, so each is taken to own one error-free block
+        good = [min(c["snippets"], max(0, c["outputs"] - c["errors"] - c["trivial"])) for c in counts]
+    credited = good if only_successful else real
     return [min(c, cap) / cap for c in credited]
 
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import rewards  # noqa: E402
-from protocol import last_boxed  # noqa: E402
+from protocol import format_result, is_trivial_snippet, last_boxed, output_blocks, shows_error  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -185,6 +185,38 @@ def test_gold_kinds():
     assert rewards.gold_kind(3) == "sympy"  # non-string golds are str()-ed
 
 
+# a gold that takes the LaTeX parser tens of ms: a 1 ms deadline always fires on it
+SLOW_GOLD = " + ".join(r"\frac{%d}{%d}" % (i, i + 1) for i in range(1, 25))
+
+
+def test_gold_check_timeout_is_retried_not_cached():
+    # issue 8 §5: one slow gold check (a busy machine) used to cache the gold as unusable,
+    # removing that problem's accuracy reward for the rest of the run
+    gold = SLOW_GOLD + " + 1"  # new to this process, so nothing is cached yet
+    v = rewards.check(boxed("1"), gold, timeout_s=0.001)
+    assert v == rewards.Verdict(None, None, "gold_timeout")  # unknown this time: TRL leaves it out
+    assert rewards.accuracy_reward([boxed("1")], answer=[gold]) == [0.0]  # retried: usable, and wrong
+    assert rewards.gold_kind(gold) == "sympy"
+    assert rewards.check(boxed(gold), gold).status == "correct"
+
+
+def test_gold_check_failures_are_bounded(monkeypatch):
+    monkeypatch.setattr(rewards, "GOLD_MAX_FAILURES", 2)
+    gold = SLOW_GOLD + " + 2"
+    assert rewards.check(boxed("1"), gold, timeout_s=0.001).status == "gold_timeout"  # 1st: retried
+    assert rewards.check(boxed("1"), gold, timeout_s=0.001).status == "bad_gold"      # 2nd: given up
+    assert rewards.check(boxed(gold), gold).status == "bad_gold"  # cached: not asked again
+
+
+def test_check_many_asks_each_gold_once(monkeypatch):
+    asked = []
+    real = rewards._gold_status
+    monkeypatch.setattr(rewards, "_gold_status", lambda g, t=None: asked.append(g) or real(g, t))
+    verdicts = rewards.check_many([boxed("2"), boxed("3"), "none", boxed("5")], ["2", "2", "2", "5"])
+    assert [v.status for v in verdicts] == ["correct", "wrong", "no_answer", "correct"]
+    assert sorted(asked) == ["2", "5"]
+
+
 def test_accuracy_reward_forms_and_logging():
     conv = [[{"role": "assistant", "content": r"so $\boxed{\frac{1}{3}}$"}],
             [{"role": "assistant", "content": r"so $\boxed{\frac{1}{2}}$"}]]
@@ -250,8 +282,8 @@ def test_code_use_cap():
 
 
 def test_code_use_counts():
-    assert rewards.count_calls(TWO_OK_ONE_ERR) == {"snippets": 3, "outputs": 3, "errors": 1}
-    assert rewards.count_calls(NO_CALL) == {"snippets": 0, "outputs": 0, "errors": 0}
+    assert rewards.count_calls(TWO_OK_ONE_ERR) == {"snippets": 3, "trivial": 0, "outputs": 3, "errors": 1}
+    assert rewards.count_calls(NO_CALL) == {"snippets": 0, "trivial": 0, "outputs": 0, "errors": 0}
     assert rewards.count_calls(CALL_TIMEOUT)["errors"] == 1
 
 
@@ -265,8 +297,8 @@ def test_code_use_counts_use_the_protocol_scanners():
     text = ("<tool_call>\nprint(1)\n</tool_call>\n```output\n1\n```\n"
             "```python\nprint(y)\n```\n```output\nNameError: name 'y' is not defined\n```\n"
             "<tool_call>\nprint(2)\n</tool_call>\n```output\nunclosed")
-    assert rewards._calls_local(text) == {"snippets": 3, "outputs": 2, "errors": 1}
-    assert rewards.count_calls(text) == {"snippets": 3, "outputs": 2, "errors": 1}
+    assert rewards._calls_local(text) == {"snippets": 3, "trivial": 0, "outputs": 2, "errors": 1}
+    assert rewards.count_calls(text) == {"snippets": 3, "trivial": 0, "outputs": 2, "errors": 1}
 
 
 def test_code_use_rollout_kwargs_take_precedence():
@@ -291,6 +323,154 @@ def test_make_code_use_reward_is_a_named_picklable_reward():
     g = pickle.loads(pickle.dumps(f))
     assert g.func.__name__ == "code_use_reward"
     assert g([CALL_OK, CALL_ERR]) == [1.0, 0.0]
+
+
+TRIVIAL = ["# just a comment", "pass", "...", '"""I will compute it next."""', "42", "-1.5", "None",
+           "'a', (1, [2, {3: 'x'}])", "# a\npass\n# b", "\n\n   \n"]
+NOT_TRIVIAL = ["print(1)", "x = 1", "1 + 1", "x", "f'{x}'", "import math", "{**d}", "pass\nprint(2)",
+               "x = (", "def f(:", "print('\0')", "\0", "(" * 500 + ")" * 500, "-" * 100_000 + "1",
+               "[" * 100 + "1" + "]" * 100 + "\nx", "'unterminated"]
+
+
+@pytest.mark.parametrize("code", TRIVIAL)
+def test_trivial_snippets(code):
+    assert is_trivial_snippet(code)
+
+
+@pytest.mark.parametrize("code", NOT_TRIVIAL)
+def test_code_and_failed_attempts_are_not_trivial(code):
+    # a snippet that does not parse is an attempt that failed (an error), never "trivial"
+    assert not is_trivial_snippet(code)
+
+
+def test_trivial_snippet_check_on_hostile_text():
+    assert not is_trivial_snippet("1+" * 200_000 + "1", max_chars=10**6)  # RecursionError in the parser
+    assert not is_trivial_snippet("'" + "a" * 100_000 + "'")  # over the executor's limit: not parsed
+    assert is_trivial_snippet("'" + "a" * 99_000 + "'")
+    assert not is_trivial_snippet('"\\d"; x')  # an invalid escape warns; the warning is silenced
+
+
+CALL_COMMENT = "<tool_call>\n# the sum is 7\n</tool_call>\n```output\n(no output)\n```\nSo \\boxed{7}."
+CALL_PASS = "```python\npass\n```\n\n```output\n(no output)\n```\n"
+CALL_DOCSTRING = '<tool_call>\n"""Let me think."""\n</tool_call>\n```output\n\'Let me think.\'\n```\n'
+CALL_SYNTAX = ("<tool_call>\nx = (\n</tool_call>\n"
+               "```output\nSyntaxError: '(' was never closed (line 1: x = ()\n```\n")
+
+
+def test_code_use_pays_nothing_for_empty_snippets():
+    texts = [CALL_COMMENT, CALL_PASS, CALL_DOCSTRING, CALL_COMMENT + CALL_OK, CALL_SYNTAX]
+    assert rewards.code_use_reward(texts) == [0.0, 0.0, 0.0, 1.0, 1.0]  # a failed attempt is code
+    assert rewards.code_use_reward(texts, only_successful=True) == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert rewards.count_calls(CALL_COMMENT + CALL_OK) == {"snippets": 1, "trivial": 1, "outputs": 2, "errors": 0}
+    # a trivial call's clean block cannot stand in for a failed real call
+    assert rewards.code_use_reward([CALL_PASS + CALL_ERR], only_successful=True) == [0.0]
+
+
+def test_code_use_structured_snippets_take_precedence():
+    # per-snippet code and executor status (rollout_func's `snippets` / `snippet_ok`) win over the
+    # counts and the text; trivial snippets are filtered there too
+    texts = [CALL_OK, "", "", CALL_OK, ""]
+    snippets = [[], ["pass", "# x"], ["print(1)"], ["1/0"], ["'plan'", "print(2)", "y"]]
+    ok = [[], [True, True], [True], [False], [True, True, False]]
+    counts = dict(num_snippets=[1, 2, 1, 1, 3], num_errors=[0, 0, 0, 1, 1], num_timeouts=[0] * 5)
+    assert rewards.code_use_reward(texts, snippets=snippets, snippet_ok=ok, **counts) == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert rewards.code_use_reward(texts, snippets=snippets, snippet_ok=ok, only_successful=True, cap=2,
+                                   **counts) == [0.0, 0.0, 0.5, 0.0, 0.5]
+    with pytest.raises(ValueError, match="snippet_ok"):
+        rewards.code_use_reward(["", ""], snippets=[["print(1)"], []])
+    with pytest.raises(ValueError, match="one entry per snippet"):
+        rewards.code_use_reward([""], snippets=[["print(1)"]], snippet_ok=[[]])
+    with pytest.raises(ValueError, match="one value per completion"):
+        rewards.code_use_reward(["", ""], snippets=[["print(1)"]], snippet_ok=[[True]])
+
+
+# ---------------------------------------------------------------------------
+# Error lines: the text rule against the executor's own error text
+# ---------------------------------------------------------------------------
+
+ERROR_BLOCKS = [  # the executor's formats, including what the old rule missed
+    "StopIteration (line 2: next(it))",
+    "CoercionFailed: expected an integer, got 1/2 (line 2: ZZ.convert(QQ(1, 2)))",
+    "7\nOops: bad input (line 3: raise Oops('bad input'))",  # user-defined
+    "Error (line 2: raise Error)",  # user-defined, a name that printed text also uses
+    "ValueError: line one\nline two (snippet 4, line 2: raise ValueError('line one\\nline two'))",
+    "KeyboardInterrupt (line 1: raise KeyboardInterrupt)",
+    "SystemExit",
+    "timed out after 3 s; names defined before this snippet are lost",
+    "x\nthe sandbox process was killed (SIGKILL: out of memory, or killed from outside); names defined before this snippet are lost",
+    "SandboxError: the attribute '__name__' (dunder attributes) is not allowed in the sandbox (line 4: print(e.__name__))",
+    "could not load variables: UnpicklingError: bad",
+]
+PRINTED_BLOCKS = [  # ordinary printed output
+    "42", "Error: 0.001", "Warning: slow convergence", "KeyError: 3\nbut we handled it", "ValueError is raised when",
+    "Errors: 0", "Timeout: none", "(no output)", "x: 5 (line 3)",
+]
+
+
+@pytest.mark.parametrize("block", ERROR_BLOCKS)
+def test_error_blocks_in_the_executor_format(block):
+    assert shows_error(block)
+
+
+@pytest.mark.parametrize("block", PRINTED_BLOCKS)
+def test_printed_output_is_not_an_error(block):
+    assert not shows_error(block)
+
+
+def test_error_rule_is_linear_on_hostile_lines():
+    # only a bounded tail of the last line is searched for the location
+    assert not shows_error(" (line 1: " * 200_000)
+    assert shows_error("x" * 1_000_000 + "\nAError: " + "(" * 100_000)
+
+
+def test_error_rule_matches_the_real_executor():
+    """Every failure below comes from executor.Sandbox itself; shows_error must agree with
+    ExecResult.ok on each block, as the rollout inserts it (protocol.format_result)."""
+    executor = pytest.importorskip("executor")
+    snippets = [
+        "it = iter([])\nnext(it)",  # StopIteration, no message
+        "from sympy import ZZ, QQ\nZZ.convert(QQ(1, 2))",  # sympy's CoercionFailed
+        "class Oops(Exception): pass\nprint(7)\nraise Oops('bad input')",  # user-defined
+        "class Error(Exception): pass\nraise Error",
+        "def f():\n    raise ValueError('line one\\nline two')",
+        "f()",  # raised in an earlier snippet's function, a two-line message
+        "print('KeyError: 3'); print('ok')",  # printed, not raised
+        "print('ZeroDivisionError: caught it')\nprint(1)",
+        "import os",  # rejected by the static check
+        "x = (",  # does not parse
+        "assert 1 == 2",
+        "print(6 * 7)",
+    ]
+    with executor.Sandbox(timeout_s=10) as sb:
+        results = [sb.run(code) for code in snippets]
+    for code, r in zip(snippets, results):
+        (block,) = output_blocks(format_result(r))
+        assert shows_error(block) == (not r.ok), (code, r.error, block)
+    assert [r.ok for r in results] == [False] * 4 + [True, False, True, True] + [False] * 3 + [True]
+
+
+# ---------------------------------------------------------------------------
+# The bare box
+# ---------------------------------------------------------------------------
+
+def test_bare_box_mention_is_not_the_answer():
+    text = r"\boxed{4}. (I used \boxed for it.)"
+    assert last_boxed(text) == "4" and rewards.final_answers(text) == ["4"]
+    assert rewards.grade(text, "4") is True
+    assert last_boxed(r"The answer is \boxed{4}; see \boxed.") == "4"  # a mention does not erase the answer
+    assert last_boxed(r"We use \boxed a lot.") is None
+    # a bare box with a plausible answer still counts, and is the last answer written
+    assert last_boxed(r"\boxed 7") == "7" and last_boxed(r"\boxed{4}, no: \boxed 5") == "5"
+    assert last_boxed(r"so \boxed C.") == "C" and last_boxed(r"\boxed -3$") == "-3"
+    assert last_boxed(r"\boxed {12}") == "12"  # TeX allows spaces before the brace
+    assert rewards.grade(r"First \boxed{3}. Hmm, \boxed for emphasis: \boxed 5.", "3") is False  # the last answer is 5
+
+
+def test_bare_box_scan_is_linear():
+    # many mentions that are not boxes: each is skipped once (no rescans)
+    text = r"\boxed{3}" + r" \boxed for" * 100_000
+    assert last_boxed(text) == "3"
+    assert last_boxed(r"\boxed   " * 100_000) is None
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +620,7 @@ def test_adversarial_text_is_parsed_not_timed_out(short_deadline):
     assert rewards.check(ADVERSARIAL["20k unclosed tool calls"], "3").status == "correct"
     assert rewards.check(ADVERSARIAL["20k unclosed output blocks"], "3").status == "correct"
     assert rewards.check(r"\boxed{" * 20_000, "3").status == "no_answer"
-    zeros = {"snippets": 0, "outputs": 0, "errors": 0}
+    zeros = {"snippets": 0, "trivial": 0, "outputs": 0, "errors": 0}
     assert rewards.count_calls(ADVERSARIAL["20k unclosed tool calls"]) == zeros
     assert rewards.count_calls("```python\n" * 10_000 + "<tool_call>x</tool_call>") == {**zeros, "snippets": 1}
 
