@@ -93,8 +93,10 @@ Departures from the paper
     default, and every reported result names its layout.
   - Our own instruction and examples (prompts/), not the paper's.
   - MathAgent checks the token budget between chunks, so a chunk may run past it by at most
-    max_new_tokens, and it does not cut output blocks to Budget.max_output_tokens (the
-    Sandbox's max_output_chars bounds them). rollout.py enforces both token by token.
+    max_new_tokens (rollout.py enforces it token by token). Output blocks are cut by the same
+    rule as in rollout.py (protocol.output_block, in the model's tokens), but smolagents models
+    take text, so each request re-tokenises the whole trace: where a block meets the model's
+    text, the tokens may merge differently from the rollout's, which tokenises each piece alone.
   - smolagents is needed only by MathAgent and the CLI: sections 1-5 are plain Python, so
     rollout.py uses the protocol without any ML stack. Sections 1-2 (the protocol as text:
     delimiters, output blocks, the snippet and answer scanners) live in protocol.py and are
@@ -105,7 +107,8 @@ Run:
   python agent.py "What is 237*682?" --model smollm2-135m --layout turns
   python agent.py "What is 237*682?" --backend vllm --layout turns
   python -m vllm.entrypoints.openai.api_server --model DIR --gpu-memory-utilization 0.1 \\
-      --kv-cache-memory-bytes 1073741824 --enforce-eager --max-model-len 2048 --port 8011 &
+      --kv-cache-memory-bytes 1073741824 --enforce-eager --max-model-len 2048 --port 8011 \\
+      --no-enable-chunked-prefill --max-num-batched-tokens 2048 &
   python agent.py "What is 237*682?" --backend openai --model DIR --api-base http://127.0.0.1:8011/v1
   python agent.py --help
 Tests: python -m pytest tests/test_agent.py tests/test_prompts.py
@@ -122,11 +125,12 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-# sections 1 and 2, the protocol as text; names re-exported (rollout.py uses agent.X)
+# sections 1-3, the protocol as text and the loop's rules; names re-exported (agent.Budget etc.)
 from protocol import (  # noqa: F401
-    CALL_CLOSE, CALL_OPEN, EMPTY_OUTPUT, ERROR_LINE_RE, FENCE_CLOSE, FENCE_OPEN_RE, OUTPUT_CLOSE,
-    OUTPUT_OPEN, STOP_STRINGS, find_snippets, format_output, format_result, last_box, last_boxed,
-    output_blocks, shows_error, strip_output_blocks, trailing_snippet,
+    CALL_CLOSE, CALL_OPEN, EMPTY_OUTPUT, ERROR_LINE_RE, FENCE_CLOSE, FENCE_OPEN_RE, FINISH_EOS,
+    FINISH_LENGTH, FINISH_STOP, OUTPUT_CLOSE, OUTPUT_OPEN, STOP_STRINGS, TRUNCATION_MARKER, Budget,
+    end_reason, find_snippets, find_stop, format_output, format_result, last_box, last_boxed,
+    output_block, output_blocks, shows_error, strip_output_blocks, trailing_snippet,
 )
 
 # smolagents is optional at import time: sections 1-5 (the protocol and the prompts) are plain
@@ -158,58 +162,8 @@ SMOLAGENTS_MISSING = "smolagents is not installed: run `pip install smolagents==
 # 3) When a trajectory ends
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Budget:
-    """Limits on one trajectory. The paper caps GRPO completions at 5k tokens."""
-
-    max_tokens: int = 5000
-    """Total completion tokens: model tokens plus inserted executor output."""
-    max_steps: int = 8
-    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it."""
-    max_output_tokens: int = 256
-    """Executor output tokens inserted per call (longer blocks are cut, with a marker)."""
-
-
-FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop_string", "length"
-"""How a backend's generation chunk finished: end-of-sequence token, one of STOP_STRINGS, or max tokens."""
-
-
-def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budget) -> str | None:
-    """Why the trajectory ends after this chunk, or None to go on generating.
-
-    finish is FINISH_EOS, FINISH_STOP or FINISH_LENGTH; steps counts the agent calls already
-    executed; n_tokens the completion tokens so far (model and executor tokens).
-    When this returns None, `trailing_snippet(chunk)` is the snippet to run; it is None when
-    the chunk stopped on a closing fence of some other block (```latex ... ```), and then
-    generation simply continues with nothing inserted.
-    A chunk that ended with EOS is "answer" or "no_snippet" even when it used up the budget:
-    the model finished on its own, nothing was cut. The budget ends a trajectory only when
-    something else would follow: more text (FINISH_LENGTH) or a snippet run (FINISH_STOP).
-
-    >>> b = Budget(max_tokens=100, max_steps=2)
-    >>> call = "<tool_call>\\nprint(1)\\n</tool_call>"
-    >>> end_reason(call, FINISH_STOP, 0, 10, b) is None
-    True
-    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 10, b)
-    'answer'
-    >>> end_reason("I give up.", FINISH_EOS, 1, 10, b)
-    'no_snippet'
-    >>> end_reason(call, FINISH_STOP, 2, 10, b)
-    'max_steps'
-    >>> end_reason(call, FINISH_LENGTH, 0, 100, b)
-    'max_tokens'
-    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 100, b)   # EOS on the budget's last token
-    'answer'
-    >>> end_reason("```latex\\nx^2\\n```\\n", FINISH_STOP, 0, 10, b) is None
-    True
-    """
-    if finish == FINISH_EOS:  # before the budget: the model ended by itself, nothing was cut
-        return "answer" if last_boxed(chunk) is not None else "no_snippet"
-    if finish == FINISH_LENGTH or n_tokens >= budget.max_tokens:
-        return "max_tokens"
-    if trailing_snippet(chunk) is not None and steps >= budget.max_steps:
-        return "max_steps"
-    return None
+# Budget, the FINISH_* reasons and end_reason() live in protocol.py (imported at the top and
+# re-exported), because rollout.py applies the same rules without smolagents.
 
 
 # ---------------------------------------------------------------------------
@@ -448,13 +402,48 @@ def enable_continuation(model) -> None:
     template_kwargs["chat_template"] = continuation_chat_template(template)
 
 
-def close_chunk(text: str, length: bool = False) -> tuple[str, str]:
+_FENCE_OPENER_RE = re.compile(r"```[\w+.-]*[ \t]*\n")
+"""A ``` that opens a fenced block (```python, ```latex, a bare ```), up to its newline."""
+
+def _ends_in_open_fence(text: str) -> bool:
+    """Does text end inside a fenced block? One pass over its ```: closed, an opener
+    (_FENCE_OPENER_RE) opens; open, a ``` on its own line (newline before, newline or the end
+    after) closes; any other ``` is prose.
+
+    >>> _ends_in_open_fence("a\\n```python\\nx"), _ends_in_open_fence("```output\\n1\\n```\\nok ```")
+    (True, False)
+    """
+    is_open, pos = False, text.find("```")
+    while pos != -1:
+        if not is_open:
+            is_open = _FENCE_OPENER_RE.match(text, pos) is not None
+        elif text[pos - 1: pos] == "\n" and text[pos + 3: pos + 4] in ("\n", ""):
+            is_open = False
+        pos = text.find("```", pos + 3)
+    return is_open
+
+
+UNKNOWN = object()
+"""close_chunk's stop_reason when the backend did not say how the chunk ended."""
+
+
+def close_chunk(text: str, length: bool = False, stop_reason=UNKNOWN) -> tuple[str, str]:
     """Put back the stop string a backend left out, and say how the chunk finished.
 
     transformers, vLLM and the OpenAI API all stop on STOP_STRINGS and return the text
-    *without* the stop string. An unmatched ``` means the chunk stopped on FENCE_CLOSE; an
-    unclosed <tool_call> means CALL_CLOSE; otherwise the model ended (EOS). `length` says the
-    backend reported running out of tokens, which wins.
+    *without* the stop string. `length` says the backend ran out of tokens, which wins.
+    Otherwise the backend's own stop reason decides where it says one (vLLM's `stop_reason`:
+    the stop string it matched, or None when the model ended with EOS): see
+    MathAgent._finish_of.
+
+    smolagents' TransformersModel and VLLMModel report no reason. Then a text rule, exact for
+    our own delimiters: the chunk stopped on FENCE_CLOSE if it ends inside a fenced block
+    (```python, ```latex, ...; whether it runs is trailing_snippet's call), on
+    CALL_CLOSE if it ends inside a <tool_call> (the last one, with no </tool_call> after it)
+    holding a non-blank snippet; otherwise the model ended (EOS). A stray ``` in prose, or an
+    odd number of them, is no fence. What text cannot tell: a chunk that ENDS with EOS
+    inside an open fence or right after "<tool_call>\\ncode" reads as stopped; with a stop
+    reason it does not.
 
     >>> close_chunk("Compute.\\n<tool_call>\\nprint(17*23)\\n")
     ('Compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>', 'stop_string')
@@ -464,13 +453,25 @@ def close_chunk(text: str, length: bool = False) -> tuple[str, str]:
     ('So the answer is \\\\boxed{391}.', 'eos')
     >>> close_chunk("<tool_call>\\nprint(", length=True)
     ('<tool_call>\\nprint(', 'length')
+    >>> close_chunk("Use ``` to open a block; the answer is \\\\boxed{2}.")   # a stray fence
+    ('Use ``` to open a block; the answer is \\\\boxed{2}.', 'eos')
+    >>> close_chunk("I would use <tool_call>\\nprint(1)\\n", stop_reason=None)   # the backend says EOS
+    ('I would use <tool_call>\\nprint(1)\\n', 'eos')
+    >>> close_chunk("<tool_call>\\nprint(1)\\n", stop_reason=CALL_CLOSE)
+    ('<tool_call>\\nprint(1)\\n</tool_call>', 'stop_string')
     """
     if length:
         return text, FINISH_LENGTH
-    if text.count("```") % 2 == 1:
-        return text + FENCE_CLOSE, FINISH_STOP
-    if text.rfind(CALL_OPEN) > text.rfind(CALL_CLOSE):
-        return text + CALL_CLOSE, FINISH_STOP
+    if stop_reason is not UNKNOWN:
+        if isinstance(stop_reason, str) and stop_reason in STOP_STRINGS:
+            return (text if text.endswith(stop_reason) else text + stop_reason), FINISH_STOP
+        return text, FINISH_EOS  # None (EOS) or a stop token id
+    if _ends_in_open_fence(text):
+        return text + FENCE_CLOSE, FINISH_STOP  # a fence is open: FENCE_CLOSE closed it
+    start = text.rfind(CALL_OPEN)
+    if start != -1 and text.find(CALL_CLOSE, start) == -1:
+        if trailing_snippet(text + CALL_CLOSE) is not None:
+            return text + CALL_CLOSE, FINISH_STOP
     return text, FINISH_EOS
 
 
@@ -503,6 +504,22 @@ class Solution:
     layout: str
 
 
+def _tokenizer_of(model):
+    """The tokenizer of a smolagents model, for protocol.output_block."""
+    tok = getattr(model, "tokenizer", None) or getattr(getattr(model, "processor", None), "tokenizer", None)
+    if tok is not None:
+        return tok
+    try:
+        from transformers import AutoTokenizer
+
+        from models import resolve_model
+
+        return AutoTokenizer.from_pretrained(resolve_model(model.model_id))
+    except Exception as e:
+        raise ValueError(f"MathAgent needs the model's tokenizer to cut executor output like rollout.py does, and "
+                         f"could not load one for {model.model_id!r} ({_first_line(e)}): pass tokenizer=") from e
+
+
 class MathAgent(CodeAgent):
     """The DeepMath agent: a smolagents CodeAgent whose steps continue one assistant message.
 
@@ -512,6 +529,10 @@ class MathAgent(CodeAgent):
     layout: where the solved examples go ("system" as in the paper, or "turns").
     max_steps: agent calls per problem (Budget.max_steps); smolagents gets max_steps + 1 turns.
     max_tokens: completion token budget per problem (Budget.max_tokens).
+    max_output_tokens: executor output tokens shown per call (Budget.max_output_tokens), cut by
+    protocol.output_block as in rollout.py.
+    tokenizer: the model's tokenizer, for that cut; None takes the model's own (TransformersModel,
+    VLLMModel) or loads one from its model_id (OpenAIServerModel serving a local directory).
     sandbox_kwargs: for executor.SandboxExecutor (timeout_s, memory_mb, max_output_chars).
     Each run() gets a new SandboxExecutor, so each problem starts with a fresh session.
     Other keyword arguments go to CodeAgent (e.g. verbosity_level, step_callbacks).
@@ -528,6 +549,8 @@ class MathAgent(CodeAgent):
         layout: str = "system",
         max_steps: int = Budget.max_steps,
         max_tokens: int = Budget.max_tokens,
+        max_output_tokens: int = Budget.max_output_tokens,
+        tokenizer=None,
         sandbox_kwargs: dict | None = None,
         **kwargs,
     ):
@@ -537,7 +560,9 @@ class MathAgent(CodeAgent):
         enable_continuation(model)
         self.sandbox_kwargs = dict(sandbox_kwargs or {})
         self.layout = layout
-        self.budget = Budget(max_tokens=max_tokens, max_steps=max_steps)
+        self.budget = Budget(max_tokens=max_tokens, max_steps=max_steps, max_output_tokens=max_output_tokens)
+        self.max_output_tokens = max_output_tokens
+        self._tokenizer = tokenizer  # found on the model at the first output block if None
         self._reset_counters()
         super().__init__(
             tools=[],
@@ -589,7 +614,8 @@ class MathAgent(CodeAgent):
             reply = self.model.generate(messages, stop_sequences=list(STOP_STRINGS))
         except Exception as e:  # a backend failure is not the model's fault: stop the run
             raise AgentGenerationError(f"Error in generating model output:\n{e}", self.logger) from e
-        chunk, finish = close_chunk(reply.content or "", length=self._ran_out_of_tokens(reply))
+        length, stop_reason = self._finish_of(reply)
+        chunk, finish = close_chunk(reply.content or "", length=length, stop_reason=stop_reason)
         memory_step.model_output_message = reply
         memory_step.model_output = chunk
         memory_step.token_usage = reply.token_usage
@@ -618,29 +644,47 @@ class MathAgent(CodeAgent):
         self.calls += 1
         self.errors += bool(result.error)
         # 5) its output block joins the same assistant message; the next step continues it
-        block = format_result(result)
+        block = self._output_block(result)
         memory_step.observations = block
         memory_step.action_output = result.stdout
         self._log_output(result)
         yield ToolOutput(id=call.id, output=result.stdout, is_final_answer=False, observation=block, tool_call=call)
         yield ActionOutput(output=None, is_final_answer=False)
 
+    def _output_block(self, result) -> str:
+        """The output block, cut by protocol.output_block: the rule rollout.py applies, in the
+        model's own tokens, so inference shows the model what training showed it."""
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer_of(self.model)
+        made = output_block(result, self._tokenizer, self.max_output_tokens)
+        # a block too small for even the marker (max_output_tokens of a few tokens): the marker alone
+        return made[0] if made is not None else format_output(TRUNCATION_MARKER.strip())
+
     def provide_final_answer(self, task: str) -> ChatMessage:
         """smolagents calls this when max_steps turns are used up: answer from the trace as is."""
         self.end_reason = "max_steps"
         return ChatMessage(role=MessageRole.ASSISTANT, content=last_boxed(self.trace))
 
-    def _ran_out_of_tokens(self, reply: ChatMessage) -> bool:
-        """Did the backend stop this chunk at its max tokens? From its finish reason if it
-        gives one (OpenAI API, VLLMAgentModel), else from the token count (TransformersModel)."""
+    def _finish_of(self, reply: ChatMessage) -> tuple[bool, object]:
+        """How the backend says this chunk ended: (ran out of tokens, stop reason). The stop
+        reason is vLLM's: the stop string it matched, or None for EOS; VLLMAgentModel puts it
+        in `raw`, a vLLM OpenAI server in each choice (`stop_reason`, vLLM's extension of the
+        API). UNKNOWN where the backend does not say (TransformersModel, other servers): then
+        close_chunk's text rule decides. Running out of tokens comes from the finish reason
+        where there is one, else from the token count."""
         raw = reply.raw
         choices = getattr(raw, "choices", None)
-        finish = raw.get("finish_reason") if isinstance(raw, dict) else choices[0].finish_reason if choices else None
+        if isinstance(raw, dict):
+            finish, stop_reason = raw.get("finish_reason"), raw.get("stop_reason", UNKNOWN)
+        elif choices:
+            finish, stop_reason = choices[0].finish_reason, getattr(choices[0], "stop_reason", UNKNOWN)
+        else:
+            finish, stop_reason = None, UNKNOWN
         if finish is not None:
-            return finish == "length"
+            return finish == "length", stop_reason if finish == "stop" else UNKNOWN
         kwargs = getattr(self.model, "kwargs", {})
         limit = kwargs.get("max_new_tokens") or kwargs.get("max_tokens")
-        return bool(limit and reply.token_usage and reply.token_usage.output_tokens >= limit)
+        return bool(limit and reply.token_usage and reply.token_usage.output_tokens >= limit), UNKNOWN
 
     def _count_tokens(self, reply: ChatMessage, chunk: str) -> None:
         """Completion tokens so far, executor output included. Each request re-sends the prompt
@@ -801,8 +845,8 @@ def make_model(cfg: "Config"):
             model_id,
             # the project's engine settings (models.py; on CPU they fix the KV cache size, which
             # then takes precedence over gpu_memory_utilization), with this CLI's own choices
-            model_kwargs={**vllm_engine_kwargs(), "max_model_len": cfg.max_model_len,
-                          "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed},
+            model_kwargs=vllm_engine_kwargs(max_model_len=cfg.max_model_len, seed=cfg.seed,
+                                            gpu_memory_utilization=cfg.gpu_memory_utilization),
             temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
         )
     import torch

