@@ -84,8 +84,9 @@ Departures from the paper and from the original implementation, and why:
   - Executor output gets no gradient: the original trained on the executor's tokens as if the
     model had written them. Here they carry env_mask 0, so TRL drops them from the loss.
   - No re-tokenisation of decoded text: see "token-exact bookkeeping" above.
-  - The temperature schedule is applied to sampling only; TRL 1.16 fixes the temperature used by
-    the loss when the trainer is built (see `TemperatureSchedule`).
+  - TemperatureSchedule sets the sampling temperature only; TRL 1.16 fixes the temperature used
+    by the loss when the trainer is built. train.py's TemperatureSync re-applies the loss side
+    at each rollout, so the two move together there (see `TemperatureSchedule`).
 
 Run:  python rollout.py "What is 347 * 829?" --model smollm2-135m --backend vllm
 """
@@ -889,6 +890,8 @@ def rollout(
     stats: RolloutStats | None = None,
     step_tokens: int | None = None,
     schedule: str = "auto",
+    seeds: Sequence[int | None] | None = None,
+    on_finish: Callable[[int, Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """Run one agent trajectory per prompt (token ids), all in one batch. Returns them in prompt
     order. sandbox_factory/run_batch default to executor.Sandbox/executor.run_batch.
@@ -899,6 +902,11 @@ def rollout(
         "auto" -- continuous where the backend can, else lockstep. Both produce the same kind of
         trajectories; bench/rollout.py measures what continuous buys.
     step_tokens caps the tokens one sequence samples per call (None: up to its budget).
+    Seeds: with sampling.seed, trajectory i's c-th request gets request_seed(seed, i, c); with
+    `seeds` (one per prompt), seeds[i] + 104_729 * c instead, so a trajectory's samples do not
+    depend on its place in the batch (vLLM; transformers samples a batch from one stream).
+    on_finish(i, trajectory) is called once per trajectory, from the loop's thread, soon after
+    it ends (end of its step, or of the engine iteration that ended it).
     Pass `stats` to accumulate timings and counts. Lockstep logs one line per step; continuous
     one line every few seconds and one at the end."""
     if schedule not in ("auto", "lockstep", "continuous"):
@@ -909,14 +917,30 @@ def rollout(
     if sandbox_factory is None or run_batch is None:
         default_factory, default_batch = _default_executor()
         sandbox_factory, run_batch = sandbox_factory or default_factory, run_batch or default_batch
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts (one per prompt)")
     stats = stats if stats is not None else RolloutStats()
     t_start = time.perf_counter()
 
+    def seed_of(i: int, call: int) -> int | None:
+        if seeds is not None:
+            return None if seeds[i] is None else seeds[i] + 104_729 * call
+        return request_seed(sampling.seed, i, call)
+
     # 1) one trajectory per prompt
     trajs = [Trajectory(prompt_ids=list(p)) for p in prompts]
+    reported = [False] * len(trajs)
+
+    def notify() -> None:
+        if on_finish is not None:
+            for i, t in enumerate(trajs):
+                if t.finish_reason is not None and not reported[i]:
+                    reported[i] = True
+                    on_finish(i, t)
+
     try:
         loop = _continuous if (schedule == "continuous" or (schedule == "auto" and can_stream)) else _lockstep
-        loop(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens)
+        loop(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of, notify)
     finally:
         # 8) sessions end with the rollout (unless the caller wants to inspect them)
         if close_sandboxes:
@@ -927,7 +951,8 @@ def rollout(
     return trajs
 
 
-def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens) -> None:
+def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of,
+              notify) -> None:
     """Steps 2-7 in lock-step: every active sequence in one generate call, then every snippet."""
     tok = backend.tokenizer
     active = list(trajs)
@@ -945,8 +970,8 @@ def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop
         # call wait for at most that many tokens of the others before their snippet runs
         asks = [min(r, step_tokens) if step_tokens else r for _, r in pairs]
         # seeded: each sequence its own seed, trajectory i's (step-1)-th call, as in _continuous
-        seeded = {} if sampling.seed is None else {
-            "seeds": [request_seed(sampling.seed, index[id(t)], step - 1) for t, _ in pairs]}
+        call_seeds = [seed_of(index[id(t)], step - 1) for t, _ in pairs]
+        seeded = {"seeds": call_seeds} if any(x is not None for x in call_seeds) else {}
         t0 = time.perf_counter()
         chunks = backend.generate([t.prompt_ids + t.completion_ids for t, _ in pairs],
                                   asks, stop, sampling, **seeded) if pairs else []
@@ -974,6 +999,7 @@ def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop
         # 7) finished trajectories leave the batch
         before = len(active)
         active = [t for t in active if t.finish_reason is None]
+        notify()
         stats.steps += 1
         stats.generate_calls += len(pairs)
         stats.model_tokens += n_gen
@@ -996,7 +1022,8 @@ LOG_EVERY_S = 5.0
 """Continuous schedule: seconds between progress lines."""
 
 
-def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens) -> None:
+def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of,
+                notify) -> None:
     """Steps 2-7 without a barrier: the engine keeps decoding the other sequences while a
     sequence's snippet runs, and its continuation joins the running batch (vLLM schedules its
     prefill beside the others' decode steps). The per-trajectory rules are the lockstep ones
@@ -1020,7 +1047,7 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
             return
         rooms[i] = room
         # each request its own seed: trajectory i's c-th call (vLLM seeds per request)
-        seed = request_seed(sampling.seed, i, calls[i])
+        seed = seed_of(i, calls[i])
         backend.submit(i, t.prompt_ids + t.completion_ids, min(room, step_tokens) if step_tokens else room,
                        stop, dataclasses.replace(sampling, seed=seed))
         calls[i] += 1
@@ -1071,6 +1098,7 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
                 n_to += bool(res.timed_out)
                 if trajs[i].finish_reason is None:
                     submit(i)
+            notify()
             now = time.perf_counter()
             if now - last_log >= LOG_EVERY_S or not (backend.pending() or running):
                 last_log = now
@@ -1101,22 +1129,24 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
 class TemperatureSchedule:
     """Linear sampling temperature over training (the paper: 1.2 -> 0.7).
 
-    Read from trainer.state (global_step / max_steps) at each rollout, so it needs no callback.
-    Caveat (TRL 1.16): the LOSS side computes logprobs at `GRPOConfig.temperature`, baked into the
-    model's LM head when the trainer is built; TRL's own vLLM generation also keeps its own
-    `temperature`. Setting `trainer.temperature` changes neither. So the schedule moves the
-    sampling distribution only; the policy-gradient ratio is taken at the fixed config
-    temperature (choose it inside the schedule's range, e.g. its end value). With vLLM
-    importance-sampling correction on, sampled logprobs at T != config T make that correction
-    inexact; turn it off (vllm_importance_sampling_correction=False) with a schedule.
+    Read from trainer.state (global_step, over `steps` or max_steps) at each rollout, so it needs
+    no callback. Caveat (TRL 1.16): the LOSS side computes logprobs at `GRPOConfig.temperature`,
+    baked into the model's LM head when the trainer is built; TRL's own vLLM generation also
+    keeps its own `temperature`. Setting `trainer.temperature` changes neither. Used alone, this
+    schedule moves the sampling distribution only, and the policy-gradient ratio is taken at the
+    fixed config temperature; a caller that also re-applies the loss temperature at each rollout
+    (train.py's job) keeps the two in step. With vLLM importance-sampling correction on, sampled
+    logprobs at T != the loss T make that correction inexact.
     """
 
     start: float = 1.2
     end: float = 0.7
+    steps: int | None = None
+    """Optimizer steps from start to end (then it stays at end); None: the run's max_steps - 1."""
 
     def __call__(self, trainer) -> float:
         state = trainer.state
-        total = max(1, (getattr(state, "max_steps", 0) or 1) - 1)
+        total = max(1, self.steps if self.steps is not None else (getattr(state, "max_steps", 0) or 1) - 1)
         frac = min(1.0, max(0.0, state.global_step / total))
         return self.start + (self.end - self.start) * frac
 

@@ -396,6 +396,25 @@ def test_seeded_lockstep_gives_each_request_its_own_seed_as_continuous_does():
     assert all(call["seeds"] is None for call in be.calls)
 
 
+def test_per_trajectory_seeds_and_the_finish_callback():
+    """rollout(seeds=...) seeds trajectory i's c-th request with seeds[i] + 104_729 * c in both
+    schedules; on_finish sees each trajectory once, as it ends (C first: it needs one call)."""
+    table = {"print(17*23)": ("391\n", None, False)}
+    for be in (ScriptedBackend(SCRIPTS), StreamingScriptedBackend(SCRIPTS, latency={"A": 2})):
+        done = []
+        trajs, _ = run(be, ["A", "B", "C"], table, seeds=[10, 20, 30],
+                       on_finish=lambda i, t: done.append((i, t.finish_reason)))
+        if isinstance(be, StreamingScriptedBackend):
+            got = be.seeds
+        else:
+            got = [(k, sd) for call in be.calls for k, sd in zip(range(3), call["seeds"])]
+        per = {k: [sd for key, sd in got if key == k] for k in range(3)}
+        assert per == {0: [10, 10 + 104_729, 10 + 2 * 104_729], 1: [20, 20 + 104_729], 2: [30]}
+        assert sorted(done) == [(0, "answer"), (1, "answer"), (2, "answer")] and done[0][0] == 2
+    with pytest.raises(ValueError, match="one per prompt"):
+        run(ScriptedBackend(SCRIPTS), ["A", "B"], seeds=[1])
+
+
 def test_finish_from_ids_is_linear_in_the_ids():
     """The stop string at the end of 4000 tokens: decoding work stays a small multiple of the
     text (it was every prefix, about n^2/2 characters)."""
@@ -474,6 +493,8 @@ def test_temperature_schedule_is_linear_over_training():
     at = lambda step: sched(SimpleNamespace(state=SimpleNamespace(global_step=step, max_steps=11)))  # noqa: E731
     assert at(0) == pytest.approx(1.2) and at(5) == pytest.approx(0.95) and at(10) == pytest.approx(0.7)
     assert at(50) == pytest.approx(0.7)
+    fixed = R.TemperatureSchedule(1.2, 0.7, steps=1000)  # over 1000 steps, whatever max_steps is
+    assert fixed(SimpleNamespace(state=SimpleNamespace(global_step=500, max_steps=11))) == pytest.approx(0.95)
 
 
 def fake_trainer(step=0, max_steps=3, max_completion_length=128):
