@@ -13,12 +13,15 @@ Data flow (the numbers match the step comments in the code):
   1. TRL calls accuracy_reward(completions, answer=[gold, ...], **kwargs). A completion is a
      plain string or a conversational list of messages; completion_text() makes it a string.
   2. check(): cheap checks in the calling thread. Is the gold usable (asked once per distinct
-     gold and cached)? Is there a \\boxed{} at all? Is the text under MAX_COMPLETION_CHARS?
+     gold; a definite answer is cached, a check of the gold that timed out or crashed is not,
+     and is retried next time: see "Grading timeouts" below)? Is there a \\boxed{} at all? Is
+     the text under MAX_COMPLETION_CHARS?
   3. The text and the gold go to a grader helper process, a `python rewards.py --serve` child
      with a per-check deadline (GRADE_TIMEOUT_S). Past the deadline the caller SIGKILLs it,
      starts a replacement at once, and scores the check as wrong ("timeout").
   4. In the helper, final_answers() takes the answer: the content of the last \\boxed{}, by
-     protocol.last_boxed()'s rules (output blocks ignored). If boxes come as a run, e.g.
+     protocol.last_boxed()'s rules (output blocks ignored; a bare "\\boxed 7" counts only
+     before a number or one capital letter). If boxes come as a run, e.g.
      "\\boxed{1}, \\boxed{2}", the run is taken whole (see "Not gameable" below).
   5. _too_big() rejects pathological answers before sympy sees them: over MAX_ANSWER_CHARS
      characters or deeper than MAX_ANSWER_DEPTH brackets. (The LaTeX parser's time grows
@@ -30,13 +33,15 @@ Data flow (the numbers match the step comments in the code):
   7. math_verify.parse() turns gold and answer into sympy (the parsed gold is cached, so a
      group of completions for one problem parses it once per helper), and math_verify.verify()
      compares them: numbers, fractions, surds, sets, tuples, intervals, equations.
-  8. accuracy_reward returns 1.0 / 0.0 per completion, None where the gold is unusable (TRL
-     turns None into NaN and leaves it out of the weighted sum).
-  9. code_use_reward counts agent calls: from the rollout's per-completion kwargs
-     (num_snippets, num_errors) when TRL passes them, otherwise by parsing the text with
-     protocol.find_snippets() and protocol.output_blocks() (in the helper, under the same
-     deadline).
- 10. reward_funcs_and_weights() gives train.py the functions and GRPOConfig.reward_weights.
+  8. accuracy_reward returns 1.0 / 0.0 per completion, None where the gold is unusable or its
+     own check failed this time (TRL turns None into NaN and leaves it out of the weighted sum).
+  9. code_use_reward counts agent calls that hold code, best source first: the rollout's
+     per-snippet record (snippets, snippet_ok: the executor's own verdict), its counts
+     (num_snippets, num_errors), or the text (protocol.find_snippets(), output_blocks(),
+     shows_error()). A trivial call (protocol.is_trivial_snippet: a comment, `pass`, a
+     constant) is no code snippet and earns nothing. Model text is parsed in the helpers,
+     under the same deadline.
+ 10. reward_funcs_and_weights() gives the trainer the functions and GRPOConfig.reward_weights.
 
 Why a helper process (the hard bound on one check)
 --------------------------------------------------
@@ -78,7 +83,22 @@ Not gameable
     only the full answer: one root of the two earns nothing.
   - Output blocks are ignored: a \\boxed{} printed by a snippet is not an answer.
   - Timeouts, crashes and oversized answers score 0, never None: a policy cannot make a
-    completion "skipped" instead of "wrong".
+    completion "skipped" instead of "wrong". (None comes only from the gold side, which the
+    policy does not write: an unusable gold, or a gold check that failed this time.)
+  - A mention of the macro is not an answer: "\\boxed{4}. (I used \\boxed for it.)" reads 4,
+    and a bare \\boxed before a word cannot erase the boxed answer before it.
+  - A call that is no code (a comment, `pass`, a docstring) earns no code-use reward, and a
+    snippet that does not parse is a failed attempt (an error), not an empty one.
+
+Grading timeouts (a check of the gold itself)
+---------------------------------------------
+The first check of a problem also asks whether its gold answer parses. If that check passes
+its deadline (or crashes), the answer "unusable" is NOT cached: a busy machine can make any
+check slow, and a cached None would drop the problem's accuracy reward for the rest of the run.
+The check's verdict is None (status gold_timeout or gold_crashed) and the next check of that
+gold asks again. Only after GOLD_MAX_FAILURES failed checks is the gold cached as unusable, so
+a truly pathological gold costs at most that many deadlines per run. check_many() (and so
+accuracy_reward) asks once per distinct gold per batch, not once per completion.
 
 Departures from the paper, and why
 ----------------------------------
@@ -88,9 +108,14 @@ Departures from the paper, and why
   - A hard bound on every check (helper processes) instead of math-verify's signal timeout.
   - code_use_reward has an option, off by default so the defaults stay the paper's, to credit
     only snippets that ran without error, capped per trajectory (see code_use_reward).
+  - The paper pays "for generating code snippets" and does not define one; we do not count a
+    call holding no code (only comments, `pass`, constants, whitespace), which a policy could
+    otherwise emit for the 10:1-weighted reward without computing anything.
 
 Run the tests (unit tests, doctests, the MATH-500 oracle, adversarial inputs):
   .venv/bin/python -m pytest tests/test_rewards.py -q
+Time the grader on MATH-500's gold answers (p50/max per check, README's figures):
+  .venv/bin/python bench/grader.py
 Grade one answer by hand:
   .venv/bin/python rewards.py 'so the answer is \\boxed{4/3}' '\\frac43'
 """
@@ -706,7 +731,8 @@ def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: floa
 def accuracy_reward(completions: list, answer: list | None = None, log_extra: Callable | None = None,
                     **kwargs) -> list[float | None]:
     """+1.0 when the final \\boxed{} answer equals the gold `answer`, else 0.0; None if the
-    gold is unusable (TRL then leaves this reward out for that completion).
+    gold is unusable, or its own check failed this time (retried on the next call): TRL then
+    leaves this reward out for that completion.
 
     completions: plain strings or TRL conversational lists. answer: the dataset's gold answer
     column, one per completion (TRL repeats it for each generation). log_extra: TRL's hook

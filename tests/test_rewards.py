@@ -473,6 +473,17 @@ def test_bare_box_scan_is_linear():
     assert last_boxed(r"\boxed   " * 100_000) is None
 
 
+def test_bench_grader_smoke():
+    """bench/grader.py (README's grading-time figures) runs and ends with its RESULT line."""
+    if not (DATA / "math500.jsonl").is_file():
+        pytest.skip(f"{DATA / 'math500.jsonl'} not found (benchmark data lives in the checkout's sibling shared/data)")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "grader.py"), "--limit", "5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT grade_ms_p50=") and " grade_ms_max=" in last and last.endswith("n=5 correct=5")
+
+
 # ---------------------------------------------------------------------------
 # Weights
 # ---------------------------------------------------------------------------
