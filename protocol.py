@@ -349,9 +349,9 @@ def shows_error(block: str) -> bool:
     What text alone cannot tell (so callers that have the executor's structured result, e.g.
     rollout.py's per-snippet ExecResult.ok, should count from it instead): a snippet whose own
     LAST printed line looks like an error (printing a caught exception, "ValueError: ...") reads
-    as failed; an error cut off by output truncation, or one with a multi-line message and no
-    location (raised outside the snippet's lines), reads as success; and a block the model
-    wrote itself is read like a real one.
+    as failed; an error too long to fit the output budget by itself (output_block() then cuts
+    it), or one with a multi-line message and no location (raised outside the snippet's
+    lines), reads as success; and a block the model wrote itself is read like a real one.
 
     >>> shows_error("NameError: name 'y' is not defined (line 1: print(y))"), shows_error("42")
     (True, False)
