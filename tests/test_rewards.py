@@ -1,7 +1,7 @@
 """
 Tests for rewards.py: the grader, accuracy_reward, code_use_reward and the weights.
 
-Run:   .venv/bin/python -m pytest tests/test_rewards.py -q        (about 40 s on 2 cores)
+Run:   .venv/bin/python -m pytest tests/test_rewards.py -q        (about 80 s on 2 busy cores)
        (pytest.ini's --doctest-modules only scans tests/; test_doctests runs rewards.py's.)
        add -s to see the oracle's report (failures, HLE parse shares).
 
@@ -9,7 +9,14 @@ What is covered:
   - rewards.py's doctests (test_doctests runs them, so a plain `pytest tests/` executes them);
   - literal inputs: answer forms from MATH-500 (\\frac43, 11\\sqrt2, 10,\\!080, \\text{(C)}, units,
     ^\\circ, \\$, \\%, x=, intervals, tuples, mixed numbers), anti-gaming cases, the run-of-boxes
-    rule, conversational completions, code_use_reward on text and on rollout kwargs;
+    rule, the bare-box rule, conversational completions, code_use_reward on text and on rollout
+    kwargs (per-snippet record first, then counts), trivial snippets (protocol.is_trivial_snippet);
+  - grading timeouts: a gold check that passes its deadline is retried, not cached (at most
+    GOLD_MAX_FAILURES times), and a batch asks each distinct gold once;
+  - error lines: protocol.shows_error on the executor's formats and on printed look-alikes, and
+    against ExecResult.ok of real executor.Sandbox failures (StopIteration, CoercionFailed,
+    user-defined exceptions, static-check rejections);
+  - bench/grader.py's smoke run (5 problems);
   - the oracle on ../shared/data/math500.jsonl: every gold solution, fed as the completion,
     must score >= 99.5%, and the same solution with its last box changed to a wrong value
     must score 0 on every row; the other benchmark golds must match themselves;
