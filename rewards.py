@@ -715,13 +715,16 @@ def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: floa
     timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
     pairs = [(completion_text(c), str(g)) for c, g in zip(completions, golds, strict=True)]
     distinct = list(dict.fromkeys(g for _, g in pairs))
-    workers = min(GRADER_PROCESSES, len(pairs))
-    if workers <= 1:
-        status = {g: _gold_status(g, timeout_s) for g in distinct}
-        return [_check(t, g, timeout_s, status[g]) for t, g in pairs]
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        status = dict(zip(distinct, ex.map(lambda g: _gold_status(g, timeout_s), distinct)))
-        return list(ex.map(lambda tg: _check(tg[0], tg[1], timeout_s, status[tg[1]]), pairs))
+    status = dict(zip(distinct, _parallel(lambda g: _gold_status(g, timeout_s), distinct)))
+    return _parallel(lambda tg: _check(tg[0], tg[1], timeout_s, status[tg[1]]), pairs)
+
+
+def _parallel(fn: Callable, items: list) -> list:
+    """fn over items, on up to GRADER_PROCESSES helpers at once (each call holds one); order kept."""
+    if len(items) <= 1 or GRADER_PROCESSES <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(items))) as ex:
+        return list(ex.map(fn, items))
 
 
 # ---------------------------------------------------------------------------
@@ -804,10 +807,7 @@ def trivial_flags(snippets: list[list[str]], timeout_s: float | None = None) -> 
         return [False] * len(codes) if reply is None else reply["trivial"]
 
     groups = [[str(c) for c in codes] for codes in snippets]
-    if sum(bool(g) for g in groups) <= 1:
-        return [one(g) for g in groups]
-    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(groups))) as ex:
-        return list(ex.map(one, groups))
+    return _parallel(one, groups) if any(groups) else [[] for _ in groups]
 
 
 def _per_completion(name: str, values: Any, n: int) -> list:
@@ -881,7 +881,7 @@ def code_use_reward(completions: list, only_successful: bool = False, cap: int =
         errors = _per_completion("num_errors", num_errors, n) if num_errors is not None else [0] * n
         good = [max(0, r - e) for r, e in zip(real, errors)]
     else:  # c. the text
-        counts = [count_calls(c) for c in completions]
+        counts = _parallel(count_calls, list(completions))
         real = [c["snippets"] for c in counts]
         # a snippet ran well only if an output block without an error shows it; trivial
         # snippets cannot fail to parse, so each is taken to own one error-free block
