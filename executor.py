@@ -1804,16 +1804,18 @@ class Sandbox:
             _POOL.stats["evicted"] += 1
             self._evicted = True
 
-    def _spawn(self) -> str | None:
-        """Get a fresh worker from the zygote, wait for its isolation report, and stop it
-        until its first snippet. Returns an error message, or None."""
+    def _spawn(self, deadline: float | None = None) -> str | None:
+        """Get a fresh worker from the zygote, wait for its isolation report (until
+        `deadline`, or 30 s), and stop it until its first snippet. Returns an error
+        message, or None."""
         _POOL.reserve_worker_slot()
         worker = None
         t0 = time.perf_counter()
         try:
             zygote = _POOL.get_zygote()
             worker = zygote.spawn(self._cfg())
-            msg = json.loads(_recv_frame_deadline(worker.sock, time.monotonic() + 30.0, _MAX_CONTROL_FRAME))
+            ready_by = time.monotonic() + 30.0 if deadline is None else deadline
+            msg = json.loads(_recv_frame_deadline(worker.sock, ready_by, _MAX_CONTROL_FRAME))
             if "fatal" in msg:
                 raise _SandboxStartError(str(msg["fatal"]))
             worker.isolation = msg["ready"]
@@ -1833,17 +1835,28 @@ class Sandbox:
 
     def _prepare(self) -> tuple[ExecResult | None, float, float, bool]:
         """Make sure the session has a worker; after an eviction, rebuild its names by
-        replaying its earlier snippets. The replay and the snippet share one deadline,
-        timeout_s from the moment the worker is up, so run() stays within its timeout.
+        replaying its earlier snippets. The new worker's start, the replay and the snippet
+        share one deadline, timeout_s from the start of run(), so run() stays within it.
         Returns (a result to return instead of running the snippet, or None; the deadline;
         the perf_counter start of this run's clock; whether the session's names were lost)."""
         reset = False
         replay = self._worker is None and self._evicted
-        if self._worker is None:
-            err = self._spawn()
-            if err:
-                return ExecResult(error=err), 0.0, 0.0, False
         start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
+        if self._worker is None:
+            # The first worker's start is not the snippet's time (a fresh zygote takes
+            # seconds); a rebuild's is, so that the whole run stays within timeout_s.
+            err = self._spawn(deadline if replay else None)
+            if err:
+                if replay and time.monotonic() >= deadline:
+                    self._history.clear()
+                    self._evicted = False
+                    return ExecResult(error=f"timed out after {self.timeout_s:g} s while rebuilding this "
+                                            "session; names defined before this snippet are lost",
+                                      timed_out=True, session_reset=True,
+                                      duration_s=time.perf_counter() - start), 0.0, 0.0, True
+                return ExecResult(error=err), 0.0, 0.0, False
+            if not replay:
+                start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
         if replay:
             self._evicted = False
             history, self._history = self._history, []
@@ -1853,7 +1866,7 @@ class Sandbox:
                 if r.timed_out:
                     return r, deadline, start, True
                 if r.session_reset:     # it went differently this time: start fresh
-                    err = self._spawn()
+                    err = self._spawn(deadline)
                     if err:
                         return ExecResult(error=err, session_reset=True), 0.0, 0.0, True
                     reset = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import doctest
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -604,6 +605,298 @@ def test_worker_bound_evicts_and_replays(report, no_leaks):
 
 
 # ---------------------------------------------------------------------------------------
+# 5b) A determined attacker (issue 9): through private module attributes to ctypes
+# ---------------------------------------------------------------------------------------
+# No dunder is needed to reach libc: `random._os` is `os`, `os.sys.modules` holds every
+# module the worker has loaded (ctypes among them), and ctypes.CDLL(None) calls any libc
+# function, raw syscalls included. So these tests attack the OS layers directly, and each
+# asserts that the effect did not happen. test_attacks_as_an_unprivileged_user runs them
+# again as `nobody` (`python tests/test_executor.py --make-unprivileged-venv` prepares it).
+
+VIA_CTYPES = """import random
+os = random._os
+ct = os.sys.modules['ctypes']
+libc = ct.CDLL(None, use_errno=True)
+def call(name, *args):
+    r = getattr(libc, name)(*args)
+    return r if r != -1 else -ct.get_errno()
+"""
+
+EPERM = 1
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def sysv_keys() -> set[str]:
+    """The keys of every SysV IPC object on this machine (its IPC namespace)."""
+    keys = set()
+    for kind in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                keys.update(f"{kind}:{line.split()[0]}" for line in list(f)[1:])
+        except OSError:
+            pass
+    return keys
+
+
+def test_attack_caller_environment_is_invisible(tmp_path):
+    """A token in the caller's environment must not reach the snippet by any route."""
+    canary = "canary-" + os.urandom(8).hex()
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(executor.__file__)!r})\n"
+        "from executor import Sandbox\n"
+        "code = sys.stdin.read()\n"
+        "r = Sandbox(timeout_s=10).run(code)\n"
+        "print(r.stdout, r.error)\n")
+    probe = VIA_CTYPES + """
+seen = []
+seen += [k + '=' + v for k, v in os.environ.items()]
+seen += [repr(k) + repr(v) for k, v in os.sys.modules['posix'].environ.items()]
+libc.getenv.restype = ct.c_char_p
+seen.append(repr(libc.getenv(b'DEEPMATH_CANARY')))
+env = ct.POINTER(ct.c_char_p).in_dll(libc, 'environ')
+i = 0
+while env[i] is not None and i < 1000:
+    seen.append(repr(env[i]))
+    i += 1
+try:
+    seen.append(repr(os.sys.modules['builtins'].open('/proc/self/environ', 'rb').read()))
+except OSError as e:
+    seen.append('proc: ' + str(e.errno))
+print(len(seen), '|'.join(seen))
+"""
+    out = subprocess.run([sys.executable, str(script)], input=probe, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "DEEPMATH_CANARY": canary})
+    assert out.returncode == 0, out.stderr
+    assert "OPENBLAS_NUM_THREADS=1" in out.stdout          # the probe really read the environment
+    assert canary not in out.stdout and "DEEPMATH_CANARY" not in out.stdout.replace("b'DEEPMATH_CANARY'", "")
+
+
+@needs_seccomp
+def test_attack_sysv_ipc_inotify_and_shared_memory_are_closed(sb, tmp_path):
+    """No cross-session channel (SysV IPC objects outlive processes), no view of files
+    outside the sandbox (inotify), no memory outside RLIMIT_AS (SysV shm, shared maps)."""
+    before = sysv_keys()
+    key = 0x5EED0000 + os.getpid() % 0xFFFF
+    r = sb.run(VIA_CTYPES + f"""
+IPC_CREAT = 0o1000
+out = [call('shmget', {key}, 1 << 26, IPC_CREAT | 0o666), call('msgget', {key}, IPC_CREAT | 0o666),
+       call('semget', {key}, 1, IPC_CREAT | 0o666), call('shmget', 0, 1 << 26, IPC_CREAT | 0o600),
+       call('inotify_init1', 0), call('fanotify_init', 0, 0)]
+libc.mmap.restype = ct.c_long
+libc.mmap.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int, ct.c_int, ct.c_int, ct.c_long]
+out.append(call('mmap', None, 1 << 26, 3, 0x21, -1, 0))    # MAP_SHARED | MAP_ANONYMOUS
+try:
+    os.memfd_create('x')
+    out.append('memfd')
+except OSError as e:
+    out.append(-e.errno)
+print(out)
+""")
+    assert r.ok, r.error
+    assert r.stdout == f"{[-EPERM] * 8}\n", r.stdout
+    (tmp_path / "created-outside").write_text("x")
+    assert sysv_keys() == before
+    # an ordinary private allocation still works
+    assert run_ok(sb, "import numpy as np\nint(np.ones(10**6).sum())") == "1000000\n"
+
+
+@needs_seccomp
+def test_attack_signals_leases_and_file_flags_through_fcntl_ioctl(sb, tmp_path):
+    """F_SETOWN/F_SETSIG/O_ASYNC would deliver signals to any process of the same uid (with
+    Landlock ABI < 6 nothing else stops it); F_SETLEASE would block the host's open(); ioctl
+    FS_IOC_SETFLAGS would change a root-owned file's attributes. All are refused."""
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        r = sb.run(VIA_CTYPES + f"""
+F_SETOWN, F_SETSIG, F_SETLEASE, F_NOTIFY, F_SETFL, F_SETLK, O_ASYNC = 8, 10, 1024, 1026, 4, 6, 0o20000
+fd = os.open({os.path.dirname(os.__file__)!r} + '/os.py', os.O_RDONLY)
+flags = ct.c_int(0)
+print([call('fcntl', 1, F_SETOWN, {victim.pid}), call('fcntl', 1, F_SETSIG, 9),
+       call('fcntl', 1, F_SETFL, O_ASYNC), call('fcntl', fd, F_SETLEASE, 0),
+       call('fcntl', fd, F_NOTIFY, 1), call('fcntl', fd, F_SETLK, 0),
+       call('ioctl', fd, 0x40086602, ct.byref(flags)), call('ioctl', 1, 0x5452, ct.byref(flags)),
+       call('ioctl', 1, 0x8901, ct.byref(flags)), call('ioctl', 0, 0x5412, b'x')])
+print(call('fcntl', 1, 3) >= 0, call('fcntl', fd, 1) >= 0)   # harmless queries still work
+""")
+        assert r.ok, r.error
+        assert r.stdout == f"{[-EPERM] * 10}\nTrue True\n", r.stdout
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@needs_seccomp
+def test_attack_limits_are_hard_and_set_by_the_caller(sb):
+    run_ok(sb, "0")
+    pid = sb._worker.pid
+    r = sb.run(VIA_CTYPES + """res = os.sys.modules['resource']
+out = []
+for name in ('RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE'):
+    try:
+        res.setrlimit(getattr(res, name), (res.RLIM_INFINITY, res.RLIM_INFINITY))
+        out.append('raised')
+    except (ValueError, OSError) as e:
+        out.append('ValueError' if isinstance(e, ValueError) else 'OSError')
+print(out, call('prctl', 1, 0, 0, 0, 0))""")   # prctl(PR_SET_PDEATHSIG, 0)
+    assert r.ok and r.stdout == f"['ValueError', 'ValueError', 'ValueError', 'ValueError'] {-EPERM}\n", (r.stdout, r.error)
+    with open(f"/proc/{pid}/limits") as f:
+        limits = {line[:26].strip(): line[26:].split() for line in f}
+    for name in ("Max address space", "Max file size", "Max open files", "Max core file size"):
+        assert limits[name][0] == limits[name][1], limits[name]          # hard = soft
+    soft = int(limits["Max cpu time"][0])
+    assert soft <= sb.timeout_s + 5                                       # set by the caller for this snippet
+    if os.geteuid() == 0:
+        assert int(limits["Max cpu time"][1]) == soft + 1
+
+
+def test_attack_forged_reply_cannot_hide_a_running_worker(report, no_leaks):
+    """The snippet sends the reply the caller waits for (claiming a final answer, with
+    final answers disabled), then computes. run() returns, but the worker is frozen: it uses
+    no CPU while idle, and the next snippet times out on the caller's clock."""
+    with Sandbox(timeout_s=1.5) as s:
+        r = s.run(VIA_CTYPES + """json, stat = os.sys.modules['json'], os.sys.modules['stat']
+fd = None
+for f in range(3, 64):
+    try:
+        if stat.S_ISSOCK(os.fstat(f).st_mode):
+            fd = f
+    except OSError:
+        pass
+msg = json.dumps({'err': None, 'val': "'forged'", 'fa': True, 'fav': 42, 'drop': 0, 'seq': 1}).encode()
+os.write(fd, len(msg).to_bytes(4, 'big') + msg)
+while True:
+    pass
+""")
+        assert not r.is_final_answer and r.final_answer is None, r
+        assert r.ok and r.value == "'forged'"          # what it printed is its business; the answer is not
+        pid = s._worker.pid
+        time.sleep(0.2)
+        ticks = cpu_ticks(pid)
+        time.sleep(1.0)
+        assert cpu_ticks(pid) - ticks <= 1, "the worker computed while the session was idle"
+        t0 = time.monotonic()
+        r = s.run("1 + 1")                              # the worker resumes its loop, not our snippet
+        assert r.timed_out and r.session_reset and time.monotonic() - t0 <= 1.5 + 0.5
+        assert run_ok(s, "2 + 2") == "4\n"
+    with Sandbox(timeout_s=5, enable_final_answer=True) as s:   # where enabled, final_answer() counts
+        r = s.run("final_answer(6 * 7)")
+        assert r.is_final_answer and r.final_answer == 42
+
+
+def test_attack_idle_worker_uses_no_cpu(sb):
+    run_ok(sb, "x = sum(range(10**5))")
+    pid = sb._worker.pid
+    ticks = cpu_ticks(pid)
+    time.sleep(1.0)
+    assert cpu_ticks(pid) == ticks
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] == "T"    # stopped between snippets
+
+
+def test_attack_replay_after_eviction_stays_within_the_timeout(report, no_leaks):
+    """Replay rebuilds an evicted session, and shares the run's deadline: a long history
+    cannot make run() overrun its timeout (it reports a timeout and a lost session)."""
+    old = executor.pool_stats()
+    executor.set_limits(max_workers=1, max_running=1)
+    a, b = Sandbox(timeout_s=1.5), Sandbox(timeout_s=1.5)
+    try:
+        for i in range(3):   # 0.6 s each, within the timeout one by one; 1.8 s together
+            run_ok(a, f"import random\nrandom._os.sys.modules['time'].sleep(0.6)\nv{i} = {i}")
+        run_ok(b, "1")          # evicts a's worker
+        t0 = time.monotonic()
+        r = a.run("v2")
+        elapsed = time.monotonic() - t0
+        assert elapsed <= 1.5 + 0.5 and r.duration_s <= 1.5 + 0.5, (elapsed, r)
+        assert r.timed_out and r.session_reset and "while rebuilding this session" in r.error
+        assert run_ok(a, "v = 5\nv") == "5\n"             # the session works again, from scratch
+        run_ok(a, "w = 7")
+        run_ok(b, "2")          # evicts a again: a short history replays within the deadline
+        r = a.run("v + w")
+        assert r.ok and r.stdout == "12\n" and not r.session_reset
+    finally:
+        a.close()
+        b.close()
+        executor.set_limits(max_workers=old["max_workers"], max_running=old["max_running"])
+
+
+def test_attack_no_worker_survives_sigkill_of_the_zygote(report):
+    """Clearing the parent-death signal is refused (prctl is not on the allow-list), so a
+    zygote killed hard (the OOM killer, say) takes its workers along, even stopped ones and
+    ones that are computing."""
+    with Sandbox(timeout_s=5) as idle, Sandbox(timeout_s=5) as busy:
+        r = idle.run(VIA_CTYPES + "call('prctl', 1, 0, 0, 0, 0)")   # PR_SET_PDEATHSIG, 0
+        assert r.stdout == f"{-EPERM}\n", (r.stdout, r.error)
+        zygote = executor._POOL.zygote.proc
+        workers = descendants(zygote.pid)
+        result = []
+        t = threading.Thread(target=lambda: result.append(busy.run(VIA_CTYPES + "call('prctl', 1, 0, 0, 0, 0)\nwhile True:\n    pass")))
+        t.start()
+        time.sleep(0.5)
+        workers |= descendants(zygote.pid)
+        assert len(workers) == 2
+        os.kill(zygote.pid, signal.SIGKILL)
+        zygote.wait()
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers)), workers
+        t.join(10)
+        assert result and result[0].session_reset
+        assert idle.run("0").session_reset            # reports the loss, once
+        assert run_ok(idle, "1 + 1") == "2\n"        # a new zygote, for the tests that follow
+
+
+def _unprivileged_python() -> tuple[list[str] | None, str]:
+    """A command prefix that runs this file's Python as `nobody`, or None and why not."""
+    if os.geteuid() != 0:
+        return None, "already unprivileged: this whole run is the unprivileged run"
+    candidates = [os.environ.get("DEEPMATH_UNPRIVILEGED_PYTHON"), UNPRIVILEGED_VENV + "/bin/python"]
+    runuser = next((p for p in ("/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser") if os.path.exists(p)), None)
+    if runuser is None:
+        return None, "runuser is not installed"
+    for python in filter(None, candidates):
+        cmd = [runuser, "-u", "nobody", "--", python]
+        try:
+            ok = subprocess.run(cmd + ["-c", "import numpy, scipy, sympy, pytest"], capture_output=True,
+                                timeout=60, cwd="/").returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return cmd, ""
+    return None, ("no Python that `nobody` can run with numpy, scipy, sympy and pytest "
+                  f"(tried $DEEPMATH_UNPRIVILEGED_PYTHON and {UNPRIVILEGED_VENV}); make one with "
+                  "`python tests/test_executor.py --make-unprivileged-venv`")
+
+
+UNPRIVILEGED_VENV = "/tmp/deepmath-unprivileged-venv"
+UNPRIVILEGED_SUBSET = ("(attack or no_file_writes or no_reads or no_network or no_new_processes or cannot_kill "
+                       "or limits_cannot) and not unprivileged")
+
+
+def test_attacks_as_an_unprivileged_user():
+    """The attack tests again, as `nobody` with its own Python (the workers then run as an
+    ordinary uid: no capability drop, RLIMIT_NPROC = 0, and the caller cannot raise hard limits)."""
+    cmd, why = _unprivileged_python()
+    if cmd is None:
+        pytest.skip(why)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if subprocess.run(cmd[:-1] + ["test", "-r", os.path.abspath(__file__)]).returncode != 0:
+        pytest.skip(f"`nobody` cannot read the project at {here}")
+    out = subprocess.run(cmd + ["-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider",
+                                "-k", UNPRIVILEGED_SUBSET],
+                         capture_output=True, text=True, timeout=600, cwd="/")
+    tail = out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 0, tail
+    assert " passed" in tail and "failed" not in tail, tail
+
+
+# ---------------------------------------------------------------------------------------
 # 6) The smolagents adapter
 # ---------------------------------------------------------------------------------------
 
@@ -707,3 +1000,14 @@ def test_code_agent_with_the_real_embedded_model(report, no_leaks):
     finally:
         agent.cleanup()
         torch.set_num_threads(threads)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--make-unprivileged-venv"]:
+    # A Python that `nobody` can run, for test_attacks_as_an_unprivileged_user: the system
+    # interpreter with its own venv (a pyenv Python under /root is unreadable to others).
+    system_python = next(p for p in ("/usr/bin/python3.11", "/usr/bin/python3") if os.path.exists(p))
+    subprocess.run([system_python, "-m", "venv", UNPRIVILEGED_VENV], check=True)
+    versions = {m: __import__(m).__version__ for m in ("numpy", "scipy", "sympy", "mpmath", "pytest")}
+    subprocess.run([UNPRIVILEGED_VENV + "/bin/pip", "install", "-q"] + [f"{m}=={v}" for m, v in versions.items()], check=True)
+    os.chmod(UNPRIVILEGED_VENV, 0o755)
+    print(f"made {UNPRIVILEGED_VENV} with {versions}")
