@@ -822,7 +822,7 @@ def _per_completion(name: str, values: Any, n: int) -> list:
 def code_use_reward(completions: list, only_successful: bool = False, cap: int = 1,
                     snippets: list[list[str]] | None = None, snippet_ok: list[list[bool]] | None = None,
                     num_snippets: list[int] | None = None, num_errors: list[int] | None = None,
-                    **kwargs) -> list[float]:
+                    log_metric: Callable | None = None, **kwargs) -> list[float]:
     """+1.0 if the completion made at least one agent call holding code (the paper's reward:
     "generating code snippets"), else 0.0.
 
@@ -852,6 +852,10 @@ def code_use_reward(completions: list, only_successful: bool = False, cap: int =
     that computes little (`print(1)`) and runs still earns the credit: the accuracy term has to
     make it useful. Use make_code_use_reward() to get this variant as a TRL reward function.
 
+    log_metric: TRL's hook for batch metrics. Where trivial snippets can be seen (a and c), it
+    gets "code_use/trivial_snippet_share": trivial calls / all calls in the batch, so a policy
+    drifting towards empty calls shows in the training log.
+
     >>> call = "<tool_call>\\nprint(6*7)\\n</tool_call>\\n```output\\n42\\n```\\n"
     >>> bad = "<tool_call>\\nprint(y)\\n</tool_call>\\n```output\\nNameError: name 'y' is not defined\\n```\\n"
     >>> empty = "<tool_call>\\n# nothing to run\\npass\\n</tool_call>\\n```output\\n(no output)\\n```\\n"
@@ -878,16 +882,21 @@ def code_use_reward(completions: list, only_successful: bool = False, cap: int =
         flags = trivial_flags(codes)
         real = [sum(not t for t in ts) for ts in flags]
         good = [sum(bool(ok) and not t for ok, t in zip(o, ts)) for o, ts in zip(oks, flags)]
+        trivial = sum(map(len, flags)) - sum(real)
     elif num_snippets is not None:  # b. the rollout's counts
         real = _per_completion("num_snippets", num_snippets, n)
         errors = _per_completion("num_errors", num_errors, n) if num_errors is not None else [0] * n
         good = [max(0, r - e) for r, e in zip(real, errors)]
+        trivial = None  # not known from counts
     else:  # c. the text
         counts = _parallel(count_calls, list(completions))
         real = [c["snippets"] for c in counts]
         # a snippet ran well only if an output block without an error shows it; trivial
         # snippets cannot fail to parse, so each is taken to own one error-free block
         good = [min(c["snippets"], max(0, c["outputs"] - c["errors"] - c["trivial"])) for c in counts]
+        trivial = sum(c["trivial"] for c in counts)
+    if log_metric is not None and trivial is not None and sum(real) + trivial:
+        log_metric("code_use/trivial_snippet_share", trivial / (sum(real) + trivial))
     credited = good if only_successful else real
     return [min(c, cap) / cap for c in credited]
 

@@ -369,6 +369,12 @@ def test_code_use_pays_nothing_for_empty_snippets():
     assert rewards.code_use_reward(texts) == [0.0, 0.0, 0.0, 1.0, 1.0]  # a failed attempt is code
     assert rewards.code_use_reward(texts, only_successful=True) == [0.0, 0.0, 0.0, 1.0, 0.0]
     assert rewards.count_calls(CALL_COMMENT + CALL_OK) == {"snippets": 1, "trivial": 1, "outputs": 2, "errors": 0}
+    logged = {}
+    rewards.code_use_reward(texts, log_metric=logged.__setitem__)
+    assert logged == {"code_use/trivial_snippet_share": 4 / 6}
+    logged.clear()
+    rewards.code_use_reward(["", ""], num_snippets=[1, 0], log_metric=logged.__setitem__)
+    assert logged == {}  # counts alone cannot tell
     # a trivial call's clean block cannot stand in for a failed real call
     assert rewards.code_use_reward([CALL_PASS + CALL_ERR], only_successful=True) == [0.0]
 
@@ -383,6 +389,9 @@ def test_code_use_structured_snippets_take_precedence():
     assert rewards.code_use_reward(texts, snippets=snippets, snippet_ok=ok, **counts) == [0.0, 0.0, 1.0, 1.0, 1.0]
     assert rewards.code_use_reward(texts, snippets=snippets, snippet_ok=ok, only_successful=True, cap=2,
                                    **counts) == [0.0, 0.0, 0.5, 0.0, 0.5]
+    logged = {}
+    rewards.code_use_reward(texts, snippets=snippets, snippet_ok=ok, log_metric=logged.__setitem__)
+    assert logged == {"code_use/trivial_snippet_share": 3 / 7}  # "pass", "# x", "'plan'" of 7 calls
     with pytest.raises(ValueError, match="snippet_ok"):
         rewards.code_use_reward(["", ""], snippets=[["print(1)"], []])
     with pytest.raises(ValueError, match="one entry per snippet"):
