@@ -95,6 +95,7 @@ _INNER_OPEN_RE = re.compile(r"```(?:python|py)?[ \t]*\n")
 # "\boxed 7": a box without braces counts only when what follows is a plausible answer: a
 # number (up to the next space or $) or one capital letter (a choice). Matched at one position.
 _BARE_BOX_RE = re.compile(r"[-+]?\d[^\s$]*|[A-Z](?![\w\\{])")
+_DIGITS = tuple("0123456789")
 
 
 # ---------------------------------------------------------------------------
@@ -378,11 +379,11 @@ def last_box(text: str) -> tuple[int, int, str] | None:
     positions are those of the text given.
 
     A box is ``\\boxed{...}`` or ``\\fbox{...}`` (braces balanced; spaces may precede the
-    brace). A bare ``\\boxed 7`` holds no braces, so it is read only when what follows is a
-    plausible answer: a number (up to the next space or $; the grader drops a trailing period)
-    or one capital letter (a multiple-choice answer). Anything else after a bare \\boxed (a word, a
-    period, another command) is prose about the macro, not an answer, and the box before it is
-    read instead. Not gameable: it is still one answer, the last one written; a mention of the
+    brace). A bare ``\\boxed 7`` (or ``\\boxed7``) holds no braces, so it is read only when what
+    follows is a plausible answer: a number (up to the next space or $; the grader drops a
+    trailing period) or one capital letter (a multiple-choice answer). Anything else after a
+    bare \\boxed (a word, a period, another command) is prose about the macro, not an answer,
+    and the box before it is read instead. Not gameable: it is still one answer, the last one written; a mention of the
     macro cannot turn a boxed answer into "no answer" or into the word that follows it.
 
     >>> text = r"so \\boxed{\\frac{4}{3}}."
@@ -390,8 +391,8 @@ def last_box(text: str) -> tuple[int, int, str] | None:
     ((3, 22, '\\\\frac{4}{3}'), '\\\\boxed{\\\\frac{4}{3}}')
     >>> last_box(r"\\boxed{4}. (I used \\boxed for it, not \\boxed.)")
     (0, 9, '4')
-    >>> [last_box(t)[2] for t in (r"\\boxed 7.", r"\\boxed{1} then \\boxed -2/3$", r"\\boxed C", r"\\boxed {5}")]
-    ['7.', '-2/3', 'C', '5']
+    >>> [last_box(t)[2] for t in (r"\\boxed 7.", r"\\boxed{1} then \\boxed -2/3$", r"\\boxed C", r"\\boxed {5}", r"\\boxed12")]
+    ['7.', '-2/3', 'C', '5', '12']
     >>> last_box(r"we write \\boxed a lot") is None
     True
     """
@@ -417,7 +418,8 @@ def last_box(text: str) -> tuple[int, int, str] | None:
                     if depth == 0:
                         return start, j + 1, text[i + 1: j]
             return None
-        if i > name_end and (m := _BARE_BOX_RE.match(text, i)):
+        # "\boxed 7", or "\boxed7" (TeX ends the command name at the digit); never "\boxedA"
+        if (i > name_end or text.startswith(_DIGITS, i)) and (m := _BARE_BOX_RE.match(text, i)):
             return start, m.end(), m.group()
         # a mention of the macro, not a box: look further back
         if start == boxed:

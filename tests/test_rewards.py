@@ -479,6 +479,7 @@ def test_bare_box_mention_is_not_the_answer():
     assert last_boxed(r"\boxed 7") == "7" and last_boxed(r"\boxed{4}, no: \boxed 5") == "5"
     assert last_boxed(r"so \boxed C.") == "C" and last_boxed(r"\boxed -3$") == "-3"
     assert last_boxed(r"\boxed {12}") == "12"  # TeX allows spaces before the brace
+    assert last_boxed(r"\boxed12") == "12" and last_boxed(r"\boxedA") is None  # TeX: a digit ends the name
     assert rewards.grade(r"First \boxed{3}. Hmm, \boxed for emphasis: \boxed 5.", "3") is False  # the last answer is 5
 
 
