@@ -246,8 +246,8 @@ def test_every_family_answer_is_graded_right_and_a_wrong_one_is_not():
             problems += data.procedural(24, seed=5, difficulty=level, templates=templates)
     assert {p.meta["family"] for p in problems} == {f.name for f in data.FAMILIES}
     golds = [p.answer for p in problems]
-    right = rewards.grade_many([f"so \\boxed{{{g}}}" for g in golds], golds)
-    wrong = rewards.grade_many([f"so \\boxed{{{_wrong(g)}}}" for g in golds], golds)
+    right = [v.correct for v in rewards.check_many([f"so \\boxed{{{g}}}" for g in golds], golds)]
+    wrong = [v.correct for v in rewards.check_many([f"so \\boxed{{{_wrong(g)}}}" for g in golds], golds)]
     assert all(r is True for r in right), [p for p, r in zip(problems, right) if r is not True][:3]
     assert all(w is False for w in wrong), [p for p, w in zip(problems, wrong) if w is not False][:3]
 
