@@ -47,12 +47,14 @@ import rewards  # noqa: E402
 from protocol import format_result, is_trivial_snippet, last_boxed, output_blocks, shows_error  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
+SKIP_WHY = ("the benchmark JSONL files live in shared/data beside the checkout, never in the repo "
+            "(CI provides them; shared/data/SOURCES.md says where each comes from)")
 
 
 def _rows(name: str) -> list[dict]:
     path = DATA / name
     if not path.is_file():
-        pytest.skip(f"{path} not found (benchmark data lives in the checkout's sibling shared/data)")
+        pytest.skip(f"{path} not found: {SKIP_WHY}")
     with path.open() as f:
         return [json.loads(line) for line in f]
 
@@ -493,7 +495,7 @@ def test_bare_box_scan_is_linear():
 def test_bench_grader_smoke():
     """bench/grader.py (README's grading-time figures) runs and ends with its RESULT line."""
     if not (DATA / "math500.jsonl").is_file():
-        pytest.skip(f"{DATA / 'math500.jsonl'} not found (benchmark data lives in the checkout's sibling shared/data)")
+        pytest.skip(f"{DATA / 'math500.jsonl'} not found: {SKIP_WHY}")
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "grader.py"), "--limit", "5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
