@@ -172,8 +172,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+
 # ---------------------------------------------------------------------------------------
-# 0) Configuration that a reviewer should see first: the allow-lists.
+# 0) The allow-lists and settings a reviewer should see first
 # ---------------------------------------------------------------------------------------
 
 ALLOWED_IMPORTS: tuple[str, ...] = (
@@ -261,6 +262,46 @@ FORBIDDEN_BUILTINS: tuple[str, ...] = (
 )
 """Builtins a snippet does not get. Calling one raises a clear PermissionError."""
 
+SYSCALLS_ALLOWED: tuple[str, ...] = (
+    # traced in the benign workload: output, the socket to the caller, reading libraries
+    "read", "write", "close", "lseek", "ftruncate", "sendto", "recvfrom", "getdents64",
+    "getcwd", "newfstatat", "brk", "munmap", "mremap", "mprotect", "madvise", "futex",
+    "rt_sigaction", "rt_sigprocmask", "getrandom", "getpid", "gettid", "getppid", "exit_group",
+    # the same information as newfstatat, for other libc versions and os.access/realpath
+    "fstat", "stat", "lstat", "statx", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
+    # its own file descriptors (RLIMIT_NOFILE bounds them) and waiting on them
+    "dup", "dup2", "dup3", "close_range", "select", "pselect6", "poll", "ppoll",
+    # clocks (the vDSO's fallbacks), sleeping, and a sleep that continues after SIGCONT
+    "clock_gettime", "gettimeofday", "time", "nanosleep", "clock_nanosleep", "restart_syscall",
+    "rt_sigreturn", "sched_yield",
+    # questions about itself
+    "getuid", "geteuid", "getgid", "getegid", "getrlimit", "getrusage", "sched_getaffinity",
+    "uname", "exit",
+)
+"""System calls a worker may make with any arguments once its snippet loop starts; every
+other call fails with EPERM (SYSCALLS_ENOSYS with ENOSYS). How the list was made: the worker
+ran the benign workload (the tests' benign snippets, the snippets of prompts/examples.txt and
+bench/executor.py, and imports and typical calls of numpy, scipy's submodules, sympy and
+mpmath, including memory errors, output floods and timeouts) under `strace -f`, and the calls
+each worker made after installing its filter were counted. The first group is that set; the
+other groups are calls with the same effect that other libc or kernel versions use instead,
+or that CPython makes on paths the workload did not take. Not on it, so refused: fork, clone
+(threads too), exec, every socket call but sendto/recvfrom on the open socket, pipes, SysV
+IPC, POSIX message queues, inotify/fanotify, memfd_create, eventfd, timers, prctl, ptrace,
+setrlimit, setsid/setpgid, mount, bpf, io_uring, userfaultfd, keyctl, and any newer call."""
+
+SYSCALLS_CHECKED: tuple[str, ...] = ("open", "openat", "fcntl", "ioctl", "mmap", "prlimit64", "kill",
+                                     "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+"""Allowed only with these arguments (the comments in _seccomp_program say why):
+open/openat read-only and without O_PATH; fcntl F_DUPFD, F_GETFD, F_SETFD, F_GETFL,
+F_DUPFD_CLOEXEC, and F_SETFL without O_ASYNC; ioctl TCGETS and TIOCGWINSZ (isatty), FIONBIO,
+FIOCLEX, FIONCLEX; mmap unless both shared and anonymous; prlimit64 on itself with no new
+limit (a read); kill and the other signal calls only to its own pid."""
+
+SYSCALLS_ENOSYS: tuple[str, ...] = ("clone3", "openat2")
+"""Refused with ENOSYS instead of EPERM: glibc reads ENOSYS as "older kernel" and falls back
+(clone3 to clone, which is then refused with EPERM)."""
+
 ZYGOTE_ENV: dict[str, str] = {
     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
@@ -274,7 +315,6 @@ that replay after an eviction rebuilds the same state."""
 
 DEFAULT_MAX_RUNNING = os.cpu_count() or 1
 DEFAULT_MAX_WORKERS = 32 * DEFAULT_MAX_RUNNING
-
 _THIS_FILE = os.path.abspath(__file__)
 _DUNDER_STRING = re.compile(r"__\w+__")
 _LEN = struct.Struct("!I")
@@ -282,7 +322,7 @@ _MAX_CONTROL_FRAME = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------
-# 1) Static check (runs in the caller, before any process is involved)
+# 1) Static check (in the caller, before any process is involved)
 # ---------------------------------------------------------------------------------------
 
 def _module_allowed(name: str, allowed: Sequence[str]) -> bool:
@@ -380,68 +420,382 @@ def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
 
 
 # ---------------------------------------------------------------------------------------
-# Results
+# 2) The zygote: a clean process that preloads the libraries and forks workers
 # ---------------------------------------------------------------------------------------
 
-@dataclass
-class ExecResult:
-    """What one snippet did. `stdout` is what the model should see after the call."""
-
-    stdout: str = ""
-    """Printed output (stdout and stderr, in order), then the display of a bare last-line
-    expression: repr() of its value unless None, like IPython's Out without "Out[n]:".
-    Truncated to max_output_chars with a visible marker."""
-    error: str | None = None
-    """"ExceptionType: message (line N: <source line>)", a static-check rejection, or why
-    the worker was killed. None when the snippet finished without an exception."""
-    timed_out: bool = False
-    duration_s: float = 0.0
-    """Wall time from sending the snippet to its result, on the caller's clock. After an
-    eviction it includes the replay that rebuilt the session (not the ~10 ms worker start)."""
-    session_reset: bool = False
-    """The worker died or was killed: names defined before this snippet are lost."""
-    final_answer: Any = None
-    """The argument of final_answer(x), as JSON-safe data (str() for other objects)."""
-    is_final_answer: bool = False
-    """final_answer(...) was called (its argument may legitimately be None)."""
-    value: str | None = None
-    """The display text of the last-line expression, or None (also part of stdout)."""
-    printed: str = ""
-    """stdout without the display of the last expression (smolagents' "logs")."""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.timed_out
-
-    @property
-    def error_type(self) -> str | None:
-        """The error's class, for counting: the exception's name ("ZeroDivisionError"),
-        "TimeoutError" for a timeout, "SandboxError" for a refused snippet or a lost worker."""
-        if self.error is None and not self.timed_out:
-            return None
-        if self.timed_out:
-            return "TimeoutError"
-        m = re.match(r"([A-Za-z_][\w.]*):", self.error)
-        return m.group(1) if m else "SandboxError"
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
 
 
-def _truncate(text: str, limit: int, hidden: int = 0) -> str:
-    """Cut `text` to `limit` characters and add a marker saying how much was hidden."""
-    if len(text) > limit:
-        hidden += len(text) - limit
-        text = text[:limit]
-    if hidden > 0:
-        text += f"\n... [output truncated: {hidden} more characters]"
-    return text
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _send_frame(sock: socket.socket, payload: bytes) -> None:
+    # MSG_NOSIGNAL: a caller that restored the default SIGPIPE action must get EPIPE from
+    # a dead worker, not die of the signal
+    sock.sendall(_LEN.pack(len(payload)) + payload, _NOSIGNAL)
+
+
+def _recv_frame(sock: socket.socket, limit: int = _MAX_CONTROL_FRAME) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, 4))
+    if n > limit:
+        raise ValueError(f"frame of {n} bytes")
+    return _recv_exact(sock, n)
+
+
+def _warm_up() -> None:
+    """Import the lazily loaded parts and fill the caches that typical snippets hit, once,
+    in the zygote: every forked worker then starts warm (a first sympy.solve costs ~0.3 s)."""
+    try:
+        import sympy
+        x, y = sympy.symbols("x y")
+        sympy.solve(x**2 - 2, x)
+        sympy.solve([x + y - 3, x - y - 1], [x, y])
+        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+        sympy.factor(x**2 - 1)
+        sympy.expand((x + 1) ** 3)
+        sympy.integrate(x**2, x)
+        sympy.limit(sympy.sin(x) / x, x, 0)
+        sympy.sympify("x**2 + 1")
+        sympy.factorint(360)
+        sympy.Rational(1, 3) + sympy.Rational(1, 6)
+    except Exception:
+        pass
+    try:
+        import numpy as np
+        a = np.array([[2.0, 1.0], [1.0, 3.0]])
+        np.linalg.det(a), np.linalg.inv(a), np.linalg.eig(a), np.linalg.solve(a, np.ones(2))
+    except Exception:
+        pass
+
+
+def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
+    ctrl = socket.socket(fileno=ctrl_fd)
+    # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
+    # clean environment does not carry), without the project directory: it is not a library
+    project = os.path.dirname(_THIS_FILE)
+    sys.path[:] = [p for p in caller_path if p and os.path.abspath(p) != project]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
+    import importlib
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass       # not installed: a snippet importing it gets ModuleNotFoundError
+    _warm_up()
+    probe = _probe()
+    # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
+    # would wake the zygote. Dead workers are reaped once a second, or at once when the
+    # caller asks for one's exit status.
+    children: set[int] = set()
+    statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
+
+    def reap(pid: int = -1) -> None:
+        while True:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if got == 0:
+                return
+            children.discard(got)
+            statuses[got] = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                             else {"exit": os.WEXITSTATUS(status)})
+            while len(statuses) > 4096:
+                statuses.popitem(last=False)
+            if pid != -1:
+                return
+
+    gc.collect()
+    gc.freeze()   # forked workers then leave the preloaded objects' pages shared
+    _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
+    while True:
+        try:
+            readable, _, _ = select.select([ctrl], [], [], 1.0)
+        except InterruptedError:
+            readable = []
+        reap()
+        if os.getppid() != parent_pid:
+            break          # the caller died (a forked copy of it may still hold the socket)
+        if ctrl not in readable:
+            continue
+        try:
+            request = json.loads(_recv_frame(ctrl))
+        except (EOFError, OSError, ValueError):
+            break          # the caller closed the control socket or went away
+        if request.get("op") == "spawn":
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            out_fd = (os.memfd_create("deepmath-sandbox-output", os.MFD_CLOEXEC)
+                      if hasattr(os, "memfd_create") else _anonymous_tempfile())
+            zygote_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ctrl.close()
+                    parent_end.close()
+                    _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
+                except BaseException as e:
+                    os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
+                finally:
+                    os._exit(70)
+            children.add(pid)
+            fds = [parent_end.fileno(), out_fd]
+            pidfd = None
+            if hasattr(os, "pidfd_open"):
+                try:
+                    pidfd = os.pidfd_open(pid)
+                    fds.append(pidfd)
+                except OSError:
+                    pidfd = None
+            payload = json.dumps({"pid": pid, "pidfd": pidfd is not None}).encode()
+            try:
+                socket.send_fds(ctrl, [_LEN.pack(len(payload)) + payload], fds)
+            except OSError:
+                break
+            finally:
+                for fd in (out_fd, pidfd):
+                    if fd is not None:
+                        os.close(fd)
+                parent_end.close()
+                child_end.close()
+        elif request.get("op") == "status":
+            pid = int(request["pid"])
+            deadline = time.monotonic() + 2.0
+            while pid in children and pid not in statuses and time.monotonic() < deadline:
+                reap(pid)
+                time.sleep(0.002)
+            _send_frame(ctrl, json.dumps(statuses.get(pid, {})).encode())
+    # the caller is gone: take every worker with us
+    for pid in list(children):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for pid in list(children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    os._exit(0)
+
+
+def _anonymous_tempfile() -> int:
+    import tempfile
+    f = tempfile.TemporaryFile()
+    fd = os.dup(f.fileno())
+    f.close()
+    return fd
 
 
 # ---------------------------------------------------------------------------------------
-# 4) Isolation primitives (used by the zygote's probe and by each worker on itself)
+# 3) A session's worker, from the caller's side: start, stop, continue, kill
+# ---------------------------------------------------------------------------------------
+
+class _SandboxStartError(RuntimeError):
+    pass
+
+
+class _ZygoteClient:
+    """One per calling process. All requests are serialised by a lock; every wait has a deadline."""
+
+    START_TIMEOUT_S = 180.0
+    REQUEST_TIMEOUT_S = 30.0
+
+    def __init__(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = json.dumps([p for p in sys.path if isinstance(p, str)])
+        self.proc = subprocess.Popen(
+            [sys.executable, _THIS_FILE, "--zygote", str(child_end.fileno()), str(os.getpid()), path],
+            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=dict(ZYGOTE_ENV), close_fds=True, start_new_session=True)
+        child_end.close()
+        self.sock = parent_end
+        self.lock = threading.Lock()
+        self.owner_pid = os.getpid()
+        self.probe: dict | None = None
+        self.dead = False
+
+    def _recv(self, deadline: float, with_fds: bool = False) -> tuple[dict, list[int]]:
+        fds: list[int] = []
+        buf = b""
+        while len(buf) < 4 or len(buf) < 4 + _LEN.unpack(buf[:4])[0]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the sandbox zygote did not answer in time")
+            self.sock.settimeout(remaining)
+            if with_fds and not buf:
+                # CLOEXEC: the worker's fds must not leak into programs the caller execs
+                data, new_fds, _, _ = socket.recv_fds(self.sock, 65536, 4, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+                fds.extend(new_fds)
+            else:
+                data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the sandbox zygote exited")
+            buf += data
+        return json.loads(buf[4:]), fds
+
+    def _ensure_ready(self) -> dict:
+        if self.probe is None:
+            msg, _ = self._recv(time.monotonic() + self.START_TIMEOUT_S)
+            self.probe = msg["probe"]
+        return self.probe
+
+    def spawn(self, cfg: dict) -> "_Worker":
+        with self.lock:
+            try:
+                probe = self._ensure_ready()
+                _send_frame(self.sock, json.dumps({"op": "spawn", "cfg": cfg}).encode())
+                msg, fds = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S, with_fds=True)
+            except (OSError, EOFError, ValueError, KeyError) as e:
+                self.dead = True
+                raise _SandboxStartError(f"the sandbox could not start a worker: {e}") from None
+        sock = socket.socket(fileno=fds[0])
+        worker = _Worker(msg["pid"], sock, fds[1], fds[2] if len(fds) > 2 else None, probe)
+        worker.zygote = self
+        return worker
+
+    def status(self, pid: int) -> dict:
+        with self.lock:
+            if self.dead:
+                return {}
+            try:
+                _send_frame(self.sock, json.dumps({"op": "status", "pid": pid}).encode())
+                msg, _ = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S)
+                return msg
+            except (OSError, EOFError, ValueError):
+                self.dead = True
+                return {}
+
+    def close(self) -> None:
+        self.dead = True
+        try:
+            self.sock.close()   # the zygote sees EOF, kills its workers and exits
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+try:
+    import resource
+    _CAN_PRLIMIT = hasattr(resource, "prlimit")
+except ImportError:   # not POSIX
+    resource = None
+    _CAN_PRLIMIT = False
+
+_RAISE_HARD_LIMITS = os.name == "posix" and os.geteuid() == 0
+
+
+class _Worker:
+    """The caller's handle on one worker process: socket, output memfd, pidfd."""
+
+    def __init__(self, pid: int, sock: socket.socket, out_fd: int, pidfd: int | None, probe: dict):
+        self.pid, self.sock, self.out_fd, self.pidfd = pid, sock, out_fd, pidfd
+        self.probe = probe
+        self.seq = 0
+        self.killed = False
+        self.released = False
+        self.isolation: dict = {}
+        self.zygote: _ZygoteClient | None = None
+        self.ran_s = 0.0          # wall time it was allowed to run: an upper bound on its CPU time
+        self._lock = threading.Lock()
+
+    def alive(self) -> bool:
+        if self.pidfd is None:
+            return not self.killed
+        return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd turns readable on exit
+
+    def _signal(self, sig: int) -> None:
+        """Signal exactly this process (the pidfd cannot point at a reused pid)."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            elif not self.killed:
+                os.kill(self.pid, sig)
+        except OSError:
+            pass
+
+    def pause(self) -> None:
+        """SIGSTOP after each reply: a worker that answered early (a forged reply) and kept
+        computing is frozen until the next snippet is sent, and its time then counts."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self, budget_s: float) -> None:
+        """Before sending a snippet: cap the worker's total CPU time at what it may have used
+        so far (ran_s >= its CPU time: it has one thread) + this snippet's budget + 1 s, then
+        SIGCONT. The caller sets the limit from outside; seccomp keeps the worker from
+        changing it. Where the caller may raise hard limits again (CAP_SYS_RESOURCE, i.e.
+        root), hard = soft + 1 s; otherwise the hard limit stays where it was."""
+        if _CAN_PRLIMIT and self.alive():
+            soft = math.ceil(self.ran_s + budget_s) + 1
+            try:
+                hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
+                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
+            except (OSError, ValueError):
+                pass   # it exited meanwhile; the wall clock still bounds it
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group, then the worker itself. The pidfd makes the
+        second one immune to pid reuse; the group is signalled only while its leader is
+        alive, so its id cannot have been reused either."""
+        with self._lock:
+            if self.released:
+                return
+            self.killed = True
+            try:
+                if self.alive():
+                    os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def read_output(self, max_chars: int) -> tuple[str, int]:
+        """The worker's output so far (bounded read) and how many bytes were left unread."""
+        try:
+            size = os.fstat(self.out_fd).st_size
+            data = os.pread(self.out_fd, min(size, 4 * max_chars + 4096), 0)
+        except OSError:
+            return "", 0
+        return data.decode("utf-8", "replace"), max(size - len(data), 0)
+
+    def release(self) -> None:
+        """Kill (if needed) and close our fds. Idempotent."""
+        self.kill()
+        with self._lock:
+            if self.released:
+                return
+            self.released = True
+            for close in (self.sock.close, lambda: os.close(self.out_fd),
+                          lambda: self.pidfd is not None and os.close(self.pidfd)):
+                try:
+                    close()
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------------------------------
+# 4) Isolation, applied by the worker to itself before any untrusted code runs
 # ---------------------------------------------------------------------------------------
 
 _IS_LINUX = sys.platform.startswith("linux")
 _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
-
 # prctl options
 _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP, _PR_SET_SECCOMP = 1, 24, 22
 _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
@@ -522,65 +876,31 @@ def _landlock_apply(abi: int, read_paths: Sequence[str]) -> None:
 # Syscall numbers: (x86_64, aarch64/asm-generic); None where the arch lacks the call.
 # Checked against /usr/include/x86_64-linux-gnu/asm/unistd_64.h and asm-generic/unistd.h.
 _NR = {
-    # file descriptors the worker already holds, and read-only files (Landlock decides where)
-    "read": (0, 63), "write": (1, 64), "close": (3, 57), "lseek": (8, 62), "pread64": (17, 67),
-    "readv": (19, 65), "writev": (20, 66), "fstat": (5, 80), "newfstatat": (262, 79),
-    "stat": (4, None), "lstat": (6, None), "statx": (332, 291), "getdents64": (217, 61),
-    "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
-    "readlink": (89, None), "readlinkat": (267, 78), "getcwd": (79, 17),
-    "ftruncate": (77, 46), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
-    "close_range": (436, 436), "select": (23, None), "pselect6": (270, 72), "poll": (7, None),
-    "ppoll": (271, 73), "open": (2, None), "openat": (257, 56), "openat2": (437, 437),
-    "fcntl": (72, 25), "ioctl": (16, 29),
-    # the worker's own socket to the caller
-    "sendto": (44, 206), "recvfrom": (45, 207), "sendmsg": (46, 211), "recvmsg": (47, 212),
-    "shutdown": (48, 210), "getsockname": (51, 204), "getpeername": (52, 205), "getsockopt": (55, 209),
-    # memory
+    "read": (0, 63), "write": (1, 64), "close": (3, 57), "lseek": (8, 62), "ftruncate": (77, 46),
+    "sendto": (44, 206), "recvfrom": (45, 207), "getdents64": (217, 61), "getcwd": (79, 17),
+    "newfstatat": (262, 79), "fstat": (5, 80), "stat": (4, None), "lstat": (6, None),
+    "statx": (332, 291), "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
+    "readlink": (89, None), "readlinkat": (267, 78), "dup": (32, 23), "dup2": (33, None),
+    "dup3": (292, 24), "close_range": (436, 436), "select": (23, None), "pselect6": (270, 72),
+    "poll": (7, None), "ppoll": (271, 73),
     "brk": (12, 214), "mmap": (9, 222), "munmap": (11, 215), "mremap": (25, 216),
-    "mprotect": (10, 226), "madvise": (28, 233),
-    # signals, to itself only
+    "mprotect": (10, 226), "madvise": (28, 233), "futex": (202, 98),
     "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135), "rt_sigreturn": (15, 139),
-    "sigaltstack": (131, 132), "restart_syscall": (219, 128), "kill": (62, 129),
-    "tkill": (200, 130), "tgkill": (234, 131), "rt_sigqueueinfo": (129, 138),
-    "rt_tgsigqueueinfo": (297, 240),
-    # clocks, ids and limits (read only)
-    "clock_gettime": (228, 113), "clock_getres": (229, 114), "gettimeofday": (96, 169),
+    "restart_syscall": (219, 128), "clock_gettime": (228, 113), "gettimeofday": (96, 169),
     "time": (201, None), "nanosleep": (35, 101), "clock_nanosleep": (230, 115),
-    "sched_yield": (24, 124), "sched_getaffinity": (204, 123), "getpid": (39, 172),
-    "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175),
-    "getgid": (104, 176), "getegid": (108, 177), "getgroups": (115, 158), "getpgrp": (111, None),
-    "getrlimit": (97, 163), "prlimit64": (302, 261), "getrusage": (98, 165), "times": (100, 153),
-    "uname": (63, 160), "getrandom": (318, 278), "futex": (202, 98),
-    "exit": (60, 93), "exit_group": (231, 94),
-    # refused with ENOSYS rather than EPERM: libc falls back to an older call when they are missing
-    "clone3": (435, 435),
+    "sched_yield": (24, 124), "getrandom": (318, 278), "getpid": (39, 172), "gettid": (186, 178),
+    "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175), "getgid": (104, 176),
+    "getegid": (108, 177), "getrlimit": (97, 163), "getrusage": (98, 165),
+    "sched_getaffinity": (204, 123), "uname": (63, 160), "exit": (60, 93), "exit_group": (231, 94),
+    # allowed with checked arguments
+    "open": (2, None), "openat": (257, 56), "fcntl": (72, 25), "ioctl": (16, 29),
+    "prlimit64": (302, 261), "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
+    # refused with ENOSYS
+    "clone3": (435, 435), "openat2": (437, 437),
 }
+
 _SECCOMP_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # column, AUDIT_ARCH_*
-
-_SYSCALLS_ALLOWED = (
-    "read", "write", "close", "lseek", "pread64", "readv", "writev", "fstat", "newfstatat",
-    "stat", "lstat", "statx", "getdents64", "access", "faccessat", "faccessat2", "readlink",
-    "readlinkat", "getcwd", "ftruncate", "dup", "dup2", "dup3", "close_range", "select",
-    "pselect6", "poll", "ppoll", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
-    "getsockname", "getpeername", "getsockopt", "brk", "munmap", "mremap", "mprotect", "madvise",
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
-    "sched_yield", "sched_getaffinity", "getpid", "gettid", "getppid", "getuid", "geteuid",
-    "getgid", "getegid", "getgroups", "getpgrp", "getrlimit", "getrusage", "times", "uname",
-    "getrandom", "futex", "exit", "exit_group",
-)
-"""System calls the worker may make with any arguments, once its snippet loop starts.
-Derived by tracing the benign workload (see the contract), plus what CPython's runtime
-needs on paths that workload did not take (signals to itself, sleeping, exiting)."""
-
-_SYSCALLS_CHECKED = ("open", "openat", "fcntl", "ioctl", "mmap", "prlimit64", "kill", "tkill",
-                     "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
-"""Allowed only with the arguments _seccomp_program checks (see its comments)."""
-
-_SYSCALLS_ENOSYS = ("clone3", "openat2")
-"""Refused with ENOSYS: glibc treats ENOSYS as "older kernel" and falls back (clone3 to clone,
-which is refused with EPERM). Every other call is refused with EPERM."""
-
 _O_WRONLY, _O_RDWR, _O_CREAT, _O_TRUNC, _O_APPEND = 0o1, 0o2, 0o100, 0o1000, 0o2000
 _O_ASYNC, _O_PATH, _O_TMPFILE = 0o20000, 0o10000000, 0o20000000
 _OPEN_REFUSED_FLAGS = _O_WRONLY | _O_RDWR | _O_CREAT | _O_TRUNC | _O_APPEND | _O_PATH | _O_TMPFILE
@@ -607,11 +927,11 @@ def _seccomp_program(machine: str, self_pid: int) -> list[tuple[int, int, int, i
     prog = [(LD, 0, 0, 4), (JEQ, 1, 0, audit_arch), (RET, 0, 0, KILL),  # another ABI (int 0x80)
             (LD, 0, 0, 0)]   # x32 numbers (bit 30 set) match no rule below: EPERM
 
-    for name in _SYSCALLS_ALLOWED:
+    for name in SYSCALLS_ALLOWED:
         nr = _NR[name][col]
         if nr is not None:
             prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ALLOW)]
-    for name in _SYSCALLS_ENOSYS:
+    for name in SYSCALLS_ENOSYS:
         nr = _NR[name][col]
         if nr is not None:
             prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ENOSYS)]
@@ -682,7 +1002,6 @@ def _seccomp_apply(machine: str) -> None:
 
 
 # -- capabilities --------------------------------------------------------------------------
-
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
@@ -714,7 +1033,6 @@ def _drop_capabilities() -> None:
 
 
 # -- what this machine offers (probed once, in the zygote) ---------------------------------
-
 def _nobody_ids() -> tuple[int, int]:
     try:
         import pwd
@@ -815,10 +1133,6 @@ def _probe() -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------
-# 3-6) The worker: isolation, then the snippet loop (runs in the zygote's forked child)
-# ---------------------------------------------------------------------------------------
-
 def _vm_size_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -915,6 +1229,10 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
     applied["seccomp"] = bool(probe.get("seccomp"))
     return applied
 
+
+# ---------------------------------------------------------------------------------------
+# 5) Running a snippet, inside the worker
+# ---------------------------------------------------------------------------------------
 
 class _FinalAnswer(BaseException):
     """Raised by final_answer(x). BaseException, so `except Exception` in a snippet misses it."""
@@ -1124,32 +1442,6 @@ class _Runner:
         return reply
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
-def _send_frame(sock: socket.socket, payload: bytes) -> None:
-    # MSG_NOSIGNAL: a caller that restored the default SIGPIPE action must get EPIPE from
-    # a dead worker, not die of the signal
-    sock.sendall(_LEN.pack(len(payload)) + payload, _NOSIGNAL)
-
-
-def _recv_frame(sock: socket.socket, limit: int = _MAX_CONTROL_FRAME) -> bytes:
-    (n,) = _LEN.unpack(_recv_exact(sock, 4))
-    if n > limit:
-        raise ValueError(f"frame of {n} bytes")
-    return _recv_exact(sock, n)
-
-
 def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> None:
     """The worker's whole life. Never returns: the caller of this is a forked zygote."""
     try:
@@ -1194,487 +1486,92 @@ def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, p
 
 
 # ---------------------------------------------------------------------------------------
-# 2) The zygote: a clean process that preloads the libraries and forks workers
+# 6) The reply, and the result the caller returns
 # ---------------------------------------------------------------------------------------
 
-def _warm_up() -> None:
-    """Import the lazily loaded parts and fill the caches that typical snippets hit, once,
-    in the zygote: every forked worker then starts warm (a first sympy.solve costs ~0.3 s)."""
-    try:
-        import sympy
-        x, y = sympy.symbols("x y")
-        sympy.solve(x**2 - 2, x)
-        sympy.solve([x + y - 3, x - y - 1], [x, y])
-        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
-        sympy.factor(x**2 - 1)
-        sympy.expand((x + 1) ** 3)
-        sympy.integrate(x**2, x)
-        sympy.limit(sympy.sin(x) / x, x, 0)
-        sympy.sympify("x**2 + 1")
-        sympy.factorint(360)
-        sympy.Rational(1, 3) + sympy.Rational(1, 6)
-    except Exception:
-        pass
-    try:
-        import numpy as np
-        a = np.array([[2.0, 1.0], [1.0, 3.0]])
-        np.linalg.det(a), np.linalg.inv(a), np.linalg.eig(a), np.linalg.solve(a, np.ones(2))
-    except Exception:
-        pass
+@dataclass
+class ExecResult:
+    """What one snippet did. `stdout` is what the model should see after the call."""
+
+    stdout: str = ""
+    """Printed output (stdout and stderr, in order), then the display of a bare last-line
+    expression: repr() of its value unless None, like IPython's Out without "Out[n]:".
+    Truncated to max_output_chars with a visible marker."""
+    error: str | None = None
+    """"ExceptionType: message (line N: <source line>)", a static-check rejection, or why
+    the worker was killed. None when the snippet finished without an exception."""
+    timed_out: bool = False
+    duration_s: float = 0.0
+    """Wall time from sending the snippet to its result, on the caller's clock. After an
+    eviction it includes the replay that rebuilt the session (not the ~10 ms worker start)."""
+    session_reset: bool = False
+    """The worker died or was killed: names defined before this snippet are lost."""
+    final_answer: Any = None
+    """The argument of final_answer(x), as JSON-safe data (str() for other objects)."""
+    is_final_answer: bool = False
+    """final_answer(...) was called (its argument may legitimately be None)."""
+    value: str | None = None
+    """The display text of the last-line expression, or None (also part of stdout)."""
+    printed: str = ""
+    """stdout without the display of the last expression (smolagents' "logs")."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+    @property
+    def error_type(self) -> str | None:
+        """The error's class, for counting: the exception's name ("ZeroDivisionError"),
+        "TimeoutError" for a timeout, "SandboxError" for a refused snippet or a lost worker."""
+        if self.error is None and not self.timed_out:
+            return None
+        if self.timed_out:
+            return "TimeoutError"
+        m = re.match(r"([A-Za-z_][\w.]*):", self.error)
+        return m.group(1) if m else "SandboxError"
 
 
-def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
-    ctrl = socket.socket(fileno=ctrl_fd)
-    # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
-    # clean environment does not carry), without the project directory: it is not a library
-    project = os.path.dirname(_THIS_FILE)
-    sys.path[:] = [p for p in caller_path if p and os.path.abspath(p) != project]
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
-    import importlib
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass       # not installed: a snippet importing it gets ModuleNotFoundError
-    _warm_up()
-    probe = _probe()
-    # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
-    # would wake the zygote. Dead workers are reaped once a second, or at once when the
-    # caller asks for one's exit status.
-    children: set[int] = set()
-    statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
-
-    def reap(pid: int = -1) -> None:
-        while True:
-            try:
-                got, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if got == 0:
-                return
-            children.discard(got)
-            statuses[got] = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
-                             else {"exit": os.WEXITSTATUS(status)})
-            while len(statuses) > 4096:
-                statuses.popitem(last=False)
-            if pid != -1:
-                return
-
-    gc.collect()
-    gc.freeze()   # forked workers then leave the preloaded objects' pages shared
-    _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
-    while True:
-        try:
-            readable, _, _ = select.select([ctrl], [], [], 1.0)
-        except InterruptedError:
-            readable = []
-        reap()
-        if os.getppid() != parent_pid:
-            break          # the caller died (a forked copy of it may still hold the socket)
-        if ctrl not in readable:
-            continue
-        try:
-            request = json.loads(_recv_frame(ctrl))
-        except (EOFError, OSError, ValueError):
-            break          # the caller closed the control socket or went away
-        if request.get("op") == "spawn":
-            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            out_fd = (os.memfd_create("deepmath-sandbox-output", os.MFD_CLOEXEC)
-                      if hasattr(os, "memfd_create") else _anonymous_tempfile())
-            zygote_pid = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    ctrl.close()
-                    parent_end.close()
-                    _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
-                except BaseException as e:
-                    os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
-                finally:
-                    os._exit(70)
-            children.add(pid)
-            fds = [parent_end.fileno(), out_fd]
-            pidfd = None
-            if hasattr(os, "pidfd_open"):
-                try:
-                    pidfd = os.pidfd_open(pid)
-                    fds.append(pidfd)
-                except OSError:
-                    pidfd = None
-            payload = json.dumps({"pid": pid, "pidfd": pidfd is not None}).encode()
-            try:
-                socket.send_fds(ctrl, [_LEN.pack(len(payload)) + payload], fds)
-            except OSError:
-                break
-            finally:
-                for fd in (out_fd, pidfd):
-                    if fd is not None:
-                        os.close(fd)
-                parent_end.close()
-                child_end.close()
-        elif request.get("op") == "status":
-            pid = int(request["pid"])
-            deadline = time.monotonic() + 2.0
-            while pid in children and pid not in statuses and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.002)
-            _send_frame(ctrl, json.dumps(statuses.get(pid, {})).encode())
-    # the caller is gone: take every worker with us
-    for pid in list(children):
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    for pid in list(children):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    os._exit(0)
+def _truncate(text: str, limit: int, hidden: int = 0) -> str:
+    """Cut `text` to `limit` characters and add a marker saying how much was hidden."""
+    if len(text) > limit:
+        hidden += len(text) - limit
+        text = text[:limit]
+    if hidden > 0:
+        text += f"\n... [output truncated: {hidden} more characters]"
+    return text
 
 
-def _anonymous_tempfile() -> int:
-    import tempfile
-    f = tempfile.TemporaryFile()
-    fd = os.dup(f.fileno())
-    f.close()
-    return fd
+def _clean_text(s: str | None) -> str | None:
+    """Text from the worker may hold lone surrogates (via JSON escapes): make it encodable."""
+    return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
 
 
-try:
-    import resource
-    _CAN_PRLIMIT = hasattr(resource, "prlimit")
-except ImportError:   # not POSIX
-    resource = None
-    _CAN_PRLIMIT = False
-_RAISE_HARD_LIMITS = os.name == "posix" and os.geteuid() == 0
-
-
-# ---------------------------------------------------------------------------------------
-# 3, 7, 8) The caller's side: zygote client, workers, pool, sessions
-# ---------------------------------------------------------------------------------------
-
-class _SandboxStartError(RuntimeError):
-    pass
-
-
-class _ZygoteClient:
-    """One per calling process. All requests are serialised by a lock; every wait has a deadline."""
-
-    START_TIMEOUT_S = 180.0
-    REQUEST_TIMEOUT_S = 30.0
-
-    def __init__(self) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        path = json.dumps([p for p in sys.path if isinstance(p, str)])
-        self.proc = subprocess.Popen(
-            [sys.executable, _THIS_FILE, "--zygote", str(child_end.fileno()), str(os.getpid()), path],
-            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env=dict(ZYGOTE_ENV), close_fds=True, start_new_session=True)
-        child_end.close()
-        self.sock = parent_end
-        self.lock = threading.Lock()
-        self.owner_pid = os.getpid()
-        self.probe: dict | None = None
-        self.dead = False
-
-    def _recv(self, deadline: float, with_fds: bool = False) -> tuple[dict, list[int]]:
-        fds: list[int] = []
-        buf = b""
-        while len(buf) < 4 or len(buf) < 4 + _LEN.unpack(buf[:4])[0]:
+def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
+    """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
+    def exact(n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("the sandbox zygote did not answer in time")
-            self.sock.settimeout(remaining)
-            if with_fds and not buf:
-                # CLOEXEC: the worker's fds must not leak into programs the caller execs
-                data, new_fds, _, _ = socket.recv_fds(self.sock, 65536, 4, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-                fds.extend(new_fds)
-            else:
-                data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("the sandbox zygote exited")
-            buf += data
-        return json.loads(buf[4:]), fds
+                raise TimeoutError
+            sock.settimeout(remaining)
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError
+            got += k
+        return bytes(buf)
 
-    def _ensure_ready(self) -> dict:
-        if self.probe is None:
-            msg, _ = self._recv(time.monotonic() + self.START_TIMEOUT_S)
-            self.probe = msg["probe"]
-        return self.probe
-
-    def spawn(self, cfg: dict) -> "_Worker":
-        with self.lock:
-            try:
-                probe = self._ensure_ready()
-                _send_frame(self.sock, json.dumps({"op": "spawn", "cfg": cfg}).encode())
-                msg, fds = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S, with_fds=True)
-            except (OSError, EOFError, ValueError, KeyError) as e:
-                self.dead = True
-                raise _SandboxStartError(f"the sandbox could not start a worker: {e}") from None
-        sock = socket.socket(fileno=fds[0])
-        worker = _Worker(msg["pid"], sock, fds[1], fds[2] if len(fds) > 2 else None, probe)
-        worker.zygote = self
-        return worker
-
-    def status(self, pid: int) -> dict:
-        with self.lock:
-            if self.dead:
-                return {}
-            try:
-                _send_frame(self.sock, json.dumps({"op": "status", "pid": pid}).encode())
-                msg, _ = self._recv(time.monotonic() + self.REQUEST_TIMEOUT_S)
-                return msg
-            except (OSError, EOFError, ValueError):
-                self.dead = True
-                return {}
-
-    def close(self) -> None:
-        self.dead = True
-        try:
-            self.sock.close()   # the zygote sees EOF, kills its workers and exits
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+    (n,) = _LEN.unpack(exact(4))
+    if n > limit:
+        raise ValueError(f"reply of {n} bytes")
+    return exact(n)
 
 
-class _Worker:
-    """The caller's handle on one worker process: socket, output memfd, pidfd."""
-
-    def __init__(self, pid: int, sock: socket.socket, out_fd: int, pidfd: int | None, probe: dict):
-        self.pid, self.sock, self.out_fd, self.pidfd = pid, sock, out_fd, pidfd
-        self.probe = probe
-        self.seq = 0
-        self.killed = False
-        self.released = False
-        self.isolation: dict = {}
-        self.zygote: _ZygoteClient | None = None
-        self.ran_s = 0.0          # wall time it was allowed to run: an upper bound on its CPU time
-        self._lock = threading.Lock()
-
-    def alive(self) -> bool:
-        if self.pidfd is None:
-            return not self.killed
-        return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd turns readable on exit
-
-    def _signal(self, sig: int) -> None:
-        """Signal exactly this process (the pidfd cannot point at a reused pid)."""
-        try:
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, sig)
-            elif not self.killed:
-                os.kill(self.pid, sig)
-        except OSError:
-            pass
-
-    def pause(self) -> None:
-        """SIGSTOP after each reply: a worker that answered early (a forged reply) and kept
-        computing is frozen until the next snippet is sent, and its time then counts."""
-        self._signal(signal.SIGSTOP)
-
-    def resume(self, budget_s: float) -> None:
-        """Before sending a snippet: cap the worker's total CPU time at what it may have used
-        so far (ran_s >= its CPU time: it has one thread) + this snippet's budget + 1 s, then
-        SIGCONT. The caller sets the limit from outside; seccomp keeps the worker from
-        changing it. Where the caller may raise hard limits again (CAP_SYS_RESOURCE, i.e.
-        root), hard = soft + 1 s; otherwise the hard limit stays where it was."""
-        if _CAN_PRLIMIT and self.alive():
-            soft = math.ceil(self.ran_s + budget_s) + 1
-            try:
-                hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
-                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
-            except (OSError, ValueError):
-                pass   # it exited meanwhile; the wall clock still bounds it
-        self._signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group, then the worker itself. The pidfd makes the
-        second one immune to pid reuse; the group is signalled only while its leader is
-        alive, so its id cannot have been reused either."""
-        with self._lock:
-            if self.released:
-                return
-            self.killed = True
-            try:
-                if self.alive():
-                    os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                if self.pidfd is not None:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                else:
-                    os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    def read_output(self, max_chars: int) -> tuple[str, int]:
-        """The worker's output so far (bounded read) and how many bytes were left unread."""
-        try:
-            size = os.fstat(self.out_fd).st_size
-            data = os.pread(self.out_fd, min(size, 4 * max_chars + 4096), 0)
-        except OSError:
-            return "", 0
-        return data.decode("utf-8", "replace"), max(size - len(data), 0)
-
-    def release(self) -> None:
-        """Kill (if needed) and close our fds. Idempotent."""
-        self.kill()
-        with self._lock:
-            if self.released:
-                return
-            self.released = True
-            for close in (self.sock.close, lambda: os.close(self.out_fd),
-                          lambda: self.pidfd is not None and os.close(self.pidfd)):
-                try:
-                    close()
-                except OSError:
-                    pass
-
-
-class _Pool:
-    """Process-wide bookkeeping: the zygote, live workers, running snippets, idle LRU."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.max_workers = DEFAULT_MAX_WORKERS
-        self.max_running = DEFAULT_MAX_RUNNING
-        self.running = 0
-        self.live = 0
-        self.idle: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
-        self.sessions: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-        self.zygote: _ZygoteClient | None = None
-        self.zygote_lock = threading.Lock()
-        self.stats = collections.Counter()
-
-    def get_zygote(self) -> _ZygoteClient:
-        with self.zygote_lock:
-            z = self.zygote
-            if z is None or z.dead or z.proc.poll() is not None:
-                if z is not None:
-                    z.close()
-                self.zygote = z = _ZygoteClient()
-                self.stats["zygotes_started"] += 1
-            return z
-
-    def begin_run(self, session: "Sandbox") -> None:
-        with self.cond:
-            while self.running >= self.max_running:
-                self.cond.wait()
-            self.running += 1
-            self.idle.pop(id(session), None)
-
-    def end_run(self, session: "Sandbox") -> None:
-        with self.cond:
-            self.running -= 1
-            if session._worker is not None and not session._closed:
-                self.idle[id(session)] = weakref.ref(session)
-            self.cond.notify_all()
-
-    def reserve_worker_slot(self) -> None:
-        """Make room for one more live worker, evicting the least recently used idle one."""
-        with self.cond:
-            while self.live >= self.max_workers:
-                victim = None
-                while self.idle and victim is None:
-                    _, ref = self.idle.popitem(last=False)
-                    victim = ref()
-                if victim is not None:
-                    victim._evict_locked()
-                    continue
-                self.cond.wait()
-            self.live += 1
-
-    def worker_gone(self) -> None:
-        with self.cond:
-            self.live -= 1
-            self.cond.notify_all()
-
-    def forget(self, session: "Sandbox") -> None:
-        with self.cond:
-            self.idle.pop(id(session), None)
-
-    def shutdown(self) -> None:
-        for s in list(self.sessions):
-            s.close()
-        with self.zygote_lock:
-            if self.zygote is not None:
-                self.zygote.close()
-                self.zygote = None
-
-
-_POOL = _Pool()
-
-
-def set_limits(max_workers: int | None = None, max_running: int | None = None) -> None:
-    """Bound this process's live worker processes and concurrently running snippets.
-    max_workers is raised to max_running if lower (each running snippet needs a worker)."""
-    with _POOL.cond:
-        if max_running is not None:
-            _POOL.max_running = max(1, int(max_running))
-        if max_workers is not None:
-            _POOL.max_workers = max(1, int(max_workers))
-        _POOL.max_workers = max(_POOL.max_workers, _POOL.max_running)
-        _POOL.cond.notify_all()
-
-
-def pool_stats() -> dict:
-    """Counters for benchmarks and debugging: workers spawned/evicted, snippets replayed..."""
-    with _POOL.cond:
-        return dict(_POOL.stats, live_workers=_POOL.live, running=_POOL.running,
-                    max_workers=_POOL.max_workers, max_running=_POOL.max_running)
-
-
-def isolation_report() -> dict:
-    """What this machine offers, as probed by the zygote (starts it if needed)."""
-    z = _POOL.get_zygote()
-    with z.lock:
-        return dict(z._ensure_ready())
-
-
-def shutdown() -> None:
-    """Close every session and stop the zygote. Runs at interpreter exit."""
-    _POOL.shutdown()
-
-
-atexit.register(shutdown)
-
-
-def _after_fork_in_child() -> None:
-    """A forked copy of the caller (a DataLoader worker, say) must not touch the parent's
-    workers or zygote: forget them without killing anything; it gets its own on demand."""
-    global _POOL
-    old = _POOL
-    _POOL = _Pool()
-    _POOL.max_workers, _POOL.max_running = old.max_workers, old.max_running
-    for s in list(old.sessions):
-        w = s._worker
-        if w is not None:
-            for close in (w.sock.close, lambda: os.close(w.out_fd),
-                          lambda: w.pidfd is not None and os.close(w.pidfd)):
-                try:
-                    close()
-                except OSError:
-                    pass
-            s._worker = None
-            s._history.clear()
-        s._lock = threading.Lock()
-        _POOL.sessions.add(s)
-    if old.zygote is not None:
-        try:
-            old.zygote.sock.close()
-        except OSError:
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
+# ---------------------------------------------------------------------------------------
+# 7) A session (Sandbox): the caller's side of steps 5-7 (send, wait, stop, read) and failures
+# ---------------------------------------------------------------------------------------
 
 class Sandbox:
     """One session: one solution trajectory. Names, functions and imports persist across
@@ -1996,32 +1893,147 @@ class Sandbox:
                           final_answer=reply.get("fav") if fa else None, is_final_answer=fa)
 
 
-def _clean_text(s: str | None) -> str | None:
-    """Text from the worker may hold lone surrogates (via JSON escapes): make it encodable."""
-    return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
+# ---------------------------------------------------------------------------------------
+# 8) Many sessions: the worker bound, eviction, run_batch
+# ---------------------------------------------------------------------------------------
+
+class _Pool:
+    """Process-wide bookkeeping: the zygote, live workers, running snippets, idle LRU."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.max_workers = DEFAULT_MAX_WORKERS
+        self.max_running = DEFAULT_MAX_RUNNING
+        self.running = 0
+        self.live = 0
+        self.idle: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
+        self.sessions: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+        self.zygote: _ZygoteClient | None = None
+        self.zygote_lock = threading.Lock()
+        self.stats = collections.Counter()
+
+    def get_zygote(self) -> _ZygoteClient:
+        with self.zygote_lock:
+            z = self.zygote
+            if z is None or z.dead or z.proc.poll() is not None:
+                if z is not None:
+                    z.close()
+                self.zygote = z = _ZygoteClient()
+                self.stats["zygotes_started"] += 1
+            return z
+
+    def begin_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            while self.running >= self.max_running:
+                self.cond.wait()
+            self.running += 1
+            self.idle.pop(id(session), None)
+
+    def end_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.running -= 1
+            if session._worker is not None and not session._closed:
+                self.idle[id(session)] = weakref.ref(session)
+            self.cond.notify_all()
+
+    def reserve_worker_slot(self) -> None:
+        """Make room for one more live worker, evicting the least recently used idle one."""
+        with self.cond:
+            while self.live >= self.max_workers:
+                victim = None
+                while self.idle and victim is None:
+                    _, ref = self.idle.popitem(last=False)
+                    victim = ref()
+                if victim is not None:
+                    victim._evict_locked()
+                    continue
+                self.cond.wait()
+            self.live += 1
+
+    def worker_gone(self) -> None:
+        with self.cond:
+            self.live -= 1
+            self.cond.notify_all()
+
+    def forget(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.idle.pop(id(session), None)
+
+    def shutdown(self) -> None:
+        for s in list(self.sessions):
+            s.close()
+        with self.zygote_lock:
+            if self.zygote is not None:
+                self.zygote.close()
+                self.zygote = None
 
 
-def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
-    """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
-    def exact(n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            k = sock.recv_into(view[got:])
-            if k == 0:
-                raise EOFError
-            got += k
-        return bytes(buf)
+_POOL = _Pool()
 
-    (n,) = _LEN.unpack(exact(4))
-    if n > limit:
-        raise ValueError(f"reply of {n} bytes")
-    return exact(n)
+
+def set_limits(max_workers: int | None = None, max_running: int | None = None) -> None:
+    """Bound this process's live worker processes and concurrently running snippets.
+    max_workers is raised to max_running if lower (each running snippet needs a worker)."""
+    with _POOL.cond:
+        if max_running is not None:
+            _POOL.max_running = max(1, int(max_running))
+        if max_workers is not None:
+            _POOL.max_workers = max(1, int(max_workers))
+        _POOL.max_workers = max(_POOL.max_workers, _POOL.max_running)
+        _POOL.cond.notify_all()
+
+
+def pool_stats() -> dict:
+    """Counters for benchmarks and debugging: workers spawned/evicted, snippets replayed..."""
+    with _POOL.cond:
+        return dict(_POOL.stats, live_workers=_POOL.live, running=_POOL.running,
+                    max_workers=_POOL.max_workers, max_running=_POOL.max_running)
+
+
+def isolation_report() -> dict:
+    """What this machine offers, as probed by the zygote (starts it if needed)."""
+    z = _POOL.get_zygote()
+    with z.lock:
+        return dict(z._ensure_ready())
+
+
+def shutdown() -> None:
+    """Close every session and stop the zygote. Runs at interpreter exit."""
+    _POOL.shutdown()
+
+
+atexit.register(shutdown)
+
+
+def _after_fork_in_child() -> None:
+    """A forked copy of the caller (a DataLoader worker, say) must not touch the parent's
+    workers or zygote: forget them without killing anything; it gets its own on demand."""
+    global _POOL
+    old = _POOL
+    _POOL = _Pool()
+    _POOL.max_workers, _POOL.max_running = old.max_workers, old.max_running
+    for s in list(old.sessions):
+        w = s._worker
+        if w is not None:
+            for close in (w.sock.close, lambda: os.close(w.out_fd),
+                          lambda: w.pidfd is not None and os.close(w.pidfd)):
+                try:
+                    close()
+                except OSError:
+                    pass
+            s._worker = None
+            s._history.clear()
+        s._lock = threading.Lock()
+        _POOL.sessions.add(s)
+    if old.zygote is not None:
+        try:
+            old.zygote.sock.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_batch(sandboxes: Sequence[Sandbox], codes: Sequence[str], max_running: int | None = None) -> list[ExecResult]:
@@ -2042,7 +2054,7 @@ def run_batch(sandboxes: Sequence[Sandbox], codes: Sequence[str], max_running: i
 
 
 # ---------------------------------------------------------------------------------------
-# 9) smolagents adapter (built on first access, so importing executor never imports smolagents)
+# 9) The smolagents adapter (built on first access, so importing executor never imports smolagents)
 # ---------------------------------------------------------------------------------------
 
 class SandboxCodeError(Exception):
