@@ -33,9 +33,10 @@ smolagents' CodeAgent runs ReAct turns: the model writes a message with a code b
 message is closed, the result comes back as a new user message ("Observation: ..."), a new
 assistant turn starts, and the run ends only when the code calls final_answer(). DeepMath
 keeps ONE assistant message: the output block is inserted into it and the model continues
-the same message -- for a thinking model such as Qwen3-4B-Thinking, inside its <think> block,
-which is where the paper's Figure 2 shows the output. Why:
-  - the model writes, and the paper trains, one uninterrupted trace per problem;
+the same message -- for a thinking model such as Qwen3-4B-Thinking, inside its <think> block.
+The paper says the output "is inserted into the trace and used for context" (Figure 2) and
+that its agent generates the GRPO completions (Figure 1); one message is our reading. Why:
+  - the model writes one uninterrupted trace per problem, and that trace is what is trained;
   - TRL's GRPO scores and trains exactly one completion per prompt (executor output masked
     inside it), so rollout.py produces that shape, and inference must use the same format the
     model was trained on;
@@ -85,12 +86,11 @@ counts agent calls, as Budget and rollout.py do, so it hands max_steps + 1 to Co
 
 Departures from the paper
 -------------------------
-  - Layout of the examples: the paper puts its 4 examples inside the system prompt, for a 4B
-    model. layout="turns" gives them as earlier user/assistant turns instead: that is what
-    makes the 135M model this project runs offline call the tool correctly. Measured here
-    (greedy SmolLM2-135M, VLLMAgentModel, 20 random 3-digit products): "turns" 16/20 right,
-    each of them through a tool call; "system" 0/20, and not one tool call. "system" is the
-    default, and every reported result names its layout.
+  - Layout of the examples: the paper says only that the prompt includes 4 solved examples.
+    layout="system" (the default) writes them into the system prompt, after the instruction;
+    layout="turns" gives them as earlier user/assistant turns instead, which is what makes the
+    135M model this project runs offline call the tool correctly: bench/tool_use.py counts both
+    (README's agent table). Every reported result names its layout.
   - Our own instruction and examples (prompts/), not the paper's.
   - MathAgent checks the token budget between chunks, so a chunk may run past it by at most
     max_new_tokens (rollout.py enforces it token by token). Output blocks are cut by the same
@@ -177,7 +177,7 @@ MODES = ("agent", "baseline")
 """agent: instruction and solved examples, agent calls run. baseline: no agent at all (the
 paper's Baseline and +GRPO ablations)."""
 LAYOUTS = ("system", "turns")
-"""Where the solved examples go: inside the system prompt (the paper's choice, for a 4B model)
+"""Where the solved examples go: inside the system prompt (the default; the paper only says 4 are included)
 or as earlier user/assistant chat turns (what a 135M model needs to call the tool correctly)."""
 
 SYSTEM_LAYOUT_INTRO = "Solved examples, in the exact format to follow:"
@@ -267,7 +267,7 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system") ->
 
     mode "agent": a system message with the instruction (prompts/agent_instruction.txt), the
     solved examples (prompts/examples.txt), then the problem as the user message. Layout
-    "system" writes the examples into the system message, as the paper does; layout "turns"
+    "system" writes the examples into the system message (the default); layout "turns"
     gives each one as a user turn (its problem) and an assistant turn (its solution).
     mode "baseline": one user message, prompts/baseline.txt with the problem filled in. There
     are no examples, so the layout changes nothing.
@@ -526,7 +526,7 @@ class MathAgent(CodeAgent):
     model: a smolagents model (TransformersModel, VLLMModel/VLLMAgentModel, OpenAIServerModel
     against vLLM, or any Model that continues a final assistant message). The agent
     configures it for same-turn continuation (enable_continuation).
-    layout: where the solved examples go ("system" as in the paper, or "turns").
+    layout: where the solved examples go ("system", the default, or "turns").
     max_steps: agent calls per problem (Budget.max_steps); smolagents gets max_steps + 1 turns.
     max_tokens: completion token budget per problem (Budget.max_tokens).
     max_output_tokens: executor output tokens shown per call (Budget.max_output_tokens), cut by
@@ -892,7 +892,7 @@ class Config:
     """transformers (in process, runs anywhere), vllm (in-process vLLM engine) or openai (a
     running vLLM OpenAI-compatible server at --api-base)."""
     layout: str = "system"
-    """Where the solved examples go: system (inside the system prompt, as in the paper) or
+    """Where the solved examples go: system (inside the system prompt, the default) or
     turns (earlier chat turns; what makes SmolLM2-135M call the tool correctly)."""
     max_steps: int = 8
     """Agent calls per problem; a chunk that would make one more call ends the run."""

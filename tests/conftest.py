@@ -34,8 +34,12 @@ DATA = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """../shared/data: the benchmark JSONL files (MATH-500, AIME, HMMT, HLE, a training sample),
+    built from public repositories as shared/data/SOURCES.md says. CI's checkout has it beside
+    the repo; a bare clone does not, and the tests that read it skip, naming where it comes from."""
     if not DATA.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA} (the checkout's sibling shared/data)")
+        pytest.skip(f"benchmark data not found at {DATA}: it is the checkout's sibling shared/data, "
+                    f"JSONL files built from public repositories (see shared/data/SOURCES.md)")
     return DATA
 
 

@@ -3,7 +3,7 @@ Tier 3 smoke runs of the benchmark scripts: each runs end to end on a tiny budge
 its machine-readable RESULT line. Nothing here checks a speed: bench/ measures, tests do not
 (the figures move with machine load); this only keeps the scripts from rotting.
 
-Run:  .venv/bin/python -m pytest tests/test_bench.py -q        (about 2 minutes on 2 CPU cores)
+Run:  .venv/bin/python -m pytest tests/test_bench.py -q        (about 3 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -36,3 +36,8 @@ def test_rollout_bench_quick(smollm2_dir):
     result = run_bench("rollout.py", "--quick", "--model", smollm2_dir)
     assert set(result) == {"batched_vs_sequential", "agent_vs_plain"}
     assert all(v > 0 for v in result.values())
+
+
+def test_tool_use_bench_quick(smollm2_dir):
+    result = run_bench("tool_use.py", "--n", "1", "--layouts", "turns", "--model", smollm2_dir)
+    assert set(result) == {"turns_correct", "turns_called", "n"} and result["n"] == 1

