@@ -11,41 +11,50 @@ This file is standalone (stdlib, plus the math libraries that snippets may impor
 has no torch, vllm, trl, pyseccomp or landlock import, so it can be copied into other
 projects. The smolagents adapter imports smolagents only when you ask for it.
 
-Data flow (the numbers match the step comments in the code):
+Data flow (the numbers match the section banners and step comments in the code):
 
+  0) The allow-lists come first: AST node types, imports, builtins, system calls, and the
+     zygote's environment.
   1) Static check, in the caller. Parse the snippet to an AST. Reject node types that
      are not in ALLOWED_NODES, imports that are not in ALLOWED_IMPORTS, dunder names and
      attributes, frame and code attributes, and string literals that look like dunders.
      A rejection comes back as ExecResult.error. Nothing is raised, and nothing runs.
   2) The zygote. On first use, each calling process starts one clean helper process
      (`python executor.py --zygote`). It is NOT a fork of the caller, which may hold
-     torch or vLLM threads. Before it imports numpy, it sets the BLAS/OpenMP thread counts
-     to 1: a forked child cannot use a thread pool made by its parent. It then preloads
-     the allowed libraries, runs a few warm-up calls so their lazy imports and caches are
-     done once, calls gc.freeze() so forked children share those pages, and probes which
-     isolation layers this machine supports. It exits when its caller does: it watches its
-     control socket and its parent pid. (PR_SET_PDEATHSIG would fire when the *thread* that
-     started it exits, such as a run_batch pool thread, and take every session with it.)
+     torch or vLLM threads, and it is exec'd with ZYGOTE_ENV as its whole environment:
+     nothing of the caller's environment (tokens, keys) reaches it or its workers. It
+     sets one BLAS/OpenMP thread, preloads the allowed libraries, runs a few warm-up calls
+     so their lazy imports and caches are done once, calls gc.freeze() so forked children
+     share those pages, and probes which isolation layers this machine supports. It exits
+     when its caller does: it watches its control socket and its parent pid.
+     (PR_SET_PDEATHSIG would fire when the *thread* that started it exits, such as a
+     run_batch pool thread, and take every session with it.)
   3) A session's worker. The first run() of a Sandbox asks the zygote for a worker. The
      zygote forks one, and passes the caller three file descriptors (socket.send_fds):
      the worker's socket, its output file (a memfd) and a pidfd. After that, snippets go
-     straight from caller to worker and never pass through the zygote.
+     straight from caller to worker and never pass through the zygote. The caller keeps
+     the worker stopped (SIGSTOP) whenever no snippet of its session is running.
   4) Isolation, applied by the worker to itself before any untrusted code runs:
-     a new session and process group; death with its parent; fds 1 and 2 pointed at the
-     output memfd; rlimits (address space, file size, open files, core); capabilities
-     dropped (or uid changed to nobody where the libraries stay readable); no_new_privs;
-     Landlock (read-only, and only for the Python and library trees; no TCP; no signals
-     or abstract sockets outside the sandbox); a seccomp filter. See THREAT MODEL below.
-  5) Running a snippet. The caller sends the source and starts the clock. The worker
+     a new session and process group; death with the zygote (PR_SET_PDEATHSIG, which
+     seccomp then keeps from being cleared); fds 1 and 2 pointed at the output memfd;
+     rlimits with hard = soft (address space, file size, open files, core, locked memory,
+     message queues); capabilities dropped (or uid changed to nobody where the libraries
+     stay readable); no_new_privs; Landlock (read-only, and only for the Python and library
+     trees; no TCP; no signals or abstract sockets outside the sandbox); and last a seccomp
+     ALLOW-list (SYSCALLS_ALLOWED, SYSCALLS_CHECKED). See THREAT MODEL below.
+  5) Running a snippet. The caller sets the worker's CPU-time limit (prlimit, from
+     outside), continues it (SIGCONT), sends the source and starts its clock. The worker
      compiles it once and runs it with plain exec(): no tracing and no per-node
      interpretation, so loops run at native speed. Builtins are restricted, and imports
      go through the allow-list again. If the last line is a bare expression, the worker
      shows its repr(), as IPython does. Output is capped in the worker and written to
      the memfd.
   6) The reply. The worker sends a small JSON message: error text, last value, final
-     answer. It never sends pickle: after running a snippet, the worker is untrusted.
-     The caller reads the output from the memfd (bounded), truncates it with a visible
-     marker, and returns an ExecResult.
+     answer. It never sends pickle. The caller stops the worker the moment a reply
+     arrives, and from then on treats it as untrusted: the reply is checked field by
+     field, duration_s is the caller's own clock, and a final answer counts only in a
+     session that enabled final_answer(). The caller reads the output from the memfd
+     (bounded), truncates it with a visible marker, and returns an ExecResult.
   7) Failures. If the deadline passes, the caller kills the worker's whole process group,
      whatever the worker is doing. If the worker dies (memory, crash, a snippet that
      kills itself), the caller asks the zygote for the exit status. Either way the result
@@ -56,60 +65,85 @@ Data flow (the numbers match the step comments in the code):
      os.cpu_count()) and max_workers (live worker processes, default 32 * cpu_count). When
      the worker limit is hit, the least recently used idle session loses its worker. Its
      next run() rebuilds it in a new worker by replaying its earlier snippets, without
-     their output. Each session's `random` and numpy seeds are fixed, and PYTHONHASHSEED
-     is fixed, so replay reproduces the state of deterministic snippets.
+     their output, and the new worker's start, the replay and the snippet share that
+     run's one deadline: run() returns within timeout_s even then (if the replay does not
+     fit, the result is a timeout that says the session was lost). We keep replay, bounded
+     this way, rather than a fixed number of live sessions: a GRPO step holds hundreds of
+     sessions (prompts x generations), most of them idle at any moment, and a session
+     that waits for a free worker while idle sessions hold them all would never run.
+     Each session's `random` and numpy seeds are fixed, and PYTHONHASHSEED is fixed, so
+     replay reproduces the state of deterministic snippets.
   9) The smolagents adapter, SandboxExecutor, puts a Sandbox behind smolagents'
      PythonExecutor interface, so that CodeAgent(executor=SandboxExecutor()) works.
 
 Departures from the paper, and why:
   - The paper gives no details of its sandbox. Ours uses OS isolation (one process per
     session, seccomp, Landlock, rlimits), because an AST check alone is not a boundary:
-    sympy.sympify, parse_expr and lambdify call eval() on strings, and numpy.load,
-    fromfile, loadtxt and memmap read files.
+    sympy.sympify, parse_expr and lambdify call eval() on strings, numpy.load, fromfile,
+    loadtxt and memmap read files, and private module attributes (`random._os`, then
+    `os.sys.modules['ctypes']`) reach libc without a single dunder.
   - Snippets run natively with exec(). The executor that smolagents ships (LocalPythonExecutor)
     interprets every AST node itself, and is 20-80 times slower on loops.
   - Integers print without the 4300-digit limit, because a math agent works with big
     numbers. The timeout bounds the quadratic cost.
+  - The import allow-list adds to the paper's stack what a solver reaches for next:
+    mpmath, heapq, bisect, numbers, string, copy (ALLOWED_IMPORTS says why each is safe).
   - final_answer() is available only when asked for (the smolagents adapter asks). The
     DeepMath protocol itself reads a \\boxed{} answer from the text.
 
-THREAT MODEL. The snippet is hostile. It may reach any Python object inside the worker,
-for example through sympify("...") or through a module attribute such as
-sympy.utilities.misc.os. The static check and the restricted builtins only reduce that
-surface; they are not the boundary. The boundary is the worker process, with these
-layers:
+THREAT MODEL. The snippet is hostile, and can reach any Python object in the worker, libc
+included: `random._os` is `os`, `os.sys.modules['ctypes']` is ctypes, and
+ctypes.CDLL(None) makes raw system calls. The static check and the restricted builtins
+only reduce that surface; they are not the boundary. The boundary is the worker process,
+seen from the kernel: the seccomp allow-list, Landlock, rlimits and privileges, and the
+caller that stops and kills it.
 
-  effect                        layer (Linux, all present on the development machine)
-  ----------------------------  ----------------------------------------------------------
-  run past the time limit       caller-side wall clock and SIGKILL of the process group;
-                                RLIMIT_CPU as a backstop; new threads are refused, so CPU
-                                time cannot exceed wall time
-  exhaust memory                RLIMIT_AS = the preloaded baseline + memory_mb (MemoryError
-                                inside the snippet); the worker limit bounds how many
-                                workers live at once
-  flood output                  cap in the worker's writer, RLIMIT_FSIZE on the memfd, and
-                                a bounded read in the caller
-  new processes / exec          seccomp: fork, vfork, clone, clone3, execve and execveat
-                                are refused (threads too)
-  write, create or delete files seccomp: open/openat with write/create/truncate flags,
-                                creat, unlink*, rename*, mkdir*, link*, chmod*, chown*,
-                                truncate, xattrs, mknod; Landlock grants no write right at all
-  read files                    Landlock: read-only access to the Python prefix, the site-
-                                packages of the preloaded libraries, and system library
-                                dirs. /etc/passwd, /tmp, /proc and the project are unreadable.
-  network                       seccomp: socket, socketpair, connect, bind, listen, accept;
-                                Landlock: no TCP bind/connect (ABI >= 4)
-  signal or ptrace other procs  seccomp: kill, tgkill and sigqueue are allowed only on the
-                                worker's own pid; ptrace, process_vm_*, pidfd_* and kcmp are
-                                refused; Landlock signal scope (ABI >= 6)
-  change limits or privileges   capabilities are dropped (bounding set too), so hard limits
-                                cannot be raised; no_new_privs; prlimit/sched_set* only on self
-  kernel attack surface         seccomp refuses mount, bpf, perf_event_open, io_uring,
-                                userfaultfd, keyctl, unshare/setns, module and clock calls,
-                                and every syscall numbered above the table (newer than 6.x)
-  hurt the caller               the caller never unpickles worker data; replies are JSON of
-                                bounded size, parsed under try; all waits have deadlines;
-                                fds are never inherited; the zygote dies when its caller does
+  effect                         layer (Linux, all present on the development machine)
+  -----------------------------  ---------------------------------------------------------
+  run past the time limit        caller-side wall clock and SIGKILL of the process group;
+                                 RLIMIT_CPU set by the caller before each snippet (the worker
+                                 cannot raise it); threads are refused, so CPU <= wall time
+  compute between snippets       SIGSTOP the moment a reply arrives (a forged early reply
+                                 included), SIGCONT only when the next snippet is sent
+  exhaust memory                 RLIMIT_AS = the preloaded baseline + memory_mb, hard; no
+                                 SysV shm, no shared anonymous mappings, no memfd, no pipes;
+                                 the worker limit bounds how many workers live at once
+  flood output                   cap in the worker's writer, RLIMIT_FSIZE on the memfd, and
+                                 a bounded read in the caller
+  new processes / threads / exec fork, vfork, clone, clone3, execve, execveat: not allowed
+  write, create or delete files  open/openat only read-only (no O_PATH either); every other
+                                 file-changing call is not allowed; Landlock grants no write
+                                 right at all; ioctl is limited to five harmless requests
+                                 (no FS_IOC_SETFLAGS)
+  read files                     Landlock: read-only access to the Python installation, the
+                                 site-packages of the preloaded libraries, and system library
+                                 dirs. /etc/passwd, /tmp, /proc and the project are unreadable
+  read the caller's secrets      ZYGOTE_ENV is the whole environment; no fd of the caller is
+                                 inherited; /proc is unreadable (Landlock)
+  channels across sessions/runs  SysV IPC (shm, msg, sem), POSIX mqueues, sockets, pipes:
+                                 not allowed; RLIMIT_MSGQUEUE = 0
+  watch the host                 inotify and fanotify: not allowed; fcntl F_NOTIFY refused
+  network                        socket, socketpair, connect, bind...: not allowed (only
+                                 sendto/recvfrom on the socket it was given); Landlock: no
+                                 TCP bind/connect (ABI >= 4)
+  signal or ptrace other procs   kill, tkill, tgkill and sigqueue only to its own pid;
+                                 fcntl F_SETOWN/F_SETSIG/O_ASYNC and ioctl FIOASYNC/FIOSETOWN
+                                 refused (the SIGIO route); ptrace, process_vm_*, pidfd_*:
+                                 not allowed; Landlock signal scope (ABI >= 6)
+  block the host                 fcntl F_SETLEASE and F_SETLK (locks on library files) refused
+  outlive its zygote             PR_SET_PDEATHSIG(SIGKILL), armed after the uid change; prctl
+                                 is not allowed, so it cannot be cleared
+  change limits or privileges    hard = soft for every rlimit; setrlimit and prlimit with a
+                                 new value are not allowed; capabilities dropped (bounding
+                                 set too); no_new_privs; setsid/setpgid not allowed
+  kernel attack surface          only the ~70 calls of the allow-list (mount, bpf, io_uring,
+                                 perf_event_open, userfaultfd, keyctl, unshare and every call
+                                 newer than the list are refused), the x32 ABI and other
+                                 architectures' numbers are refused or kill the process
+  hurt the caller                the caller never unpickles worker data; replies are JSON of
+                                 bounded size, checked field by field, parsed under try; all
+                                 waits have deadlines; fds are never inherited; the zygote dies
+                                 when its caller does
 
 Running as root: snippets run as `nobody` only when `nobody` can still read the installed
 libraries after the drop. The zygote checks this at start. Otherwise the worker keeps
@@ -118,22 +152,42 @@ machine, where Python lives under /root (mode 700). A root worker without capabi
 still owns root's files; seccomp and Landlock are what keep it from writing or reading
 them. The Sandbox.isolation property reports what each worker applied.
 
-What is NOT covered: CPU-cache or timing side channels; memory, disk or CPU taken by
-the caller's own use of many sessions (size max_workers yourself: the worst case is
-max_workers * memory_mb); kernel bugs reachable through the syscalls that stay allowed;
-denial of service by a snippet that runs for its full timeout, every time.
+What is NOT covered: CPU-cache or timing side channels; metadata of any path: stat,
+readlink and access work everywhere (they reveal whether a file exists, its size and
+times, not its contents; closing them breaks imports); executable memory (mprotect with
+PROT_EXEC is allowed: it gives nothing ctypes does not already give, since every system
+call still goes through the filter); memory, disk or CPU taken by the caller's own use of
+many sessions (size max_workers yourself: the worst case is max_workers * memory_mb);
+kernel bugs reachable through the calls that stay allowed; denial of service by a snippet
+that runs for its full timeout, every time.
 
 How it degrades:
+  - Landlock ABI < 6 (kernels before 6.12): no signal scoping by Landlock. Seccomp is then
+    what stops signals to other processes: the kill-family rule (own pid only) and the
+    fcntl/ioctl checks that close the SIGIO route (F_SETOWN, F_SETSIG, O_ASYNC, FIOASYNC,
+    FIOSETOWN). Abstract unix sockets are unreachable because socket() is not allowed.
+    Without seccomp as well, a snippet can signal any process of its uid.
+  - Landlock ABI < 4: no TCP rules; socket() is still refused by seccomp.
   - Linux without Landlock (kernel < 5.13, or disabled): reads are no longer confined.
-    A snippet can read any file that its uid can read, for example through numpy.load.
-    Writes, exec, network and signals are still refused by seccomp.
+    A snippet can read any file that its uid can read, for example through numpy.load,
+    and /proc/<pid>/environ of processes of its uid, the caller's included: the clean
+    environment then protects only the zygote's and the workers' own. Writes, exec,
+    network, IPC and signals are still refused by seccomp.
+  - Caller not root: the caller cannot raise a hard limit again, so it sets only the soft
+    RLIMIT_CPU and leaves the hard one as it is; seccomp keeps the worker from raising its
+    soft limit. Without seccomp, RLIMIT_CPU is no backstop, but stopping between snippets
+    and the wall-clock kill remain.
+  - Linux without pidfd (before 5.3): the caller signals the worker by pid, so a pid reused
+    after the worker died could in principle receive its stop or kill signal.
   - Linux on an architecture without a syscall table here (only x86_64 and aarch64 have
-    one; aarch64 is untested): no seccomp. Process-group kill, rlimits, dropped
-    capabilities and Landlock remain. Without seccomp, a snippet can fork and open sockets.
+    one; aarch64 is untested): no seccomp. Process-group kill, stopping between snippets,
+    rlimits, dropped capabilities and Landlock remain. Without seccomp, a snippet can fork,
+    open sockets, use SysV IPC and inotify, and clear its death signal.
   - macOS, and other POSIX systems: there is no seccomp, Landlock, prctl, memfd or pidfd.
-    The worker still runs in its own process and is killed at the deadline, with rlimits
-    (macOS does not enforce RLIMIT_AS). It can read and write whatever the user can, and
-    reach the network. Treat that as isolation against crashes, not a security boundary.
+    The worker still runs in its own process, is stopped between snippets and killed at
+    the deadline, with rlimits (macOS does not enforce RLIMIT_AS). It can read and write
+    whatever the user can, and reach the network. Treat that as isolation against crashes,
+    not a security boundary.
   - Windows: unsupported (there is no fork); Sandbox() raises.
   Sandbox.isolation shows which layers are active, so a deployment can refuse to run
   without the ones it needs.
@@ -202,8 +256,8 @@ It also gives the model a clear message instead of a PermissionError from deep i
 
 INTERPRETER_IMPORTS: tuple[str, ...] = ("_pylong",)
 """Modules CPython itself imports through builtins.__import__ while running allowed code:
-from 3.12, str(n), int(s) and Decimal of huge integers call into `_pylong` (seen on 3.12:
-`len(str(3**20000))` failed with "import of '_pylong' is not allowed"). The runtime import
+from 3.12, str(n), int(s) and Decimal of huge integers call into `_pylong` (without it,
+`len(str(3**20000))` would fail with "import of '_pylong' is not allowed"). The runtime import
 hook accepts exactly these names, the static check never does, so no snippet can name them
 (`__import__` is a dunder, rejected before anything runs)."""
 
@@ -936,10 +990,13 @@ def _seccomp_program(machine: str, self_pid: int) -> list[tuple[int, int, int, i
         if nr is not None:
             prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ENOSYS)]
 
+    ruled: set[str] = set()
+
     def rule(name: str, body: list[tuple]) -> None:
         """A block for syscall `name`: `body` holds (code, k, jt, jf) with jump targets named
         by label ("allow", "deny", "next" or a label placed as ("label", name)); the block
         ends in its own RET EPERM and RET ALLOW. Load instructions use jt = jf = "next"."""
+        ruled.add(name)
         nr = _NR[name][col]
         if nr is None:
             return
@@ -983,6 +1040,7 @@ def _seccomp_program(machine: str, self_pid: int) -> list[tuple[int, int, int, i
     for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         rule(name, [(LD, lo(0), "next", "next"), (JEQ, self_pid, "allow", "deny")])
     prog.append((RET, 0, 0, EPERM))
+    assert ruled == set(SYSCALLS_CHECKED), ruled ^ set(SYSCALLS_CHECKED)
     return prog
 
 
@@ -1207,8 +1265,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
             pass
     if _IS_LINUX and applied.get("pdeathsig"):
         # changing credentials clears the parent-death signal (prctl(2), PR_SET_PDEATHSIG):
-        # arm it again as nobody, and check the zygote did not die in between. Seen on a
-        # kernel where the uid drop works: workers outlived a killed zygote without this.
+        # arm it again as nobody, and check the zygote did not die in between.
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote_pid:
             os._exit(0)

@@ -276,6 +276,67 @@ def test_module_attributes_can_reach_os_so_the_os_layers_matter(sb):
 # 3) Hard isolation, attacked through sympify's eval
 # ---------------------------------------------------------------------------------------
 
+def run_bpf(prog, nr: int, args=(0,) * 6, arch: int = 0xC000003E) -> str:
+    """A classic-BPF interpreter for the few instructions the filter uses (LD abs, JEQ, JSET,
+    RET), over a struct seccomp_data: the filter's decisions checked without a kernel."""
+    data = [nr, arch, 0, 0]                      # nr, arch, instruction pointer (2 words)
+    for a in args:
+        data += [a & 0xFFFFFFFF, a >> 32]
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x20:
+            acc = data[k // 4]
+        elif code == 0x15:
+            pc += jt if acc == k else jf
+        elif code == 0x45:
+            pc += jt if acc & k else jf
+        elif code == 0x06:
+            return {0x7FFF0000: "allow", 0x80000000: "kill", 0x00050001: "EPERM", 0x00050026: "ENOSYS"}[k]
+        else:
+            raise AssertionError(f"unexpected instruction {code:#x}")
+        pc += 1
+
+
+def test_seccomp_filter_decisions_x86_64():
+    """The allow-list filter as data: what it returns for typical and hostile calls."""
+    me = 4242
+    prog = executor._seccomp_program("x86_64", me)
+    assert max(max(jt, jf) for _, jt, jf, _ in prog) < 256
+    cases = [
+        (0, (), "allow"),                                  # read
+        (1, (), "allow"),                                  # write
+        (257, (0, 0, os.O_RDONLY | os.O_CLOEXEC), "allow"),  # openat read-only
+        (257, (0, 0, os.O_WRONLY | os.O_CREAT), "EPERM"),
+        (257, (0, 0, os.O_PATH), "EPERM"),
+        (72, (1, 3), "allow"), (72, (1, 4, os.O_NONBLOCK), "allow"),      # fcntl F_GETFL, F_SETFL
+        (72, (1, 4, os.O_ASYNC), "EPERM"), (72, (1, 8, 1), "EPERM"),      # O_ASYNC, F_SETOWN
+        (72, (1, 10, 9), "EPERM"), (72, (3, 1024, 0), "EPERM"),          # F_SETSIG, F_SETLEASE
+        (16, (0, 0x5401), "allow"), (16, (3, 0x40086602), "EPERM"),      # ioctl TCGETS, FS_IOC_SETFLAGS
+        (9, (0, 4096, 3, 0x22, -1 & 0xFFFFFFFFFFFFFFFF, 0), "allow"),    # mmap private anonymous
+        (9, (0, 4096, 3, 0x21, -1 & 0xFFFFFFFFFFFFFFFF, 0), "EPERM"),    # mmap shared anonymous
+        (9, (0, 4096, 1, 0x01, 5, 0), "allow"),                          # mmap shared file
+        (302, (0, 0, 0, 0x7FFE0000), "allow"),                           # prlimit64 read
+        (302, (0, 0, 0x7FFE0000, 0), "EPERM"), (302, (0, 0, 1 << 40, 0), "EPERM"),  # a new limit
+        (302, (1, 0, 0, 0x7FFE0000), "EPERM"),                           # another process's limits
+        (62, (me, 9), "allow"), (62, (1, 9), "EPERM"), (62, (0, 9), "EPERM"),  # kill: self only
+        (157, (1, 0), "EPERM"),                                          # prctl(PR_SET_PDEATHSIG, 0)
+        (29, (0, 1 << 20, 0o1000), "EPERM"), (68, (0, 0o1000), "EPERM"),  # shmget, msgget
+        (64, (0, 1, 0o1000), "EPERM"), (294, (0,), "EPERM"),             # semget, inotify_init1
+        (41, (1, 1, 0), "EPERM"), (56, (0,), "EPERM"), (59, (0,), "EPERM"),  # socket, clone, execve
+        (319, (0, 0), "EPERM"), (22, (0,), "EPERM"),                     # memfd_create, pipe
+        (435, (0, 0), "ENOSYS"), (463, (), "EPERM"), (0x40000000, (), "EPERM"),  # clone3, newer, x32
+    ]
+    for nr, args, expected in cases:
+        args = tuple(args) + (0,) * (6 - len(args))
+        assert run_bpf(prog, nr, args) == expected, (nr, args, expected)
+    assert run_bpf(prog, 0, arch=0x40000003) == "kill"                  # i386 (int 0x80)
+    aarch64 = executor._seccomp_program("aarch64", me)
+    assert run_bpf(aarch64, 63, arch=0xC00000B7) == "allow"             # read
+    assert run_bpf(aarch64, 25, (1, 8, 1, 0, 0, 0), arch=0xC00000B7) == "EPERM"   # fcntl F_SETOWN
+    assert run_bpf(aarch64, 220, arch=0xC00000B7) == "EPERM"            # clone
+
+
 def test_escape_prefix_really_escapes(sb):
     """The premise of the tests below: the attacker holds the real os and builtins."""
     r = sb.run(ESCAPE + "os.getpid() > 0, bi.open is not None")
