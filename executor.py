@@ -373,6 +373,7 @@ _THIS_FILE = os.path.abspath(__file__)
 _DUNDER_STRING = re.compile(r"__\w+__")
 _LEN = struct.Struct("!I")
 _MAX_CONTROL_FRAME = 1 << 20
+_SEND_BEFORE_CONTINUE = 1 << 16   # bytes; well under a unix socket's default buffer (~200 KB)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1864,9 +1865,16 @@ class Sandbox:
             failure = "timeout"
         else:
             t_run = time.perf_counter()
-            w.resume(remaining)
+            # A small frame goes into the socket buffer before SIGCONT, so that the worker
+            # wakes once, with its input waiting; a large one could fill the buffer of a
+            # stopped worker, so the worker is continued first.
+            small = len(frame) <= _SEND_BEFORE_CONTINUE
+            if not small:
+                w.resume(remaining)
             try:
                 _send_frame(w.sock, frame)
+                if small:
+                    w.resume(remaining)
                 raw = _recv_frame_deadline(w.sock, deadline, 16 * self.max_output_chars + (1 << 20))
             except TimeoutError:
                 failure = "timeout"

@@ -138,6 +138,10 @@ def main() -> None:
     gc.freeze()
 
     cold = median_ms(lambda: Sandbox().run("1").ok, 5 if args.quick else 15)
+    # what the caller adds to every snippet since the worker became untrusted after replying:
+    # prlimit (its CPU limit) + SIGCONT before sending, SIGSTOP when the reply arrives
+    w = sandbox._worker
+    stop_continue = median_ms(lambda: (w.resume(60.0), w.pause()), 10 * reps)
 
     rows = []
     for name, code in SNIPPETS.items():
@@ -165,6 +169,8 @@ def main() -> None:
               f"{r['smolagents']:>11.3f} {r['fork']:>13.2f} {r['fresh']:>10.1f}")
     print(f"\ncold session (Sandbox() + first run of '1'): {cold:.2f} ms median "
           f"(fork from the zygote + isolation setup), beside fork per snippet above")
+    print(f"per snippet, CPU limit + SIGCONT + SIGSTOP of the worker: {stop_continue * 1e3:.0f} us median "
+          f"(part of the Sandbox column)")
 
     # throughput: N sessions, one snippet each per round, through run_batch
     mix = [SNIPPETS["sympy solve"], SNIPPETS[LOOP], SNIPPETS["numpy det"], SNIPPETS["math.comb sum"]]
@@ -203,7 +209,7 @@ def main() -> None:
           f"warm_overhead_ms_max={max(overheads):.3f} "
           f"loop_ratio_vs_bare={loop['sandbox'] / loop['bare']:.2f} "
           f"speedup_vs_smolagents_loop={loop['smolagents'] / loop['sandbox']:.1f} "
-          f"cold_session_ms={cold:.1f} "
+          f"cold_session_ms={cold:.1f} stop_continue_us={stop_continue * 1e3:.0f} "
           f"batch_snippets_per_s={total / batch_s:.0f} sequential_snippets_per_s={total / seq_s:.0f} "
           f"sessions={n} cores={os.cpu_count()}")
 

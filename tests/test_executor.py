@@ -185,6 +185,15 @@ def test_errors_are_short_and_name_the_line(sb):
     assert sb.run("a").stdout == "1\n"                     # an exception does not reset the session
 
 
+
+def test_large_snippets_and_variables_reach_a_stopped_worker(sb):
+    """The worker is stopped between snippets; frames larger than a socket buffer must still
+    get through (the caller continues the worker before sending those)."""
+    big = "s = '" + "x" * 90_000 + "'\nlen(s)"
+    assert run_ok(sb, big) == "90000\n"
+    sb.set_variables({"v": list(range(300_000))})
+    assert run_ok(sb, "sum(v)") == f"{sum(range(300_000))}\n"
+
 def test_stderr_and_warnings_are_captured(sb):
     out = run_ok(sb, "import numpy as np\nnp.array([1.0]) / 0")
     assert "RuntimeWarning: divide by zero" in out and "array([inf])" in out
@@ -570,9 +579,12 @@ def test_a_worker_that_lies_on_its_socket_is_stopped(report, no_leaks):
         for lie in ["os.write(fd, b'\\xff\\xff\\xff\\xff')",                       # a 4 GB frame
                     "os.write(fd, b'\\x00\\x00\\x00\\x05nope!')",                    # not JSON
                     "os.write(fd, b'\\x00\\x00\\x00\\x02{}')",                       # wrong shape
+                    "m = b'{\"err\": null, \"val\": null, \"drop\": Infinity, \"seq\": 1}'\n"
+                    "os.write(fd, len(m).to_bytes(4, 'big') + m)",                     # an absurd count
                     "os.close(fd)"]:                                                # hang up
             r = s.run(find_socket + lie)
             assert r.session_reset and "names defined before this snippet are lost" in r.error, (lie, r.error)
+            assert ("malformed reply" in r.error) == (lie != "os.close(fd)"), (lie, r.error)
         assert run_ok(s, "3 * 3") == "9\n"
 
 
