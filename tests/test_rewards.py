@@ -22,7 +22,8 @@ What is covered:
     must score 0 on every row; the other benchmark golds must match themselves;
   - adversarial LaTeX (power towers, deep nesting, unbalanced braces, megabyte texts): each
     call returns within the deadline, from the main thread and from another thread.
-The benchmark files are read where they live (never copied); their tests skip without them.
+The benchmark files are read where they live (never copied); their tests skip without them
+(conftest's data_dir fixture, whose reason says where the data comes from).
 """
 
 from __future__ import annotations
@@ -46,16 +47,10 @@ sys.path.insert(0, str(ROOT))
 import rewards  # noqa: E402
 from protocol import format_result, is_trivial_snippet, last_boxed, output_blocks, shows_error  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-SKIP_WHY = ("the benchmark JSONL files live in shared/data beside the checkout, never in the repo "
-            "(CI provides them; shared/data/SOURCES.md says where each comes from)")
-
-
-def _rows(name: str) -> list[dict]:
-    path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found: {SKIP_WHY}")
-    with path.open() as f:
+def _rows(data_dir: Path, name: str) -> list[dict]:
+    """A benchmark file's rows, read where it lives (conftest's data_dir fixture skips, naming
+    where the data comes from, when shared/data is not beside the checkout)."""
+    with (data_dir / name).open() as f:
         return [json.loads(line) for line in f]
 
 
@@ -492,10 +487,8 @@ def test_bare_box_scan_is_linear():
     assert last_boxed(r"\boxed   " * 100_000) is None
 
 
-def test_bench_grader_smoke():
+def test_bench_grader_smoke(data_dir):
     """bench/grader.py (README's grading-time figures) runs and ends with its RESULT line."""
-    if not (DATA / "math500.jsonl").is_file():
-        pytest.skip(f"{DATA / 'math500.jsonl'} not found: {SKIP_WHY}")
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "grader.py"), "--limit", "5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -546,8 +539,8 @@ def _replace_last_box(solution: str, new: str) -> str:
     return solution[: brace + 1] + new + solution[brace + 1 + len(old):]
 
 
-def test_oracle_math500():
-    rows = _rows("math500.jsonl")
+def test_oracle_math500(data_dir):
+    rows = _rows(data_dir, "math500.jsonl")
     golds = [r["answer"] for r in rows]
     t0 = time.perf_counter()
     right = rewards.check_many([r["solution"] for r in rows], golds)
@@ -569,15 +562,15 @@ def test_oracle_math500():
 
 
 @pytest.mark.parametrize("name", ["aime2024.jsonl", "aime2024_matharena.jsonl", "aime2025.jsonl", "hmmt_feb2025.jsonl"])
-def test_benchmark_golds_match_themselves(name):
-    rows = _rows(name)
+def test_benchmark_golds_match_themselves(name, data_dir):
+    rows = _rows(data_dir, name)
     verdicts = rewards.check_many([boxed(r["answer"]) for r in rows], [r["answer"] for r in rows])
     failed = [(r["id"], r["answer"], v.status) for r, v in zip(rows, verdicts) if v.correct is not True]
     assert not failed, failed
 
 
-def test_hmmt_two_value_answer_needs_both_values():
-    rows = {r["id"]: r for r in _rows("hmmt_feb2025.jsonl")}
+def test_hmmt_two_value_answer_needs_both_values(data_dir):
+    rows = {r["id"]: r for r in _rows(data_dir, "hmmt_feb2025.jsonl")}
     gold = rows["hmmt_feb2025-10"]["answer"]
     first, second = [s.strip() for s in gold.split(", ")]
     assert rewards.grade(boxed(f"{second}, {first}"), gold) is True
@@ -585,8 +578,8 @@ def test_hmmt_two_value_answer_needs_both_values():
     assert rewards.grade(boxed(second), gold) is False
 
 
-def test_hle_gold_parse_share():
-    rows = _rows("hle_math.jsonl")
+def test_hle_gold_parse_share(data_dir):
+    rows = _rows(data_dir, "hle_math.jsonl")
     with ThreadPoolExecutor(rewards.GRADER_PROCESSES) as ex:  # one thread per helper
         kinds = list(ex.map(rewards.gold_kind, [r["answer"] for r in rows]))
     share = {k: kinds.count(k) / len(rows) for k in ("sympy", "string", None)}
