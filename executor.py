@@ -52,8 +52,9 @@ Data flow (the numbers match the section banners and step comments in the code):
   6) The reply. The worker sends a small JSON message: error text, last value, final
      answer. It never sends pickle. The caller stops the worker the moment a reply
      arrives, and from then on treats it as untrusted: the reply is checked field by
-     field, duration_s is the caller's own clock, and a final answer counts only in a
-     session that enabled final_answer(). The caller reads the output from the memfd
+     field (and its sequence number), duration_s is the caller's own clock, a final answer
+     counts only in a session that enabled final_answer(), and bytes found on the socket
+     before the next snippet is sent (a reply queued in advance) end the session. The caller reads the output from the memfd
      (bounded), truncates it with a visible marker, and returns an ExecResult.
   7) Failures. If the deadline passes, the caller kills the worker's whole process group,
      whatever the worker is doing. If the worker dies (memory, crash, a snippet that
@@ -1604,6 +1605,20 @@ def _clean_text(s: str | None) -> str | None:
     return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
 
 
+def _pending(sock: socket.socket) -> str | None:
+    """What an idle worker's socket holds: None (nothing, as it should), "died" (EOF) or
+    "protocol" (bytes nobody asked for). A zero-timeout select, and a peek if readable."""
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return None
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except (OSError, ValueError):
+        return "died"
+    return "protocol" if data else "died"
+
+
 def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
     """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
     def exact(n: int) -> bytes:
@@ -1859,11 +1874,11 @@ class Sandbox:
         w = self._worker
         w.seq += 1
         frame = pickle.dumps((kind, w.seq, payload))
-        failure = None
+        failure = _pending(w.sock)   # anything waiting before we asked is forged or stale
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if failure is None and remaining <= 0:
             failure = "timeout"
-        else:
+        elif failure is None:
             t_run = time.perf_counter()
             # A small frame goes into the socket buffer before SIGCONT, so that the worker
             # wakes once, with its input waiting; a large one could fill the buffer of a

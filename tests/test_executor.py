@@ -860,6 +860,17 @@ while True:
         r = s.run("1 + 1")                              # the worker resumes its loop, not our snippet
         assert r.timed_out and r.session_reset and time.monotonic() - t0 <= 1.5 + 0.5
         assert run_ok(s, "2 + 2") == "4\n"
+    with Sandbox(timeout_s=5) as s:   # replies queued in advance, for the snippets to come
+        r = s.run(VIA_CTYPES + """json, stat = os.sys.modules['json'], os.sys.modules['stat']
+fd = [f for f in range(3, 64) if call('fcntl', f, 1) >= 0 and stat.S_ISSOCK(os.fstat(f).st_mode)][0]
+for seq in (1, 2, 3):
+    msg = json.dumps({'err': None, 'val': 'forged', 'fa': False, 'drop': 0, 'seq': seq}).encode()
+    os.write(fd, len(msg).to_bytes(4, 'big') + msg)
+""")
+        assert r.value == "forged"
+        r = s.run("1 + 1")     # the queued frame is seen before the snippet is sent
+        assert r.session_reset and "malformed reply" in r.error, r
+        assert run_ok(s, "1 + 1") == "2\n"
     with Sandbox(timeout_s=5, enable_final_answer=True) as s:   # where enabled, final_answer() counts
         r = s.run("final_answer(6 * 7)")
         assert r.is_final_answer and r.final_answer == 42
