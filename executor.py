@@ -1586,7 +1586,8 @@ class ExecResult:
             return None
         if self.timed_out:
             return "TimeoutError"
-        m = re.match(r"([A-Za-z_][\w.]*):", self.error)
+        # describe() writes "Name: message (line N: ...)", "Name (line N: ...)" or "Name"
+        m = re.match(r"([A-Za-z_]\w*)(?=: | \(|\Z)", self.error)
         return m.group(1) if m else "SandboxError"
 
 

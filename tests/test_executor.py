@@ -177,13 +177,15 @@ def test_display_rules_like_ipython(sb):
 def test_errors_are_short_and_name_the_line(sb):
     r = sb.run("a = 1\nprint('before')\nb = a / 0\n")
     assert r.error == "ZeroDivisionError: division by zero (line 3: b = a / 0)"
+    assert r.error_type == "ZeroDivisionError"
     assert r.stdout == "before\n" and not r.ok and not r.session_reset
     run_ok(sb, "def f(v):\n    return v[3]\n")
     r = sb.run("f([1])")
     assert r.error == "IndexError: list index out of range (snippet 2, line 2: return v[3])"
     assert "Traceback" not in r.error and "executor" not in r.error
     assert sb.run("a").stdout == "1\n"                     # an exception does not reset the session
-
+    assert [sb.run(c).error_type for c in ("raise KeyboardInterrupt", "next(iter([]))", "import os", "x.__class__")] \
+        == ["KeyboardInterrupt", "StopIteration", "ImportError", "SandboxError"]
 
 
 def test_large_snippets_and_variables_reach_a_stopped_worker(sb):
@@ -536,6 +538,7 @@ def test_timeout_fires_on_time_and_session_restarts(report, no_leaks):
             elapsed = time.monotonic() - t0
             assert r.timed_out and r.session_reset and not r.ok, (code, r)
             assert r.error == "timed out after 1 s; names defined before this snippet are lost"
+            assert r.error_type == "TimeoutError"
             assert 1.0 <= r.duration_s <= 1.5 and elapsed <= 1.5, (code, r.duration_s, elapsed)
         r = s.run("y")
         assert r.error.startswith("NameError") and not r.session_reset   # fresh, working session
