@@ -747,12 +747,15 @@ try:
 except OSError as e:
     seen.append('proc: ' + str(e.errno))
 print(len(seen), '|'.join(seen))
+print(sorted(os.environ))
 """
     out = subprocess.run([sys.executable, str(script)], input=probe, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "DEEPMATH_CANARY": canary})
     assert out.returncode == 0, out.stderr
     assert "OPENBLAS_NUM_THREADS=1" in out.stdout          # the probe really read the environment
     assert canary not in out.stdout and "DEEPMATH_CANARY" not in out.stdout.replace("b'DEEPMATH_CANARY'", "")
+    names = eval(next(l for l in reversed(out.stdout.splitlines()) if l.startswith("[")))   # the probe's list
+    assert set(names) <= set(executor.ZYGOTE_ENV) | {"LC_CTYPE"}, names   # LC_CTYPE: PEP 538 coercion
 
 
 @needs_seccomp
