@@ -1888,6 +1888,7 @@ class Sandbox:
             if not small:
                 w.resume(remaining)
             try:
+                w.sock.settimeout(remaining)   # a large frame's send counts against the deadline too
                 _send_frame(w.sock, frame)
                 if small:
                     w.resume(remaining)
