@@ -324,8 +324,9 @@ SYSCALLS_ALLOWED: tuple[str, ...] = (
     "rt_sigaction", "rt_sigprocmask", "getrandom", "getpid", "gettid", "getppid", "exit_group",
     # the same information as newfstatat, for other libc versions and os.access/realpath
     "fstat", "stat", "lstat", "statx", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
-    # its own file descriptors (RLIMIT_NOFILE bounds them) and waiting on them
-    "dup", "dup2", "dup3", "close_range", "select", "pselect6", "poll", "ppoll",
+    # its own file descriptors (RLIMIT_NOFILE bounds them) and waiting on them; readv and
+    # writev are read and write in pieces (musl's stdio uses them)
+    "dup", "dup2", "dup3", "close_range", "select", "pselect6", "poll", "ppoll", "readv", "writev",
     # clocks (the vDSO's fallbacks), sleeping, and a sleep that continues after SIGCONT
     "clock_gettime", "gettimeofday", "time", "nanosleep", "clock_nanosleep", "restart_syscall",
     "rt_sigreturn", "sched_yield",
@@ -772,14 +773,18 @@ class _Worker:
         return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd turns readable on exit
 
     def _signal(self, sig: int) -> None:
-        """Signal exactly this process (the pidfd cannot point at a reused pid)."""
-        try:
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, sig)
-            elif not self.killed:
-                os.kill(self.pid, sig)
-        except OSError:
-            pass
+        """Signal exactly this process (the pidfd cannot point at a reused pid; after
+        release() its number could name another fd, so nothing is sent then)."""
+        with self._lock:
+            if self.released:
+                return
+            try:
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, sig)
+                elif not self.killed:
+                    os.kill(self.pid, sig)
+            except OSError:
+                pass
 
     def pause(self) -> None:
         """SIGSTOP after each reply: a worker that answered early (a forged reply) and kept
@@ -792,13 +797,16 @@ class _Worker:
         SIGCONT. The caller sets the limit from outside; seccomp keeps the worker from
         changing it. Where the caller may raise hard limits again (CAP_SYS_RESOURCE, i.e.
         root), hard = soft + 1 s; otherwise the hard limit stays where it was."""
-        if _CAN_PRLIMIT and self.alive():
-            soft = math.ceil(self.ran_s + budget_s) + 1
-            try:
-                hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
-                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
-            except (OSError, ValueError):
-                pass   # it exited meanwhile; the wall clock still bounds it
+        with self._lock:
+            if self.released or not _CAN_PRLIMIT or not self.alive():
+                pass
+            else:
+                soft = math.ceil(self.ran_s + budget_s) + 1
+                try:
+                    hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
+                    resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
+                except (OSError, ValueError):
+                    pass   # it exited meanwhile; the wall clock still bounds it
         self._signal(signal.SIGCONT)
 
     def kill(self) -> None:
@@ -938,7 +946,7 @@ _NR = {
     "statx": (332, 291), "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
     "readlink": (89, None), "readlinkat": (267, 78), "dup": (32, 23), "dup2": (33, None),
     "dup3": (292, 24), "close_range": (436, 436), "select": (23, None), "pselect6": (270, 72),
-    "poll": (7, None), "ppoll": (271, 73),
+    "poll": (7, None), "ppoll": (271, 73), "readv": (19, 65), "writev": (20, 66),
     "brk": (12, 214), "mmap": (9, 222), "munmap": (11, 215), "mremap": (25, 216),
     "mprotect": (10, 226), "madvise": (28, 233), "futex": (202, 98),
     "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135), "rt_sigreturn": (15, 139),
