@@ -156,6 +156,17 @@ def test_combinatorics(sb):
     assert run_ok(sb, code) == "210\n44\nFraction(1, 2)\n"
 
 
+
+def test_solver_modules_beyond_the_paper(sb):
+    """mpmath, heapq, bisect, numbers, string and copy: what a solver reaches for next."""
+    code = ("import heapq, bisect, mpmath, numbers, string, copy\n"
+            "h = [5, 1, 4]\nheapq.heapify(h)\n"
+            "mpmath.mp.dps = 30\n"
+            "print(heapq.heappop(h), bisect.bisect_left([1, 3, 5], 4), isinstance(3, numbers.Integral))\n"
+            "print(mpmath.nstr(mpmath.zeta(2), 20), string.ascii_lowercase[:3], copy.deepcopy([[1]]))")
+    assert run_ok(sb, code) == "1 2 True\n1.6449340668482264365 abc [[1]]\n"
+    assert "not allowed" in sb.run("import mpmath.tests").error
+
 def test_multiline_functions_classes_and_state_persist(sb):
     run_ok(sb, "def collatz(n):\n    steps = 0\n    while n != 1:\n"
                "        n = n // 2 if n % 2 == 0 else 3 * n + 1\n        steps += 1\n    return steps\n")
