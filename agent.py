@@ -764,7 +764,7 @@ class VLLMAgentModel(VLLMModel):
     0.32 no longer has, and its generate() passes sampling kwargs on to LLM.generate, which
     rejects them (so it can only decode greedily, up to 2048 tokens). This subclass builds the
     engine itself (or reuses `llm`: one vLLM engine per process is plenty), and generate()
-    puts temperature, max_tokens and seed into SamplingParams. The prompt is rendered like
+    puts temperature, max_tokens and seed into SamplingParams (a seed advanced per request). The prompt is rendered like
     VLLMModel does, through apply_chat_template_kwargs, so enable_continuation works.
     """
 
@@ -791,6 +791,7 @@ class VLLMAgentModel(VLLMModel):
         self.tokenizer = llm.get_tokenizer()
         self._is_vlm = False
         self.sampling = dict(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        self._requests = 0  # a seeded model gives each request its own seed, as rollout.py does
 
     def generate(self, messages, stop_sequences=None, response_format=None, tools_to_call_from=None, **kwargs) -> ChatMessage:
         from vllm import SamplingParams, TokensPrompt
@@ -801,7 +802,11 @@ class VLLMAgentModel(VLLMModel):
         prompt_ids = self.tokenizer.apply_chat_template(
             chat, add_generation_prompt=True, tokenize=True, return_dict=False, **self.apply_chat_template_kwargs
         )
-        params = SamplingParams(stop=list(stop_sequences or []), **{**self.sampling, **kwargs})
+        sampling = {**self.sampling, **kwargs}
+        if sampling.get("seed") is not None:  # not one random stream reused by every chunk
+            sampling["seed"] += 104_729 * self._requests
+        self._requests += 1
+        params = SamplingParams(stop=list(stop_sequences or []), **sampling)
         out = self.model.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0].outputs[0]
         return ChatMessage(
             role=MessageRole.ASSISTANT,

@@ -167,7 +167,11 @@ def vllm_engine_kwargs(**overrides) -> dict:
         # Generator does not use offset"), so the engine died on the first seeded request whose
         # prefill was split: 64 paper-layout prompts (~1000 tokens each) at once did it here.
         # Whole prefills never discard a sample. A prompt must then fit one step's token budget:
-        # max_num_batched_tokens >= max_model_len (set below, after the overrides).
+        # max_num_batched_tokens >= max_model_len (set below, after the overrides). vLLM then logs
+        # "This model does not officially support disabling chunked prefill": it says so for every
+        # generating model whose default is chunked; whole prefills are the scheduler's plain
+        # path, and the rollout tests check every sampled id and logprob against the engine.
+        # (Per-request seeds are kept: a global seed would make samples depend on the batch.)
         kwargs["enable_chunked_prefill"] = False
         if not _cpu_has_bf16():
             # without AVX512-BF16/AMX, bf16 matmuls are emulated: on this machine's AVX2 CPU
