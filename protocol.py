@@ -11,13 +11,16 @@ and so on stay the public spelling); rewards.py reads completions with it.
 Why a module of its own: agent.py imports smolagents at import time when it is installed
 (MathAgent subclasses its CodeAgent), and rewards.py must read traces in processes that load
 no ML stack: the trainer's parent side and the grader helpers, which start often. This module
-imports only the standard library (re, bisect, dataclasses).
+imports only the standard library (re, bisect, dataclasses; ast and warnings inside
+is_trivial_snippet).
 
 Data flow (who calls what):
 
   1. Generation stops on STOP_STRINGS; trailing_snippet() is the snippet a chunk ended with.
   2. format_output() / format_result() render the output block inserted after it.
-  3. find_snippets() lists every agent call of a whole trace (output blocks skipped).
+  3. find_snippets() lists every agent call of a whole trace (output blocks skipped);
+     is_trivial_snippet() tells a call that holds no code (only comments, pass, constants),
+     which rewards.code_use_reward does not pay for.
   4. last_boxed() is the answer: the last box outside output blocks. last_box() gives the
      same box with its position, for rewards.py's runs of boxes.
   5. output_blocks() and shows_error() count executed and failed calls from text alone
