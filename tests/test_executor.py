@@ -1,7 +1,10 @@
 """
 Tests for executor.py: the sandbox that runs the model's snippets.
 
-Run:  .venv/bin/python -m pytest tests/test_executor.py        (about 1-2 minutes on 2 cores)
+Run:  .venv/bin/python -m pytest tests/test_executor.py        (about 2 minutes on 2 cores)
+      As root, test_attacks_as_an_unprivileged_user reruns the attack tests as `nobody`
+      (about 35 s more) once `python tests/test_executor.py --make-unprivileged-venv` has
+      made a Python that `nobody` can run; without one it skips and says so.
 
 They read as documentation, in the order of the module contract:
   1) benign snippets of the kinds the paper shows give the right output, and state persists;
@@ -9,12 +12,18 @@ They read as documentation, in the order of the module contract:
   3) every OS limit, attacked the way a hostile snippet would: through sympify's eval,
      which hands the snippet the real `os` and `builtins` past the static check. Each
      test asserts that the harmful effect did not happen (no file, no connection, the
-     target process alive), not only that an error came back;
+     target process alive), not only that an error came back. The seccomp filter's
+     decisions are also checked as data, by a small BPF interpreter;
   4) failures: timeouts fire on time, crashes are reported, the caller never hangs or
      leaks a process, and the next run continues in a fresh session;
   5) many sessions: run_batch, the worker bound, eviction and replay;
+  5b) a determined attacker, through `random._os` and ctypes to raw libc calls: the
+     caller's environment, SysV IPC, inotify, shared memory, fcntl/ioctl signals and
+     leases, limits, forged replies, CPU between snippets, replay time, the death signal;
+     then the same tests as an unprivileged user;
   6) the smolagents adapter: a scripted model, then the real embedded SmolLM2-135M.
-No test asserts speed, except that a timeout fires within its limit + 0.5 s.
+No test asserts speed, except that a timeout fires within its limit + 0.5 s (after an
+eviction too), and that an idle worker uses no CPU.
 """
 
 from __future__ import annotations
