@@ -480,6 +480,7 @@ def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
 # 2) The zygote: a clean process that preloads the libraries and forks workers
 # ---------------------------------------------------------------------------------------
 
+# Every socket here (caller-zygote, caller-worker) carries length-prefixed frames.
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -1222,8 +1223,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
         applied["pdeathsig"] = True
     if os.getppid() != zygote_pid:
         os._exit(0)
-    # 4c) signals back to defaults (the zygote's handlers and wakeup fd are not ours)
-    signal.set_wakeup_fd(-1)
+    # 4c) signals back to defaults (the zygote ignores SIGINT: Ctrl-C is the caller's business)
     for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # over-long output: EFBIG, not death
