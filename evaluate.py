@@ -19,9 +19,10 @@ Data flow, numbered as in the code below:
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
      generation loop (a snippet the model writes anyway is not run; the trajectory ends there).
   5. All problems x samples go through rollout.rollout() (continuous batching on vLLM) in waves
-     of at most --max-batch trajectories; while wave w+1 generates, a grading thread grades
-     wave w with rewards.check (the training reward's grader) and appends one line per
-     problem to generations.jsonl, flushed and fsynced.
+     of at most --max-batch trajectories. The moment a problem's last sample ends (rollout's
+     on_finish), a grading thread grades it with rewards.check (the training reward's grader)
+     and appends its line to generations.jsonl, flushed and fsynced, while the engine decodes
+     the others.
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
      (unbiased), mean@k, bootstrap CIs, output length two ways, tool statistics -> summary.json.
   7. `--compare DIR...`: Table 1 (accuracy, length, relative length, paired bootstrap CI of
@@ -39,14 +40,16 @@ output). The original agent returns one trace with the outputs folded in, and a 
 output" is about what a reader sees; executor output is short, so the two differ little. Both are
 reported: mean_output_tokens (mask 1, what the model sampled) and mean_total_tokens.
 
-Reproducibility (the exact guarantee). Each wave is a fixed set of problems; its sampling seed is
-derived from --seed and the ids in it, so rerunning the same command on the same machine and
-software gives the same waves and the same seeds. Continuous batching is not batch-invariant
-(a sequence's logits depend slightly on what else is in the batch, on CPU and GPU), so results
-are bit-reproducible only when the batch composition repeats. Testable cases: greedy decoding
-(--temperature 0) with --max-batch equal to --samples (one problem per wave) gives each
-problem the same trajectories whatever else ran, so a resumed run equals an uninterrupted one
-(tests/test_evaluate.py kills a run with SIGKILL and checks exactly that).
+Reproducibility (the exact guarantee). Every sample has its own seed, a function of --seed, the
+problem id and the sample index only (rollout seeds call c of it with seed + 104729 c), so the
+random numbers a problem's samples draw do not depend on the batch, the wave, --limit or a
+resume. What can still differ is the logits: continuous batching is not batch-invariant (on CPU
+and GPU a sequence's logits change in the last bits with what else is in the batch), so a sample
+can diverge where two tokens are nearly tied. So: the same command on the same software and
+hardware repeats its results when the batches repeat (same --max-batch, no resume); and a problem
+alone in its wave (--max-batch equal to --samples) gets the same trajectories whatever else ran
+or was resumed. tests/test_evaluate.py checks the latter: a greedy run killed with SIGKILL and
+resumed equals an uninterrupted run, sample by sample.
 
 Departures from the paper / the original code, and why:
   - one continuous-batched rollout for all problems x samples instead of one agent run after
@@ -126,7 +129,7 @@ class Config:
     limit: int | None = None
     """Evaluate only the first N problems (a rerun with a larger N extends the same --out)."""
     seed: int = 0
-    """Seed of sampling (per wave of problems) and of the procedural benchmark."""
+    """Seed of sampling (one seed per problem and sample) and of the procedural benchmark."""
     out: str | None = None
     """Output directory (default runs/BENCH-MODE-MODEL); rerunning with it resumes."""
     backend: str = "vllm"
@@ -368,10 +371,20 @@ def _model_max_len(path: str) -> int | None:
     return cfg.get("max_position_embeddings")
 
 
+def resolve(cfg: Config) -> str:
+    """The checkpoint the backend loads: models.resolve_model(--model), with --lora merged in."""
+    from models import ModelNotFoundError, resolve_model
+
+    try:
+        path = resolve_model(cfg.model)
+    except ModelNotFoundError as e:
+        raise EvalError(str(e)) from None
+    return merge_lora(path, cfg.lora) if cfg.lora else path
+
+
 def make_backend(cfg: Config):
     """Step 3: the backend this config asks for. Raises EvalError with one readable line."""
     import rollout
-    from models import ModelNotFoundError, resolve_model
 
     if cfg.tensor_parallel_size > 1 and cfg.backend != "vllm":
         raise EvalError("--tensor-parallel-size applies to --backend vllm (a server sets its own)")
@@ -382,15 +395,10 @@ def make_backend(cfg: Config):
     if cfg.tensor_parallel_size > 1 and not _has_gpu():
         raise EvalError(f"--tensor-parallel-size {cfg.tensor_parallel_size} needs GPUs and none is visible "
                         f"(torch.cuda.is_available() is False); use 1 on this machine")
-    try:
-        path = resolve_model(cfg.model)
-    except ModelNotFoundError as e:
-        raise EvalError(str(e)) from None
-    if cfg.lora:
-        if cfg.backend == "openai":
-            raise EvalError("--lora with --backend openai: merge it here once (`--backend vllm --lora ...` caches the "
-                            "merged model under $DEEPMATH_CACHE/merged) and serve that directory")
-        path = merge_lora(path, cfg.lora)
+    if cfg.lora and cfg.backend == "openai":
+        raise EvalError("--lora with --backend openai: merge it here once (`--backend vllm --lora ...` caches the "
+                        "merged model under $DEEPMATH_CACHE/merged) and serve that directory")
+    path = resolve(cfg)
     if cfg.backend == "openai":
         if not cfg.api_base:
             raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
@@ -431,16 +439,6 @@ def close_backend(backend) -> None:
 # ---------------------------------------------------------------------------
 # 4) + 5) Prompts, waves through the rollout, grading alongside
 # ---------------------------------------------------------------------------
-
-def wave_seed(seed: int, ids: Sequence[str]) -> int:
-    """The sampling seed of one wave: a function of --seed and the problems in it only.
-
-    >>> wave_seed(0, ["a", "b"]) == wave_seed(0, ["a", "b"]) != wave_seed(1, ["a", "b"])
-    True
-    """
-    h = hashlib.sha256(json.dumps([seed, list(ids)]).encode()).digest()
-    return int.from_bytes(h[:4], "little")
-
 
 def sample_record(j: int, traj, verdict) -> dict:
     """One sample of one problem, as generations.jsonl stores it (every summary number comes from these)."""
@@ -515,6 +513,8 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True) -> dict
     pin_settings(out, settings, write=False)
     gen_path = out / "generations.jsonl"
     done = {r["id"] for r in read_generations(gen_path, repair=True)}
+    if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
+        log.warning("%s: graded again the samples whose gold could not be checked last time", out)
     todo = [p for p in problems if p.id not in done]
     if done:
         log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
@@ -563,71 +563,132 @@ def load_problems(cfg: Config) -> list:
         raise EvalError(str(e)) from None
 
 
-def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
-    """Steps 4-5: waves of whole problems through rollout(); a grading thread writes each wave."""
-    import agent
+def sample_seed(seed: int, problem_id: str, j: int) -> int:
+    """The sampling seed of sample j of one problem: a function of --seed, the problem and j
+    only, so a problem's samples do not depend on which other problems share its batch.
+
+    >>> sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(0, "a", 2)
+    True
+    """
+    h = hashlib.sha256(json.dumps([seed, problem_id, j]).encode()).digest()
+    return int.from_bytes(h[:4], "little") >> 1
+
+
+GRADE_RETRIES = 2
+"""Extra checks of a sample whose GOLD check ran out of time (status gold_timeout/gold_crashed)."""
+
+
+def grade(texts: list[str], golds: list[str]) -> list:
+    """rewards.check_many, retrying the samples whose gold could not be checked this time (a
+    loaded machine): those are "unknown", not "wrong"."""
     import rewards
+
+    verdicts = rewards.check_many(texts, golds)
+    for _ in range(GRADE_RETRIES):
+        again = [i for i, v in enumerate(verdicts) if v.status.startswith("gold_")]
+        if not again:
+            break
+        for i, v in zip(again, rewards.check_many([texts[i] for i in again], [golds[i] for i in again])):
+            verdicts[i] = v
+    return verdicts
+
+
+def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
+    """Steps 4-5: waves of whole problems through rollout(); each problem is graded and written
+    by a grading thread the moment its last sample ends, while the engine decodes the rest."""
+    import agent
     import rollout
 
     n = cfg.samples
     per_wave = max(1, cfg.max_batch // n)
     budget = agent.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
                           max_output_tokens=cfg.max_output_tokens)
+    sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     tok = backend.tokenizer
     bar = _progress_bar(len(todo) * n, progress)
-    seen = {"correct": 0, "graded": 0}
+    seen = {"correct": 0, "graded": 0, "done": 0}
     lock = threading.Lock()
+    t_start = time.perf_counter()
 
-    def grade_and_write(wave, trajs):
-        # grading alongside generation: this runs while the next wave generates
-        verdicts = rewards.check_many([t.text for t in trajs], [p.answer for p in wave for _ in range(n)])
-        for w, p in enumerate(wave):
-            rec = problem_record(p, trajs[w * n:(w + 1) * n], verdicts[w * n:(w + 1) * n], equal=grader_equal)
-            append_record(gen_path, rec)
+    def show():
+        if bar is not None:
+            acc = f"{seen['correct'] / seen['graded']:.3f}" if seen["graded"] else "-"
+            rate = (stats.model_tokens + live["tokens"]) / max(time.perf_counter() - t_start, 1e-9)
+            bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s", refresh=False)
+
+    def grade_and_write(problem, trajs):
+        # grading alongside generation: this thread grades while the engine decodes the others
+        verdicts = grade([t.text for t in trajs], [problem.answer] * len(trajs))
+        append_record(gen_path, problem_record(problem, trajs, verdicts, equal=grader_equal))
         with lock:
             seen["graded"] += len(verdicts)
             seen["correct"] += sum(bool(v.correct) for v in verdicts)
             show()
 
-    def show():
-        if bar is not None:
-            acc = f"{seen['correct'] / seen['graded']:.3f}" if seen["graded"] else "-"
-            rate = stats.model_tokens / max(time.perf_counter() - t_start, 1e-9)
-            bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s")
-
+    live = {"tokens": 0}
     grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-grade")
     pending = []
-    t_start = time.perf_counter()
     try:
         for start in range(0, len(todo), per_wave):
             wave = todo[start:start + per_wave]
             # 4) prompts: the same builder in both modes; baseline has no examples and no agent
-            prompts = []
+            prompts, seeds = [], []
             for p in wave:
-                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode,
-                                                                      layout=cfg.layout))
+                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout))
                 prompts += [ids] * n
-            seed = None if cfg.temperature == 0 else wave_seed(cfg.seed, [p.id for p in wave])
-            sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed)
+                seeds += [sample_seed(cfg.seed, p.id, j) for j in range(n)]
+            done: list = [None] * len(prompts)
+            left = [n] * len(wave)
+
+            def on_finish(i: int, traj, wave=wave, done=done, left=left) -> None:
+                done[i] = traj
+                w = i // n
+                left[w] -= 1
+                with lock:
+                    live["tokens"] += int(sum(traj.mask))
+                    if bar is not None:
+                        bar.update(1)
+                        show()
+                if left[w] == 0:  # the problem's last sample: grade and write it now
+                    pending.append(grader.submit(grade_and_write, wave[w], done[w * n:(w + 1) * n]))
+
             # 5) one continuous-batched rollout for the whole wave
             try:
-                trajs = rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats)
+                rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats,
+                                seeds=None if cfg.temperature == 0 else seeds, on_finish=on_finish)
             except ValueError as e:  # e.g. a prompt longer than the context
                 raise EvalError(str(e)) from None
-            pending.append(grader.submit(grade_and_write, wave, trajs))
+            live["tokens"] = 0
             for f in [f for f in pending if f.done()]:
                 f.result()  # surface a grading error now
                 pending.remove(f)
-            if bar is not None:
-                with lock:
-                    bar.update(len(trajs))
-                    show()
+            log.info("wave of %d problems done: %d/%d problems, %.0f s", len(wave), min(start + per_wave, len(todo)),
+                     len(todo), time.perf_counter() - t_start)
     finally:
-        grader.shutdown(wait=True)  # every finished wave is written, even on Ctrl-C
+        grader.shutdown(wait=True)  # every finished problem is written, even on Ctrl-C or an error
         if bar is not None:
             bar.close()
     for f in pending:
         f.result()
+
+
+def regrade_unknown(gen_path: Path, problems: dict) -> int:
+    """On resume: problems with samples whose gold could not be checked last time are graded
+    again from their stored text; the new record is appended (the last record of an id counts)."""
+    fixed = 0
+    for r in read_generations(gen_path):
+        bad = [s for s in r["samples"] if str(s["status"]).startswith("gold_")]
+        if not bad or r["id"] not in problems:
+            continue
+        verdicts = grade([s["text"] for s in r["samples"]], [r["gold"]] * len(r["samples"]))
+        for s, v in zip(r["samples"], verdicts):
+            s.update(answer=v.answer, correct=v.correct, status=v.status)
+        vote = majority_vote([s["answer"] for s in r["samples"]], [s["correct"] for s in r["samples"]],
+                             equal=grader_equal)
+        r.update(maj_answer=vote[0], maj_correct=vote[1], n_correct=sum(bool(s["correct"]) for s in r["samples"]))
+        append_record(gen_path, r)
+        fixed += 1
+    return fixed
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -206,11 +206,16 @@ def _one_error_line(run, message):
       "--data-parallel-size", "2"], "offline LLM refuses data parallelism"),
     (["--samples", "0"], "--samples must be at least 1"),
     (["--replay", "{tmp}/nothing"], "no summary.json there"),
+    (["--bench", "math500", "--data", "{math500}", "--limit", "1", "--model", "smollm2-135m", "--out", "{tmp}/pinned",
+      "--top-p", "0.5"], "holds a run with other settings (top_p 0.95 -> 0.5)"),
 ])
 def test_bad_input_gives_one_line(args, message, tmp_path, data_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "problem": "1+1?", "answer": "2"}\n{"id": "2", "problem": "2+2?"}\n')
     args = [a.format(bad=bad, math500=data_dir / "math500.jsonl", tmp=tmp_path) for a in args]
+    if "--out" in args:  # a run with the default settings is already in that directory
+        E.pin_settings(Path(args[args.index("--out") + 1]),
+                       E.settings_of(E.Config(bench="math500", data=args[args.index("--data") + 1], model="smollm2-135m")))
     if "--tensor-parallel-size" in args and E._has_gpu():
         pytest.skip("this machine has a GPU: --tensor-parallel-size 2 is valid here")
     _one_error_line(run_cli(*args), message)
@@ -250,9 +255,10 @@ def _check_run(out: Path, summary: dict, n: int, k: int):
 def test_real_math500_both_modes(vllm_llm, data_dir, tmp_path, mode):
     import rollout
 
-    cfg = _cfg(tmp_path, mode, bench="math500", data=str(data_dir / "math500.jsonl"), mode=mode, limit=3)
+    cfg = _cfg(tmp_path, mode, bench="math500", data=str(data_dir / "math500.jsonl"), mode=mode, limit=2,
+               max_tokens=64)
     summary = E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
-    recs = _check_run(Path(cfg.out), summary, 3, 2)
+    recs = _check_run(Path(cfg.out), summary, 2, 2)
     assert summary["settings"]["max_steps"] == (0 if mode == "baseline" else 20)
     if mode == "baseline":
         assert all(s["snippets"] == 0 for r in recs for s in r["samples"])
@@ -266,11 +272,11 @@ def test_real_agent_calls_are_replayed_exactly(vllm_llm, tmp_path):
     model calls the tool there."""
     import rollout
 
-    cfg = _cfg(tmp_path, "agent", bench="procedural", difficulty="easy", layout="turns", limit=4, temperature=0.0,
-               max_tokens=160)
+    cfg = _cfg(tmp_path, "agent", bench="procedural", difficulty="easy", layout="turns", limit=3, samples=1,
+               temperature=0.0, max_tokens=128)
     E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
     n, bad, reports = E.replay(cfg.out)
-    assert n >= 2 and bad == 0, reports
+    assert n >= 1 and bad == 0, reports
     gen = Path(cfg.out) / "generations.jsonl"
     recs = E.read_generations(gen)
     call = next(c for r in recs for s in r["samples"] for c in s["calls"])
@@ -284,7 +290,7 @@ def test_real_openai_backend_against_a_real_vllm_server(vllm_server, smollm2_dir
     out = tmp_path / "served"
     run = run_cli("--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "2", "--samples", "2",
                   "--model", smollm2_dir, "--backend", "openai", "--api-base", vllm_server + "/v1", "--layout", "turns",
-                  "--max-tokens", "96", "--out", str(out))
+                  "--max-tokens", "48", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["settings"]["backend"] == "openai" and s["n_problems"] == 2
@@ -293,8 +299,8 @@ def test_real_openai_backend_against_a_real_vllm_server(vllm_server, smollm2_dir
 
 
 def _resume_args(data_dir, server, out):
-    return ["--bench", "procedural", "--difficulty", "easy", "--limit", "5", "--samples", "2", "--max-batch", "2",
-            "--temperature", "0", "--layout", "turns", "--max-tokens", "160", "--model", "smollm2-135m",
+    return ["--bench", "procedural", "--difficulty", "easy", "--limit", "4", "--samples", "2", "--max-batch", "2",
+            "--temperature", "0", "--layout", "turns", "--max-tokens", "96", "--model", "smollm2-135m",
             "--backend", "openai", "--api-base", server + "/v1", "--out", str(out)]
 
 
@@ -306,31 +312,32 @@ def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data
     gen = killed / "generations.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if gen.is_file() and gen.read_bytes().count(b"\n") >= 2:
+        if gen.is_file() and gen.read_bytes().count(b"\n") >= 1:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_before = len(E.read_generations(gen))
-    assert 2 <= n_before < 5
+    assert 1 <= n_before < 4
     resumed = run_cli(*_resume_args(data_dir, vllm_server, killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already done" in resumed.stderr
-    first = run_cli(*_resume_args(data_dir, vllm_server, whole))
-    assert first.returncode == 0, first.stderr[-3000:]
+    # the uninterrupted run, in-process (same code path, without another interpreter start)
+    import rollout
+
+    cfg = E.parse_args(_resume_args(data_dir, vllm_server, whole))
+    E._quiet_engine(False)
+    E.run(cfg, backend=rollout.OpenAIBackend.from_server(cfg.api_base, E.resolve(cfg)), progress=False)
     a = {r["id"]: r for r in E.read_generations(gen)}
     b = {r["id"]: r for r in E.read_generations(whole / "generations.jsonl")}
-    assert len(a) == len(b) == 5 and set(a) == set(b)  # nothing lost, nothing done twice
+    assert len(a) == len(b) == 4 and set(a) == set(b)  # nothing lost, nothing done twice
     strip = lambda r: [{k: v for k, v in s.items() if k not in ("sandbox_seed", "calls")} for s in r["samples"]]  # noqa: E731
     assert all(strip(a[i]) == strip(b[i]) for i in a)
     sa = json.loads((killed / "summary.json").read_text())
     sb = json.loads((whole / "summary.json").read_text())
     keys = ("maj_at_k", "pass_at_k", "mean_at_k", "mean_output_tokens", "mean_total_tokens", "snippets_per_solution")
     assert {k: sa[k] for k in keys} == {k: sb[k] for k in keys}
-    # a rerun with other settings into the same directory is refused in one line
-    other = run_cli(*_resume_args(data_dir, vllm_server, killed), "--top-p", "0.5")
-    _one_error_line(other, "holds a run with other settings (top_p 0.95 -> 0.5)")
 
 
 def _make_adapter(base_dir: str, out: Path, tiny: bool = False) -> None:
@@ -352,15 +359,16 @@ def _make_adapter(base_dir: str, out: Path, tiny: bool = False) -> None:
     peft_model.save_pretrained(out)
 
 
-def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_path, one_torch_thread):
+def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_path, one_torch_thread, monkeypatch):
     adapter, wrong = tmp_path / "adapter", tmp_path / "wrong_adapter"
     _make_adapter(smollm2_dir, adapter)
     _make_adapter(smollm2_dir, wrong, tiny=True)
     env = {"DEEPMATH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     common = ["--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "1", "--samples", "1",
               "--mode", "baseline", "--temperature", "0", "--max-tokens", "8", "--model", smollm2_dir, "--backend", "hf"]
-    run = run_cli(*common, "--lora", str(adapter), "--out", str(tmp_path / "lora"), env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    # the good adapter in-process (merge, load, generate, grade); the misfit through the CLI below
+    monkeypatch.setenv("DEEPMATH_CACHE", env["DEEPMATH_CACHE"])
+    E.run(E.parse_args([*common, "--lora", str(adapter), "--out", str(tmp_path / "lora")]), progress=False)
     merged = list((tmp_path / "cache" / "merged").iterdir())
     assert len(merged) == 1 and (merged[0] / "config.json").is_file()
     # the merged weights are the base plus B @ A (not the base: the adapter was random)
@@ -376,5 +384,5 @@ def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_pa
     assert s["settings"]["lora"] == str(adapter.resolve())
     bad = run_cli(*common, "--lora", str(wrong), "--out", str(tmp_path / "bad"), env=env)
     _one_error_line(bad, f"--lora {wrong} does not fit --model")
-    nothing = run_cli(*common, "--lora", str(tmp_path), "--out", str(tmp_path / "bad2"), env=env)
-    _one_error_line(nothing, "no adapter_config.json")
+    with pytest.raises(E.EvalError, match="no adapter_config.json"):
+        E.merge_lora(smollm2_dir, str(tmp_path))
