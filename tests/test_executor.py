@@ -383,6 +383,8 @@ def test_isolation_layers_are_active(sb, report):
         assert iso["landlock_abi"] == report["landlock_abi"]
     if report["euid"] == 0:
         assert iso["uid"] != 0 or iso["capabilities"] == "dropped"
+    # never a whole system tree, even for a venv on a system Python (sys.base_prefix = /usr)
+    assert not set(report["read_roots"]) & {"/", "/usr", "/usr/local", "/opt", os.path.expanduser("~")}
 
 
 @needs_seccomp
