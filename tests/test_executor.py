@@ -992,8 +992,8 @@ def _unprivileged_python() -> tuple[list[str] | None, str]:
 
 
 UNPRIVILEGED_VENV = "/tmp/deepmath-unprivileged-venv"
-UNPRIVILEGED_SUBSET = ("(attack or layers_are_active or no_file_writes or no_reads or no_network or no_new_processes or cannot_kill "
-                       "or limits_cannot) and not unprivileged")
+UNPRIVILEGED_SUBSET = ("(attack or layers_are_active or no_file_writes or no_reads or no_network"
+                       " or no_new_processes or cannot_kill or limits_cannot) and not unprivileged")
 
 
 def test_attacks_as_an_unprivileged_user():
