@@ -52,10 +52,11 @@ Data flow (the numbers match the section banners and step comments in the code):
   6) The reply. The worker sends a small JSON message: error text, last value, final
      answer. It never sends pickle. The caller stops the worker the moment a reply
      arrives, and from then on treats it as untrusted: the reply is checked field by
-     field (and its sequence number), duration_s is the caller's own clock, a final answer
-     counts only in a session that enabled final_answer(), and bytes found on the socket
-     before the next snippet is sent (a reply queued in advance) end the session. The caller reads the output from the memfd
-     (bounded), truncates it with a visible marker, and returns an ExecResult.
+     field (and its sequence number), duration_s is the caller's own clock, a final
+     answer counts only in a session that enabled final_answer(), and bytes found on the
+     socket before the next snippet is sent (a reply queued in advance) end the session.
+     The caller reads the output from the memfd (bounded), truncates it with a visible
+     marker, and returns an ExecResult.
   7) Failures. If the deadline passes, the caller kills the worker's whole process group,
      whatever the worker is doing. If the worker dies (memory, crash, a snippet that
      kills itself), the caller asks the zygote for the exit status. Either way the result
