@@ -1,14 +1,18 @@
 """
 Tests of rollout.py: the batched, token-exact agent loop.
 
-Run:  .venv/bin/python -m pytest tests/test_rollout.py -q        (about 1-2 minutes on 2 CPU cores)
+Run:  .venv/bin/python -m pytest tests/test_rollout.py -q        (a few minutes on 2 quiet CPU cores;
+      about 15 with six other jobs on them)
       .venv/bin/python -m pytest tests/test_rollout.py -q -k "not real"   (unit tests only, seconds)
 
 Tier 1 (unit, no model): a character-level tokenizer and a scripted backend replay chosen
 model outputs, so every bookkeeping rule is checked on known inputs -- stop strings that end
-inside a token, truncated outputs, budgets, steps in lock-step, the GRPO dict.
+inside a token or are split across calls, truncated outputs, budgets, seeds per request,
+steps in lock-step, the GRPO dict.
 Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session's vLLM engine
-(tests/conftest.py `vllm_llm`) with real executor sandboxes, and on transformers.
+(tests/conftest.py `vllm_llm`) with real executor sandboxes, and on transformers: token-exact
+against the engine, seeded runs on 64 paper-layout prompts, sampler logprobs at T=0.7 against a
+forward pass. The paper-layout test reads ../shared/data (fixture `data_dir`).
 """
 
 from __future__ import annotations
