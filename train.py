@@ -182,8 +182,7 @@ def parse_args(argv: list[str] | None = None):
 
         if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(e), re.I):
             # e.g. transformers: "Your setup doesn't support bf16/gpu" for the paper's recipe on CPU
-            raise ConfigError(f"this recipe needs a GPU and none was found ({_first_line(e)[:80]}); "
-                              f"on CPU run: {CPU_COMMAND}") from e
+            raise ConfigError(f"this recipe needs a GPU and none was found; on CPU run: {CPU_COMMAND}") from e
         raise ConfigError(f"bad configuration: {_first_line(e)}") from e
 
 
