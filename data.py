@@ -52,8 +52,10 @@ Departures from the paper, and why:
   - The procedural benchmark is ours. This machine cannot reach the hub, and the 135M model
     that runs offline solves no competition problem; a benchmark it can partly solve, with
     exact answers and unlimited fresh problems, makes the pipeline measurable end to end.
-  - The hub revisions are not pinned (revision None = the dataset's main branch): the commit
-    of each dataset could not be read from here. Pass a pinned copy with --data to freeze it.
+  - Hub revisions: math500 and aime24 are pinned to the commits that public evaluation code
+    pins them to (not checked from here: this machine cannot reach the hub); aime25,
+    hmmt_feb25, hle and OpenMathReasoning follow their main branch (revision None), since no
+    commit of theirs could be read. Pass a frozen copy with --data to fix them.
   - OpenMathReasoning rows are filtered to answers the grader parses as math (gold_kind
     "sympy"); the paper does not say how it handled unparsable answers.
 
@@ -131,9 +133,10 @@ def _hle_math_text_only(row: dict) -> bool:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", fields={"id": "unique_id"},
-                         files=("math500.jsonl",)),
-    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", files=("aime24.jsonl", "aime2024.jsonl")),
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+                         fields={"id": "unique_id"}, files=("math500.jsonl",)),
+    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", revision="2fe88a2f1091d5048c0f36abc874fb997b3dd99a",
+                        files=("aime24.jsonl", "aime2024.jsonl")),
     "aime25": Benchmark("MathArena/aime_2025", "train", fields={"id": "problem_idx"},
                         files=("aime25.jsonl", "aime2025.jsonl")),
     "hmmt_feb25": Benchmark("MathArena/hmmt_feb_2025", "train", fields={"id": "problem_idx"},
@@ -191,7 +194,44 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
 
 
 # ---------------------------------------------------------------------------
-# 3) Local JSONL files
+# 2) The hub: load_benchmark's last source (datasets is imported only here)
+# ---------------------------------------------------------------------------
+
+def _hub_rows(spec: Benchmark, what: str, streaming: bool = False):
+    """Open a hub dataset, turning any failure into one DataError line with the fix."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{what} needs the `datasets` package: pip install datasets "
+                        f"(or pass --data FILE.jsonl)") from None
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    try:
+        return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
+                                     streaming=streaming)
+    except Exception as e:  # offline, gated, renamed: every path ends in the same advice
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        extra = f"; {spec.access}" if spec.access else ""
+        raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, pass "
+                        f"--data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a folder "
+                        f"holding {spec.files[0] if spec.files else what + '.jsonl'}") from None
+
+
+def _from_hub(name: str, spec: Benchmark, limit: int | None) -> list[Problem]:
+    rows = _hub_rows(spec, name)
+    problems = []
+    for i, row in enumerate(rows):
+        if spec.keep is not None and not spec.keep(row):
+            continue
+        where = f"{spec.hub_id} row {i}"
+        problems.append(_problem_from_row(row, where, default_id=f"{name}-{i}", source=spec.hub_id,
+                                          fields=spec.fields))
+        if limit is not None and len(problems) >= limit:
+            break
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# 3) Local JSONL files, validated row by row
 # ---------------------------------------------------------------------------
 
 def read_jsonl(path: str | os.PathLike, source: str | None = None) -> list[Problem]:
@@ -249,43 +289,6 @@ def _problem_from_row(row: dict, where: str, default_id: str, source: str,
     rid = default_id if rid is None or rid == "" else str(rid)
     meta = {k: v for k, v in row.items() if k not in cols.values()}
     return Problem(rid, values["problem"], values["answer"], source, meta)
-
-
-# ---------------------------------------------------------------------------
-# 2) The hub (datasets is imported only here)
-# ---------------------------------------------------------------------------
-
-def _hub_rows(spec: Benchmark, what: str, streaming: bool = False):
-    """Open a hub dataset, turning any failure into one DataError line with the fix."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{what} needs the `datasets` package: pip install datasets "
-                        f"(or pass --data FILE.jsonl)") from None
-    logging.getLogger("datasets").setLevel(logging.ERROR)
-    try:
-        return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
-                                     streaming=streaming)
-    except Exception as e:  # offline, gated, renamed: every path ends in the same advice
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        extra = f"; {spec.access}" if spec.access else ""
-        raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, pass "
-                        f"--data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a folder "
-                        f"holding {spec.files[0] if spec.files else what + '.jsonl'}") from None
-
-
-def _from_hub(name: str, spec: Benchmark, limit: int | None) -> list[Problem]:
-    rows = _hub_rows(spec, name)
-    problems = []
-    for i, row in enumerate(rows):
-        if spec.keep is not None and not spec.keep(row):
-            continue
-        where = f"{spec.hub_id} row {i}"
-        problems.append(_problem_from_row(row, where, default_id=f"{name}-{i}", source=spec.hub_id,
-                                          fields=spec.fields))
-        if limit is not None and len(problems) >= limit:
-            break
-    return problems
 
 
 # ---------------------------------------------------------------------------
