@@ -197,23 +197,24 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
 # 2) The hub: load_benchmark's last source (datasets is imported only here)
 # ---------------------------------------------------------------------------
 
-def _hub_rows(spec: Benchmark, what: str, streaming: bool = False):
-    """Open a hub dataset, turning any failure into one DataError line with the fix."""
+def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str | None = None):
+    """Open a hub dataset, turning any failure into one DataError line with the fix (`offline`:
+    what to do without the hub; default: --data or DEEPMATH_DATA)."""
     try:
         import datasets
     except ImportError:
         raise DataError(f"{what} needs the `datasets` package: pip install datasets "
                         f"(or pass --data FILE.jsonl)") from None
     logging.getLogger("datasets").setLevel(logging.ERROR)
+    offline = offline or (f"pass --data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a "
+                          f"folder holding {spec.files[0] if spec.files else what + '.jsonl'}")
     try:
         return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
                                      streaming=streaming)
     except Exception as e:  # offline, gated, renamed: every path ends in the same advice
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         extra = f"; {spec.access}" if spec.access else ""
-        raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, pass "
-                        f"--data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a folder "
-                        f"holding {spec.files[0] if spec.files else what + '.jsonl'}") from None
+        raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, {offline}") from None
 
 
 def _from_hub(name: str, spec: Benchmark, limit: int | None) -> list[Problem]:
@@ -717,7 +718,9 @@ def _openmathreasoning(limit: int | None) -> list[Problem]:
     import rewards
 
     spec = OPENMATHREASONING
-    rows = _hub_rows(spec, "openmathreasoning", streaming=True)
+    rows = _hub_rows(spec, "openmathreasoning", streaming=True,
+                     offline="train on a JSONL file (fields problem, answer; e.g. ../shared/data/train_sample.jsonl) "
+                             "or on 'procedural'")
     out: list[Problem] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):

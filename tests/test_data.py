@@ -127,6 +127,11 @@ for name in ("math500", "hle"):
         print(name, "LOADED")
     except data.DataError as e:
         print(name, "ERR", e)
+try:
+    data.load_train("openmathreasoning", limit=2)
+    print("omr LOADED")
+except data.DataError as e:
+    print("omr ERR", e)
 """
 
 
@@ -137,11 +142,13 @@ def test_hub_offline_is_one_line_naming_the_fix(monkeypatch):
     out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT.format(root=str(ROOT))], env=env,
                          capture_output=True, text=True, timeout=120)
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2, out.stdout + out.stderr
-    math500, hle = lines
+    assert len(lines) == 3, out.stdout + out.stderr
+    math500, hle, omr = lines
     assert math500.startswith("math500 ERR cannot load math500 from the hub (HuggingFaceH4/MATH-500")
     assert "--data FILE.jsonl" in math500 and "DEEPMATH_DATA" in math500
     assert hle.startswith("hle ERR") and "gated" in hle and "huggingface-cli login" in hle
+    assert omr.startswith("omr ERR cannot load openmathreasoning from the hub (nvidia/OpenMathReasoning")
+    assert "train on a JSONL file" in omr and "'procedural'" in omr
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
