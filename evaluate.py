@@ -413,7 +413,7 @@ def make_backend(cfg: Config):
         own = _model_max_len(path)
         if not cfg.max_model_len and own:
             limit = min(limit, own)
-        kwargs = dict(max_model_len=limit, seed=cfg.seed)
+        kwargs = dict(max_model_len=limit, seed=cfg.seed, use_tqdm_on_load=cfg.verbose)
         if cfg.tensor_parallel_size > 1:
             kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         return rollout.VLLMBackend.from_model(path, **kwargs)
@@ -490,9 +490,14 @@ def _quiet_engine(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s")
     logging.getLogger("deepmath").setLevel(level)
     if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # before vLLM is imported; the engine's child processes inherit these
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TQDM_DISABLE_VLLM", "1")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10 warnings (NUMA binding) of the workers
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # library FutureWarnings, also in child processes
+        import warnings
+
+        warnings.filterwarnings("ignore")
 
 
 def run(cfg: Config, backend=None, problems=None, progress: bool = True) -> dict:
@@ -870,14 +875,19 @@ def print_summary(s: dict, out: Path) -> None:
           f"{s['n_problems']} problems x {s['samples']} samples")
     print(f"  maj@{s['samples']} {_pct(s['maj_at_k'])} (95% CI {_pct(ci[0])}-{_pct(ci[1])})   "
           f"mean@{s['samples']} {_pct(s['mean_at_k'])}   pass@{s['samples']} {_pct(s['pass_at_k'])}")
-    print(f"  mean length: {s['mean_output_tokens']} model tokens, {s['mean_total_tokens']} with executor output")
-    print(f"  agent: {s['snippets_per_solution']} calls/solution, error rate {s['snippet_error_rate']}, "
-          f"timeouts {s['snippet_timeout_rate']}, executor-token share {s['executor_token_share']}, "
-          f"truncated {s['truncation_rate']}")
+    print(f"  mean length: {_num(s['mean_output_tokens'], 1)} model tokens, {_num(s['mean_total_tokens'], 1)} with "
+          f"executor output")
+    print(f"  agent: {_num(s['snippets_per_solution'], 2)} calls/solution, snippet errors "
+          f"{_pct(s['snippet_error_rate'])}, timeouts {_pct(s['snippet_timeout_rate'])}, executor-token share "
+          f"{_pct(s['executor_token_share'])}, truncated {_pct(s['truncation_rate'])}")
     print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
           f"max_steps={st['max_steps']} layout={st['layout']} seed={st['seed']} backend={st['backend']} "
           f"(sources: summary.json settings_sources)")
     print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
+
+
+def _num(x, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _pct(x) -> str:
