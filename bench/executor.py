@@ -15,9 +15,13 @@ The last line is `RESULT key=value ...`:
   warm_overhead_ms_max      the worst snippet
   loop_ratio_vs_bare        Sandbox / bare exec on the 10k-iteration loop    target <= 1.5
   speedup_vs_smolagents_loop  smolagents / Sandbox on that loop              target >= 20
+  stop_continue_us          what the caller adds per snippet to keep an idle worker stopped
 
 Run:  python bench/executor.py            (about a minute)
       python bench/executor.py --quick    (fewer repetitions, about 20 s)
+      python bench/executor.py --against OLD.py   (adds a column: the Sandbox of another
+          version of executor.py, e.g. `git show REV:executor.py > /tmp/old_executor.py`,
+          interleaved with the others so that machine load hits both alike)
 Timings depend on the machine and on its load: compare figures from one run only.
 """
 
@@ -77,6 +81,16 @@ def make_smolagents():
     return ex
 
 
+def load_other(path: str):
+    """Another version of executor.py, imported under its own name (its own zygote and pool)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("executor_against", os.path.abspath(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["executor_against"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # -- 4) fork per snippet ----------------------------------------------------------------------
 
 def fork_exec(code: str) -> str:
@@ -109,6 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--sessions", type=int, default=32, help="concurrent sessions for the throughput test")
+    ap.add_argument("--against", metavar="OLD.py", help="another executor.py to time beside this one")
     args = ap.parse_args()
     reps = 15 if args.quick else 60
     fresh_reps = 2 if args.quick else 5
@@ -125,8 +140,10 @@ def main() -> None:
     import sympy  # noqa: F401
     smol = make_smolagents()
     sandbox = Sandbox(timeout_s=60)
+    other = load_other(args.against).Sandbox(timeout_s=60) if args.against else None
     for code in SNIPPETS.values():          # warm every path once (imports, sympy caches)
         assert sandbox.run(code).ok
+        assert other is None or other.run(code).ok
         bare_exec(code, {})
         if smol is not None:
             smol(code)
@@ -149,9 +166,13 @@ def main() -> None:
         runners = {"bare": lambda: bare_exec(code, ns), "sandbox": lambda: sandbox.run(code)}
         if smol is not None:
             runners["smolagents"] = lambda: smol(code)
+        if other is not None:
+            runners["against"] = lambda: other.run(code)
         times: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(reps):             # interleaved, so that load changes hit every column alike
-            for key, fn in runners.items():
+        order = list(runners.items())
+        for rep in range(reps):   # interleaved, so that load changes hit every column alike, and
+            k = rep % len(order)  # rotated, so that none always follows smolagents' long CPU burst
+            for key, fn in order[k:] + order[:k]:
                 t0 = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - t0)
@@ -167,6 +188,11 @@ def main() -> None:
     for name, r in rows:
         print(f"{name:<20} {r['bare']:>10.3f} {r['sandbox']:>10.3f} {r['sandbox'] - r['bare']:>+10.3f} "
               f"{r['smolagents']:>11.3f} {r['fork']:>13.2f} {r['fresh']:>10.1f}")
+    if other is not None:
+        print(f"\n--against {args.against}: its Sandbox, interleaved with the columns above (median ms)")
+        for name, r in rows:
+            print(f"{name:<20} {r['against']:>10.3f}  +overhead {r['against'] - r['bare']:>+8.3f}  "
+                  f"(this version {r['sandbox'] - r['bare']:>+8.3f})")
     print(f"\ncold session (Sandbox() + first run of '1'): {cold:.2f} ms median "
           f"(fork from the zygote + isolation setup), beside fork per snippet above")
     print(f"per snippet, CPU limit + SIGCONT + SIGSTOP of the worker: {stop_continue * 1e3:.0f} us median "
@@ -202,6 +228,8 @@ def main() -> None:
     for b in boxes:
         b.close()
     sandbox.close()
+    if other is not None:
+        other.close()
 
     overheads = [r["sandbox"] - r["bare"] for _, r in rows]
     loop = dict(rows)[LOOP]
@@ -211,7 +239,9 @@ def main() -> None:
           f"speedup_vs_smolagents_loop={loop['smolagents'] / loop['sandbox']:.1f} "
           f"cold_session_ms={cold:.1f} stop_continue_us={stop_continue * 1e3:.0f} "
           f"batch_snippets_per_s={total / batch_s:.0f} sequential_snippets_per_s={total / seq_s:.0f} "
-          f"sessions={n} cores={os.cpu_count()}")
+          f"sessions={n} cores={os.cpu_count()}"
+          + (f" against_overhead_ms_median={statistics.median(r['against'] - r['bare'] for _, r in rows):.3f}"
+             f" against_loop_ratio_vs_bare={loop['against'] / loop['bare']:.2f}" if other is not None else ""))
 
 
 if __name__ == "__main__":
