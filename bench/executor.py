@@ -237,7 +237,7 @@ def main() -> None:
           f"warm_overhead_ms_max={max(overheads):.3f} "
           f"loop_ratio_vs_bare={loop['sandbox'] / loop['bare']:.2f} "
           f"speedup_vs_smolagents_loop={loop['smolagents'] / loop['sandbox']:.1f} "
-          f"cold_session_ms={cold:.1f} stop_continue_us={stop_continue * 1e3:.0f} "
+          f"cold_session_ms={cold:.1f} stop_continue_us={stop_continue * 1e3:.1f} "
           f"batch_snippets_per_s={total / batch_s:.0f} sequential_snippets_per_s={total / seq_s:.0f} "
           f"sessions={n} cores={os.cpu_count()}"
           + (f" against_overhead_ms_median={statistics.median(r['against'] - r['bare'] for _, r in rows):.3f}"
