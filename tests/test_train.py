@@ -53,154 +53,6 @@ def _env(**extra) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# The smoke run, in process, with a probe of both temperatures at every training rollout
-# ---------------------------------------------------------------------------
-
-def _probe(trainer, out: dict, rows: int = 2) -> dict:
-    """Right after a rollout (before this step's update): compare the sampler's logprobs and the
-    loss head's logprobs of the sampled tokens with log_softmax(logits / T) of a plain forward."""
-    import torch
-
-    T, T0 = trainer.temperature_sync.current, trainer.args.temperature
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    was_training = model.training
-    model.eval()  # no dropout, as at sampling time
-    d_sampled, d_fused, d_fused_T0 = [], [], []
-    try:
-        with torch.no_grad():
-            for i in range(min(rows, len(out["completion_ids"]))):
-                p, c = out["prompt_ids"][i], out["completion_ids"][i]
-                ids = torch.tensor([p + c])  # (1, P+C)
-                mask = torch.tensor(out["env_mask"][i], dtype=torch.bool)  # (C,) sampled tokens
-                tok = torch.tensor(c)  # (C,)
-                logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float()  # (C, V) plain forward
-
-                def at(t):
-                    return torch.log_softmax(logits / t, dim=-1).gather(1, tok[:, None])[:, 0]  # (C,)
-
-                labels = ids.clone()
-                labels[0, :len(p)] = -100
-                # the call TRL's loss makes (GRPOTrainer._get_per_token_logps_and_entropies)
-                fused = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[0, len(p) - 1:]  # (C,)
-                sampled = torch.tensor(out["logprobs"][i])  # (C,)
-                d_sampled.append((sampled - at(T))[mask].abs().max().item())
-                d_fused.append((fused - at(T))[mask].abs().max().item())
-                d_fused_T0.append((fused - at(T0))[mask].abs().max().item())
-    finally:
-        model.train(was_training)
-    return {"step": trainer.state.global_step, "T": T, "sampled_vs_T": max(d_sampled),
-            "fused_vs_T": max(d_fused), "fused_vs_T0": max(d_fused_T0)}
-
-
-@pytest.fixture(scope="module")
-def smoke(smollm2_dir, tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/conftest.py one_torch_thread: 1 thread is faster on this shared CPU
-    out = tmp_path_factory.mktemp("smoke")
-    try:
-        script, args, model_args = train.parse_args(["--config", SMOKE, "--output_dir", str(out), "--max_steps", "2"])
-        train.check_config(script, args, model_args)
-        trainer = train.build_trainer(script, args, model_args)
-        probes, inner = [], trainer.rollout_func
-
-        def probing_rollout(prompts, tr):
-            result = inner(prompts, tr)
-            probes.append(_probe(tr, result))
-            return result
-
-        trainer.rollout_func = probing_rollout  # instrumentation only: observes, changes nothing
-        trainer.train()
-        trainer.save_model(str(out))
-    finally:
-        torch.set_num_threads(threads)
-    return SimpleNamespace(trainer=trainer, probes=probes, out=out, script=script)
-
-
-STEP_KEYS = (
-    "loss", "reward", "rewards/accuracy_reward/mean", "rewards/code_use_reward/mean",
-    "completions/mean_length", "completions/mean_length_all_tokens", "completions/clipped_ratio",
-    "agent/calls_per_completion", "agent/code_use_rate", "agent/snippet_error_rate",
-    "agent/snippet_timeout_rate", "agent/truncated_rate", "temperature", "step_time",
-)
-
-
-def test_smoke_recipe_trains_and_logs_everything(smoke):
-    logs = [h for h in smoke.trainer.state.log_history if "loss" in h]
-    assert [h["step"] for h in logs] == [1, 2]
-    for h in logs:
-        missing = [k for k in STEP_KEYS if h.get(k) is None]
-        assert not missing, f"step {h['step']} did not log {missing}"
-        assert math.isfinite(h["loss"])
-        assert h["completions/mean_length_all_tokens"] >= h["completions/mean_length"]  # model tokens <= all tokens
-        line = train.StepLine.line(h, h["step"])
-        assert line.startswith(f"step {h['step']} | loss ") and " | T " in line and " | calls " in line
-    # the logged temperature is the one both sides used at that step
-    assert [round(h["temperature"], 6) for h in logs] == [round(p["T"], 6) for p in smoke.probes]
-
-
-def test_temperature_schedule_reaches_sampler_and_loss(smoke):
-    probes = smoke.probes
-    assert [p["step"] for p in probes] == [0, 1]
-    temps = [p["T"] for p in probes]
-    assert temps == pytest.approx([1.2, 0.95])  # recipe: 1.2 -> 0.7 over 2 steps
-    assert temps[0] != temps[1], "the schedule must move between steps"
-    for p in probes:
-        # the sampler drew the completions at T, and the loss scores them at the same T
-        assert p["sampled_vs_T"] < 2e-3, p
-        assert p["fused_vs_T"] < 2e-3, p
-    # once T moved, the loss head no longer uses the initial temperature (the TRL 1.16 default)
-    moved = [p for p in probes if abs(p["T"] - smoke.trainer.args.temperature) > 0.1]
-    assert moved and all(p["fused_vs_T0"] > 0.02 for p in moved), probes
-    assert smoke.trainer.temperature_sync.history == [(0, pytest.approx(1.2)), (1, pytest.approx(0.95))]
-
-
-def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path, monkeypatch):
-    out = smoke.out
-    cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["r"] == 32 and cfg["use_rslora"] and cfg["lora_alpha"] == 16
-    assert (out / "adapter_model.safetensors").is_file()
-    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
-
-    # the update reached the adapter: LoRA's B matrices start at zero, and a step whose groups had
-    # any reward variance (non-zero advantages) moves them
-    from safetensors.torch import load_file
-
-    lora_b = [v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k]
-    assert lora_b
-    logs = [h for h in smoke.trainer.state.log_history if "loss" in h]
-    if any(h["frac_reward_zero_std"] < 1 for h in logs):
-        assert any(bool(v.abs().sum() > 0) for v in lora_b), "a step with advantages left the adapter at zero"
-
-    # evaluate.py --lora merges the adapter into the base model (evaluate.merge_lora): peft loads
-    # it onto SmolLM2 (it raises if the adapter does not fit) and a plain checkpoint is written
-    import evaluate
-
-    monkeypatch.setenv("DEEPMATH_CACHE", str(tmp_path))  # the merged copy goes to a temporary cache
-    merged = Path(evaluate.merge_lora(smollm2_dir, str(out)))
-    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
-    assert json.loads((merged / "deepmath_merged_from.json").read_text())["lora"] == str(out)
-
-
-def test_resume_continues_at_saved_step(smoke):
-    out = smoke.out
-    proc = subprocess.run(
-        [PY, "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "3",
-         "--resume_from_checkpoint", str(out / "checkpoint-2")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
-    )
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text[-3000:]
-    steps = [int(m) for m in re.findall(r"^step (\d+) \| loss", text, re.M)]
-    assert steps == [3], text[-3000:]  # steps 1-2 came from the checkpoint; only step 3 ran
-    line = next(l for l in text.splitlines() if l.startswith("step 3 |"))
-    assert " | T 0.700" in line  # the schedule's value at global step 2, restored with the state
-    assert "rollout_func: step 2, T=0.700" in text
-
-
-# ---------------------------------------------------------------------------
 # Two processes through accelerate (gloo on CPU)
 # ---------------------------------------------------------------------------
 
@@ -327,3 +179,158 @@ def test_paper_recipe_builds_a_trainer(smollm2_dir, tmp_path):
         fused = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs[0]
     want = torch.log_softmax(logits / 0.7, -1).gather(1, ids[0, 1:, None])[:, 0]
     assert (fused.float() - want).abs().max() < 0.05  # bf16 weights: loose; a T of 1.2 is off by far more
+
+
+# ---------------------------------------------------------------------------
+# The smoke run, in process, with a probe of both temperatures at every training rollout
+# ---------------------------------------------------------------------------
+
+def _probe(trainer, out: dict, rows: int = 2) -> dict:
+    """Right after a rollout (before this step's update): compare the sampler's logprobs and the
+    loss head's logprobs of the sampled tokens with log_softmax(logits / T) of a plain forward."""
+    import torch
+
+    T, T0 = trainer.temperature_sync.current, trainer.args.temperature
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()  # no dropout, as at sampling time
+    d_sampled, d_fused, d_fused_T0 = [], [], []
+    try:
+        with torch.no_grad():
+            for i in range(min(rows, len(out["completion_ids"]))):
+                p, c = out["prompt_ids"][i], out["completion_ids"][i]
+                ids = torch.tensor([p + c])  # (1, P+C)
+                mask = torch.tensor(out["env_mask"][i], dtype=torch.bool)  # (C,) sampled tokens
+                tok = torch.tensor(c)  # (C,)
+                logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float()  # (C, V) plain forward
+
+                def at(t):
+                    return torch.log_softmax(logits / t, dim=-1).gather(1, tok[:, None])[:, 0]  # (C,)
+
+                labels = ids.clone()
+                labels[0, :len(p)] = -100
+                # the call TRL's loss makes (GRPOTrainer._get_per_token_logps_and_entropies)
+                fused = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[0, len(p) - 1:]  # (C,)
+                sampled = torch.tensor(out["logprobs"][i])  # (C,)
+                d_sampled.append((sampled - at(T))[mask].abs().max().item())
+                d_fused.append((fused - at(T))[mask].abs().max().item())
+                d_fused_T0.append((fused - at(T0))[mask].abs().max().item())
+    finally:
+        model.train(was_training)
+    return {"step": trainer.state.global_step, "T": T, "sampled_vs_T": max(d_sampled),
+            "fused_vs_T": max(d_fused), "fused_vs_T0": max(d_fused_T0)}
+
+
+@pytest.fixture(scope="module")
+def smoke(smollm2_dir, tmp_path_factory):
+    import gc
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/conftest.py one_torch_thread: 1 thread is faster on this shared CPU
+    out = tmp_path_factory.mktemp("smoke")
+    try:
+        script, args, model_args = train.parse_args(["--config", SMOKE, "--output_dir", str(out), "--max_steps", "2"])
+        train.check_config(script, args, model_args)
+        trainer = train.build_trainer(script, args, model_args)
+        probes, inner = [], trainer.rollout_func
+
+        def probing_rollout(prompts, tr):
+            result = inner(prompts, tr)
+            probes.append(_probe(tr, result))
+            return result
+
+        trainer.rollout_func = probing_rollout  # instrumentation only: observes, changes nothing
+        trainer.train()
+        trainer.save_model(str(out))
+        # keep what the tests read; free the model and optimizer before the subprocess tests
+        run = SimpleNamespace(log_history=trainer.state.log_history, T0=trainer.args.temperature,
+                              sync_history=trainer.temperature_sync.history, probes=probes, out=out)
+        del trainer, inner, probing_rollout
+        gc.collect()
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+STEP_KEYS = (
+    "loss", "reward", "rewards/accuracy_reward/mean", "rewards/code_use_reward/mean",
+    "completions/mean_length", "completions/mean_length_all_tokens", "completions/clipped_ratio",
+    "agent/calls_per_completion", "agent/code_use_rate", "agent/snippet_error_rate",
+    "agent/snippet_timeout_rate", "agent/truncated_rate", "temperature", "step_time",
+)
+
+
+def test_smoke_recipe_trains_and_logs_everything(smoke):
+    logs = [h for h in smoke.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    for h in logs:
+        missing = [k for k in STEP_KEYS if h.get(k) is None]
+        assert not missing, f"step {h['step']} did not log {missing}"
+        assert math.isfinite(h["loss"])
+        assert h["completions/mean_length_all_tokens"] >= h["completions/mean_length"]  # model tokens <= all tokens
+        line = train.StepLine.line(h, h["step"])
+        assert line.startswith(f"step {h['step']} | loss ") and " | T " in line and " | calls " in line
+    # the logged temperature is the one both sides used at that step
+    assert [round(h["temperature"], 6) for h in logs] == [round(p["T"], 6) for p in smoke.probes]
+
+
+def test_temperature_schedule_reaches_sampler_and_loss(smoke):
+    probes = smoke.probes
+    assert [p["step"] for p in probes] == [0, 1]
+    temps = [p["T"] for p in probes]
+    assert temps == pytest.approx([1.2, 0.95])  # recipe: 1.2 -> 0.7 over 2 steps
+    assert temps[0] != temps[1], "the schedule must move between steps"
+    for p in probes:
+        # the sampler drew the completions at T, and the loss scores them at the same T
+        assert p["sampled_vs_T"] < 2e-3, p
+        assert p["fused_vs_T"] < 2e-3, p
+    # once T moved, the loss head no longer uses the initial temperature (the TRL 1.16 default)
+    moved = [p for p in probes if abs(p["T"] - smoke.T0) > 0.1]
+    assert moved and all(p["fused_vs_T0"] > 0.02 for p in moved), probes
+    assert smoke.sync_history == [(0, pytest.approx(1.2)), (1, pytest.approx(0.95))]
+
+
+def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path, monkeypatch):
+    out = smoke.out
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 32 and cfg["use_rslora"] and cfg["lora_alpha"] == 16
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+    # the update reached the adapter: LoRA's B matrices start at zero, and a step whose groups had
+    # any reward variance (non-zero advantages) moves them
+    from safetensors.torch import load_file
+
+    lora_b = [v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b
+    logs = [h for h in smoke.log_history if "loss" in h]
+    if any(h["frac_reward_zero_std"] < 1 for h in logs):
+        assert any(bool(v.abs().sum() > 0) for v in lora_b), "a step with advantages left the adapter at zero"
+
+    # evaluate.py --lora merges the adapter into the base model (evaluate.merge_lora): peft loads
+    # it onto SmolLM2 (it raises if the adapter does not fit) and a plain checkpoint is written
+    import evaluate
+
+    monkeypatch.setenv("DEEPMATH_CACHE", str(tmp_path))  # the merged copy goes to a temporary cache
+    merged = Path(evaluate.merge_lora(smollm2_dir, str(out)))
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    assert json.loads((merged / "deepmath_merged_from.json").read_text())["lora"] == str(out)
+
+
+def test_resume_continues_at_saved_step(smoke):
+    out = smoke.out
+    proc = subprocess.run(
+        [PY, "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "3",
+         "--resume_from_checkpoint", str(out / "checkpoint-2")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    steps = [int(m) for m in re.findall(r"^step (\d+) \| loss", text, re.M)]
+    assert steps == [3], text[-3000:]  # steps 1-2 came from the checkpoint; only step 3 ran
+    line = next(l for l in text.splitlines() if l.startswith("step 3 |"))
+    assert " | T 0.700" in line  # the schedule's value at global step 2, restored with the state
+    assert "rollout_func: step 2, T=0.700" in text
