@@ -204,9 +204,9 @@ def main() -> None:
         m = summary[setting, "mixed"]
         name = setting.replace("@", "_T")
         parts.append(f"{name}_acc={accs} {name}_var={m['var']:.2f} {name}_var_w={m['var_w']:.2f}")
-    print("RESULT " + " ".join(parts))
     executor.shutdown()
-    shutdown_vllm(be.llm)
+    shutdown_vllm(be.llm)  # before the RESULT line: vLLM may log on shutdown, and RESULT must come last
+    print("RESULT " + " ".join(parts), flush=True)
 
 
 if __name__ == "__main__":
