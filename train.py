@@ -21,7 +21,7 @@ Data flow (the numbers match the code below):
      benchmarks (the count is logged); each becomes {"prompt": agent.build_messages(problem),
      "answer": gold}. GRPO sees the problem only, never a reference solution.
   4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
-     FinishedOnly (2b below); the code-use wrapper also logs the agent statistics (section 4).
+     FinishedOnly (truncated completions score 0, below); the code-use wrapper also logs the agent statistics (section 4).
   5. Temperature: TemperatureSync gives the rollout its T and sets the SAME T in the loss.
   6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
@@ -29,7 +29,7 @@ Data flow (the numbers match the code below):
      line per logging step beside the progress bar; the LoRA adapter is saved at the end (and in
      each checkpoint), once, by the main process.
 
-2) The temperature schedule on both sides. TRL 1.16 bakes GRPOConfig.temperature into the fused
+Step 5 in detail: the temperature schedule on both sides. TRL 1.16 bakes GRPOConfig.temperature into the fused
    LM head that computes the loss's per-token logprobs (trl.trainer.utils.add_fused_lm_head, a
    closure made in GRPOTrainer.__init__); changing trainer.temperature later reaches neither the
    loss nor TRL's own vLLM sampler. A schedule on the sampling side alone would take the policy
@@ -48,7 +48,7 @@ Data flow (the numbers match the code below):
    methods; overriding those would copy TRL code. Limit: a full fine-tune (no LoRA) under
    bf16/fp16 mixed precision has accelerate's autocast wrapper around TRL's head, which the
    restore would drop; check_config refuses a moving schedule there (LoRA or fp32 work).
-2b) Truncated completions. A completion the budget cut (5k tokens, or the agent step limit:
+Step 4 in detail: truncated completions. A completion the budget cut (5k tokens, or the agent step limit:
    TRL counts both as truncated, since neither ends in EOS) may still hold a tentative \\boxed{}
    and has usually already called code, so it would collect 1.0-1.1 reward for being long.
    Default (reward_truncated=False): such completions score 0 on every reward component and
@@ -62,7 +62,7 @@ Departures from the paper / released config, and why:
     disabled), and the recipe keeps beta 0.0 (TRL's default), so there is no reference term to
     sync. Emulating a sync by partly merging the adapter into the base weights would make the
     saved adapter wrong for the original base model that evaluate.py --lora and vLLM load.
-  - Truncated completions earn no reward (2b), a choice the paper does not state.
+  - Truncated completions earn no reward (step 4), a choice the paper does not state.
   - The agent loop is rollout.py's (no patched TRL); executor output gets no gradient (env_mask).
   - Offline CPU recipes (smollm2-135m, procedural problems) exist beside the paper's GPU recipe.
 
@@ -70,7 +70,8 @@ Run:
   python train.py                                     # the paper's recipe (GPU; recipes/deepmath.yaml)
   python train.py --config recipes/cpu-smoke.yaml     # a few steps of SmolLM2-135M on CPU, minutes
   python train.py --config recipes/cpu-mini.yaml      # the CPU miniature replication run
-  accelerate launch --config_file recipes/zero2.yaml train.py --config recipes/deepmath.yaml
+  accelerate launch --multi_gpu --num_processes 2 train.py --config recipes/cpu-smoke.yaml   # 2 CPU processes (gloo)
+  accelerate launch --config_file recipes/zero2.yaml train.py --config recipes/deepmath.yaml   # GPUs, untested
   python train.py --config recipes/cpu-smoke.yaml --resume_from_checkpoint last
 Every GRPOConfig / ModelConfig flag works too (`python train.py --help`). The adapter loads in
 vLLM with LLM(..., enable_lora=True, max_lora_rank=32): vLLM's default max_lora_rank is 16.
@@ -157,7 +158,7 @@ class ScriptArguments:
     """rollout.py schedule: auto, continuous (vLLM) or lockstep."""
     reward_truncated: bool = False
     """Whether completions cut by the budget (no EOS: token cap or agent step limit) earn their
-    rewards. False: they score 0 on every component (length pressure; see the contract, 2b)."""
+    rewards. False: they score 0 on every component (length pressure; see the contract, step 4)."""
     code_reward_only_successful: bool = False
     """Credit only snippets that ran without error (False: any agent call counts, the paper)."""
     code_reward_cap: int = 1
@@ -347,7 +348,7 @@ class FinishedOnly:
         if self.stats is not None and log_metric is not None:
             self.stats.log(log_metric, completions=completions, finish_reason=finish_reason, **kwargs)
         if log_metric is not None and any(cut):
-            # the measurement of 2b: what the cut completions would have earned from this reward
+            # measured for the contract's step 4: what the cut completions would have earned from this reward
             vals = [r for r, c in zip(raw, cut) if c and r is not None]
             log_metric(f"truncated/{self.__name__}_raw", sum(vals) / len(vals) if vals else 0.0)
         if self.reward_truncated:
@@ -408,7 +409,7 @@ class TemperatureSync:
 
     Passed to rollout.make_rollout_func as its `temperature` callable, so it runs once per
     rollout, just before sampling. In training it also re-applies TRL's add_fused_lm_head with
-    the same T (see the contract, 2). `history` holds (global_step, T) per training rollout.
+    the same T (see the contract, step 5). `history` holds (global_step, T) per training rollout.
     """
 
     def __init__(self, start: float, end: float | None, steps: int | None):
@@ -451,7 +452,7 @@ def set_loss_temperature(trainer, temperature: float) -> None:
         fused = target.__dict__.get("forward")
         if getattr(getattr(fused, "__func__", None), "__wrapped__", None) is not type(target).forward:
             raise RuntimeError(f"{type(target).__name__}.forward is not TRL's fused LM head (wrapped by something "
-                               "else), so the loss temperature cannot follow the schedule; see train.py, 2)")
+                               "else), so the loss temperature cannot follow the schedule; see train.py's contract, step 5")
         del target.forward  # back to the class's forward, what add_fused_lm_head wrapped at init
         add_fused_lm_head(target, temperature=temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32,
                           outputs=outputs)

@@ -141,6 +141,12 @@ def test_refusals_name_the_fix(monkeypatch):
         train.check_config(script, args, model_args)
 
 
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(train).failed == 0
+
+
 # ---------------------------------------------------------------------------
 # The paper's recipe builds a trainer (a small model in place of Qwen3-4B, on CPU)
 # ---------------------------------------------------------------------------
