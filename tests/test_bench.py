@@ -41,3 +41,4 @@ def test_rollout_bench_quick(smollm2_dir):
 def test_tool_use_bench_quick(smollm2_dir):
     result = run_bench("tool_use.py", "--n", "1", "--layouts", "turns", "--model", smollm2_dir)
     assert set(result) == {"turns_correct", "turns_called", "n"} and result["n"] == 1
+
