@@ -148,6 +148,8 @@ class Config:
     """Data parallelism: offline vLLM refuses >1; serve replicas and use --backend openai."""
     difficulty: str = "mixed"
     """procedural benchmark: easy, medium, hard, mixed, or weights such as easy:1,medium:2."""
+    templates: str = "train"
+    """procedural benchmark: phrasings seen in training (train) or held out from it (heldout)."""
     verbose: bool = False
     """Show engine logs and one line per rollout step."""
     compare: list[str] = field(default_factory=list)
@@ -163,7 +165,7 @@ PROMPT_ROOM = 8192
 """Tokens kept for the prompt when --max-model-len is automatic (the paper layout's prompt is ~3k)."""
 
 SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "samples", "temperature", "top_p", "top_k",
-                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty")
+                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
 
 SOURCES = {
@@ -197,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     docs = _field_docs(Config)
     p = argparse.ArgumentParser(prog="evaluate.py", description=Config.__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    choices = {"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS,
+    choices = {"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout"),
                }
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -253,7 +255,8 @@ def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS if old.get(k) != settings.get(k)]
+        # a key the older run did not record had its default then: not a difference
+        diff = [f"{k} {old[k]!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS if k in old and old[k] != settings.get(k)]
         if diff:
             raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
                             f"use another --out, or the same settings to resume it")
@@ -563,7 +566,7 @@ def load_problems(cfg: Config) -> list:
         raise EvalError(f"data.py could not be imported ({e})") from None
     try:
         return data.load_benchmark(cfg.bench, data=cfg.data, limit=cfg.limit, seed=cfg.seed,
-                                   difficulty=cfg.difficulty)
+                                   difficulty=cfg.difficulty, templates=cfg.templates)
     except data.DataError as e:
         raise EvalError(str(e)) from None
 
