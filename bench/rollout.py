@@ -200,9 +200,9 @@ def main() -> None:
         print(f"{name} all runs, tok/s: " + ", ".join(f"{r.tok_s:.1f}" for r in runs[k]))
     print(f"batched/sequential {A.tok_s / rb.tok_s:.2f}x (lockstep {A2.tok_s / rb.tok_s:.2f}x)   "
           f"batched agent/plain generation {A.tok_s / C.tok_s:.2f}x (lockstep {A2.tok_s / C.tok_s:.2f}x)")
-    print(f"RESULT batched_vs_sequential={A.tok_s / rb.tok_s:.2f} agent_vs_plain={A.tok_s / C.tok_s:.2f}")
     executor.shutdown()
-    shutdown_vllm(llm)  # the engine core is a child process
+    shutdown_vllm(llm)  # the engine core is a child process; before RESULT, since vLLM may log on shutdown
+    print(f"RESULT batched_vs_sequential={A.tok_s / rb.tok_s:.2f} agent_vs_plain={A.tok_s / C.tok_s:.2f}", flush=True)
 
 
 if __name__ == "__main__":

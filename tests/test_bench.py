@@ -21,7 +21,10 @@ def run_bench(script: str, *args: str, timeout: float = 900) -> dict[str, float]
     run = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=timeout, env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
     assert run.returncode == 0, run.stderr[-3000:]
-    last = run.stdout.strip().splitlines()[-1]
+    # the RESULT line is the script's last own line; vLLM may still log to stdout while its engine
+    # process exits (seen in CI: "[shutdown] Process manager: force killing ..."), so skip such lines
+    own = [ln for ln in run.stdout.strip().splitlines() if not re.match(r"\(\w+ pid=\d+\)", ln)]
+    last = own[-1] if own else ""
     assert last.startswith("RESULT "), run.stdout[-2000:]
     return {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", last)}
 
