@@ -848,12 +848,18 @@ class _Worker:
             if self.released:
                 return
             self.released = True
-            for close in (self.sock.close, lambda: os.close(self.out_fd),
-                          lambda: self.pidfd is not None and os.close(self.pidfd)):
-                try:
-                    close()
-                except OSError:
-                    pass
+            self.close_fds()
+
+    def close_fds(self) -> None:
+        """Close our ends (socket, output file, pidfd) without killing or locking: release() calls
+        it under the lock; a forked child of the caller calls it alone, since a lock held by
+        another thread at fork time is never released there."""
+        for close in (self.sock.close, lambda: os.close(self.out_fd),
+                      lambda: self.pidfd is not None and os.close(self.pidfd)):
+            try:
+                close()
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -2106,12 +2112,7 @@ def _after_fork_in_child() -> None:
     for s in list(old.sessions):
         w = s._worker
         if w is not None:
-            for close in (w.sock.close, lambda: os.close(w.out_fd),
-                          lambda: w.pidfd is not None and os.close(w.pidfd)):
-                try:
-                    close()
-                except OSError:
-                    pass
+            w.close_fds()
             s._worker = None
             s._history.clear()
         s._lock = threading.Lock()
