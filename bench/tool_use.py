@@ -32,18 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project is a flat folder
-
-
-def cpu_flags() -> str:
-    """The CPU model and the flags that matter for the engine's dtype and matmul speed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, flags {' '.join(shown) or 'none of avx2/avx512'}"
+from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
 
 
 def main() -> int:
@@ -69,7 +58,7 @@ def main() -> int:
     model = agent.make_model(cfg)
     qs = agent.arithmetic_problems(a.n, seed=a.seed)
     print(f"# bench/tool_use.py: backend {a.backend}, model {a.model}, {a.n} products (seed {a.seed}), greedy, "
-          f"--max-new-tokens {a.max_new_tokens}; {cpu_flags()}; load average "
+          f"--max-new-tokens {a.max_new_tokens}; {cpu_line()}; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     if a.backend == "vllm":
         print(f"# engine dtype {model.model.llm_engine.model_config.dtype}", flush=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
 
 
 class Clock:
@@ -55,15 +56,6 @@ class Clock:
         return timed
 
 
-def cpu_flags() -> str:
-    try:
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in keep if f in flags) or "none of avx2/avx512/amx"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "recipes" / "cpu-smoke.yaml"))
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import train
 
     torch.set_num_threads(a.threads)
-    print(f"CPU: {os.cpu_count()} cores, flags: {cpu_flags()}; torch threads {a.threads}; "
+    print(f"CPU: {cpu_line()}; torch threads {a.threads}; "
           f"load average {os.getloadavg()[0]:.1f}")
     pairs = agent.arithmetic_problems(a.problems * 2, seed=0)
     rows = [{"prompt": agent.arithmetic_messages(x, y), "answer": str(x * y)} for x, y in pairs]
