@@ -26,7 +26,9 @@ The cache lives in $DEEPMATH_CACHE (default ~/.cache/deepmath).
 
 It also holds the one place that says how this project starts and stops a vLLM engine
 (vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
-and the tests run the same settings.
+and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir,
+also used for evaluate.py's merged LoRA checkpoints); and the one reader of the CPU's flags
+(cpu_info, cpu_line), which decide the engine's dtype and are printed beside every benchmark figure.
 
 Run:  python models.py smollm2-135m      # converts if needed, prints the directory
 """
