@@ -3,6 +3,9 @@
 #
 #   make demo    evaluate.py end to end: the embedded tiny model on the procedural benchmark, without and
 #                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
+#   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-mini.yaml),
+#                then Baseline / +Agent / +GRPO / DeepMath on held-out problems (runs/replication;
+#                ~45 min on a 2-core CPU; a rerun resumes)
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this
 #   make bench   the benchmark scripts in bench/
 #
@@ -10,7 +13,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test bench clean
+.PHONY: install demo replicate test bench clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +40,9 @@ demo: install
 	$(PY) evaluate.py $(DEMO_ARGS) --mode baseline --out runs/demo-baseline
 	$(PY) evaluate.py $(DEMO_ARGS) --mode agent --out runs/demo-agent
 	$(PY) evaluate.py --compare runs/demo-baseline runs/demo-agent
+
+replicate: install
+	$(PY) replicate.py
 
 test: install
 	$(PY) -m pytest

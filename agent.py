@@ -246,7 +246,27 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
-def system_prompt(mode: str = "agent", layout: str = "system") -> str | None:
+def shown_examples(examples: int | None = None) -> tuple[Example, ...]:
+    """The solved examples a prompt shows: all of them (None, the paper's 4), or the LAST
+    `examples` of prompts/examples.txt -- the file puts last the short ones that open with the
+    agent call, which a small model imitates (its note says why). Fewer examples make a shorter
+    prompt: the CPU miniature (recipes/cpu-mini.yaml) shows 2, which halves the prompt and with
+    it most of a CPU training step.
+
+    >>> [len(shown_examples()), len(shown_examples(2))]
+    [4, 2]
+    >>> shown_examples(1) == shown_examples()[-1:]
+    True
+    """
+    every = load_examples()
+    if examples is None:
+        return every
+    if not 1 <= examples <= len(every):
+        raise ValueError(f"examples must be between 1 and {len(every)} (prompts/examples.txt), not {examples}")
+    return every[len(every) - examples:]
+
+
+def system_prompt(mode: str = "agent", layout: str = "system", examples: int | None = None) -> str | None:
     """The system message of build_messages (None in baseline mode, which has none)."""
     _check_choice("mode", mode, MODES)
     _check_choice("layout", layout, LAYOUTS)
@@ -256,13 +276,14 @@ def system_prompt(mode: str = "agent", layout: str = "system") -> str | None:
     if layout == "system":
         shown = [
             SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution)
-            for n, ex in enumerate(load_examples(), 1)
+            for n, ex in enumerate(shown_examples(examples), 1)
         ]
         text = "\n\n".join([text, SYSTEM_LAYOUT_INTRO, *shown])
     return text
 
 
-def build_messages(problem: str, mode: str = "agent", layout: str = "system") -> list[dict]:
+def build_messages(problem: str, mode: str = "agent", layout: str = "system",
+                   examples: int | None = None) -> list[dict]:
     """The chat messages that pose one problem, before the model answers. Pure: no tokenizer.
 
     mode "agent": a system message with the instruction (prompts/agent_instruction.txt), the
@@ -270,7 +291,8 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system") ->
     "system" writes the examples into the system message (the default); layout "turns"
     gives each one as a user turn (its problem) and an assistant turn (its solution).
     mode "baseline": one user message, prompts/baseline.txt with the problem filled in. There
-    are no examples, so the layout changes nothing.
+    are no examples, so the layout changes nothing. examples: how many solved examples to show
+    (None: all 4, the paper; see shown_examples).
 
     rollout.py renders these with `apply_chat_template(..., add_generation_prompt=True)` and
     continues token by token; MathAgent appends the assistant message written so far.
@@ -282,12 +304,12 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system") ->
     >>> build_messages("1+1?", mode="baseline")[0]["content"].splitlines()[0]
     '1+1?'
     """
-    system = system_prompt(mode, layout)
+    system = system_prompt(mode, layout, examples)
     if system is None:
         return [{"role": "user", "content": read_prompt("baseline.txt").replace("{problem}", problem)}]
     messages = [{"role": "system", "content": system}]
     if layout == "turns":
-        for ex in load_examples():
+        for ex in shown_examples(examples):
             messages += [{"role": "user", "content": ex.problem}, {"role": "assistant", "content": ex.solution}]
     messages.append({"role": "user", "content": problem})
     return messages

@@ -112,6 +112,8 @@ class Config:
     """A peft LoRA adapter directory (as train.py writes): merged into the model once, cached."""
     layout: str = "system"
     """Where the solved examples go: system (the paper's) or turns (earlier chat turns)."""
+    examples: int | None = None
+    """Solved examples in the agent prompt: all 4 (the paper), or the last N (train.py's --examples)."""
     samples: int = 16
     """Samples per problem (the k of maj@k; the paper: 16)."""
     temperature: float = 0.6
@@ -164,7 +166,7 @@ BACKENDS = ("vllm", "hf", "openai")
 PROMPT_ROOM = 8192
 """Tokens kept for the prompt when --max-model-len is automatic (the paper layout's prompt is ~3k)."""
 
-SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "samples", "temperature", "top_p", "top_k",
+SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
                  "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
 
@@ -221,6 +223,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.limit is not None and cfg.limit < 1:
         p.error("--limit must be at least 1")
+    if cfg.examples is not None and not 1 <= cfg.examples <= 4:
+        p.error("--examples must be between 1 and 4 (the solved examples in prompts/examples.txt)")
     if cfg.temperature < 0:
         p.error("--temperature must be >= 0 (0 is greedy)")
     if not 0 < cfg.top_p <= 1:
@@ -241,7 +245,7 @@ def default_out(cfg: Config) -> Path:
 def settings_of(cfg: Config) -> dict:
     s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.mode == "baseline":
-        s["layout"] = None  # the baseline prompt has no examples: layout changes nothing
+        s["layout"] = s["examples"] = None  # the baseline prompt has no examples: neither changes anything
         s["max_steps"] = 0
     for k in ("data", "lora"):
         if s[k]:
@@ -632,7 +636,8 @@ def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress:
             # 4) prompts: the same builder in both modes; baseline has no examples and no agent
             prompts, seeds = [], []
             for p in wave:
-                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout))
+                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
+                                                                         examples=cfg.examples))
                 prompts += [ids] * n
                 seeds += [sample_seed(cfg.seed, p.id, j) for j in range(n)]
             done: list = [None] * len(prompts)
@@ -872,7 +877,7 @@ def print_summary(s: dict, out: Path) -> None:
           f"{_pct(s['snippet_error_rate'])}, timeouts {_pct(s['snippet_timeout_rate'])}, executor-token share "
           f"{_pct(s['executor_token_share'])}, truncated {_pct(s['truncation_rate'])}")
     print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
-          f"max_steps={st['max_steps']} layout={st['layout']} seed={st['seed']} backend={st['backend']} "
+          f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
           f"(sources: summary.json settings_sources)")
     print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
 
@@ -903,7 +908,7 @@ def compare(dirs: Sequence[str], png: Path | None = None) -> str:
     ref_dir, ref_s, ref_g = runs[0]
     lines = []
     head = (f"{'run':<28} {'bench':<10} {'mode':<8} {'n':>4} {'maj@k':>7} {'95% CI':>13} {'mean@k':>7} "
-            f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'Δmaj vs ref [95% CI]':>24}")
+            f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'calls':>5} {'err':>6} {'Δmaj vs ref [95% CI]':>24}")
     lines += [head, "-" * len(head)]
     points = []
     for d, s, g in runs:
@@ -923,7 +928,8 @@ def compare(dirs: Sequence[str], png: Path | None = None) -> str:
         name = Path(d).name[:28]
         lines.append(f"{name:<28} {s['bench'][:10]:<10} {s['mode']:<8} {s['n_problems']:>4} {_pct(s['maj_at_k']):>7} "
                      f"{_pct(ci[0]) + '-' + _pct(ci[1]):>13} {_pct(s['mean_at_k']):>7} "
-                     f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} {dmaj:>24}")
+                     f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} "
+                     f"{s.get('snippets_per_solution') or 0:>5.2f} {_pct(s.get('snippet_error_rate')):>6} {dmaj:>24}")
         points.append((name, s["mean_total_tokens"] or 0, s["maj_at_k"] or 0))
     text = "\n".join(lines)
     if png is not None:

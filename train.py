@@ -142,6 +142,9 @@ class ScriptArguments:
     layout: str = "system"
     """Where the solved examples go: system (inside the system prompt, the paper) or turns
     (earlier chat turns, what SmolLM2-135M needs to call the tool)."""
+    examples: int | None = None
+    """Solved examples in the prompt: None shows all 4 (the paper); N shows the last N, a shorter
+    prompt for CPU runs (evaluate.py --examples N must then match)."""
     temperature_end: float | None = 0.7
     """Last value of the linear temperature schedule, which starts at --temperature; None keeps
     the temperature constant."""
@@ -195,6 +198,9 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
         raise ConfigError(f"--layout must be one of {', '.join(agent.LAYOUTS)}, not {script.layout!r}")
     if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
         raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
+    if script.examples is not None and not 1 <= script.examples <= len(agent.load_examples()):
+        raise ConfigError(f"--examples must be between 1 and {len(agent.load_examples())} "
+                          f"(the solved examples in prompts/examples.txt), not {script.examples}")
     for name in ("max_agent_steps", "max_output_tokens", "code_reward_cap", "dev_size"):
         if getattr(script, name) < (0 if name == "dev_size" else 1):
             raise ConfigError(f"--{name} must be at least {0 if name == 'dev_size' else 1}")
@@ -243,13 +249,15 @@ def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config)
     prompt + cap must fit the model's context."""
     import agent
 
-    longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False)) for ex in agent.load_examples())
+    longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False))
+                  for ex in agent.shown_examples(script.examples))
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
     import rollout
 
-    prompt = len(rollout.encode_prompt(tokenizer, agent.build_messages("x", layout=script.layout)))
+    prompt = len(rollout.encode_prompt(tokenizer, agent.build_messages("x", layout=script.layout,
+                                                                              examples=script.examples)))
     context = getattr(model_config, "max_position_embeddings", None)
     if context and prompt + args.max_completion_length > context:
         raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
@@ -307,7 +315,7 @@ def load_datasets(script: ScriptArguments):
             if not str(p.answer).strip():
                 raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
                                   "(every row needs an 'answer' field)")
-            out.append({"prompt": agent.build_messages(p.problem, layout=script.layout),
+            out.append({"prompt": agent.build_messages(p.problem, layout=script.layout, examples=script.examples),
                         "answer": str(p.answer), "problem_id": str(p.id)})
         return out
 
@@ -596,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train(resume_from_checkpoint=resume)
     # the LoRA adapter (or the full model) and the tokenizer; save_model writes on the main process only
     trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json beside the adapter: the per-step metrics (replicate.py plots them)
     if trainer.accelerator.is_main_process:
         log.info("saved %s to %s after %d steps in %.0f s (vLLM: LLM(..., enable_lora=True, max_lora_rank=%d))",
                  "LoRA adapter" if model_args.use_peft else "model", args.output_dir, trainer.state.global_step,

@@ -175,6 +175,7 @@ def test_compare_prints_table_1_and_writes_a_png(tmp_path, capsys):
     assert "50.0%" in base_row and "(reference)" in base_row
     assert "75.0%" in agent_row and "-60.0%" in agent_row  # 40 vs 100 tokens
     assert "+25.0 [" in agent_row  # +25 points, with its paired interval
+    assert agent_row.split()[-5:-3] == ["1.00", "0.0%"] and base_row.split()[-3:-1] == ["0.00", "-"]  # calls, errors
     png = tmp_path / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

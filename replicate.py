@@ -1,0 +1,439 @@
+"""
+replicate.py -- the paper's Table 1 in miniature, on one CPU, in one command (`make replicate`).
+
+Paper, "Results" (Table 1): four rows on the same problems -- Baseline (the model, no agent),
++Agent (the same model with the agent), +GRPO (the GRPO-trained model, no agent) and DeepMath
+(the trained model with the agent) -- scored by majority@16 accuracy and mean output length. The
+claim is about a mechanism: handing computation to a sandbox shortens traces and fixes arithmetic,
+and GRPO toward code use makes the agent better. This script runs that mechanism for real at a
+size a 2-core CPU can afford: SmolLM2-135M-Instruct, the real sandbox, TRL's real GRPOTrainer
+(train.py) and the real evaluation (evaluate.py). Nothing is mocked or scripted.
+
+Data flow (the numbers match the code below):
+  1. Config: one dataclass (its field docstrings are --help). The evaluation budget -- token cap,
+     agent steps, executor output, prompt layout and examples, difficulty mix -- is read from the
+     training recipe, so the four rows are scored under the conditions the policy trained in.
+  2. Train: `train.py --config RECIPE --seed S --output_dir OUT/adapter` in a subprocess, its log
+     appended to OUT/train.log. A finished adapter is reused; an interrupted run resumes from its
+     last checkpoint (--resume_from_checkpoint last).
+  3. Evaluate: the four rows of each row group through evaluate.run, one vLLM engine per model
+     (the untrained model: Baseline and +Agent; the adapter merged into it: +GRPO and DeepMath).
+     Row groups:
+       - procedural (OUT/baseline, OUT/agent, OUT/grpo, OUT/deepmath): held-out problems, split
+         "test" of data.procedural (disjoint from the training split by construction) with an
+         evaluation seed, in the training phrasings and difficulty mix;
+       - heldout-templates (OUT/heldout-templates/ROW): the same families phrased in templates the
+         training never saw;
+       - math500 (OUT/math500/ROW): a slice of MATH-500 as a sanity row, from --math500-data, the
+         shared data folder, or the hub; where none is reachable it says so and goes on.
+     Every problem is written as it finishes (evaluate.py's generations.jsonl): a rerun resumes.
+  4. Report: evaluate.compare's Table 1 per group (accuracy with its interval, output tokens, agent
+     calls per solution, snippet error rate) and its accuracy-against-length PNG; the training
+     curves (reward, accuracy, code-use rate, temperature per step) as OUT/training.png; the
+     targets checked with a paired bootstrap over problems; all of it in OUT/report.json and
+     OUT/report.md, with the wall time of every stage.
+
+Departures from the paper, and why:
+  - a 135M model, generated problems with exact answers and a short completion cap instead of
+    Qwen3-4B on OpenMathReasoning with 5k tokens: what one CPU can train in minutes (the recipe,
+    recipes/cpu-mini.yaml, says what else it scales down);
+  - majority@4 instead of majority@16, and the paired interval over problems: evaluation time is
+    the budget (the command's target is 45 minutes on 2 cores, training included);
+  - the evaluation samples at evaluate.py's defaults (T 0.6, top_p 0.95, top_k 20: the Qwen3
+    card's), the same for all four rows.
+
+Run:  make replicate                        (= python replicate.py; ~45 min on a 2-core CPU)
+      python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath})
+      python replicate.py --help
+Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training steps, 2 problems a row)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SHARED_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
+"""Where this project's sessions keep MATH-500 offline (../shared/data, see its SOURCES.md)."""
+
+ROWS = (  # name, evaluate.py --mode, trained?  (the paper's Table 1, top to bottom)
+    ("baseline", "baseline", False),
+    ("agent", "agent", False),
+    ("grpo", "baseline", True),
+    ("deepmath", "agent", True),
+)
+LABELS = {"baseline": "Baseline", "agent": "+Agent", "grpo": "+GRPO", "deepmath": "DeepMath"}
+
+
+
+class ReplicateError(Exception):
+    """Printed as one line by main(), exit status 2."""
+
+
+# ---------------------------------------------------------------------------
+# 1) Config
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """The paper's Table 1 in miniature: train with recipes/cpu-mini.yaml, evaluate four rows."""
+
+    out: str = "runs/replication"
+    """Output directory: the adapter, each row's evaluate.py directory, the plots and the report."""
+    recipe: str = "recipes/cpu-mini.yaml"
+    """train.py recipe; the evaluation reads its budget, prompt layout, examples and difficulty."""
+    train_seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds. The first writes OUT/adapter and the main rows; each other seed S writes
+    OUT/seedS/adapter and its own +GRPO and DeepMath rows."""
+    train_args: list[str] = field(default_factory=list)
+    """Extra train.py flags after the recipe (e.g. --train-args=--max_steps=2 for a CI-sized run)."""
+    problems: int = 64
+    """Held-out procedural problems per row (the main row group)."""
+    heldout_templates: int = 32
+    """Problems per row phrased in templates the training never saw (0 skips the group)."""
+    math500: int = 16
+    """MATH-500 problems per row, the sanity row group (0 skips it)."""
+    math500_data: str | None = None
+    """MATH-500 JSONL; default: $DEEPMATH_DATA, then ../shared/data/math500.jsonl, then the hub."""
+    samples: int = 4
+    """Samples per problem (the k of maj@k; the paper: 16)."""
+    seed: int = 1
+    """Evaluation seed: of the held-out procedural problems (split "test") and of sampling."""
+    temperature: float = 0.6
+    """Evaluation sampling temperature, the same for every row (evaluate.py's default)."""
+    top_p: float = 0.95
+    """Evaluation nucleus sampling (evaluate.py's default)."""
+    top_k: int = 20
+    """Evaluation top-k (evaluate.py's default)."""
+
+
+def parse_args(argv=None) -> Config:
+    from evaluate import _field_docs
+
+    docs = _field_docs(Config)
+    p = argparse.ArgumentParser(prog="replicate.py", description=Config.__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "train_seeds":
+            p.add_argument(flag, type=int, nargs="+", default=default, help=docs[f.name])
+        elif f.name == "train_args":
+            p.add_argument(flag, action="append", default=default, help=docs[f.name])
+        else:
+            typ = {"int": int, "float": float}.get(f.type, str)
+            p.add_argument(flag, type=typ, default=default, help=docs[f.name])
+    cfg = Config(**vars(p.parse_args(argv)))
+    for name in ("problems", "samples"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    for name in ("heldout_templates", "math500"):
+        if getattr(cfg, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
+        p.error("--train-seeds must be distinct")
+    return cfg
+
+
+def read_recipe(path: str) -> dict:
+    """The recipe's settings that the evaluation must share with training."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ReplicateError(f"recipe {path} not found (the miniature's is recipes/cpu-mini.yaml)")
+    r = yaml.safe_load(p.read_text()) or {}
+    dataset = str(r.get("dataset", ""))
+    if not dataset.startswith("procedural"):
+        raise ReplicateError(f"{path}: dataset {dataset!r} is not procedural; the miniature scores held-out "
+                             "procedural problems of the same families (use recipes/cpu-mini.yaml)")
+    return {
+        "model": r.get("model_name_or_path", "smollm2-135m"),
+        "difficulty": dataset.partition(":")[2] or "mixed",
+        "layout": r.get("layout", "system"),
+        "examples": r.get("examples"),
+        "max_tokens": int(r.get("max_completion_length", 256)),
+        "max_steps": int(r.get("max_agent_steps", 50)),
+        "max_output_tokens": int(r.get("max_output_tokens", 256)),
+        "max_train_steps": r.get("max_steps"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# 2) Train
+# ---------------------------------------------------------------------------
+
+def adapter_dir(cfg: Config, seed: int) -> Path:
+    return Path(cfg.out) / ("adapter" if seed == cfg.train_seeds[0] else f"seed{seed}/adapter")
+
+
+def train(cfg: Config, seed: int) -> Path:
+    """train.py in a subprocess (its own memory; its log kept). A finished adapter is reused."""
+    out = adapter_dir(cfg, seed)
+    if (out / "adapter_config.json").is_file() and (out / "trainer_state.json").is_file():
+        print(f"training seed {seed}: {out} is already trained, reused (delete it to train again)", flush=True)
+        return out
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", cfg.recipe, "--seed", str(seed),
+           "--output_dir", str(out), "--resume_from_checkpoint", "last", *cfg.train_args]
+    logfile = Path(cfg.out) / ("train.log" if seed == cfg.train_seeds[0] else f"seed{seed}/train.log")
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    print(f"training seed {seed}: {' '.join(cmd[1:])}  (log: {logfile})", flush=True)
+    with open(logfile, "a") as f:
+        f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:  # the step lines go to the console too; everything to the log
+            f.write(line)
+            if line.startswith("step ") or "error" in line.lower()[:40]:
+                print(line.rstrip(), flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        tail = logfile.read_text().strip().splitlines()[-1:] or ["?"]
+        raise ReplicateError(f"train.py failed (exit {rc}): {tail[0][:300]} -- see {logfile}; a rerun resumes")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 3) Evaluate
+# ---------------------------------------------------------------------------
+
+def math500_source(cfg: Config) -> str | None:
+    """A MATH-500 JSONL path, "hub", or None (no row group) -- said in one line."""
+    if cfg.math500_data:
+        if not Path(cfg.math500_data).is_file():
+            raise ReplicateError(f"--math500-data {cfg.math500_data}: no such file")
+        return cfg.math500_data
+    folder = os.environ.get("DEEPMATH_DATA")
+    for path in ([Path(folder) / "math500.jsonl"] if folder else []) + [SHARED_MATH500]:
+        if path.is_file():
+            return str(path)
+    import data
+
+    try:
+        data.load_benchmark("math500", limit=1)
+        return "hub"
+    except data.DataError as e:
+        print(f"math500 row group skipped: MATH-500 is neither local nor reachable ({e})", flush=True)
+        return None
+
+
+def groups(cfg: Config, recipe: dict) -> dict[str, dict]:
+    """Row group name -> evaluate.Config fields shared by its four rows ("" is the main group)."""
+    g = {"": {"bench": "procedural", "limit": cfg.problems, "templates": "train", "difficulty": recipe["difficulty"]}}
+    if cfg.heldout_templates:
+        g["heldout-templates"] = {"bench": "procedural", "limit": cfg.heldout_templates, "templates": "heldout",
+                                  "difficulty": recipe["difficulty"]}
+    if cfg.math500:
+        src = math500_source(cfg)
+        if src is not None:
+            g["math500"] = {"bench": "math500", "limit": cfg.math500, "data": None if src == "hub" else src}
+    return g
+
+
+def row_dir(cfg: Config, group: str, row: str, seed: int) -> Path:
+    base = Path(cfg.out) if seed == cfg.train_seeds[0] or row in ("baseline", "agent") else Path(cfg.out) / f"seed{seed}"
+    return base / group / row if group else base / row
+
+
+def eval_configs(cfg: Config, recipe: dict, grps: dict, adapter: Path | None, seed: int):
+    import evaluate as E
+
+    out = []
+    for gname, g in grps.items():
+        for row, mode, trained in ROWS:
+            if trained != (adapter is not None):
+                continue
+            out.append(E.Config(
+                mode=mode, model=recipe["model"], lora=str(adapter) if adapter else None, layout=recipe["layout"],
+                examples=recipe["examples"], samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                top_k=cfg.top_k, max_tokens=recipe["max_tokens"], max_steps=recipe["max_steps"],
+                max_output_tokens=recipe["max_output_tokens"], seed=cfg.seed,
+                out=str(row_dir(cfg, gname, row, seed)), **g))
+    return out
+
+
+def pending(c) -> bool:
+    import evaluate as E
+
+    done = {r["id"] for r in E.read_generations(Path(c.out) / "generations.jsonl")}
+    return any(p.id not in done for p in E.load_problems(c)) or not (Path(c.out) / "summary.json").is_file()
+
+
+def evaluate_model(configs: list) -> None:
+    """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU)."""
+    import evaluate as E
+
+    todo = [c for c in configs if pending(c)]
+    backend = E.make_backend(todo[0]) if todo else None
+    try:
+        for c in configs:
+            t0 = time.perf_counter()
+            s = E.run(c, backend=backend if c in todo else None, progress=sys.stderr.isatty())
+            print(f"  {Path(c.out).relative_to(Path(c.out).parents[1])}: maj@{c.samples} {E._pct(s['maj_at_k'])} "
+                  f"mean@{c.samples} {E._pct(s['mean_at_k'])}, {s['mean_total_tokens']:.0f} tokens, "
+                  f"{s['snippets_per_solution']:.2f} calls ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        if backend is not None:
+            E.close_backend(backend)
+
+
+# ---------------------------------------------------------------------------
+# 4) Report
+# ---------------------------------------------------------------------------
+
+def paired(a_dir: Path, b_dir: Path, key: str = "maj_correct") -> dict:
+    """b - a over the problems both runs scored, with the 95% paired-bootstrap interval."""
+    import evaluate as E
+
+    a = {r["id"]: r for r in E.read_generations(a_dir / "generations.jsonl")}
+    b = {r["id"]: r for r in E.read_generations(b_dir / "generations.jsonl")}
+    common = [i for i in a if i in b]
+    if not common:
+        return {"n": 0, "diff": None, "ci95": None}
+
+    def value(r):
+        if key == "maj_correct":
+            return float(r["maj_correct"])
+        return sum(bool(s["correct"]) for s in r["samples"]) / len(r["samples"])  # mean@k
+
+    xa, xb = [value(a[i]) for i in common], [value(b[i]) for i in common]
+    lo, hi = E.paired_bootstrap_ci(xa, xb)
+    return {"n": len(common), "diff": round((sum(xb) - sum(xa)) / len(common), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def plot_training(states: dict[int, Path], png: Path) -> bool:
+    """Reward, accuracy, code-use rate and temperature per optimizer step, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("reward", "reward (weighted)"), ("rewards/accuracy_reward/mean", "accuracy"),
+              ("agent/code_use_rate", "code-use rate"), ("temperature", "temperature"))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    drawn = False
+    for seed, path in states.items():
+        hist = [h for h in json.loads(path.read_text()).get("log_history", []) if "loss" in h and "step" in h]
+        for ax, (key, title) in zip(axes, panels):
+            pts = [(h["step"], h[key]) for h in hist if isinstance(h.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=f"seed {seed}")
+                drawn = True
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def report(cfg: Config, recipe: dict, grps: dict, walls: dict) -> dict:
+    import evaluate as E
+
+    out = Path(cfg.out)
+    rep = {"recipe": cfg.recipe, "recipe_settings": recipe, "config": dataclasses.asdict(cfg), "groups": {},
+           "wall_s": walls}
+    md = [f"# Table 1 in miniature ({recipe['model']}, {cfg.recipe})", ""]
+    for seed in cfg.train_seeds:
+        for gname in grps:
+            dirs = [row_dir(cfg, gname, row, seed) for row, _, _ in ROWS]
+            if not all((d / "summary.json").is_file() for d in dirs):
+                continue
+            where = (out if seed == cfg.train_seeds[0] else out / f"seed{seed}") / gname
+            png = where / ("accuracy_vs_length.png")
+            table = E.compare([str(d) for d in dirs], png)
+            (where / "table.txt").write_text(table + "\n")
+            key = f"{gname or 'procedural'}/seed{seed}"
+            rows = {row: json.loads((d / "summary.json").read_text()) for (row, _, _), d in zip(ROWS, dirs)}
+            g = {
+                "table": table,
+                "rows": {row: {k: s.get(k) for k in ("n_problems", "samples", "maj_at_k", "maj_at_k_ci95", "mean_at_k",
+                                                    "mean_output_tokens", "mean_total_tokens", "snippets_per_solution",
+                                                    "snippet_error_rate", "truncation_rate")} for row, s in rows.items()},
+                "deepmath_minus_agent": paired(dirs[1], dirs[3]),
+                "deepmath_minus_agent_mean_at_k": paired(dirs[1], dirs[3], "mean"),
+                "deepmath_minus_baseline": paired(dirs[0], dirs[3]),
+                "grpo_minus_baseline": paired(dirs[0], dirs[2]),
+            }
+            d, lb = g["deepmath_minus_agent"], rows["baseline"]
+            g["targets"] = {
+                "deepmath_beats_agent_by_15_with_ci_above_0": bool(d["diff"] is not None and d["diff"] >= 0.15
+                                                                   and d["ci95"][0] > 0),
+                "deepmath_beats_baseline": bool((rows["deepmath"]["maj_at_k"] or 0) > (lb["maj_at_k"] or 0)),
+                "deepmath_shorter_than_baseline": bool((rows["deepmath"]["mean_total_tokens"] or 0)
+                                                       < (lb["mean_total_tokens"] or 0)),
+            }
+            rep["groups"][key] = g
+            md += [f"## {gname or 'procedural (held-out problems)'}, training seed {seed}", "", "```", table, "```", ""]
+            for name, v in (("DeepMath - +Agent (maj)", d), ("DeepMath - +Agent (mean@k)", g["deepmath_minus_agent_mean_at_k"]),
+                            ("DeepMath - Baseline (maj)", g["deepmath_minus_baseline"]),
+                            ("+GRPO - Baseline (maj)", g["grpo_minus_baseline"])):
+                if v["diff"] is not None:
+                    md.append(f"- {name}: {100 * v['diff']:+.1f} points, 95% paired-bootstrap CI "
+                              f"[{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] over {v['n']} problems")
+            md += [f"- target {k}: {'met' if ok else 'MISSED'}" for k, ok in g["targets"].items()] + [""]
+    md += ["## Wall time", ""] + [f"- {k}: {v:.0f} s" for k, v in walls.items()] + [""]
+    (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    (out / "report.md").write_text("\n".join(md))
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = parse_args(argv)
+    t_all, walls = time.perf_counter(), {}
+    try:
+        import evaluate as E
+
+        E._quiet_engine(False)
+        recipe = read_recipe(cfg.recipe)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        # 2) train, every seed
+        adapters = {}
+        for seed in cfg.train_seeds:
+            t0 = time.perf_counter()
+            adapters[seed] = train(cfg, seed)
+            walls[f"train_seed{seed}"] = round(time.perf_counter() - t0, 1)
+        # 3) evaluate: the untrained model's rows once, the trained rows per seed
+        grps = groups(cfg, recipe)
+        t0 = time.perf_counter()
+        print(f"evaluating the untrained model: {', '.join(g or 'procedural' for g in grps)} x Baseline, +Agent", flush=True)
+        evaluate_model(eval_configs(cfg, recipe, grps, None, cfg.train_seeds[0]))
+        walls["eval_untrained"] = round(time.perf_counter() - t0, 1)
+        for seed, adapter in adapters.items():
+            t0 = time.perf_counter()
+            print(f"evaluating the trained model (seed {seed}): +GRPO, DeepMath", flush=True)
+            evaluate_model(eval_configs(cfg, recipe, grps, adapter, seed))
+            walls[f"eval_trained_seed{seed}"] = round(time.perf_counter() - t0, 1)
+        # 4) report
+        states = {s: a / "trainer_state.json" for s, a in adapters.items() if (a / "trainer_state.json").is_file()}
+        plot_training(states, out / "training.png")
+        walls["total"] = round(time.perf_counter() - t_all, 1)
+        rep = report(cfg, recipe, grps, walls)
+    except (ReplicateError, E.EvalError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/report.md, report.json, training.png, accuracy_vs_length.png ({walls['total']:.0f} s)")
+    return 0 if rep["groups"] else 1
+
+
+if __name__ == "__main__":  # the guard vLLM's engine start-up needs
+    raise SystemExit(main())
