@@ -190,11 +190,14 @@ def train(cfg: Config, seed: int) -> Path:
     with open(logfile, "a") as f:
         f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         f.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:  # the step lines go to the console too; everything to the log
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log as it happens
+        for line in proc.stdout:  # everything to the log; the step lines and errors to the console too
             f.write(line)
-            if line.startswith("step ") or "error" in line.lower()[:40]:
-                print(line.rstrip(), flush=True)
+            f.flush()
+            for part in line.split("\r"):  # the progress bar redraws with \r before a step line
+                if part.startswith(("step ", "error")):
+                    print(part.rstrip(), flush=True)
         rc = proc.wait()
     if rc != 0:
         tail = logfile.read_text().strip().splitlines()[-1:] or ["?"]

@@ -7,8 +7,8 @@ Run:  .venv/bin/python -m pytest tests/test_train.py -q        (several minutes 
 What is checked:
   - the smoke recipe (recipes/cpu-smoke.yaml), 2 steps in process: finite loss; every reward
     component, agent statistic and the temperature logged at every step; checkpoint-2 and the
-    LoRA adapter written (its B matrices moved when a step had advantages); evaluate.merge_lora
-    (what `evaluate.py --lora` runs) loads it onto the base model;
+    LoRA adapter written (its B matrices moved when a step had advantages); `evaluate.py --lora`
+    runs on it as a subprocess (merged into the base model, cached, evaluated);
   - the temperature schedule on both sides, measured from the model, not from our bookkeeping:
     at each training rollout the sampler's logprobs and the logprobs of the loss's fused LM
     head both equal log_softmax(logits / T_step) of a plain forward pass, T_step changes from
@@ -316,14 +316,21 @@ def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path, mon
     if any(h["frac_reward_zero_std"] < 1 for h in logs):
         assert any(bool(v.abs().sum() > 0) for v in lora_b), "a step with advantages left the adapter at zero"
 
-    # evaluate.py --lora merges the adapter into the base model (evaluate.merge_lora): peft loads
-    # it onto SmolLM2 (it raises if the adapter does not fit) and a plain checkpoint is written
-    import evaluate
-
-    monkeypatch.setenv("DEEPMATH_CACHE", str(tmp_path))  # the merged copy goes to a temporary cache
-    merged = Path(evaluate.merge_lora(smollm2_dir, str(out)))
-    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
-    assert json.loads((merged / "deepmath_merged_from.json").read_text())["lora"] == str(out)
+    # `evaluate.py --lora` as a user runs it (a subprocess): it merges the adapter into the base
+    # model (evaluate.merge_lora; peft raises if the adapter does not fit SmolLM2), caches the
+    # merged checkpoint and evaluates it (transformers backend: no engine start-up; vLLM loading
+    # the merged model is tests/test_replicate.py's)
+    env = _env(DEEPMATH_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([PY, str(ROOT / "evaluate.py"), "--bench", "procedural", "--model", "smollm2-135m",
+                        "--lora", str(out), "--backend", "hf", "--mode", "baseline", "--limit", "1", "--samples", "1",
+                        "--max-tokens", "16", "--out", str(tmp_path / "eval")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["settings"]["lora"] == str(out.resolve()) and summary["n_problems"] == 1
+    merged = [m.parent for m in (tmp_path / "cache").rglob("deepmath_merged_from.json")]
+    assert len(merged) == 1 and (merged[0] / "model.safetensors").is_file()
+    assert json.loads((merged[0] / "deepmath_merged_from.json").read_text())["lora"] == str(out)
 
 
 def test_resume_continues_at_saved_step(smoke):
