@@ -948,7 +948,7 @@ class Config:
 CHOICES = {"backend": BACKENDS, "layout": LAYOUTS}
 
 
-def _field_docs(cls) -> dict[str, str]:
+def field_docs(cls) -> dict[str, str]:
     """The docstring under each dataclass field (Python keeps no such docstrings: read the source)."""
     body = ast.parse(inspect.getsource(cls)).body[0].body
     docs = {}
@@ -958,27 +958,42 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Config from the command line: one flag per field, its docstring as the help text."""
+def dataclass_parser(cls, prog: str, choices: dict | None = None, special: dict | None = None):
+    """An argparse parser with one flag per field of the dataclass `cls`, the field's docstring as
+    its help and its default shown (how CleanRL/tyro make --help); agent.py, evaluate.py and
+    replicate.py parse their Config with it, train.py goes through TRL's TrlParser instead.
+    A field's type picks the flag: bool -> a switch, int/float (or None) -> that type, else str.
+    `special` maps a field to its own add_argument keywords (a list, a positional via "flag").
+    Errors print one line that names the problem and points to --help, not a usage dump."""
     import argparse
+    from dataclasses import MISSING
 
     class OneLineErrors(argparse.ArgumentParser):
-        def error(self, message):  # one line that names the problem and the fix, no usage dump
-            self.exit(2, f"error: {message} (see `python agent.py --help`)\n")
+        def error(self, message):
+            self.exit(2, f"error: {message} (see `python {prog} --help`)\n")
 
-    parser = OneLineErrors(description=Config.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    docs = _field_docs(Config)
-    for f in fields(Config):
-        if f.name == "problem":
-            parser.add_argument("problem", help=docs[f.name])
-        elif f.type == "bool":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=docs[f.name])
-        else:
-            kind = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(
-                f"--{f.name.replace('_', '-')}", type=kind, default=f.default, choices=CHOICES.get(f.name),
-                help=docs[f.name], metavar=None if f.name in CHOICES else kind.__name__.upper(),
-            )
+    parser = OneLineErrors(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    docs, choices = field_docs(cls), choices or {}
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kw = dict((special or {}).get(f.name, {}))
+        name = kw.pop("flag", "--" + f.name.replace("_", "-"))
+        if not kw and f.type == "bool":
+            kw = {"action": "store_true"}
+        elif not kw:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
+            kw = {"type": kind, "choices": choices.get(f.name)}
+            if name.startswith("-") and f.name not in choices:
+                kw["metavar"] = kind.__name__.upper()
+        if name.startswith("-") and kw.get("action") != "store_true":
+            kw["default"] = default  # argparse appends to a list default: default_factory made a fresh one
+        parser.add_argument(name, help=docs.get(f.name, ""), **kw)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Config from the command line: one flag per field, its docstring as the help text."""
+    parser = dataclass_parser(Config, "agent.py", choices=CHOICES, special={"problem": {"flag": "problem"}})
     return Config(**vars(parser.parse_args(argv)))
 
 

@@ -69,7 +69,6 @@ Tests: python -m pytest tests/test_evaluate.py -q
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import inspect
@@ -184,35 +183,12 @@ class EvalError(Exception):
     """Bad input or a failed setup: printed as one line, exit status 2."""
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """The docstring under each field of a dataclass (how CleanRL/tyro make --help)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Config:
-    import argparse
+    from agent import dataclass_parser
 
-    docs = _field_docs(Config)
-    p = argparse.ArgumentParser(prog="evaluate.py", description=Config.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    choices = {"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout"),
-               }
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=docs[f.name])
-        elif f.name == "compare":
-            p.add_argument(flag, nargs="+", default=default, metavar="DIR", help=docs[f.name])
-        else:
-            typ = {"int": int, "float": float, "int | None": int}.get(f.type, str)
-            p.add_argument(flag, type=typ, default=default, choices=choices.get(f.name), help=docs[f.name])
+    p = dataclass_parser(Config, "evaluate.py",
+                         choices={"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout")},
+                         special={"compare": {"nargs": "+", "metavar": "DIR"}})
     a = p.parse_args(argv)
     cfg = Config(**vars(a))
     for name in ("samples", "max_tokens", "max_batch", "concurrency", "tensor_parallel_size", "data_parallel_size"):
@@ -482,7 +458,7 @@ def grader_equal(a: str, b: str) -> bool:
     return bool(rewards.check("\\boxed{" + a + "}", b).correct)
 
 
-def _quiet_engine(verbose: bool) -> None:
+def quiet_engine(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
     logging.getLogger("deepmath").setLevel(level)
@@ -497,9 +473,12 @@ def _quiet_engine(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-def run(cfg: Config, backend=None, problems=None, progress: bool = True) -> dict:
+def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend_factory=None) -> dict:
     """Evaluate; returns the summary (also written to DIR/summary.json). A backend or problem
-    list passed in is used as is (bench/evaluate.py shares one engine between runs)."""
+    list passed in is used as is (bench/evaluate.py shares one engine between runs);
+    backend_factory(cfg), if given, is called instead of make_backend, and only when problems are
+    left to run (replicate.py shares one engine per model that way). Backends passed in or made by
+    backend_factory are the caller's to close."""
     import rollout
 
     out = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -521,13 +500,13 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True) -> dict
     if done:
         log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
                     len(problems), len(todo))
-    own_backend = backend is None
+    own_backend = backend is None and backend_factory is None
     stats = rollout.RolloutStats()
     t0 = time.perf_counter()
     if todo:
         # 3) the backend
-        if own_backend:
-            backend = make_backend(cfg)
+        if backend is None:
+            backend = (backend_factory or make_backend)(cfg)
         pin_settings(out, settings)
         try:
             _generate(cfg, backend, todo, gen_path, stats, progress)
@@ -869,13 +848,13 @@ def print_summary(s: dict, out: Path) -> None:
     ci = s.get("maj_at_k_ci95") or [float("nan")] * 2
     print(f"{s['bench']} | {s['mode']} | {s['model']}{' + ' + Path(st['lora']).name if st.get('lora') else ''} | "
           f"{s['n_problems']} problems x {s['samples']} samples")
-    print(f"  maj@{s['samples']} {_pct(s['maj_at_k'])} (95% CI {_pct(ci[0])}-{_pct(ci[1])})   "
-          f"mean@{s['samples']} {_pct(s['mean_at_k'])}   pass@{s['samples']} {_pct(s['pass_at_k'])}")
+    print(f"  maj@{s['samples']} {pct(s['maj_at_k'])} (95% CI {pct(ci[0])}-{pct(ci[1])})   "
+          f"mean@{s['samples']} {pct(s['mean_at_k'])}   pass@{s['samples']} {pct(s['pass_at_k'])}")
     print(f"  mean length: {_num(s['mean_output_tokens'], 1)} model tokens, {_num(s['mean_total_tokens'], 1)} with "
           f"executor output")
     print(f"  agent: {_num(s['snippets_per_solution'], 2)} calls/solution, snippet errors "
-          f"{_pct(s['snippet_error_rate'])}, timeouts {_pct(s['snippet_timeout_rate'])}, executor-token share "
-          f"{_pct(s['executor_token_share'])}, truncated {_pct(s['truncation_rate'])}")
+          f"{pct(s['snippet_error_rate'])}, timeouts {pct(s['snippet_timeout_rate'])}, executor-token share "
+          f"{pct(s['executor_token_share'])}, truncated {pct(s['truncation_rate'])}")
     print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
           f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
           f"(sources: summary.json settings_sources)")
@@ -886,7 +865,7 @@ def _num(x, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
@@ -926,10 +905,10 @@ def compare(dirs: Sequence[str], png: Path | None = None) -> str:
             lo, hi = paired_bootstrap_ci(a, b)
             dmaj = f"{100 * (sum(b) - sum(a)) / len(a):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         name = Path(d).name[:28]
-        lines.append(f"{name:<28} {s['bench'][:10]:<10} {s['mode']:<8} {s['n_problems']:>4} {_pct(s['maj_at_k']):>7} "
-                     f"{_pct(ci[0]) + '-' + _pct(ci[1]):>13} {_pct(s['mean_at_k']):>7} "
+        lines.append(f"{name:<28} {s['bench'][:10]:<10} {s['mode']:<8} {s['n_problems']:>4} {pct(s['maj_at_k']):>7} "
+                     f"{pct(ci[0]) + '-' + pct(ci[1]):>13} {pct(s['mean_at_k']):>7} "
                      f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} "
-                     f"{s.get('snippets_per_solution') or 0:>5.2f} {_pct(s.get('snippet_error_rate')):>6} {dmaj:>24}")
+                     f"{s.get('snippets_per_solution') or 0:>5.2f} {pct(s.get('snippet_error_rate')):>6} {dmaj:>24}")
         points.append((name, s["mean_total_tokens"] or 0, s["maj_at_k"] or 0))
     text = "\n".join(lines)
     if png is not None:
@@ -1004,7 +983,7 @@ def replay(d: str) -> tuple[int, int, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    _quiet_engine(cfg.verbose)
+    quiet_engine(cfg.verbose)
     try:
         if cfg.compare:
             png = Path(cfg.out) / "compare.png" if cfg.out else Path(cfg.compare[0]).resolve().parent / "compare.png"

@@ -53,7 +53,6 @@ Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -120,21 +119,10 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    from evaluate import _field_docs
+    from agent import dataclass_parser
 
-    docs = _field_docs(Config)
-    p = argparse.ArgumentParser(prog="replicate.py", description=Config.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name == "train_seeds":
-            p.add_argument(flag, type=int, nargs="+", default=default, help=docs[f.name])
-        elif f.name == "train_args":
-            p.add_argument(flag, action="append", default=default, help=docs[f.name])
-        else:
-            typ = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=typ, default=default, help=docs[f.name])
+    p = dataclass_parser(Config, "replicate.py", special={"train_seeds": {"type": int, "nargs": "+"},
+                                                         "train_args": {"action": "append"}})
     cfg = Config(**vars(p.parse_args(argv)))
     for name in ("problems", "samples"):
         if getattr(cfg, name) < 1:
@@ -267,29 +255,28 @@ def eval_configs(cfg: Config, recipe: dict, grps: dict, adapter: Path | None, se
     return out
 
 
-def pending(c) -> bool:
-    import evaluate as E
-
-    done = {r["id"] for r in E.read_generations(Path(c.out) / "generations.jsonl")}
-    return any(p.id not in done for p in E.load_problems(c)) or not (Path(c.out) / "summary.json").is_file()
-
-
 def evaluate_model(configs: list) -> None:
-    """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU)."""
+    """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU), started
+    only when a config still has problems to run (evaluate.run decides, and resumes the rest)."""
     import evaluate as E
 
-    todo = [c for c in configs if pending(c)]
-    backend = E.make_backend(todo[0]) if todo else None
+    engine = []
+
+    def shared_backend(c):
+        if not engine:
+            engine.append(E.make_backend(c))
+        return engine[0]
+
     try:
         for c in configs:
             t0 = time.perf_counter()
-            s = E.run(c, backend=backend if c in todo else None, progress=sys.stderr.isatty())
-            print(f"  {Path(c.out).relative_to(Path(c.out).parents[1])}: maj@{c.samples} {E._pct(s['maj_at_k'])} "
-                  f"mean@{c.samples} {E._pct(s['mean_at_k'])}, {s['mean_total_tokens']:.0f} tokens, "
+            s = E.run(c, backend_factory=shared_backend, progress=sys.stderr.isatty())
+            print(f"  {Path(c.out).relative_to(Path(c.out).parents[1])}: maj@{c.samples} {E.pct(s['maj_at_k'])} "
+                  f"mean@{c.samples} {E.pct(s['mean_at_k'])}, {s['mean_total_tokens']:.0f} tokens, "
                   f"{s['snippets_per_solution']:.2f} calls ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
-        if backend is not None:
-            E.close_backend(backend)
+        if engine:
+            E.close_backend(engine[0])
 
 
 # ---------------------------------------------------------------------------
@@ -407,7 +394,7 @@ def main(argv=None) -> int:
     try:
         import evaluate as E
 
-        E._quiet_engine(False)
+        E.quiet_engine(False)
         recipe = read_recipe(cfg.recipe)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

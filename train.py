@@ -113,9 +113,9 @@ class ConfigError(ValueError):
 def _docs_as_help(cls):
     """Each field's docstring (the string under it) becomes its `--help` text, as
     HfArgumentParser reads it from field.metadata["help"]."""
-    from agent import _field_docs
+    from agent import field_docs
 
-    docs = _field_docs(cls)
+    docs = field_docs(cls)
     for f in fields(cls):
         f.metadata = MappingProxyType({**f.metadata, "help": docs.get(f.name, "")})
     return cls

@@ -153,6 +153,27 @@ def test_one_out_dir_never_mixes_settings(tmp_path):
         E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2, temperature=1.0)))
 
 
+class _Started(Exception):
+    pass
+
+
+def _no_engine(cfg):
+    raise _Started(cfg.out)
+
+
+def test_backend_factory_is_called_only_when_problems_are_left(tmp_path):
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"id": "a", "problem": "1+0?", "answer": "1"}\n{"id": "b", "problem": "1+1?", "answer": "2"}\n')
+    cfg = E.Config(bench="math500", data=str(data), model="m", samples=2, out=str(tmp_path / "run"))
+    E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    E.append_record(Path(cfg.out) / "generations.jsonl", _record("a", [_sample(0, True, "1", 5, 5), _sample(1, True, "1", 5, 5)]))
+    with pytest.raises(_Started):  # "b" is left: the factory is asked for an engine
+        E.run(cfg, backend_factory=_no_engine, progress=False)
+    E.append_record(Path(cfg.out) / "generations.jsonl", _record("b", [_sample(0, False, "3", 5, 5), _sample(1, True, "2", 5, 5)]))
+    s = E.run(cfg, backend_factory=_no_engine, progress=False)  # all done: no engine, the summary from the file
+    assert s["n_problems"] == 2 and s["mean_at_k"] == 0.75 and (Path(cfg.out) / "summary.json").is_file()
+
+
 def _write_run(d: Path, bench, mode, records, k):
     d.mkdir(parents=True)
     for r in records:
@@ -328,7 +349,7 @@ def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data
     import rollout
 
     cfg = E.parse_args(_resume_args(data_dir, vllm_server, whole))
-    E._quiet_engine(False)
+    E.quiet_engine(False)
     E.run(cfg, backend=rollout.OpenAIBackend.from_server(cfg.api_base, E.resolve(cfg)), progress=False)
     a = {r["id"]: r for r in E.read_generations(gen)}
     b = {r["id"]: r for r in E.read_generations(whole / "generations.jsonl")}

@@ -75,6 +75,16 @@ def test_row_directories():
     assert R.adapter_dir(cfg, 5) == Path("o/seed5/adapter")
 
 
+def test_flags_lists_and_one_line_errors(capsys):
+    cfg = R.parse_args(["--train-seeds", "0", "1", "--train-args=--max_steps=2", "--train-args=--seed=3"])
+    assert cfg.train_seeds == [0, 1] and cfg.train_args == ["--max_steps=2", "--seed=3"]
+    assert R.parse_args([]).train_args == [] and R.parse_args([]).train_seeds == [0]
+    with pytest.raises(SystemExit) as e:
+        R.parse_args(["--train-seeds", "0", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == ["error: --train-seeds must be distinct (see `python replicate.py --help`)"]
+
+
 def test_bad_flags_are_one_line(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "replicate.py"), "--recipe", str(tmp_path / "nope.yaml"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=300)
