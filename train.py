@@ -21,7 +21,8 @@ Data flow (the numbers match the code below):
      benchmarks (the count is logged); each becomes {"prompt": agent.build_messages(problem),
      "answer": gold}. GRPO sees the problem only, never a reference solution.
   4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
-     FinishedOnly (truncated completions score 0, below); the code-use wrapper also logs the agent statistics (section 4).
+     FinishedOnly (which scores truncated completions 0 when reward_truncated is false, below);
+     the code-use wrapper also logs the agent statistics (section 4).
   5. Temperature: TemperatureSync gives the rollout its T and sets the SAME T in the loss.
   6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
@@ -50,11 +51,15 @@ Step 5 in detail: the temperature schedule on both sides. TRL 1.16 bakes GRPOCon
    restore would drop; check_config refuses a moving schedule there (LoRA or fp32 work).
 Step 4 in detail: truncated completions. A completion the budget cut (5k tokens, or the agent step limit:
    TRL counts both as truncated, since neither ends in EOS) may still hold a tentative \\boxed{}
-   and has usually already called code, so it would collect 1.0-1.1 reward for being long.
-   Default (reward_truncated=False): such completions score 0 on every reward component and
-   stay in the loss, so they carry a negative advantage -- the length pressure the paper
-   attributes to the 5k cap. TRL's mask_truncated_completions=True (drop them from the loss)
-   remains available; with it they push nothing, up or down. The measured effect is in README.
+   and has often already called code, so under TRL's plain rule it collects up to 1.0-1.1 reward.
+   Default (reward_truncated=True): that plain rule, TRL's default, which the released configuration
+   leaves as is (it sets no mask_truncated_completions); the length pressure then comes from the
+   cap itself (a cut trace rarely holds the right answer: in the runs below, never). reward_truncated=False scores cut completions 0 on every component (they stay
+   in the loss with a negative advantage); TRL's mask_truncated_completions=True drops them from
+   the loss. Why not the stricter rules: bench/truncation.py measured all three on short runs
+   (2 seeds): neither lowered the truncation rate or the length, and both can withhold the first
+   learning signal, since an untrained model's first code-using samples are often the long ones
+   the cap cuts (README, "Training"). Either way, what cut completions would have earned is logged.
 
 Departures from the paper / released config, and why:
   - Reference-model sync (alpha 0.4 every 300 steps) is dropped. TRL 1.16 refuses
@@ -62,7 +67,6 @@ Departures from the paper / released config, and why:
     disabled), and the recipe keeps beta 0.0 (TRL's default), so there is no reference term to
     sync. Emulating a sync by partly merging the adapter into the base weights would make the
     saved adapter wrong for the original base model that evaluate.py --lora and vLLM load.
-  - Truncated completions earn no reward (step 4), a choice the paper does not state.
   - The agent loop is rollout.py's (no patched TRL); executor output gets no gradient (env_mask).
   - Offline CPU recipes (smollm2-135m, procedural problems) exist beside the paper's GPU recipe.
 
@@ -159,9 +163,10 @@ class ScriptArguments:
     """Optional cap on tokens per generation call inside a trajectory (None: the budget)."""
     rollout_schedule: str = "auto"
     """rollout.py schedule: auto, continuous (vLLM) or lockstep."""
-    reward_truncated: bool = False
+    reward_truncated: bool = True
     """Whether completions cut by the budget (no EOS: token cap or agent step limit) earn their
-    rewards. False: they score 0 on every component (length pressure; see the contract, step 4)."""
+    rewards (True: TRL's plain rule, which the released config keeps). False: they score 0 on every
+    component (see the contract, step 4)."""
     code_reward_only_successful: bool = False
     """Credit only snippets that ran without error (False: any agent call counts, the paper)."""
     code_reward_cap: int = 1
