@@ -54,12 +54,13 @@ Step 4 in detail: truncated completions. A completion the budget cut (5k tokens,
    and has often already called code, so under TRL's plain rule it collects up to 1.0-1.1 reward.
    Default (reward_truncated=True): that plain rule, TRL's default, which the released configuration
    leaves as is (it sets no mask_truncated_completions); the length pressure then comes from the
-   cap itself (a cut trace rarely holds the right answer: in the runs below, never). reward_truncated=False scores cut completions 0 on every component (they stay
-   in the loss with a negative advantage); TRL's mask_truncated_completions=True drops them from
-   the loss. Why not the stricter rules: bench/truncation.py measured all three on short runs
-   (2 seeds): neither lowered the truncation rate or the length, and both can withhold the first
-   learning signal, since an untrained model's first code-using samples are often the long ones
-   the cap cuts (README, "Training"). Either way, what cut completions would have earned is logged.
+   cap itself (a cut trace rarely holds the right answer: in bench/truncation.py's runs, never).
+   reward_truncated=False scores cut completions 0 on every component (they stay in the loss with
+   a negative advantage); TRL's mask_truncated_completions=True drops them from the loss.
+   Why not the stricter rules: bench/truncation.py measured all three on short runs (2 seeds):
+   neither lowered the truncation rate or the length, and both can withhold the first learning
+   signal, since an untrained model's first code-using samples are often the long ones the cap
+   cuts (README, "Training"). Either way, what cut completions would have earned is logged.
 
 Departures from the paper / released config, and why:
   - Reference-model sync (alpha 0.4 every 300 steps) is dropped. TRL 1.16 refuses

@@ -5,9 +5,10 @@ paper's "Training with GRPO": shorter traces come from limiting completions to 5
 A completion the budget cut may still hold a tentative \\boxed{} and has often already called
 code, so under plain GRPO it collects most of the reward while being as long as allowed. The
 arms differ in that one rule only (same recipe, seed, problems and schedule):
-  zero    reward_truncated=false (train.py's default): a cut completion scores 0 on every reward
-          and stays in the loss, with a negative advantage;
-  reward  reward_truncated=true: it keeps what the graders give it (TRL's plain behaviour);
+  zero    reward_truncated=false: a cut completion scores 0 on every reward and stays in the
+          loss, with a negative advantage;
+  reward  reward_truncated=true (train.py's default since this measurement): it keeps what the
+          graders give it (TRL's plain behaviour);
   mask    reward_truncated=true and TRL's mask_truncated_completions=true: it is dropped from the
           loss (its reward still enters its group's mean and std).
 Each arm is a real run, `python train.py --config recipes/cpu-mini.yaml --max_steps N
@@ -62,7 +63,6 @@ def row(hist: list[dict], arm: str) -> dict:
         return sum(f(h) for h in steps) / len(steps) if steps else float("nan")
 
     return {
-        "steps": len(steps),
         "trunc": avg(lambda h: h["agent/truncated_rate"]),
         "len": avg(lambda h: h["completions/mean_length"]),
         "len_all": avg(lambda h: h["completions/mean_length_all_tokens"]),

@@ -298,7 +298,7 @@ def test_temperature_schedule_reaches_sampler_and_loss(smoke):
     assert smoke.sync_history == [(0, pytest.approx(1.2)), (1, pytest.approx(0.95))]
 
 
-def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path, monkeypatch):
+def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path):
     out = smoke.out
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 32 and cfg["use_rslora"] and cfg["lora_alpha"] == 16
