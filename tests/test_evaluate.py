@@ -326,20 +326,75 @@ def _resume_args(data_dir, server, out):
             "--backend", "openai", "--api-base", server + "/v1", "--out", str(out)]
 
 
+class _Gate:
+    """A pass-through HTTP proxy to the real server that holds every request made once
+    `closed()` is true, until `release()`. It makes the kill point deterministic: on a fast
+    machine the whole 4-problem run can finish between two polls of generations.jsonl (a CI
+    run once recorded all 4 before the kill), but here no request made after the first
+    problem is written can be answered before the kill."""
+
+    def __init__(self, upstream: str, closed):
+        import http.server
+        import threading
+        import urllib.request
+
+        self.released = threading.Event()
+        gate = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                if closed():
+                    gate.released.wait(300)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                req = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=300) as r:
+                        data, code = r.read(), r.status
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client was killed while its request was held
+                    pass
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data_dir, tmp_path):
-    """Greedy, one problem per wave (--max-batch = --samples): the guarantee evaluate.py states."""
+    """Greedy, one problem per wave (--max-batch = --samples): the guarantee evaluate.py states.
+    Killed once the first problem is on disk; requests made after that are held by _Gate, so the
+    kill lands mid-run on any machine (at most the one problem already in flight can finish)."""
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    cmd = [sys.executable, "evaluate.py", *_resume_args(data_dir, vllm_server, killed)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gen = killed / "generations.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if gen.is_file() and gen.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    written = lambda: gen.is_file() and gen.read_bytes().count(b"\n") >= 1  # noqa: E731
+    gate = _Gate(vllm_server, written)
+    try:
+        cmd = [sys.executable, "evaluate.py", *_resume_args(data_dir, gate.url, killed)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not written():
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert written(), "no problem was written within 240 s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        gate.close()
     n_before = len(E.read_generations(gen))
     assert 1 <= n_before < 4
     resumed = run_cli(*_resume_args(data_dir, vllm_server, killed))
