@@ -31,7 +31,7 @@ Data flow (the numbers match the code below):
      calls per solution, snippet error rate) and its accuracy-against-length PNG; the training
      curves (reward, accuracy, code-use rate, temperature per step) as OUT/training.png; the
      targets checked with a paired bootstrap over problems; all of it in OUT/report.json and
-     OUT/report.md, with the wall time of every stage.
+     OUT/report.md, with the wall time of every stage (summed over reruns: OUT/wall_s.json).
 
 Departures from the paper, and why:
   - a 135M model, generated problems with exact answers and a short completion cap instead of
@@ -332,12 +332,12 @@ def plot_training(states: dict[int, Path], png: Path) -> bool:
     return drawn
 
 
-def report(cfg: Config, recipe: dict, grps: dict, walls: dict) -> dict:
+def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
     import evaluate as E
 
     out = Path(cfg.out)
     rep = {"recipe": cfg.recipe, "recipe_settings": recipe, "config": dataclasses.asdict(cfg), "groups": {},
-           "wall_s": walls}
+           "wall_s": dict(walls), "wall_s_this_run": walls.this_run}
     md = [f"# Table 1 in miniature ({recipe['model']}, {cfg.recipe})", ""]
     for seed in cfg.train_seeds:
         for gname in grps:
@@ -377,7 +377,8 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: dict) -> dict:
                     md.append(f"- {name}: {100 * v['diff']:+.1f} points, 95% paired-bootstrap CI "
                               f"[{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] over {v['n']} problems")
             md += [f"- target {k}: {'met' if ok else 'MISSED'}" for k, ok in g["targets"].items()] + [""]
-    md += ["## Wall time", ""] + [f"- {k}: {v:.0f} s" for k, v in walls.items()] + [""]
+    md += ["## Wall time (summed over every run into this directory; this run's in brackets)", ""]
+    md += [f"- {k}: {v:.0f} s ({walls.this_run.get(k, 0):.0f} s)" for k, v in walls.items()] + [""]
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     (out / "report.md").write_text("\n".join(md))
     return rep
@@ -387,10 +388,29 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: dict) -> dict:
 # The command
 # ---------------------------------------------------------------------------
 
+class Walls(dict):
+    """Wall seconds per stage, summed over every run that wrote into OUT (OUT/wall_s.json), so a
+    rerun that reuses a finished stage still reports what that stage took, and a resumed stage
+    reports both parts. `this_run` holds this invocation's own times."""
+
+    def __init__(self, out: Path):
+        self.path = out / "wall_s.json"
+        super().__init__(json.loads(self.path.read_text()) if self.path.is_file() else {})
+        self.this_run: dict[str, float] = {}
+
+    def add(self, stage: str, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        self.this_run[stage] = round(dt, 1)
+        self[stage] = round(self.get(stage, 0.0) + dt, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = parse_args(argv)
-    t_all, walls = time.perf_counter(), {}
+    t_all = time.perf_counter()
     try:
         import evaluate as E
 
@@ -398,33 +418,35 @@ def main(argv=None) -> int:
         recipe = read_recipe(cfg.recipe)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
+        walls = Walls(out)
         # 2) train, every seed
         adapters = {}
         for seed in cfg.train_seeds:
             t0 = time.perf_counter()
             adapters[seed] = train(cfg, seed)
-            walls[f"train_seed{seed}"] = round(time.perf_counter() - t0, 1)
+            walls.add(f"train_seed{seed}", t0)
         # 3) evaluate: the untrained model's rows once, the trained rows per seed
         grps = groups(cfg, recipe)
         t0 = time.perf_counter()
         print(f"evaluating the untrained model: {', '.join(g or 'procedural' for g in grps)} x Baseline, +Agent", flush=True)
         evaluate_model(eval_configs(cfg, recipe, grps, None, cfg.train_seeds[0]))
-        walls["eval_untrained"] = round(time.perf_counter() - t0, 1)
+        walls.add("eval_untrained", t0)
         for seed, adapter in adapters.items():
             t0 = time.perf_counter()
             print(f"evaluating the trained model (seed {seed}): +GRPO, DeepMath", flush=True)
             evaluate_model(eval_configs(cfg, recipe, grps, adapter, seed))
-            walls[f"eval_trained_seed{seed}"] = round(time.perf_counter() - t0, 1)
+            walls.add(f"eval_trained_seed{seed}", t0)
         # 4) report
         states = {s: a / "trainer_state.json" for s, a in adapters.items() if (a / "trainer_state.json").is_file()}
         plot_training(states, out / "training.png")
-        walls["total"] = round(time.perf_counter() - t_all, 1)
+        walls.add("total", t_all)
         rep = report(cfg, recipe, grps, walls)
     except (ReplicateError, E.EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((out / "report.md").read_text())
-    print(f"wrote {out}/report.md, report.json, training.png, accuracy_vs_length.png ({walls['total']:.0f} s)")
+    print(f"wrote {out}/report.md, report.json, training.png, accuracy_vs_length.png "
+          f"({walls.this_run['total']:.0f} s this run, {walls['total']:.0f} s over all runs into {out})")
     return 0 if rep["groups"] else 1
 
 

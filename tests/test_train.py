@@ -18,6 +18,7 @@ What is checked:
     and trains step 3 only, at the schedule's step-2 temperature;
   - two processes: `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): world size
     2, per-rank rollout seeds differ, each rank scores its own slice, the adapter is saved once;
+  - bench/truncation.py's table reader on the smoke run's real log_history;
   - bad configurations: one line on stderr and exit code 2, each (subprocesses); --help lists
     our fields with their docs;
   - recipes/deepmath.yaml builds a GRPOTrainer (SmolLM2 in place of Qwen, use_vllm off) with
@@ -280,6 +281,22 @@ def test_smoke_recipe_trains_and_logs_everything(smoke):
         assert line.startswith(f"step {h['step']} | loss ") and " | T " in line and " | calls " in line
     # the logged temperature is the one both sides used at that step
     assert [round(h["temperature"], 6) for h in logs] == [round(p["T"], 6) for p in smoke.probes]
+
+
+def test_bench_truncation_reads_this_log(smoke):
+    """bench/truncation.py's table is read from trainer_state.json's log_history; its three real
+    runs are too slow for CI, so its reader is checked here on the smoke run's real log (a key
+    renamed in train.py's logging would otherwise only show in the next measurement)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_truncation", ROOT / "bench" / "truncation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for arm in bench.ARMS:
+        r = bench.row(smoke.log_history, arm)
+        assert set(r) == {"trunc", "len", "len_all", "acc", "code", "reward"}
+        assert all(math.isfinite(v) for v in r.values()), (arm, r)
+        assert 0 <= r["trunc"] <= 1 and 0 <= r["acc"] <= 1 and 0 <= r["code"] <= 1 and r["len_all"] >= r["len"] > 0
 
 
 def test_temperature_schedule_reaches_sampler_and_loss(smoke):
