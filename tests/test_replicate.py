@@ -101,8 +101,8 @@ def test_bad_flags_are_one_line(tmp_path):
 def tiny_replication(tmp_path_factory, smollm2_dir):
     tmp = tmp_path_factory.mktemp("replicate")
     recipe = yaml.safe_load((ROOT / "recipes" / "cpu-mini.yaml").read_text())
-    recipe.update(max_steps=2, temperature_steps=2, per_device_train_batch_size=2, num_generations=2,
-                  examples=1, max_completion_length=96, max_agent_steps=2, save_steps=1,
+    recipe.update(max_steps=2, temperature_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                  num_generations=2, examples=1, max_completion_length=96, max_agent_steps=2, save_steps=1,
                   output_dir=str(tmp / "unused"))
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp / "rep"

@@ -18,6 +18,7 @@ What is checked:
     and trains step 3 only, at the schedule's step-2 temperature;
   - two processes: `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): world size
     2, per-rank rollout seeds differ, each rank scores its own slice, the adapter is saved once;
+  - MemoryTrim (installed by build_trainer) hands a freed 800 MB heap back to the OS;
   - bench/truncation.py's table reader on the smoke run's real log_history;
   - bad configurations: one line on stderr and exit code 2, each (subprocesses); --help lists
     our fields with their docs;
@@ -142,6 +143,30 @@ def test_refusals_name_the_fix(monkeypatch):
         train.check_config(script, args, model_args)
 
 
+TRIM_PROBE = """
+import psutil, torch, train
+rss = lambda: psutil.Process().memory_info().rss >> 20
+cb = train.memory_trim_callback()
+x = torch.ones(1 << 20); del x  # glibc raises its mmap threshold to 4 MB: the blocks below go to the heap
+blocks = [torch.ones(1 << 20) for _ in range(200)]  # 800 MB in 4 MB blocks, as a step's activations
+last = blocks[-1]  # still in use: the heap's top cannot shrink by itself
+del blocks
+freed = rss()
+cb.on_substep_end(None, None, None)
+print(freed, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
+def test_memory_trim_hands_freed_blocks_back():
+    """After a step's blocks are freed, glibc keeps them resident until malloc_trim: the
+    callback train.py installs must hand them back (a fresh interpreter, so the heap is ours)."""
+    run = subprocess.run([PY, "-c", TRIM_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    freed, trimmed = map(int, run.stdout.split()[-2:])
+    assert freed - trimmed > 500, (freed, trimmed)  # MB: most of the 800 MB went back
+
+
 def test_doctests():
     import doctest
 
@@ -253,6 +278,7 @@ def smoke(smollm2_dir, tmp_path_factory):
         trainer.save_model(str(out))
         # keep what the tests read; free the model and optimizer before the subprocess tests
         run = SimpleNamespace(log_history=trainer.state.log_history, T0=trainer.args.temperature,
+                              callbacks=[type(cb).__name__ for cb in trainer.callback_handler.callbacks],
                               sync_history=trainer.temperature_sync.history, probes=probes, out=out)
         del trainer, inner, probing_rollout
         gc.collect()
@@ -279,6 +305,7 @@ def test_smoke_recipe_trains_and_logs_everything(smoke):
         assert h["completions/mean_length_all_tokens"] >= h["completions/mean_length"]  # model tokens <= all tokens
         line = train.StepLine.line(h, h["step"])
         assert line.startswith(f"step {h['step']} | loss ") and " | T " in line and " | calls " in line
+    assert "MemoryTrim" in smoke.callbacks or not sys.platform.startswith("linux")
     # the logged temperature is the one both sides used at that step
     assert [round(h["temperature"], 6) for h in logs] == [round(p["T"], 6) for p in smoke.probes]
 
