@@ -5,7 +5,7 @@
 #                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
 #   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-mini.yaml),
 #                then Baseline / +Agent / +GRPO / DeepMath on held-out problems (runs/replication;
-#                31.5 min on a 2-core CPU here; a rerun resumes)
+#                31-37 min on a 2-core CPU here; a rerun resumes)
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this
 #   make bench   the benchmark scripts in bench/
 #

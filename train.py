@@ -529,13 +529,14 @@ class StepLine:
 
 def memory_trim_callback():
     """A TrainerCallback that calls glibc's malloc_trim(0) after every micro-step, or None where
-    the C library has no malloc_trim (macOS, musl). Why: on CPU the activations of a step are
-    plain malloc blocks of hundreds of MB that glibc keeps after they are freed, so the
-    resident size of train.py grew step after step (recipes/cpu-mini.yaml, 3 steps: 4.3, 6.0 and
-    7.4 GB between steps with batch 4 x 2), and a later step's peak stacked on top. Trimmed,
-    it falls back to ~2 GB between steps. Cost: one call per micro-step, no measurable time.
-    Setting MALLOC_MMAP_THRESHOLD_ instead also held the memory down but made the run 1.7x
-    slower (every large block became an mmap)."""
+    the C library has no malloc_trim (macOS, musl). Why: on CPU a step's activations are
+    malloc blocks that glibc keeps resident after they are freed (the heap's top cannot shrink
+    while a later block is live), so train.py's resident size crept up from step to step and
+    each step's peak stacked on what the last one left. Trimmed, it falls back to the model's
+    size between steps (tests/test_train.py: an 800 MB freed heap is handed back). It does not
+    lower a step's own peak: the micro-batch size does (recipes/cpu-mini.yaml). Setting
+    MALLOC_MMAP_THRESHOLD_ instead also held the memory down, but every large block then became
+    an mmap and a short run took far longer."""
     import ctypes
     import ctypes.util
 
