@@ -328,7 +328,7 @@ def _resume_args(data_dir, server, out):
 
 class _Gate:
     """A pass-through HTTP proxy to the real server that holds every request made once
-    `closed()` is true, until `release()`. It makes the kill point deterministic: on a fast
+    `closed()` is true, until `close()`. It makes the kill point deterministic: on a fast
     machine the whole 4-problem run can finish between two polls of generations.jsonl (a CI
     run once recorded all 4 before the kill), but here no request made after the first
     problem is written can be answered before the kill."""
