@@ -218,6 +218,14 @@ def default_out(cfg: Config) -> Path:
     return ROOT / "runs" / f"{cfg.bench}-{cfg.mode}-{name}{lora}"
 
 
+def write_json(path: Path, obj) -> None:
+    """Write JSON so that a reader (or a rerun after a kill) sees the old file or the new one,
+    never half of one: to PATH.tmp, then renamed over PATH."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
 def settings_of(cfg: Config) -> dict:
     s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.mode == "baseline":
@@ -244,9 +252,7 @@ def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
     if not write:
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, settings)
 
 
 def read_generations(path: Path, repair: bool = False) -> list[dict]:
@@ -526,9 +532,7 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
                             "backend_name": getattr(backend, "name", cfg.backend)},
                "settings_sources": SOURCES, "environment": environment()}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_json(out / "summary.json", summary)
     return summary
 
 

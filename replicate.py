@@ -399,12 +399,12 @@ class Walls(dict):
         self.this_run: dict[str, float] = {}
 
     def add(self, stage: str, t0: float) -> None:
+        import evaluate as E
+
         dt = time.perf_counter() - t0
         self.this_run[stage] = round(dt, 1)
         self[stage] = round(self.get(stage, 0.0) + dt, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        E.write_json(self.path, self)
 
 
 def main(argv=None) -> int:

@@ -549,6 +549,8 @@ def memory_trim_callback():
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
 
     class MemoryTrim(TrainerCallback):
+        # transformers calls on_substep_end after each micro-step but the last of an
+        # accumulation window, and on_step_end after that last one: once per micro-step
         def on_substep_end(self, args, state, control, **kw):
             trim(0)
 
