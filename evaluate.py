@@ -17,7 +17,9 @@ Data flow, numbered as in the code below:
      (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first.
   4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
-     generation loop (a snippet the model writes anyway is not run; the trajectory ends there).
+     generation loop. max_steps=0 also means no stop strings (protocol.stop_strings), so each
+     trajectory is one generation to EOS or --max-tokens, as the paper's non-agent inference:
+     a code block the model writes anyway is text, not run and not an end.
   5. All problems x samples go through rollout.rollout() (continuous batching on vLLM) in waves
      of at most --max-batch trajectories. The moment a problem's last sample ends (rollout's
      on_finish), a grading thread grades it with rewards.check (the training reward's grader)
@@ -85,6 +87,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from protocol import TRUNCATED
 
 log = logging.getLogger("deepmath.evaluate")
 
@@ -586,6 +590,7 @@ def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress:
 
     n = cfg.samples
     per_wave = max(1, cfg.max_batch // n)
+    # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
     budget = agent.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
                           max_output_tokens=cfg.max_output_tokens)
     sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
@@ -805,7 +810,8 @@ def summarize(records: list[dict], k: int) -> dict:
         "snippet_error_rate": r4(sum(s["errors"] for s in samples) / n_snip) if n_snip else None,
         "snippet_timeout_rate": r4(sum(s["timeouts"] for s in samples) / n_snip) if n_snip else None,
         "executor_token_share": r4(sum(s["executor_tokens"] for s in samples) / total_tok) if total_tok else None,
-        "truncation_rate": r4(_mean(s["finish_reason"] == "max_tokens" for s in samples)),
+        # every budget cut counts, the step budget's as well as the token cap's
+        "truncation_rate": r4(_mean(s["finish_reason"] in TRUNCATED for s in samples)),
         "finish_reasons": {r: sum(s["finish_reason"] == r for s in samples)
                            for r in sorted({str(s["finish_reason"]) for s in samples})},
         "no_answer_rate": r4(_mean(s["answer"] is None for s in samples)),

@@ -27,8 +27,10 @@ Data flow (who calls what):
      (rewards.code_use_reward without rollout counts); strip_output_blocks() is the text the
      model wrote, with every output block removed.
   6. The loop's rules, shared by rollout.py and agent.MathAgent: find_stop() (the one search
-     for stop strings), Budget and end_reason() (when a trajectory ends), and output_block()
-     (the one truncation rule for executor output, in the model's tokens).
+     for stop strings), stop_strings() (which of them a budget generates with: none when
+     max_steps is 0, the agent off), Budget and end_reason() (when a trajectory ends; TRUNCATED
+     names the ends the budget cut), and output_block() (the one truncation rule for executor
+     output, in the model's tokens).
 
 Scanning hostile text in linear time
 ------------------------------------
@@ -483,9 +485,31 @@ class Budget:
     max_tokens: int = 5000
     """Total completion tokens: model tokens plus inserted executor output."""
     max_steps: int = 8
-    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it."""
+    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it.
+    0 turns the agent off (the paper's non-agent rows, Baseline and +GRPO): stop_strings() is
+    then empty, so the model generates straight through, a code block it writes included, to
+    EOS or max_tokens, and nothing is run."""
     max_output_tokens: int = 256
     """Executor output tokens inserted per call (longer blocks are cut, with a marker: output_block)."""
+
+
+def stop_strings(budget: Budget) -> tuple[str, ...]:
+    """The stop strings a trajectory under this budget generates with: STOP_STRINGS while it may
+    make agent calls, none when max_steps is 0. Without an agent, a closing fence or
+    </tool_call> is just text: stopping there would end the trace at its first code block,
+    unanswered (what baseline mode did before issue 17), where the paper's non-agent inference
+    generates straight through. The one place this is decided; rollout() asks it by default.
+
+    >>> stop_strings(Budget()) == STOP_STRINGS, stop_strings(Budget(max_steps=0))
+    (True, ())
+    """
+    return STOP_STRINGS if budget.max_steps > 0 else ()
+
+
+TRUNCATED: tuple[str, ...] = ("max_steps", "max_tokens")
+"""The end reasons of a trajectory the budget cut (the step budget or the token budget), as
+opposed to "answer" and "no_snippet", which ended with the model's own EOS. Every budget cut is a
+truncation: evaluate.py's truncation_rate counts these."""
 
 
 def end_reason(chunk: str, finish: str, steps: int, n_tokens: int, budget: Budget) -> str | None:

@@ -13,9 +13,11 @@ GRPO through `GRPOTrainer(rollout_func=...)`). Data flow, numbered as in the cod
   1. Each prompt (chat messages or a ready string) becomes token ids once, through the chat
      template. One `Trajectory` per prompt; its Sandbox session is opened on its first snippet.
   2. Every active trajectory asks the backend for its next chunk, continuing from its own ids
-     (prompt_ids + completion_ids), stopping at protocol.STOP_STRINGS, EOS, its remaining token
-     budget, or an optional per-call cap (`step_tokens`). A seeded run gives every request its
-     own seed (request_seed: trajectory i, call c), the same in both schedules.
+     (prompt_ids + completion_ids), stopping at protocol.stop_strings(budget) (STOP_STRINGS; none
+     when max_steps is 0, the agent off: evaluate.py's baseline mode generates straight
+     through), EOS, its remaining token budget, or an optional per-call cap (`step_tokens`).
+     A seeded run gives every request its own seed (request_seed: trajectory i, call c), the
+     same in both schedules.
   3. The sampled ids and their logprobs are appended with mask 1. How the call finished
      (EOS / stop string / length) comes from the backend, not from guessing at text; a chunk
      that only hit the per-call cap simply continues with the next call.
@@ -319,7 +321,7 @@ def _cut_after_stop(text: str, stop: Sequence[str]) -> str | None:
 def _stop_window(stop: Sequence[str]) -> int:
     """Tokens enough to hold any stop string: each token of an ASCII stop string carries at
     least one of its characters (a few more for tokens that decode to nothing)."""
-    return max(len(s) for s in stop) + 4
+    return max((len(s) for s in stop), default=0) + 4
 
 
 def _stop_token(tokenizer, ids: Sequence[int], stop: Sequence[str], before: str = "") -> int | None:
@@ -335,6 +337,8 @@ def _stop_token(tokenizer, ids: Sequence[int], stop: Sequence[str], before: str 
     >>> _stop_token(chars, ids, ["</tool_call>"], before="x</tool_"), _stop_token(chars, ids, ["</tool_call>"])
     (4, None)
     """
+    if not stop:  # no stop strings (the agent off): nothing can complete one
+        return None
     width = max(len(s) for s in stop)
     tail = before[max(0, len(before) - (width - 1)):] if width > 1 else ""
     if find_stop(tail + tokenizer.decode(list(ids), skip_special_tokens=True), stop, start=len(tail)) is None:
@@ -604,7 +608,9 @@ class HFBackend:
                 with torch.no_grad():
                     out = self.model.generate(
                         input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        generation_config=config, stopping_criteria=StoppingCriteriaList([StopStrings()]),
+                        generation_config=config,
+                        # no stop strings (the agent off): no criterion decoding every row each step
+                        stopping_criteria=StoppingCriteriaList([StopStrings()] if stop else []),
                     )
         finally:
             self.model.train(was_training)
@@ -892,7 +898,7 @@ def rollout(
     sampling: Sampling = Sampling(),
     sandbox_factory: Callable[[], Any] | None = None,
     run_batch: Callable[[list, list[str]], list] | None = None,
-    stop: Sequence[str] = STOP_STRINGS,
+    stop: Sequence[str] | None = None,
     close_sandboxes: bool = True,
     stats: RolloutStats | None = None,
     step_tokens: int | None = None,
@@ -908,6 +914,9 @@ def rollout(
         continuation rejoins the running batch (needs a backend with submit/poll: VLLMBackend);
         "auto" -- continuous where the backend can, else lockstep. Both produce the same kind of
         trajectories; bench/rollout.py measures what continuous buys.
+    stop: the stop strings; None (the default) is protocol.stop_strings(budget): STOP_STRINGS,
+        or none when budget.max_steps is 0, so a rollout without an agent generates each
+        trajectory straight to EOS or its token budget (a code block it writes is just text).
     step_tokens caps the tokens one sequence samples per call (None: up to its budget).
     Seeds: with sampling.seed, trajectory i's c-th request gets request_seed(seed, i, c); with
     `seeds` (one per prompt), seeds[i] + 104_729 * c instead, so a trajectory's samples do not
@@ -927,6 +936,7 @@ def rollout(
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts (one per prompt)")
     stats = stats if stats is not None else RolloutStats()
+    stop = protocol.stop_strings(budget) if stop is None else tuple(stop)
     t_start = time.perf_counter()
 
     def seed_of(i: int, call: int) -> int | None:

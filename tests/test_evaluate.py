@@ -463,3 +463,81 @@ def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_pa
     _one_error_line(bad, f"--lora {wrong} does not fit --model")
     with pytest.raises(E.EvalError, match="no adapter_config.json"):
         E.merge_lora(smollm2_dir, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# Issue 17: baseline mode generates straight through a code block; every budget cut is truncation
+# ---------------------------------------------------------------------------
+
+FENCED = "Check with code.\n```python\nprint(2 + 2)\n```\nIt prints 4, so \\boxed{4}."
+"""A model output holding a code block mid-reasoning, then its answer."""
+
+
+class _FencedWriter:
+    """A stand-in model for a unit test of the loop's logic: one character per token (0 is EOS),
+    it writes FENCED after the prompt's "<assistant>" and honours the stop strings it is given
+    as vLLM does (a call ends just after the first one in its new text; str.find here)."""
+
+    name, max_model_len = "fenced-writer", None
+
+    class tokenizer:  # noqa: N801  (a namespace standing in for a tokenizer object)
+        eos_token_id = pad_token_id = 0
+
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        @staticmethod
+        def decode(ids, skip_special_tokens=True):
+            return "".join(chr(i) for i in ids if i)
+
+        @staticmethod
+        def apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def __init__(self):
+        self.stops = []
+
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
+        import rollout
+
+        self.stops.append(tuple(stop))
+        chunks = []
+        for ids, room in zip(prompts, max_tokens):
+            done = self.tokenizer.decode(ids).rsplit("<assistant>", 1)[1]
+            rest = FENCED[len(done):]
+            ends = [i + len(s) for s in stop if (i := rest.find(s)) != -1]
+            out = [ord(c) for c in rest[: min(ends)]] if ends else [ord(c) for c in rest] + [0]
+            finish = "stop_string" if ends else "eos"
+            if len(out) > room:
+                out, finish = out[:room], "length"
+            chunks.append(rollout.Chunk(out, [-0.5] * len(out), finish))
+        return chunks
+
+
+@pytest.mark.parametrize("cap, reason", [(500, "answer"), (30, "max_tokens")])
+def test_baseline_mode_generates_through_a_code_block_and_counts_a_cut_as_truncated(tmp_path, cap, reason):
+    """Baseline mode (max_steps=0): the backend is asked for no stop strings, so a sample that
+    writes a code block mid-reasoning goes on to its answer, with nothing run; a sample the cap
+    cuts (here inside the block) is truncated. Before issue 17 the agent's stop strings were
+    passed: the trace ended at the closing fence, unanswered, as "max_steps", not truncated."""
+    be = _FencedWriter()
+    cfg = E.Config(bench="procedural", mode="baseline", model="smollm2-135m", limit=1, samples=2,
+                   temperature=0.0, max_tokens=cap, out=str(tmp_path / "b"), verbose=False)
+    summary = E.run(cfg, backend=be, progress=False)
+    (rec,) = E.read_generations(tmp_path / "b" / "generations.jsonl")
+    for s in rec["samples"]:
+        assert (s["finish_reason"], s["text"]) == (reason, FENCED[:cap]) and s["snippets"] == 0
+    assert set(be.stops) == {()}
+    assert summary["truncation_rate"] == (1.0 if reason == "max_tokens" else 0.0)
+    assert summary["finish_reasons"] == {reason: 2}
+
+
+def test_truncation_rate_counts_every_budget_cut():
+    """The step budget cuts a trace as much as the token cap does: both are truncations."""
+    recs = [_record("a", [_sample(0, True, "1", 10, 10), _sample(1, None, None, 10, 10, finish="max_steps")]),
+            _record("b", [_sample(0, None, None, 10, 10, finish="max_tokens"),
+                          _sample(1, False, "2", 10, 10, finish="no_snippet")])]
+    s = E.summarize(recs, 2)
+    assert s["truncation_rate"] == 0.5
+    assert s["finish_reasons"] == {"answer": 1, "max_steps": 1, "max_tokens": 1, "no_snippet": 1}

@@ -865,3 +865,123 @@ def test_cli_bad_input_gives_one_error_line(args, message):
     assert message in last, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
 
+
+
+# ---------------------------------------------------------------------------
+# Issue 17: without the agent (max_steps=0, evaluate.py's baseline mode) a code block is text
+# ---------------------------------------------------------------------------
+
+class WritingModel(ScriptedBackend):
+    """A "model" that writes one fixed text per prompt, whatever is inserted, and a backend that
+    honours the stop strings it is given as vLLM does: a call ends at the first stop string in
+    its new text (kept, with the rest of its token), at EOS after the text, or at max_tokens.
+    The stop search is a plain str.find here, not the code under test. The continuous interface
+    comes from StreamingScriptedBackend's submit/poll over this generate."""
+
+    def __init__(self, texts: dict[str, str]):
+        super().__init__({})
+        self.texts, self.pos = texts, {k: 0 for k in texts}
+        self.stops: list[tuple] = []  # the stop strings of every call
+
+    def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
+        self.stops.append(tuple(stop))
+        chunks = []
+        for ids, room in zip(prompts, max_tokens):
+            key = next(k for k in self.texts if self.tokenizer.encode(k) == ids[: len(k)])
+            rest = self.texts[key][self.pos[key]:]
+            ends = [i + len(s) for s in stop if (i := rest.find(s)) != -1]
+            if ends:
+                text, finish = rest[: min(ends)], FINISH_STOP
+                out = self.tokenizer.encode(text)
+            else:
+                out, finish = self.tokenizer.encode(rest) + [EOS], FINISH_EOS
+            if len(out) > room:
+                out, finish = out[:room], FINISH_LENGTH
+            self.pos[key] += len([i for i in out if i != EOS])
+            chunks.append(R.Chunk(out, [-0.25] * len(out), finish))
+        self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": list(max_tokens), "chunks": chunks})
+        return chunks
+
+
+class StreamingWritingModel(WritingModel, StreamingScriptedBackend):
+    """WritingModel with submit/poll (each request ends on the next poll)."""
+
+
+FENCED = ("Let me check with code.\n```python\nprint(2 + 2)\n```\n"
+          "That prints 4, so the answer is \\boxed{4}.")
+"""A model output holding a code block mid-reasoning, then the answer."""
+
+
+@pytest.mark.parametrize("schedule, step_tokens", [("lockstep", None), ("continuous", None), ("lockstep", 7),
+                                                   ("continuous", 7)])
+def test_without_the_agent_a_code_block_mid_reasoning_does_not_end_the_trace(schedule, step_tokens):
+    """max_steps=0 (baseline mode): no stop strings reach the backend, so the trace goes on
+    past the closing fence to the model's EOS; nothing runs and nothing is inserted. Before
+    issue 17 the agent's stop strings were passed anyway: the trace ended at the fence,
+    unanswered, as "max_steps". With step_tokens the trace is split over calls and still joined."""
+    be = (StreamingWritingModel if schedule == "continuous" else WritingModel)({"Q": FENCED})
+    (t,), batches = run(be, ["Q"], budget=Budget(max_tokens=500, max_steps=0), schedule=schedule,
+                        step_tokens=step_tokens)
+    assert (t.finish_reason, t.text) == ("answer", FENCED) and agent.last_boxed(t.text) == "4"
+    assert set(be.stops) == {()}  # the backend was asked for no stop string at all
+    assert t.ended_with_eos and t.snippets == [] and t.blocks == [] and batches == [] and t.sandbox is None
+    assert set(t.mask) == {1}
+    check_invariants(t, be.tokenizer)
+    # the agent on (the default budget): the same model is stopped at the fence and its block runs
+    be = (StreamingWritingModel if schedule == "continuous" else WritingModel)({"Q": FENCED})
+    (t,), batches = run(be, ["Q"], {"print(2 + 2)": ("4\n", None, False)}, schedule=schedule,
+                        step_tokens=step_tokens)
+    assert set(be.stops) == {agent.STOP_STRINGS} and batches == [["print(2 + 2)"]]
+    assert t.blocks == [agent.format_output("4\n")] and t.finish_reason == "answer"
+
+
+def test_without_the_agent_the_token_cap_cuts_inside_or_after_a_code_block():
+    """A trace the cap cuts is "max_tokens" (a truncation) wherever the cap falls, inside the
+    code block or after it; an explicit stop argument still overrides the budget's choice."""
+    import protocol
+
+    for cap in (30, len(FENCED) - 5):
+        be = WritingModel({"Q": FENCED})
+        (t,), _ = run(be, ["Q"], budget=Budget(max_tokens=cap, max_steps=0))
+        assert t.text == FENCED[:cap] and t.finish_reason == "max_tokens" and not t.ended_with_eos
+        assert t.finish_reason in protocol.TRUNCATED
+    be = WritingModel({"Q": FENCED})
+    (t,), _ = run(be, ["Q"], budget=Budget(max_steps=0), stop=agent.STOP_STRINGS)
+    assert be.stops == [agent.STOP_STRINGS] and t.finish_reason == "max_steps"
+    assert t.text == FENCED[: FENCED.index("```\nThat") + 4]  # ended just after the closing fence
+    assert t.finish_reason in protocol.TRUNCATED
+
+
+@pytest.mark.parametrize("schedule", ["continuous", "lockstep"])
+def test_real_vllm_without_the_agent_generates_past_a_code_block(vllm_llm, schedule):
+    """The real engine, greedy, on a prompt where SmolLM2-135M writes a ```python block and then
+    explains it: with max_steps=0 the trace is one generation that goes on past the closing
+    fence; with the agent's stop strings (what baseline mode passed before issue 17) the same
+    prompt ends at the fence, so the prompt really does reach the case."""
+    be = Recording(R.VLLMBackend(vllm_llm))
+    prompt = R.encode_prompt(be.tokenizer, [{"role": "user", "content": "Show a Python code block that prints "
+                                                                       "hello, then say what it prints."}])
+    budget = Budget(max_tokens=160, max_steps=0)
+    (t,) = R.rollout(be, [prompt], budget=budget, sampling=R.Sampling(temperature=0.0), schedule=schedule)
+    check_against_engine([t], be)
+    fence = t.text.find(agent.FENCE_CLOSE)
+    assert fence != -1 and t.text[fence + len(agent.FENCE_CLOSE):].strip(), t.text  # text after the block
+    assert [s.kind for s in t.segments] == ["model"] and t.segments[0].finish in (FINISH_EOS, FINISH_LENGTH)
+    assert t.finish_reason in ("answer", "no_snippet", "max_tokens") and t.snippets == [] and t.sandbox is None
+    (cut,) = R.rollout(R.VLLMBackend(vllm_llm), [prompt], budget=budget, sampling=R.Sampling(temperature=0.0),
+                       schedule=schedule, stop=agent.STOP_STRINGS)
+    assert cut.finish_reason == "max_steps" and cut.text.endswith(agent.FENCE_CLOSE)
+    assert t.text.startswith(cut.text)  # the same greedy trace, which went on
+    assert not vllm_llm.llm_engine.has_unfinished_requests()
+
+
+def test_real_transformers_without_the_agent_generates_past_a_code_block(smollm2_dir, one_torch_thread):
+    """The same on transformers (HFBackend, which then runs no stop-string criterion at all)."""
+    be = Recording(R.HFBackend.from_model(smollm2_dir))
+    prompt = R.encode_prompt(be.tokenizer, [{"role": "user", "content": "Show a Python code block that prints "
+                                                                       "hello, then say what it prints."}])
+    (t,) = R.rollout(be, [prompt], budget=Budget(max_tokens=80, max_steps=0), sampling=R.Sampling(temperature=0.0))
+    check_against_engine([t], be)
+    fence = t.text.find(agent.FENCE_CLOSE)
+    assert fence != -1 and t.text[fence + len(agent.FENCE_CLOSE):].strip(), t.text
+    assert [s.kind for s in t.segments] == ["model"] and t.finish_reason in ("answer", "no_snippet", "max_tokens")
