@@ -15,7 +15,8 @@ Data flow (the numbers match the step comments in the code):
   2. load_benchmark() takes the rows from, in this order: an explicit `data` JSONL file (any
      name); a file in the folder $DEEPMATH_DATA (`<bench>.jsonl` or one of the names the
      shared data folder uses, e.g. aime2024.jsonl); the hub through `datasets` (cached as
-     usual; offline this fails with one line that names `--data FILE.jsonl` / DEEPMATH_DATA,
+     usual; offline this fails with one line that names the caller's way to a local file --
+     evaluate.py's `--data FILE.jsonl`, train.py's `--decontaminate_against` -- and DEEPMATH_DATA,
      and for hle the gated-access step). "procedural" needs none of these: it is generated.
   3. read_jsonl() validates every row (a JSON object with non-empty `problem` and `answer`;
      `id` optional, unique) and names file:line and the field when one is bad.
@@ -26,10 +27,14 @@ Data flow (the numbers match the step comments in the code):
      parameters, so train and test never share a problem, whatever the seeds. Each family has
      several phrasings, partitioned into "train" and "heldout" templates (issue 12's
      generalisation rows evaluate on phrasings GRPO never saw).
-  5. load_train() gives (train, dev): OpenMathReasoning `tir` from the hub (problem +
-     expected_answer, duplicates folded, filtered to answers rewards.gold_kind parses as
-     math), a local JSONL, or procedural problems of the train split; a seeded shuffle, then
-     the last `dev_size` problems are the dev split.
+  5. load_train() gives (train, dev). It loads the decontamination sets (step 6) FIRST, so a
+     missing or gated one is named before the training source is read; then the pool:
+     OpenMathReasoning `tir` from the hub (problem + expected_answer, duplicates folded,
+     filtered to answers rewards.gold_kind parses as math; the split is a 1.7M-row, ~36 GB
+     stream, so the filtered pool is built once and cached in $DEEPMATH_CACHE/train-pools,
+     keyed by hub id, split, revision, TRAIN_POOL_VERSION and limit, written atomically), a
+     local JSONL, or procedural problems of the train split; a seeded shuffle, then the last
+     `dev_size` problems are the dev split. Its errors name train.py's flags.
   6. decontaminate() drops training problems whose normalized text (normalize_text) equals
      an evaluation problem's, and returns the count so the caller can log it.
 
@@ -163,12 +168,15 @@ DATA_ENV = "DEEPMATH_DATA"
 
 
 def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int | None = None, seed: int = 0,
-                   difficulty: str = "mixed", templates: str = "train") -> list[Problem]:
+                   difficulty: str = "mixed", templates: str = "train", instead: str | None = None) -> list[Problem]:
     """The problems of one evaluation benchmark, in the source's order (the first `limit`).
 
     `data` (a JSONL file) serves any name; else $DEEPMATH_DATA; else the hub. "procedural"
     is generated (split "test") unless a file is given; seed/difficulty/templates apply to it.
+    `instead`: how the caller's user gives a local file, in the errors' advice (default
+    evaluate.py's "pass --data FILE.jsonl (fields id, problem, answer)"; train.py names its own flag).
     """
+    instead = instead or "pass --data FILE.jsonl (fields id, problem, answer)"
     # 1) the name
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
@@ -187,11 +195,11 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
                 return read_jsonl(path, source=name)[:limit]
         if name != "procedural":
             raise DataError(f"{DATA_ENV}={folder} has none of {', '.join(spec.files)}: add one, "
-                            f"pass --data FILE.jsonl, or unset {DATA_ENV} to use the hub")
+                            f"{instead}, or unset {DATA_ENV} to use the hub")
     if name == "procedural":
         return procedural(limit or PROCEDURAL_DEFAULT_N, seed=seed, difficulty=difficulty,
                           templates=templates, split="test")
-    return _from_hub(name, spec, limit)
+    return _from_hub(name, spec, limit, offline=f"{instead} or set {DATA_ENV} to a folder holding {spec.files[0]}")
 
 
 # ---------------------------------------------------------------------------
@@ -201,14 +209,14 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
 def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str | None = None):
     """Open a hub dataset, turning any failure into one DataError line with the fix (`offline`:
     what to do without the hub; default: --data or DEEPMATH_DATA)."""
+    offline = offline or (f"pass --data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a "
+                          f"folder holding {spec.files[0] if spec.files else what + '.jsonl'}")
     try:
         import datasets
     except ImportError:
-        raise DataError(f"{what} needs the `datasets` package: pip install datasets "
-                        f"(or pass --data FILE.jsonl)") from None
+        raise DataError(f"{what} needs the `datasets` package: pip install datasets (or, without it, "
+                        f"{offline})") from None
     logging.getLogger("datasets").setLevel(logging.ERROR)
-    offline = offline or (f"pass --data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a "
-                          f"folder holding {spec.files[0] if spec.files else what + '.jsonl'}")
     try:
         return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
                                      streaming=streaming)
@@ -218,8 +226,8 @@ def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str 
         raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, {offline}") from None
 
 
-def _from_hub(name: str, spec: Benchmark, limit: int | None) -> list[Problem]:
-    rows = _hub_rows(spec, name)
+def _from_hub(name: str, spec: Benchmark, limit: int | None, offline: str | None = None) -> list[Problem]:
+    rows = _hub_rows(spec, name, offline=offline)
     problems = []
     for i, row in enumerate(rows):
         if spec.keep is not None and not spec.keep(row):
@@ -673,33 +681,42 @@ def procedural(n: int, seed: int = 0, difficulty: str = "mixed", templates: str 
 PROCEDURAL_TRAIN_DEFAULT_N = 2000
 """Problems generated for load_train("procedural") when no limit is given."""
 
+TRAIN_POOL_VERSION = 1
+"""The rules _stream_openmathreasoning applies (repeats folded by normalize_text, answers kept when
+rewards.gold_kind parses them as "sympy"), as a number in the pool cache's key: bump it when they
+change, so pools built under the old rules are not reused."""
+
 
 def load_train(source: str, limit: int | None = None, dev_size: int = 150, seed: int = 0,
                decontaminate_against: list[str] | None = None) -> tuple[list[Problem], list[Problem]]:
-    """(train, dev) for GRPO. source: "openmathreasoning" (the paper's), a JSONL path,
+    """(train, dev) for GRPO (train.py's loader: its errors name train.py's flags --dataset and
+    --decontaminate_against). source: "openmathreasoning" (the paper's), a JSONL path,
     "procedural" or "procedural:<difficulty>" (split "train", train templates).
 
-    A seeded shuffle, then the last dev_size problems form the dev split (the released config
-    holds out 150). decontaminate_against: benchmark names (or JSONL paths) whose problems are
-    dropped from the pool first; the count is logged.
+    decontaminate_against: benchmark names (or JSONL paths) whose problems are dropped from the
+    pool; they are loaded FIRST, so a missing or gated one is named before the training source is
+    read (the hub split is a 36 GB stream). The hub pool is built once and cached
+    (_openmathreasoning). A seeded shuffle, then the last dev_size problems form the dev split
+    (the released config holds out 150). The decontamination count is logged.
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of problems, not {limit}")
     if dev_size < 0:
         raise DataError(f"dev_size must be >= 0, not {dev_size}")
+    procedural_source = source == "procedural" or source.startswith("procedural:")
+    if not (source == "openmathreasoning" or procedural_source or source.endswith(".jsonl") or Path(source).is_file()):
+        raise DataError(f"unknown training source {source!r}; use one of {', '.join(TRAIN_SOURCES)}")
+    # 6) the evaluation sets first: a missing one fails now, not after the training stream
+    against = _decontamination_sets(decontaminate_against or [])
+    # 5) the pool
     if source == "openmathreasoning":
         pool = _openmathreasoning(limit)
-    elif source == "procedural" or source.startswith("procedural:"):
+    elif procedural_source:
         difficulty = source.partition(":")[2] or "mixed"
         pool = procedural(limit or PROCEDURAL_TRAIN_DEFAULT_N, seed=seed, difficulty=difficulty, split="train")
-    elif source.endswith(".jsonl") or Path(source).is_file():
-        pool = read_jsonl(source)
     else:
-        raise DataError(f"unknown training source {source!r}; use one of {', '.join(TRAIN_SOURCES)}")
+        pool = read_jsonl(source)
     if decontaminate_against:
-        against: list[Problem] = []
-        for name in decontaminate_against:
-            against += read_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name)
         pool, dropped = decontaminate(pool, against)
         log.info("decontamination: dropped %d of %d training problems that appear in %s",
                  dropped, dropped + len(pool), ", ".join(decontaminate_against))
@@ -713,15 +730,114 @@ def load_train(source: str, limit: int | None = None, dev_size: int = 150, seed:
     return pool[:cut], pool[cut:]
 
 
+def _decontamination_sets(names: list[str]) -> list[Problem]:
+    """Every problem of the named evaluation sets; the first that cannot be loaded raises one
+    DataError naming it and the fix in train.py's terms (a JSONL file in --decontaminate_against,
+    or $DEEPMATH_DATA)."""
+    against: list[Problem] = []
+    for name in names:
+        try:
+            if name.endswith(".jsonl"):
+                against += read_jsonl(name)
+            elif name not in BENCHMARKS:
+                raise DataError(f"unknown benchmark; known: {', '.join(BENCHMARKS)}, or a JSONL file's path")
+            else:
+                against += load_benchmark(name, instead=f"list a JSONL file of it (fields problem, answer) in "
+                                                        f"--decontaminate_against in place of {name} (or leave it out)")
+        except DataError as e:
+            raise DataError(f"decontamination set {name!r} (--decontaminate_against): {e}") from None
+    return against
+
+
 def _openmathreasoning(limit: int | None) -> list[Problem]:
+    """The TIR split's problems (_stream_openmathreasoning), built once and cached.
+
+    The cache file, under $DEEPMATH_CACHE/train-pools, is keyed by the source (hub id, config,
+    split), its revision (None: the main branch as first streamed; delete the file to re-read it),
+    TRAIN_POOL_VERSION and the limit. A limited pool is the first `limit` problems of the full one
+    (the same stream, cut short), so the full pool's file serves any limit. Written to a temporary
+    file and renamed, so a reader sees a whole file or none; a damaged file is rebuilt. Several
+    processes: train.py lets the main one build it first (load_datasets). An answer whose parse
+    check failed while the pool was built (rewards.gold_kind None: a timeout) stays out of the
+    cached pool as it stayed out of that run's."""
+    spec = OPENMATHREASONING
+    key = {"source": spec.hub_id, "config": spec.config, "split": spec.split, "revision": spec.revision,
+           "filters": TRAIN_POOL_VERSION, "limit": limit}
+    path = _pool_path(key)
+    candidates = [(path, key)] + ([(_pool_path({**key, "limit": None}), {**key, "limit": None})] if limit else [])
+    for candidate, want in candidates:
+        pool = _read_pool(candidate, want)
+        if pool is not None:
+            log.info("training pool: %d problems read from the cache %s (%s %s, revision %s); delete it to "
+                     "stream the split again", len(pool), candidate, spec.hub_id, spec.split, spec.revision or "main")
+            return pool[:limit] if limit else pool
+    pool = _stream_openmathreasoning(spec, limit)
+    _write_pool(path, key, pool)
+    return pool
+
+
+def _pool_path(key: dict) -> Path:
+    from models import cache_root  # the cache models.py keeps: $DEEPMATH_CACHE, default ~/.cache/deepmath
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "train-pools" / f"openmathreasoning-{digest}.jsonl"
+
+
+def _read_pool(path: Path, key: dict) -> list[Problem] | None:
+    """The cached pool, or None if there is none or it is damaged (then it is rebuilt).
+    Line 1: {"deepmath_train_pool": key, "problems": n}; then one problem per line."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = json.loads(f.readline())
+            pool = [Problem(**json.loads(line)) for line in f]
+        if head.get("deepmath_train_pool") != key or head.get("problems") != len(pool):
+            raise ValueError("its header does not match its key or its length")
+        return pool
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        log.warning("training pool cache %s is damaged (%s): building it again", path, _one_line(e))
+        return None
+
+
+def _write_pool(path: Path, key: dict, pool: list[Problem]) -> None:
+    """Write the pool atomically (a temporary file in the same folder, then os.replace). A cache
+    that cannot be written is a warning, not an error: training goes on with the pool in memory."""
+    import tempfile
+
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.stem}.",
+                                         suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            f.write(json.dumps({"deepmath_train_pool": key, "problems": len(pool)}) + "\n")
+            for p in pool:
+                f.write(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer, "source": p.source,
+                                    "meta": p.meta}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        log.info("training pool: %d problems cached in %s", len(pool), path)
+    except OSError as e:
+        log.warning("training pool: cannot write the cache %s (%s); the next start streams the split again",
+                    path, _one_line(e))
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _stream_openmathreasoning(spec: Benchmark, limit: int | None) -> list[Problem]:
     """The TIR split, streamed: problems with an expected answer the grader parses as math,
     each problem once (the split holds several solutions per problem)."""
     import rewards
 
-    spec = OPENMATHREASONING
     rows = _hub_rows(spec, "openmathreasoning", streaming=True,
-                     offline="train on a JSONL file (fields problem, answer; e.g. ../shared/data/train_sample.jsonl) "
-                             "or on 'procedural'")
+                     offline="pass --dataset FILE.jsonl (fields problem, answer; e.g. "
+                             "../shared/data/train_sample.jsonl) or --dataset procedural")
     out: list[Problem] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):

@@ -8,8 +8,9 @@ towards shorter solutions; sampling follows a linear temperature schedule T = 1.
 prompt holds 4 solved examples; the data are the problems (not the solutions) of the TIR subset
 of OpenMathReasoning. The released configuration adds Qwen3-4B-Thinking-2507 with LoRA (r 32,
 alpha 16, rsLoRA, dropout 0.1, all linear layers), lr 1e-6 cosine with 10% warmup, 4 generations,
-batch 4 x 2 accumulation, top_p 0.8, top_k 50, epsilon_high 0.4, bf16, gradient checkpointing,
-a 150-problem dev split and up to 50 agent steps. recipes/deepmath.yaml holds all of it.
+batch 4 x 2 accumulation, weight decay 0.001, one epoch, seed 42, top_p 0.8, top_k 50,
+epsilon_high 0.4, bf16, gradient checkpointing (non-reentrant), a 150-problem dev split and up to
+50 agent steps. recipes/deepmath.yaml holds all of it, and lists each departure with its reason.
 
 Data flow (the numbers match the code below):
   1. Configuration: TrlParser((ScriptArguments, GRPOConfig, ModelConfig)) reads a YAML recipe
@@ -19,7 +20,11 @@ Data flow (the numbers match the code below):
      embedded smollm2-135m); the completion cap is checked against the solved examples.
   3. Data: data.load_train -> (train, dev) Problems, decontaminated against the evaluation
      benchmarks (the count is logged); each becomes {"prompt": agent.build_messages(problem),
-     "answer": gold}. GRPO sees the problem only, never a reference solution.
+     "answer": gold}. GRPO sees the problem only, never a reference solution. The evaluation
+     sets are loaded first (a missing or gated one is named before the training split is read);
+     the hub pool (OpenMathReasoning tir: a 1.7M-row, ~36 GB stream) is filtered once and cached
+     in $DEEPMATH_CACHE/train-pools, so a restart or a resume reads the cache; with several
+     processes the main one builds it first and the others read it (main_process_first).
   4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
      FinishedOnly (which scores truncated completions 0 when reward_truncated is false, below);
      the code-use wrapper also logs the agent statistics (section 4).
@@ -29,7 +34,10 @@ Data flow (the numbers match the code below):
   7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
      line per logging step beside the progress bar; freed heap memory handed back to the OS
      after every micro-step (MemoryTrim); the LoRA adapter is saved at the end (and in each
-     checkpoint), once, by the main process.
+     checkpoint), once, by the main process. `--resume_from_checkpoint last` takes the newest
+     COMPLETE checkpoint (checkpoint_incomplete: trainer_state.json, which transformers writes
+     last, parses; weights, optimizer and scheduler there), skipping one whose save was cut
+     short, and says in one line which one it took, or that it starts fresh.
 
 Step 5 in detail: the temperature schedule on both sides. TRL 1.16 bakes GRPOConfig.temperature into the fused
    LM head that computes the loss's per-token logprobs (trl.trainer.utils.add_fused_lm_head, a
@@ -71,6 +79,8 @@ Departures from the paper / released config, and why:
     saved adapter wrong for the original base model that evaluate.py --lora and vLLM load.
   - The agent loop is rollout.py's (no patched TRL); executor output gets no gradient (env_mask).
   - Offline CPU recipes (smollm2-135m, procedural problems) exist beside the paper's GPU recipe.
+  - Training data: the released run used a preprocessed TIR set; the default here is the raw
+    `tir` split, filtered by data.py (recipes/deepmath.yaml lists its departures).
 
 Run:
   python train.py                                     # the paper's recipe (GPU; recipes/deepmath.yaml)
@@ -78,7 +88,9 @@ Run:
   python train.py --config recipes/cpu-mini.yaml      # the CPU miniature replication run
   accelerate launch --multi_gpu --num_processes 2 train.py --config recipes/cpu-smoke.yaml   # 2 CPU processes (gloo)
   accelerate launch --config_file recipes/zero2.yaml train.py --config recipes/deepmath.yaml   # GPUs, untested
-  python train.py --config recipes/cpu-smoke.yaml --resume_from_checkpoint last
+  python train.py --config recipes/cpu-smoke.yaml --resume_from_checkpoint last   # newest complete checkpoint
+  python train.py --dataset FILE.jsonl         # (GPU) a problem file of your own (fields problem, answer)
+  DEEPMATH_DATA=../shared/data python train.py # (GPU) the decontamination benchmarks from local files
 Every GRPOConfig / ModelConfig flag works too (`python train.py --help`). The adapter loads in
 vLLM with LLM(..., enable_lora=True, max_lora_rank=32): vLLM's default max_lora_rank is 16.
 """
@@ -133,8 +145,9 @@ class ScriptArguments:
     """deepmath's own settings (the temperature schedule starts at GRPOConfig.temperature)."""
 
     dataset: str = "openmathreasoning"
-    """Training problems: openmathreasoning (hub nvidia/OpenMathReasoning, split tir), a local
-    .jsonl with problem and answer fields, or procedural[:difficulty] (generated, exact answers)."""
+    """Training problems: openmathreasoning (hub nvidia/OpenMathReasoning, split tir; filtered once,
+    then cached in $DEEPMATH_CACHE/train-pools), a local .jsonl with problem and answer fields, or
+    procedural[:difficulty] (generated, exact answers)."""
     dataset_limit: int | None = None
     """Use at most this many training problems (None: all)."""
     dev_size: int = 150
@@ -144,7 +157,7 @@ class ScriptArguments:
     decontaminate_against: list[str] | None = field(default_factory=lambda: list(EVAL_BENCHMARKS))
     """Benchmarks (data.py names or .jsonl paths) whose problems are dropped from the training
     set (normalised text match; the count is logged). Offline, point DEEPMATH_DATA at a folder
-    of their JSONL files. None or an empty list: no decontamination."""
+    of their JSONL files. None, an empty list or `--decontaminate_against none`: no decontamination."""
     layout: str = "system"
     """Where the solved examples go: system (inside the system prompt, the paper) or turns
     (earlier chat turns, what SmolLM2-135M needs to call the tool)."""
@@ -300,18 +313,28 @@ def resolve_policy(model_args, args) -> str:
 # 3) Data
 # ---------------------------------------------------------------------------
 
-def load_datasets(script: ScriptArguments):
-    """(train, dev) as datasets.Dataset with prompt (chat messages), answer and id columns."""
+def load_datasets(script: ScriptArguments, args=None):
+    """(train, dev) as datasets.Dataset with prompt (chat messages), answer and id columns.
+
+    With `args` (the GRPOConfig) and several processes, the main process of each machine loads
+    first (TrainingArguments.main_process_first): it streams the hub split once and caches the
+    filtered pool (data.py), and the others, released after it, read that cache."""
+    import contextlib
+
     import agent
 
     try:
         import data
     except ImportError as e:
         raise ConfigError(f"data.py cannot be imported ({e})") from e
+    against = script.decontaminate_against or None
+    if against and [a.lower() for a in against] in (["none"], ["null"]):  # the command line's way to say none
+        against = None
+    first = args.main_process_first(local=True, desc="the training pool") if args is not None else contextlib.nullcontext()
     try:
-        train, dev = data.load_train(script.dataset, limit=script.dataset_limit, dev_size=script.dev_size,
-                                     seed=script.dataset_seed,
-                                     decontaminate_against=script.decontaminate_against or None)
+        with first:
+            train, dev = data.load_train(script.dataset, limit=script.dataset_limit, dev_size=script.dev_size,
+                                         seed=script.dataset_seed, decontaminate_against=against)
     except data.DataError as e:
         raise ConfigError(f"dataset {script.dataset!r}: {e}") from e
     from datasets import Dataset
@@ -582,7 +605,7 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
                               "trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
     # 3) data
     if train_dataset is None:
-        train_dataset, eval_dataset = load_datasets(script)
+        train_dataset, eval_dataset = load_datasets(script, args)
     if "answer" not in train_dataset.column_names:
         raise ConfigError("the training dataset has no 'answer' column: accuracy_reward needs the gold answers")
     # 4) + 5) rewards and the temperature schedule
@@ -616,17 +639,77 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     return trainer
 
 
-def resume_path(value: str | None, output_dir: str) -> str | bool | None:
-    """--resume_from_checkpoint: a checkpoint directory, or "last"/"true" for the newest in
-    output_dir (None if there is none yet: a fresh start)."""
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+"""transformers' checkpoint folder name (PREFIX_CHECKPOINT_DIR-<global step>)."""
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The files save_model writes (a LoRA adapter, or the model, whole or sharded)."""
+
+
+def checkpoint_incomplete(path: str | os.PathLike) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None if it is complete.
+
+    transformers 5.19's Trainer._save_checkpoint writes, in order: the model (save_model), the
+    optimizer and scheduler, the scaler and RNG state, then trainer_state.json -- last, and with a
+    plain open/write, not atomically. Complete therefore means: trainer_state.json parses as a
+    JSON object with global_step (a save killed before or while writing it fails this), and the
+    weights and optimizer state are there (a folder copied in part fails this). Under DeepSpeed
+    the optimizer lives in its own folders, named by a `latest` file; FSDP writes optimizer_0."""
+    import json
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json, the file its save writes last"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "trainer_state.json cut short"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json holds no global_step"
+    sharded = (path / "latest").is_file() or (path / "optimizer_0").exists()  # DeepSpeed / FSDP
+    if not sharded:
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            return f"no weights ({' / '.join(WEIGHT_FILES[:3])}, ...)"
+        missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (path / name).is_file()]
+        if missing:
+            return f"no {' or '.join(missing)}"
+    return None
+
+
+def resume_path(value: str | None, output_dir: str, announce: bool = True) -> str | None:
+    """--resume_from_checkpoint: a checkpoint directory, or "last"/"true" for the newest COMPLETE
+    checkpoint in output_dir (checkpoint_incomplete; newer incomplete ones are skipped), or None:
+    a fresh start. With "last", one line says which checkpoint, naming the skipped ones, or that
+    the run starts fresh and why (`announce`: log it; train.py does on the main process only)."""
+    say = log.info if announce else (lambda *a: None)
     if value is None or str(value).lower() in ("", "none", "false"):
         return None
     if str(value).lower() in ("last", "true"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if not os.path.isdir(output_dir):
+            say("--resume_from_checkpoint %s: %s does not exist yet: starting fresh", value, output_dir)
+            return None
+        found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                        if (m := CHECKPOINT_DIR.match(name)) and os.path.isdir(os.path.join(output_dir, name))),
+                       reverse=True)
+        skipped = []
+        for _, name in found:
+            path = os.path.join(output_dir, name)
+            why = checkpoint_incomplete(path)
+            if why is None:
+                say("--resume_from_checkpoint %s: resuming from %s%s", value, path,
+                    f" (skipped, incomplete: {'; '.join(skipped)})" if skipped else "")
+                return path
+            skipped.append(f"{name}: {why}")
+        say("--resume_from_checkpoint %s: no complete checkpoint in %s%s: starting fresh", value, output_dir,
+            f" (incomplete: {'; '.join(skipped)})" if skipped else "")
+        return None
     if not os.path.isdir(value):
         raise ConfigError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    why = checkpoint_incomplete(value)
+    if why is not None:
+        raise ConfigError(f"--resume_from_checkpoint {value}: incomplete checkpoint ({why}); name an earlier "
+                          f"one, or pass 'last' for the newest complete one")
+    say("--resume_from_checkpoint: resuming from %s", value)
     return value
 
 
@@ -635,14 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         script, args, model_args = parse_args(argv)
         check_config(script, args, model_args)
-        resume = resume_path(args.resume_from_checkpoint, args.output_dir)
+        resume = resume_path(args.resume_from_checkpoint, args.output_dir, announce=args.process_index == 0)
         t0 = time.perf_counter()
         trainer = build_trainer(script, args, model_args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if resume:
-        log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     # the LoRA adapter (or the full model) and the tokenizer; save_model writes on the main process only
     trainer.save_model(args.output_dir)

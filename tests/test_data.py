@@ -148,7 +148,7 @@ def test_hub_offline_is_one_line_naming_the_fix(monkeypatch):
     assert "--data FILE.jsonl" in math500 and "DEEPMATH_DATA" in math500
     assert hle.startswith("hle ERR") and "gated" in hle and "huggingface-cli login" in hle
     assert omr.startswith("omr ERR cannot load openmathreasoning from the hub (nvidia/OpenMathReasoning")
-    assert "train on a JSONL file" in omr and "'procedural'" in omr
+    assert "--dataset FILE.jsonl" in omr and "--dataset procedural" in omr  # train.py's flag (issue 17)
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
@@ -345,3 +345,118 @@ def test_cli_prints_problems_and_one_line_errors():
     assert out.returncode == 0 and out.stdout.count("answer: ") == 3
     bad = subprocess.run([sys.executable, str(ROOT / "data.py"), "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown benchmark 'nope'" in bad.stderr
+
+
+# ---------------------------------------------------------------------------
+# The hub training pool (issue 17): decontamination sets first, the filtered pool cached
+# ---------------------------------------------------------------------------
+
+OMR_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: tir
+    path: tir.jsonl
+---
+"""
+OMR_ROWS = [  # stream order; several solutions per problem, as in the real split
+    {"problem": "What is 2+3?", "expected_answer": "5", "problem_type": "has_answer_extracted"},
+    {"problem": "What is 2 + 3 ?", "expected_answer": "5"},              # the same problem normalised: folded
+    {"problem": "Which choice is right?", "expected_answer": "B)"},       # graded as text only: filtered out
+    {"problem": "Find x if 2x = 8.", "expected_answer": "4"},
+    {"problem": "What is 7*6?", "expected_answer": "42"},                  # in the benchmark file below
+    {"problem": "Compute 1/2 + 1/3.", "expected_answer": "\\frac{5}{6}"},
+    {"problem": "What is 10-3?", "expected_answer": "7"},
+    {"problem": "", "expected_answer": "1"},                               # no problem: skipped
+]
+OMR_POOL = ["What is 2+3?", "Find x if 2x = 8.", "What is 7*6?", "Compute 1/2 + 1/3.", "What is 10-3?"]
+
+
+@pytest.fixture
+def omr(tmp_path, monkeypatch):
+    """nvidia/OpenMathReasoning's layout in a local folder (a dataset card whose YAML names the
+    `tir` split, as the hub's does), put behind data.OPENMATHREASONING, the spec the training
+    loader reads: the real datasets.load_dataset streams it as it would the hub's. The cache goes
+    to a fresh $DEEPMATH_CACHE. `opened` lists every source data._hub_rows opened (it calls the
+    real one), so a test counts how often the training split was streamed."""
+    folder = tmp_path / "omr"
+    folder.mkdir()
+    (folder / "README.md").write_text(OMR_CARD)
+    _write(folder, "tir.jsonl", OMR_ROWS)
+    monkeypatch.setattr(data, "OPENMATHREASONING", data.Benchmark(
+        str(folder), "tir", fields={"problem": "problem", "answer": "expected_answer"}))
+    monkeypatch.setenv("DEEPMATH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    opened: list[str] = []
+    real = data._hub_rows
+
+    def counting(spec, what, *args, **kwargs):
+        opened.append(what)
+        return real(spec, what, *args, **kwargs)
+
+    monkeypatch.setattr(data, "_hub_rows", counting)
+    bench = _write(tmp_path, "bench.jsonl", [{"id": "b1", "problem": "what is 7 * 6", "answer": "42"}])
+    return type("Omr", (), {"folder": folder, "opened": opened, "cache": tmp_path / "cache", "bench": bench})
+
+
+def test_decontamination_sets_load_before_the_training_stream(omr, tmp_path, monkeypatch):
+    """A missing evaluation set is named before the training split is streamed (on the hub that
+    stream is 36 GB), and the fix names train.py's flags, not evaluate.py's --data."""
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    _write(folder, "math500.jsonl", [{"id": "m", "problem": "q", "answer": "2"}])
+    monkeypatch.setenv(data.DATA_ENV, str(folder))
+    with pytest.raises(DataError) as e:
+        data.load_train("openmathreasoning", dev_size=1, decontaminate_against=["math500", "hle"])
+    msg = str(e.value)
+    assert omr.opened.count("openmathreasoning") == 0, "the training split was streamed before the missing set was found"
+    assert "'hle'" in msg and "hle.jsonl" in msg and data.DATA_ENV in msg and "--decontaminate_against" in msg
+    assert "--data " not in msg and "\n" not in msg
+    with pytest.raises(DataError, match=r"decontamination set 'nope'.*--decontaminate_against"):
+        data.load_train("openmathreasoning", dev_size=1, decontaminate_against=["nope"])
+    assert omr.opened.count("openmathreasoning") == 0
+
+
+def test_hub_pool_built_once_cached_and_reused(omr):
+    train, dev = data.load_train("openmathreasoning", dev_size=1, decontaminate_against=[str(omr.bench)])
+    assert omr.opened.count("openmathreasoning") == 1
+    # folded, filtered and decontaminated as before: the pool is the problems, each once
+    assert sorted(p.problem for p in train + dev) == sorted(set(OMR_POOL) - {"What is 7*6?"})
+    assert all(p.source == str(omr.folder) for p in train + dev)
+    # a second start (or a resume, or another process) reads the cache: no second stream
+    again = data.load_train("openmathreasoning", dev_size=1, decontaminate_against=[str(omr.bench)])
+    assert omr.opened.count("openmathreasoning") == 1, "the training split was streamed again"
+    assert again == (train, dev)
+    files = list((omr.cache / "train-pools").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".jsonl"
+    # even with the source gone
+    for f in omr.folder.iterdir():
+        f.unlink()
+    assert data.load_train("openmathreasoning", dev_size=1, decontaminate_against=[str(omr.bench)]) == (train, dev)
+    # a limit is served from the full pool's cache: the first N of the stream, as a limited stream gives
+    t2, d2 = data.load_train("openmathreasoning", limit=3, dev_size=1)
+    assert sorted(p.problem for p in t2 + d2) == sorted(OMR_POOL[:3]) and omr.opened.count("openmathreasoning") == 1
+
+
+def test_hub_pool_cache_is_keyed_and_a_damaged_one_rebuilt(omr, monkeypatch):
+    first = data.load_train("openmathreasoning", dev_size=1)
+    [cached] = (omr.cache / "train-pools").iterdir()
+    # another revision (or filter version) is another pool: streamed again, into its own file
+    monkeypatch.setattr(data, "OPENMATHREASONING", data.Benchmark(
+        str(omr.folder), "tir", revision="0123abcd", fields={"problem": "problem", "answer": "expected_answer"}))
+    assert data.load_train("openmathreasoning", dev_size=1) == first
+    assert omr.opened.count("openmathreasoning") == 2 and len(list((omr.cache / "train-pools").iterdir())) == 2
+    # a limited pool is cached under its own key, and a bigger one is not served from it
+    monkeypatch.setattr(data, "TRAIN_POOL_VERSION", data.TRAIN_POOL_VERSION + 1)
+    data.load_train("openmathreasoning", limit=2, dev_size=1)
+    data.load_train("openmathreasoning", limit=4, dev_size=1)
+    assert omr.opened.count("openmathreasoning") == 4
+    # a damaged file (a copy cut short, an edit by hand) is not trusted: it is rebuilt
+    text = cached.read_text()
+    cached.write_text(text[: len(text) // 2])
+    monkeypatch.setattr(data, "TRAIN_POOL_VERSION", data.TRAIN_POOL_VERSION - 1)
+    monkeypatch.setattr(data, "OPENMATHREASONING", data.Benchmark(
+        str(omr.folder), "tir", fields={"problem": "problem", "answer": "expected_answer"}))
+    assert data.load_train("openmathreasoning", dev_size=1) == first
+    assert omr.opened.count("openmathreasoning") == 5 and cached.read_text() == text
+    assert not [f for f in (omr.cache / "train-pools").iterdir() if f.suffix != ".jsonl"]  # no temporary left

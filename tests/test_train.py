@@ -14,8 +14,9 @@ What is checked:
     head both equal log_softmax(logits / T_step) of a plain forward pass, T_step changes from
     step to step, and the head does NOT match the initial temperature once T has moved (so the
     test fails if either side stays fixed);
-  - resume: `train.py --resume_from_checkpoint` (a subprocess) continues at the saved step 2
-    and trains step 3 only, at the schedule's step-2 temperature;
+  - resume: `train.py --resume_from_checkpoint last` (a subprocess) skips a newer checkpoint whose
+    save was cut short, continues at the saved step 2 and trains step 3 only, at the schedule's
+    step-2 temperature; which checkpoint it took, or that it starts fresh, is one line (unit tests);
   - two processes: `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): world size
     2, per-rank rollout seeds differ, each rank scores its own slice, the adapter is saved once;
   - MemoryTrim (installed by build_trainer) hands a freed 800 MB heap back to the OS;
@@ -23,7 +24,12 @@ What is checked:
   - bad configurations: one line on stderr and exit code 2, each (subprocesses); --help lists
     our fields with their docs;
   - recipes/deepmath.yaml builds a GRPOTrainer (SmolLM2 in place of Qwen, use_vllm off) with
-    the released settings, so clashes between TRL settings are caught here.
+    the released settings, so clashes between TRL settings are caught here; every released
+    setting is in it or named in its Departures list (tier 1, no model);
+  - the hub data path (a local stand-in of OpenMathReasoning's layout, streamed by the real
+    `datasets`): with two processes the main one streams and caches the pool, the other reads
+    it; offline, the errors name train.py's flags and DEEPMATH_DATA, and a missing evaluation
+    set is named before the training split is read.
 """
 
 from __future__ import annotations
@@ -194,7 +200,10 @@ def test_paper_recipe_builds_a_trainer(smollm2_dir, tmp_path):
     assert (a.num_generations, a.per_device_train_batch_size, a.gradient_accumulation_steps) == (4, 4, 2)
     assert (a.top_p, a.top_k, a.epsilon_high, a.max_completion_length) == (0.8, 50, 0.4, 5000)
     assert a.gradient_checkpointing and a.reward_weights == [0.1, 1.0] and not a.sync_ref_model
-    assert (trainer.temperature_sync.start, trainer.temperature_sync.end, trainer.temperature_sync.steps) == (1.2, 0.7, 1000)
+    # issue 17: the rest of the released config reaches the trainer (TRL keeps use_reentrant off here)
+    assert (a.weight_decay, a.seed, a.num_train_epochs, a.max_steps) == (0.001, 42, 1, -1)
+    assert a.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert (trainer.temperature_sync.start, trainer.temperature_sync.end, trainer.temperature_sync.steps) == (1.2, 0.7, None)
     assert (script.max_agent_steps, script.dev_size, script.layout) == (50, 150, "system")
     lora = trainer.model.peft_config["default"]
     assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.lora_dropout) == (32, 16, True, 0.1)
@@ -378,16 +387,189 @@ def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path):
 
 
 def test_resume_continues_at_saved_step(smoke):
+    """`--resume_from_checkpoint last` with a newer checkpoint whose save was killed before its
+    last file (a copy of the real checkpoint-2 without trainer_state.json, as checkpoint-7): the
+    run must resume from checkpoint-2, the newest complete one, and say so in one line."""
+    import shutil
+
     out = smoke.out
-    proc = subprocess.run(
-        [PY, "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "3",
-         "--resume_from_checkpoint", str(out / "checkpoint-2")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
-    )
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-7", ignore=shutil.ignore_patterns("trainer_state.json"))
+    try:
+        proc = subprocess.run(
+            [PY, "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "3",
+             "--resume_from_checkpoint", "last"],
+            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
+        )
+    finally:
+        shutil.rmtree(out / "checkpoint-7")
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
+    said = [l for l in text.splitlines() if "--resume_from_checkpoint last:" in l]
+    assert len(said) == 1 and f"resuming from {out / 'checkpoint-2'}" in said[0], text[-3000:]
+    assert "checkpoint-7: no trainer_state.json" in said[0]
     steps = [int(m) for m in re.findall(r"^step (\d+) \| loss", text, re.M)]
     assert steps == [3], text[-3000:]  # steps 1-2 came from the checkpoint; only step 3 ran
     line = next(l for l in text.splitlines() if l.startswith("step 3 |"))
     assert " | T 0.700" in line  # the schedule's value at global step 2, restored with the state
     assert "rollout_func: step 2, T=0.700" in text
+
+
+# ---------------------------------------------------------------------------
+# Issue 17: the released configuration complete; the hub data path; resuming from "last"
+# ---------------------------------------------------------------------------
+
+RELEASED = {
+    # every setting of the released DeepMath config that this project knows (the paper, its released
+    # configuration as issue 17 lists it); the recipe carries each one or names it under "Departures"
+    "model_name_or_path": "Qwen/Qwen3-4B-Thinking-2507", "use_peft": True, "lora_r": 32, "lora_alpha": 16,
+    "use_rslora": True, "lora_dropout": 0.1, "lora_target_modules": "all-linear",
+    "learning_rate": 1e-6, "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "weight_decay": 0.001,
+    "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "num_train_epochs": 1, "seed": 42,
+    "bf16": True, "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "num_generations": 4, "epsilon_high": 0.4, "reward_weights": [0.1, 1.0], "max_completion_length": 5000,
+    "temperature": 1.2, "temperature_end": 0.7, "top_p": 0.8, "top_k": 50, "max_agent_steps": 50, "dev_size": 150,
+    "sync_ref_model": True, "ref_model_mixup_alpha": 0.4, "ref_model_sync_steps": 300,
+    "dataset": "a preprocessed TIR set",
+}
+
+
+def test_paper_recipe_carries_every_released_setting():
+    """Tier 1 (no model): each released setting is in recipes/deepmath.yaml with its value, or the
+    recipe's "Departures" list names it; the run length is one epoch, so no max_steps may be set
+    (transformers: max_steps > 0 overrides num_train_epochs)."""
+    import yaml
+
+    text = Path(PAPER).read_text()
+    recipe = yaml.safe_load(text)
+    assert "# Departures from the released config" in text, "recipes/deepmath.yaml has no Departures list"
+    block = text.split("# Departures from the released config", 1)[1].split("\n\n", 1)[0]
+    departed = {k for k in RELEASED if re.search(rf"\b{k}\b", block)}
+    assert departed == {"sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "dataset"}, departed
+    for key, value in RELEASED.items():
+        if key not in departed:
+            assert key in recipe, f"recipes/deepmath.yaml lacks the released {key}: {value!r} and does not list it as a departure"
+            assert recipe[key] == value, f"{key}: recipe {recipe[key]!r}, released {value!r}, not listed as a departure"
+    assert "max_steps" not in recipe
+    script, args, model_args = train.parse_args(["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false"])
+    assert (args.num_train_epochs, args.max_steps, args.weight_decay, args.seed) == (1, -1, 0.001, 42)
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert script.temperature_steps is None  # the schedule spans the run, which is now one epoch
+
+
+def _checkpoint(folder: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:
+    """A checkpoint folder with the files transformers 5.19's Trainer._save_checkpoint writes for a
+    LoRA run, in its order (the adapter, optimizer.pt, scheduler.pt, rng_state.pth, then
+    trainer_state.json last), leaving out `skip` (a save cut short)."""
+    ck = folder / f"checkpoint-{step}"
+    ck.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if name not in skip:
+            (ck / name).write_bytes(b"x")
+    if "trainer_state.json" not in skip:
+        (ck / "trainer_state.json").write_text(state if state is not None else json.dumps({"global_step": step}))
+    return ck
+
+
+def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path, caplog):
+    out = tmp_path / "run"
+    good = _checkpoint(out, 4)
+    _checkpoint(out, 2)
+    _checkpoint(out, 6, skip=("trainer_state.json",))                 # killed before the last file
+    _checkpoint(out, 8, state='{"global_step": 8, "log_hist')          # killed while writing it
+    _checkpoint(out, 10, skip=("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"))
+    (out / "checkpoint-12-tmp").mkdir()                                   # not a checkpoint folder
+    caplog.set_level("INFO", logger="deepmath.train")
+    assert train.resume_path("last", str(out)) == str(good)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(good) in lines[0], lines
+    assert all(f"checkpoint-{n}" in lines[0] for n in (6, 8, 10)), lines[0]  # the skipped ones are named
+    # a named checkpoint must be complete too; "true" means "last" (transformers' spelling)
+    with pytest.raises(train.ConfigError, match=r"checkpoint-8.*incomplete.*trainer_state.json"):
+        train.resume_path(str(out / "checkpoint-8"), str(out))
+    assert train.resume_path("true", str(out)) == str(good)
+    assert train.resume_path(str(good), str(out)) == str(good)
+
+
+def test_resume_last_says_when_it_starts_fresh(tmp_path, caplog):
+    caplog.set_level("INFO", logger="deepmath.train")
+    assert train.resume_path("last", str(tmp_path / "absent")) is None
+    out = tmp_path / "run"
+    _checkpoint(out, 3, skip=("trainer_state.json",))
+    assert train.resume_path("last", str(out)) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("starting fresh" in l for l in lines), lines
+    assert "checkpoint-3" in lines[1] and "incomplete" in lines[1]
+    caplog.clear()
+    assert train.resume_path(None, str(out)) is None and not caplog.records  # not asked to resume: silent
+
+
+HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": "/nonexistent-deepmath-test-cache",
+               "HF_HOME": "/nonexistent-deepmath-hf-home"}
+
+
+def test_hub_data_errors_name_train_flags(tmp_path):
+    """`python train.py` with the hub out of reach: one line naming train.py's own flags and
+    DEEPMATH_DATA (not evaluate.py's --data), for the training split and for a decontamination set;
+    the decontamination set is named before the training split is touched."""
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "math500.jsonl").write_text(json.dumps({"id": "m", "problem": "q", "answer": "1"}) + "\n")
+    cases = {
+        "training split": (["--dataset", "openmathreasoning", "--decontaminate_against", "none"], {},  # none: no sets
+                           ("cannot load openmathreasoning", "--dataset FILE.jsonl", "--dataset procedural")),
+        "decontamination set": (["--dataset", "openmathreasoning", "--decontaminate_against", "math500", "hle"],
+                                {"DEEPMATH_DATA": str(folder)},
+                                ("decontamination set 'hle'", "DEEPMATH_DATA", "--decontaminate_against")),
+    }
+    procs = {name: subprocess.Popen([PY, "train.py", "--config", SMOKE, "--output_dir", str(tmp_path / "out"), *argv],
+                                    cwd=ROOT, env=_env(**HUB_OFFLINE, **extra), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, (argv, extra, _) in cases.items()}
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=300)
+        errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
+        assert proc.returncode == 2 and len(errors) == 1, f"{name}: exit {proc.returncode}\n{stderr[-2000:]}"
+        assert all(s in errors[0] for s in cases[name][2]), f"{name}: {errors[0]}"
+        assert "--data " not in errors[0] and "Traceback" not in stderr, f"{name}: {errors[0]}"
+
+
+POOL_PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+import data, train
+data.OPENMATHREASONING = data.Benchmark({folder!r}, "tir", fields={{"problem": "problem", "answer": "expected_answer"}})
+opened, real = [], data._hub_rows
+data._hub_rows = lambda spec, what, *a, **k: (opened.append(what), real(spec, what, *a, **k))[1]
+script, args, _ = train.parse_args(["--config", {smoke!r}, "--dataset", "openmathreasoning", "--dev_size", "1",
+                                    "--output_dir", {out!r}])
+tr, dev = train.load_datasets(script, args)
+print("POOL", json.dumps({{"rank": args.process_index, "world": args.world_size,
+                          "streams": opened.count("openmathreasoning"),
+                          "ids": sorted(list(tr["problem_id"]) + list(dev["problem_id"]))}}))
+"""
+
+
+def test_hub_pool_built_by_the_main_process_and_read_by_the_other(tmp_path):
+    """Two processes (accelerate, gloo on CPU) load the hub pool through train.load_datasets: the
+    main process streams the split once and caches it; the other waits, then reads the cache.
+    The stand-in is nvidia/OpenMathReasoning's layout in a local folder (see tests/test_data.py's
+    omr fixture), streamed by the real datasets.load_dataset."""
+    folder = tmp_path / "omr"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: tir\n"
+                                      "    path: tir.jsonl\n---\n")
+    rows = [{"problem": f"What is {i}+{i}?", "expected_answer": str(2 * i)} for i in range(1, 9)]
+    (folder / "tir.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probe = tmp_path / "probe.py"
+    probe.write_text(POOL_PROBE.format(root=str(ROOT), folder=str(folder), smoke=SMOKE, out=str(tmp_path / "out")))
+    accelerate = str(Path(PY).parent / "accelerate")
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "0", str(probe)],
+        cwd=ROOT, env=_env(DEEPMATH_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    got = {r["rank"]: r for r in (json.loads(l.split(" ", 1)[1]) for l in proc.stdout.splitlines() if l.startswith("POOL "))}
+    assert set(got) == {0, 1} and got[0]["world"] == 2, text[-3000:]
+    assert (got[0]["streams"], got[1]["streams"]) == (1, 0), got
+    assert got[0]["ids"] == got[1]["ids"] == sorted(f"openmathreasoning-{i}" for i in range(len(rows)))
