@@ -15,14 +15,18 @@ Data flow (the numbers match the section banners and step comments in the code):
 
   0) The allow-lists come first: AST node types, imports, builtins, system calls, and the
      zygote's environment.
-  1) Static check, in the caller. Parse the snippet to an AST. Reject node types that
-     are not in ALLOWED_NODES, imports that are not in ALLOWED_IMPORTS, dunder names and
-     attributes, frame and code attributes, and string literals that look like dunders.
-     A rejection comes back as ExecResult.error. Nothing is raised, and nothing runs.
+  1) Static check, in the caller. Refuse a snippet longer than max_code_chars
+     (MAX_CODE_CHARS) before anything parses it. Parse the snippet to an AST. Reject node
+     types that are not in ALLOWED_NODES, imports that are not in ALLOWED_IMPORTS, dunder
+     names and attributes, frame and code attributes, and string literals that look like
+     dunders. A rejection comes back as ExecResult.error. Nothing is raised, and nothing runs.
   2) The zygote. On first use, each calling process starts one clean helper process
      (`python executor.py --zygote`). It is NOT a fork of the caller, which may hold
      torch or vLLM threads, and it is exec'd with ZYGOTE_ENV as its whole environment:
-     nothing of the caller's environment (tokens, keys) reaches it or its workers. It
+     nothing of the caller's environment (tokens, keys) reaches it or its workers. First
+     it moves into a private mount namespace in which every mount is read-only, so that no
+     read by it or a worker writes an access time (_private_readonly_view): directly with
+     CAP_SYS_ADMIN, else inside a user namespace of its own that keeps its uid. It
      sets one BLAS/OpenMP thread, preloads the allowed libraries, runs a few warm-up calls
      so their lazy imports and caches are done once, calls gc.freeze() so forked children
      share those pages, and probes which isolation layers this machine supports. It exits
@@ -37,22 +41,29 @@ Data flow (the numbers match the section banners and step comments in the code):
   4) Isolation, applied by the worker to itself before any untrusted code runs:
      a new session and process group; death with the zygote (PR_SET_PDEATHSIG, which
      seccomp then keeps from being cleared); fds 1 and 2 pointed at the output memfd;
-     rlimits with hard = soft (address space, file size, open files, core, locked memory,
-     message queues); capabilities dropped (or uid changed to nobody where the libraries
+     all free address space but a window for new mappings filled and sealed (mseal), which
+     bounds page tables (_seal_address_space); rlimits with hard = soft (address space, file
+     size, open files, core, locked memory, message queues, pending signals = 0, stack) and
+     RLIMIT_CPU at the session's CPU ceiling; capabilities dropped (or uid changed to nobody where the libraries
      stay readable); no_new_privs; Landlock (read-only, and only for the Python and library
      trees; no TCP; no signals or abstract sockets outside the sandbox); and last a seccomp
      ALLOW-list (SYSCALLS_ALLOWED, SYSCALLS_CHECKED). See THREAT MODEL below.
-  5) Running a snippet. The caller sets the worker's CPU-time limit (prlimit, from
-     outside), continues it (SIGCONT), sends the source and starts its clock. The worker
+  5) Running a snippet. Where it may change the worker's limits (CPU_LIMIT_MODES), the
+     caller lowers the worker's CPU-time limit to this snippet's (prlimit, from outside);
+     it continues the worker (SIGCONT), sends the source and starts its clock. The worker
      compiles it once and runs it with plain exec(): no tracing and no per-node
      interpretation, so loops run at native speed. Builtins are restricted, and imports
      go through the allow-list again. If the last line is a bare expression, the worker
      shows its repr(), as IPython does. Output is capped in the worker and written to
      the memfd.
   6) The reply. The worker sends a small JSON message: error text, last value, final
-     answer. It never sends pickle. The caller stops the worker the moment a reply
-     arrives, and from then on treats it as untrusted: the reply is checked field by
-     field (and its sequence number), duration_s is the caller's own clock, a final
+     answer, each cut by the worker (MAX_ERROR_CHARS; max_output_chars; _bound_answer).
+     It never sends pickle. The caller stops the worker the moment a reply arrives, and
+     from then on treats it as untrusted: a frame longer than an honest reply can be
+     (_reply_frame_limit, derived from those bounds) is refused unread; the reply is
+     checked field by field (and its sequence number), and each field is cut again by the
+     worker's own rules, since a snippet can replace the worker's reply code; duration_s is
+     the caller's own clock, a final
      answer counts only in a session that enabled final_answer(), and bytes found on the
      socket before the next snippet is sent (a reply queued in advance) end the session.
      The caller reads the output from the memfd (bounded), truncates it with a visible
@@ -76,7 +87,9 @@ Data flow (the numbers match the section banners and step comments in the code):
      Each session's `random` and numpy seeds are fixed, and PYTHONHASHSEED is fixed, so
      replay reproduces the state of deterministic snippets.
   9) The smolagents adapter, SandboxExecutor, puts a Sandbox behind smolagents'
-     PythonExecutor interface, so that CodeAgent(executor=SandboxExecutor()) works.
+     PythonExecutor interface, so that CodeAgent(executor=SandboxExecutor()) works. It
+     opens a fresh session at the start of each agent run (send_variables/send_tools),
+     so nothing one task's snippets did reaches the next task.
 
 Departures from the paper, and why:
   - The paper gives no details of its sandbox. Ours uses OS isolation (one process per
@@ -100,30 +113,56 @@ only reduce that surface; they are not the boundary. The boundary is the worker 
 seen from the kernel: the seccomp allow-list, Landlock, rlimits and privileges, and the
 caller that stops and kills it.
 
-  effect                         layer (Linux, all present on the development machine)
+  effect                         layer (Linux; all present on the development machine, with
+                                 the caller as root, unless the row says otherwise)
   -----------------------------  ---------------------------------------------------------
   run past the time limit        caller-side wall clock and SIGKILL of the process group;
-                                 RLIMIT_CPU set by the caller before each snippet (the worker
-                                 cannot raise it); threads are refused, so CPU <= wall time
+                                 threads are refused, so CPU <= wall time; RLIMIT_CPU at the
+                                 session's ceiling (session_cpu_s), set by the worker at its
+                                 start, and lowered for each snippet by the caller where it may
+                                 change the worker's limits: CAP_SYS_RESOURCE, or the same uid
+                                 (soft limit only). The development machine's root lacks
+                                 CAP_SYS_RESOURCE and its workers keep uid 0: per snippet, soft
+                                 only. Root whose workers run as nobody gets the ceiling alone.
+                                 isolation["cpu_limit"] names the case (CPU_LIMIT_MODES); the
+                                 worker cannot raise either limit
   compute between snippets       SIGSTOP the moment a reply arrives (a forged early reply
                                  included), SIGCONT only when the next snippet is sent
   exhaust memory                 RLIMIT_AS = the preloaded baseline + memory_mb, hard; no
                                  SysV shm, no shared anonymous mappings, no memfd, no pipes;
-                                 the worker limit bounds how many workers live at once
+                                 page tables, which RLIMIT_AS does not count: all free address
+                                 space but a window of 2 * memory_mb + 1 GiB (and the stack's
+                                 and brk's room) is mapped PROT_NONE and sealed (mseal, Linux
+                                 6.10), so they stay below page_table_bound_bytes(memory_mb),
+                                 ~7 MiB at memory_mb=1024; the worker limit bounds how many
+                                 workers live at once (the pool's worst case: see below)
+  use up per-uid kernel quotas   RLIMIT_SIGPENDING = 0: no queued real-time signal (the quota
+                                 is per uid, shared with every process of that uid); fork,
+                                 inotify, fanotify, epoll, timers, keys, namespaces, pipes and
+                                 mlock are refused; RLIMIT_MSGQUEUE = RLIMIT_MEMLOCK = 0
   flood output                   cap in the worker's writer, RLIMIT_FSIZE on the memfd, and
                                  a bounded read in the caller
   new processes / threads / exec fork, vfork, clone, clone3, execve, execveat: not allowed
   write, create or delete files  open/openat only read-only (no O_PATH either); every other
                                  file-changing call is not allowed; Landlock grants no write
                                  right at all; ioctl is limited to five harmless requests
-                                 (no FS_IOC_SETFLAGS)
+                                 (no FS_IOC_SETFLAGS); every mount is read-only in the zygote's
+                                 mount namespace (where the zygote may make one)
   read files                     Landlock: read-only access to the Python installation, the
                                  site-packages of the preloaded libraries, and system library
                                  dirs. /etc/passwd, /tmp, /proc and the project are unreadable
   read the caller's secrets      ZYGOTE_ENV is the whole environment; no fd of the caller is
                                  inherited; /proc is unreadable (Landlock)
   channels across sessions/runs  SysV IPC (shm, msg, sem), POSIX mqueues, sockets, pipes:
-                                 not allowed; RLIMIT_MSGQUEUE = 0
+                                 not allowed; RLIMIT_MSGQUEUE = 0. Access times, which a read
+                                 sets on disk: every mount is read-only (and noatime, as root)
+                                 in the zygote's private mount namespace, made directly with
+                                 CAP_SYS_ADMIN, else in a user namespace of its own (also as
+                                 `nobody` on the development machine). Where neither is
+                                 allowed, this channel is NOT covered (see below), and
+                                 isolation_report()["access_times"] says so
+  one task decides the next      SandboxExecutor opens a fresh session at each agent run, so
+                                 a replaced runner or a planted answer dies with its task
   watch the host                 inotify and fanotify: not allowed; fcntl F_NOTIFY refused
   network                        socket, socketpair, connect, bind...: not allowed (only
                                  sendto/recvfrom on the socket it was given); Landlock: no
@@ -135,17 +174,24 @@ caller that stops and kills it.
   block the host                 fcntl F_SETLEASE and F_SETLK (locks on library files) refused
   outlive its zygote             PR_SET_PDEATHSIG(SIGKILL), armed after the uid change; prctl
                                  is not allowed, so it cannot be cleared
-  change limits or privileges    hard = soft for every rlimit; setrlimit and prlimit with a
-                                 new value are not allowed; capabilities dropped (bounding
-                                 set too); no_new_privs; setsid/setpgid not allowed
+  change limits or privileges    hard = soft for every rlimit but RLIMIT_CPU (whose soft limit
+                                 only the caller lowers); setrlimit and prlimit with a new
+                                 value are not allowed; capabilities dropped (bounding set
+                                 too); no_new_privs; setsid/setpgid not allowed; the address
+                                 space reservations are sealed
   kernel attack surface          only the ~70 calls of the allow-list (mount, bpf, io_uring,
                                  perf_event_open, userfaultfd, keyctl, unshare and every call
                                  newer than the list are refused), the x32 ABI and other
                                  architectures' numbers are refused or kill the process
   hurt the caller                the caller never unpickles worker data; replies are JSON of
-                                 bounded size, checked field by field, parsed under try; all
-                                 waits have deadlines; fds are never inherited; the zygote dies
-                                 when its caller does
+                                 bounded size (_reply_frame_limit: ~130 KB at the default
+                                 max_output_chars), checked field by field, parsed under try,
+                                 and each field is cut again by the worker's own rules (error,
+                                 value, final answer, stdout), since a snippet can replace the
+                                 worker's reply code; snippets over max_code_chars are refused
+                                 before parsing (it holds the caller's GIL); all waits have
+                                 deadlines; fds are never inherited; the zygote dies when its
+                                 caller does
 
 Running as root: snippets run as `nobody` only when `nobody` can still read the installed
 libraries after the drop. The zygote checks this at start. Otherwise the worker keeps
@@ -159,9 +205,28 @@ readlink and access work everywhere (they reveal whether a file exists, its size
 times, not its contents; closing them breaks imports); executable memory (mprotect with
 PROT_EXEC is allowed: it gives nothing ctypes does not already give, since every system
 call still goes through the filter); memory, disk or CPU taken by the caller's own use of
-many sessions (size max_workers yourself: the worst case is max_workers * memory_mb);
-kernel bugs reachable through the calls that stay allowed; denial of service by a snippet
-that runs for its full timeout, every time.
+many sessions: size max_workers yourself. One worker holds at most memory_mb + its
+preloaded baseline (~0.33 GB of address space on the development machine, ~0.1 GB of it
+resident and shared with the zygote at the start; a snippet may copy or replace it) + page
+tables (page_table_bound_bytes(memory_mb), where mseal holds) + its output memfd (4 *
+max_output_chars + 64 KiB) + the kernel's bookkeeping of its mappings (at most
+vm.max_map_count of them: ~18 MiB measured for 64,000); the pool's worst case is
+max_workers times that. Reclaimable kernel caches a snippet fills (dentries of the paths
+it stats, even missing ones; the page cache of the files it reads) are charged to no one.
+Each worker may keep one pending instance of each standard signal it sends itself (they
+count in its uid's quota whatever the limit: 28 measured), so about 30 * max_workers in all.
+Kernel bugs reachable through the calls that stay allowed; denial of service by a
+snippet that runs for its full timeout, every time.
+The access-time channel where the zygote may create neither a mount namespace
+(CAP_SYS_ADMIN) nor a user namespace (user namespaces disabled; root in a default Docker
+container, whose seccomp profile refuses both): a snippet sets the access time of any file
+or directory under the read roots that it reads, when the old one is over a day old or
+older than the file's mtime (relatime), and a reader in a later session, caller or boot
+sees it with stat(). Measured on the development machine: 207,000 files and directories
+under the read roots, 143,000 of them settable at that moment: about 140,000 bits a day,
+persistent across reboots. (In a user namespace the kernel locks the access-time flags of
+the mounts it copies, MNT_LOCK_ATIME, so there the view is read-only without noatime; the
+kernel writes no access time through a read-only mount either.)
 
 How it degrades:
   - Landlock ABI < 6 (kernels before 6.12): no signal scoping by Landlock. Seccomp is then
@@ -175,10 +240,21 @@ How it degrades:
     and /proc/<pid>/environ of processes of its uid, the caller's included: the clean
     environment then protects only the zygote's and the workers' own. Writes, exec,
     network, IPC and signals are still refused by seccomp.
-  - Caller not root: the caller cannot raise a hard limit again, so it sets only the soft
-    RLIMIT_CPU and leaves the hard one as it is; seccomp keeps the worker from raising its
-    soft limit. Without seccomp, RLIMIT_CPU is no backstop, but stopping between snippets
-    and the wall-clock kill remain.
+  - Caller without CAP_SYS_RESOURCE (any caller not root, and root in Docker's default
+    capability set or on the development machine): it cannot raise a hard limit again, so
+    it sets only the soft RLIMIT_CPU before each snippet, below the session's ceiling (the
+    hard limit, which the worker set); seccomp keeps the worker from raising its soft
+    limit. If the workers also run under another uid (root whose workers became nobody),
+    the caller may not change their limits at all (prlimit: EPERM): only the ceiling holds,
+    and isolation["cpu_limit"] and isolation_report() say so. Without seccomp, RLIMIT_CPU
+    is no backstop, but stopping between snippets and the wall-clock kill remain.
+  - Zygote that may create neither a mount namespace (CAP_SYS_ADMIN) nor a user namespace:
+    no private read-only view, so mounts are not read-only (seccomp and Landlock still
+    refuse every write) and the access-time channel is not covered (see above). With a user
+    namespace (an unprivileged caller), the workers drop the capabilities they hold in it.
+  - Linux before 6.10 (no mseal), or 32-bit: no address-space sealing. Page tables are then
+    bounded only by vm.max_map_count: up to ~16 KiB for each of ~65,000 mappings, about
+    1 GB per worker; isolation_report()["page_tables"] says so.
   - Linux without pidfd (before 5.3): the caller signals the worker by pid, so a pid reused
     after the worker died could in principle receive its stop or kill signal.
   - Linux on an architecture without a syscall table here (only x86_64 and aarch64 have
@@ -370,12 +446,23 @@ getenv() or /proc/self/environ sees only these. One BLAS/OpenMP thread (a forked
 use a thread pool made before the fork, and seccomp refuses new threads); a fixed hash seed, so
 that replay after an eviction rebuilds the same state."""
 
+MAX_CODE_CHARS = 20_000
+"""The default cap on a snippet's length (Sandbox(max_code_chars=...)). It is checked before
+anything parses the snippet: parsing and checking cost the caller up to ~4 us per character of
+hostile code while it holds the GIL (~0.4 s for 100,000 characters, ~0.08 s at this cap), and
+a 5,000-token completion has no room for a longer snippet anyway."""
+
+MAX_ERROR_CHARS = 2_400
+"""The bound on ExecResult.error from a worker: an exception's message is cut at 2,000
+characters and its location adds at most ~250. The worker cuts to it, and so does the caller."""
+
 DEFAULT_MAX_RUNNING = os.cpu_count() or 1
 DEFAULT_MAX_WORKERS = 32 * DEFAULT_MAX_RUNNING
 _THIS_FILE = os.path.abspath(__file__)
 _DUNDER_STRING = re.compile(r"__\w+__")
 _LEN = struct.Struct("!I")
 _MAX_CONTROL_FRAME = 1 << 20
+_MARKER_CHARS = 64   # the longest "\n... [output truncated: N more characters]" (N < 2**64)
 _SEND_BEFORE_CONTINUE = 1 << 16   # bytes; well under a unix socket's default buffer (~200 KB)
 
 
@@ -397,8 +484,9 @@ def _where(lineno: int | None, lines: Sequence[str]) -> str:
 
 
 def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
-                 max_code_chars: int = 100_000) -> str | None:
+                 max_code_chars: int = MAX_CODE_CHARS) -> str | None:
     """Return a model-readable reason why `code` may not run, or None if it passes.
+    A snippet longer than max_code_chars is refused before it is parsed (MAX_CODE_CHARS says why).
 
     >>> static_check("import numpy as np; np.eye(2)") is None
     True
@@ -408,7 +496,8 @@ def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
     if not isinstance(code, str):
         return f"TypeError: the snippet must be a str, not {type(code).__name__}"
     if len(code) > max_code_chars:
-        return f"SandboxError: the snippet has {len(code)} characters; the limit is {max_code_chars}"
+        return (f"SandboxError: the snippet has {len(code)} characters, over the limit of {max_code_chars} "
+                "(max_code_chars); split the work into shorter snippets")
     try:
         tree = ast.parse(code, "<snippet>")
     except SyntaxError as e:
@@ -534,8 +623,82 @@ def _warm_up() -> None:
         pass
 
 
+# -- access times: reading a file updates its access time on disk (relatime), a channel that
+# outlives sessions, callers and reboots. The zygote closes it for itself and every worker.
+_CLONE_NEWNS, _CLONE_NEWUSER, _MS_REC, _MS_PRIVATE = 0x20000, 0x10000000, 0x4000, 1 << 18
+_NR_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000   # the same number on every arch
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME = 0x1, 0x2, 0x10, 0x70
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _enter_private_view(userns: bool) -> None:
+    """unshare a mount namespace (and, for an unprivileged process, a user namespace that
+    maps its uid and gid to themselves, so that nothing else about it changes), make every
+    mount private, then read-only. Raises OSError."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(ctypes.c_int(_CLONE_NEWNS | (_CLONE_NEWUSER if userns else 0))) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"unshare: {os.strerror(e)}")
+    if userns:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    # private first: no mount event of ours may propagate to the host's namespace
+    if _libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount(MS_PRIVATE): {os.strerror(e)}")
+    if userns:   # access-time flags are locked here (MNT_LOCK_ATIME); read-only may be added
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+    else:
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME, 0, 0)
+    _syscall(_NR_MOUNT_SETATTR, ctypes.c_int(_AT_FDCWD), b"/", ctypes.c_uint(_AT_RECURSIVE),
+             ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def _private_readonly_view() -> tuple[str, bool]:
+    """Step 2: move the zygote, and so every worker it will fork, into a private mount
+    namespace where every mount is read-only. The kernel writes no access time through a
+    read-only mount (touch_atime needs write access to the mount), and mount flags are per
+    mount, so the host's mounts are unchanged. With CAP_SYS_ADMIN (root outside most
+    containers) the zygote does this directly, and adds noatime; without it, in a user
+    namespace of its own, where the kernel allows adding read-only but locks the access-time
+    flags. The user namespace is tried in a child first, so that a failure half-way cannot
+    leave the zygote in a half-made one. Returns (what holds, whether a user namespace is
+    in use: then the workers drop the capabilities they hold in it)."""
+    if not _IS_LINUX:
+        return "not covered (Linux only)", False
+    try:
+        _enter_private_view(userns=False)
+        return "closed: a private mount namespace where every mount is read-only and noatime", False
+    except OSError as e:
+        first = e
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _enter_private_view(userns=True)
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        try:
+            _enter_private_view(userns=True)
+            return ("closed: a private user and mount namespace (uids unchanged) where every mount "
+                    "is read-only"), True
+        except OSError as e:
+            first = e
+    return (f"not covered ({first}; no user namespace either): a snippet can set the access time "
+            "of files and directories it can read, about one bit each per day (relatime)"), False
+
+
 def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
     ctrl = socket.socket(fileno=ctrl_fd)
+    access_times, userns = _private_readonly_view()   # before the first library is read
     # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
     # clean environment does not carry), without the project directory: it is not a library
     project = os.path.dirname(_THIS_FILE)
@@ -549,6 +712,8 @@ def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
             pass       # not installed: a snippet importing it gets ModuleNotFoundError
     _warm_up()
     probe = _probe()
+    probe["access_times"] = access_times
+    probe["userns"] = userns
     # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
     # would wake the zygote. Dead workers are reaped once a second, or at once when the
     # caller asks for one's exit status.
@@ -752,7 +917,30 @@ except ImportError:   # not POSIX
     resource = None
     _CAN_PRLIMIT = False
 
-_RAISE_HARD_LIMITS = os.name == "posix" and os.geteuid() == 0
+
+def _has_cap_sys_resource() -> bool:
+    """Whether this process may raise hard limits (CAP_SYS_RESOURCE in its effective set).
+    Root often lacks it: Docker's default capability set drops it, and so does the
+    development machine's root."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        return bool(int(caps.split()[1], 16) >> 24 & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return os.name == "posix" and os.geteuid() == 0
+
+
+_RAISE_HARD_LIMITS = _has_cap_sys_resource()
+CPU_LIMIT_MODES = {
+    "per-snippet": "RLIMIT_CPU per snippet, soft and hard, set by the caller (CAP_SYS_RESOURCE)",
+    "per-snippet-soft": "RLIMIT_CPU per snippet, soft only, set by the caller (it cannot raise hard "
+                        "limits); hard = the session's CPU ceiling",
+    "ceiling": "no per-snippet RLIMIT_CPU (the caller may not change this worker's limits: "
+               "no CAP_SYS_RESOURCE and another uid); RLIMIT_CPU = the session's CPU ceiling, "
+               "set by the worker; the caller's wall clock bounds each snippet",
+}
+"""How a worker's CPU time is bounded, by case (Sandbox.isolation["cpu_limit"] holds one of
+these texts; isolation_report()["cpu_limit"] the one this caller's workers will get)."""
 
 
 class _Worker:
@@ -767,6 +955,8 @@ class _Worker:
         self.isolation: dict = {}
         self.zygote: _ZygoteClient | None = None
         self.ran_s = 0.0          # wall time it was allowed to run: an upper bound on its CPU time
+        self.cpu_mode = "ceiling"   # a key of CPU_LIMIT_MODES, chosen by choose_cpu_mode()
+        self.cpu_hard = 0
         self._lock = threading.Lock()
 
     def alive(self) -> bool:
@@ -793,22 +983,48 @@ class _Worker:
         computing is frozen until the next snippet is sent, and its time then counts."""
         self._signal(signal.SIGSTOP)
 
+    def choose_cpu_mode(self) -> str:
+        """Once, on the new (stopped) worker: may this caller change its limits? prlimit on
+        another process needs CAP_SYS_RESOURCE or the same uid and gid (prlimit(2)); a read
+        needs the same permission as a write, so a read and a write of the same values tell.
+        The answer is recorded in isolation["cpu_limit"], never swallowed."""
+        mode = "ceiling"
+        if _CAN_PRLIMIT:
+            try:
+                current = resource.prlimit(self.pid, resource.RLIMIT_CPU)
+                resource.prlimit(self.pid, resource.RLIMIT_CPU, current)
+                self.cpu_hard = current[1]
+                mode = "per-snippet" if _RAISE_HARD_LIMITS else "per-snippet-soft"
+            except (OSError, ValueError) as e:
+                self.isolation["cpu_limit_error"] = f"prlimit: {e}"
+        self.cpu_mode = mode
+        self.isolation["cpu_limit"] = CPU_LIMIT_MODES[mode]
+        return mode
+
     def resume(self, budget_s: float) -> None:
         """Before sending a snippet: cap the worker's total CPU time at what it may have used
         so far (ran_s >= its CPU time: it has one thread) + this snippet's budget + 1 s, then
         SIGCONT. The caller sets the limit from outside; seccomp keeps the worker from
-        changing it. Where the caller may raise hard limits again (CAP_SYS_RESOURCE, i.e.
-        root), hard = soft + 1 s; otherwise the hard limit stays where it was."""
+        changing it. With CAP_SYS_RESOURCE, hard = soft + 1 s; without it, the soft limit only,
+        below the hard one (the session's CPU ceiling, which the worker set at its start);
+        where the caller may not change the worker's limits at all, only that ceiling holds
+        (CPU_LIMIT_MODES). A failure other than the worker's exit is recorded in isolation."""
         with self._lock:
-            if self.released or not _CAN_PRLIMIT or not self.alive():
-                pass
-            else:
+            if not self.released and self.cpu_mode != "ceiling" and self.alive():
                 soft = math.ceil(self.ran_s + budget_s) + 1
                 try:
-                    hard = soft + 1 if _RAISE_HARD_LIMITS else resource.prlimit(self.pid, resource.RLIMIT_CPU)[1]
-                    resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, hard))
-                except (OSError, ValueError):
-                    pass   # it exited meanwhile; the wall clock still bounds it
+                    if self.cpu_mode == "per-snippet":
+                        resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, soft + 1))
+                    else:
+                        if self.cpu_hard != resource.RLIM_INFINITY:
+                            soft = min(soft, self.cpu_hard)
+                        resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, self.cpu_hard))
+                except ProcessLookupError:
+                    pass   # it exited meanwhile: the caller finds out from the socket
+                except (OSError, ValueError) as e:
+                    self.isolation["cpu_limit_error"] = f"prlimit failed before a snippet: {e}"
+                    self.cpu_mode = "ceiling"
+                    self.isolation["cpu_limit"] = CPU_LIMIT_MODES["ceiling"]
         self._signal(signal.SIGCONT)
 
     def kill(self) -> None:
@@ -1205,6 +1421,7 @@ def _probe() -> dict:
         "seccomp": _IS_LINUX and machine in _SECCOMP_ARCH,
         "drop_to_nobody": can_drop,
         "uid_note": drop_note,
+        "mseal": _mseal_available(),
         "read_roots": _read_roots(),
     }
 
@@ -1215,6 +1432,123 @@ def _vm_size_bytes() -> int:
             return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return 0
+
+
+# -- the address span a worker can fault in (page tables) ---------------------------------
+# RLIMIT_AS bounds how much a worker maps, not where: one page mapped every 1 GiB costs two
+# page-table pages (8 KiB) per 4 KiB mapped, memory that RLIMIT_AS does not count. So every
+# stretch of free address space outside a small window is filled with PROT_NONE mappings and
+# sealed (mseal, Linux 6.10): no snippet can unmap, move, overmap or mprotect them, and the
+# kernel must place every new mapping inside the window. Those mappings cost no memory (no
+# page is ever faulted in them), and RLIMIT_AS is set after them, so they do not shrink what
+# a snippet may allocate either.
+_NR_MSEAL = 462                          # the same number on every arch (asm-generic)
+_MAP_NORESERVE, _MAP_FIXED_NOREPLACE = 0x4000, 0x100000
+_USER_TOPS = (1 << 56, 1 << 52, 1 << 48, 1 << 47, 1 << 39)   # possible ends of user space, highest first
+BRK_ROOM = 256 << 20
+"""Free address space kept above the brk heap (small allocations), in bytes."""
+STACK_ROOM = 256 << 20
+"""The most address space kept free below the stack: RLIMIT_STACK (made hard), at most this."""
+
+
+def address_window_bytes(memory_mb: int) -> int:
+    """The free address space a worker keeps for new mappings: twice what it may allocate
+    (room for fragmentation) + 1 GiB."""
+    return 2 * (int(memory_mb) << 20) + (1 << 30)
+
+
+def page_table_bound_bytes(memory_mb: int) -> int:
+    """What page tables can cost a worker beyond those it starts with, where the address
+    space is sealed: its free address space F (the window, BRK_ROOM, at most STACK_ROOM + 2 MiB)
+    in at most three stretches needs at most F / 2 MiB page-table pages of 4 KiB at the
+    lowest level, F / 1 GiB at the next, and two more per stretch and level at the edges.
+    About 7.1 MiB at memory_mb=1024 and 3.6 MiB at 128 (the round-2 attack had reached
+    0.9 GB and 256 MB of page tables before)."""
+    free = address_window_bytes(memory_mb) + BRK_ROOM + STACK_ROOM + (2 << 20)
+    return (free // 512 + free // (1 << 18) + free // (1 << 27)) + 3 * 3 * 2 * 4096
+
+
+def _mseal_available() -> bool:
+    """mseal(0, 0, 0) is a no-op on kernels that have it (6.10 and later, 64-bit)."""
+    if not (_IS_LINUX and sys.maxsize > 2**32):
+        return False
+    try:
+        _syscall(_NR_MSEAL, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        return True
+    except OSError:
+        return False
+
+
+def _seal_address_space(window: int) -> dict:
+    """Step 4e: reserve and seal all free address space except `window` bytes at the top of
+    the largest gap below the stack (where new mappings go), the stack's growth room and
+    BRK_ROOM above the heap. Returns what it left free. Raises OSError if a step fails."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    mmap = _libc["mmap"]   # a private function object: its argtypes are ours alone
+    mmap.restype = ctypes.c_void_p
+    mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    flags = 0x02 | _MAP_ANONYMOUS | _MAP_NORESERVE | _MAP_FIXED_NOREPLACE   # MAP_PRIVATE
+
+    def reserve(lo: int, hi: int) -> bool:
+        got = mmap(lo, hi - lo, 0, flags, -1, 0)
+        if got != lo:
+            if got not in (None, 2**64 - 1):   # an old kernel took the address as a hint
+                _libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(hi - lo))
+            return False
+        _syscall(_NR_MSEAL, ctypes.c_ulong(lo), ctypes.c_ulong(hi - lo), ctypes.c_ulong(0))
+        return True
+
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, rest = line.split(None, 1)
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo < _USER_TOPS[0]:             # not [vsyscall], which is kernel space
+                maps.append((lo, hi, rest.rstrip().rsplit(None, 1)[-1] if rest.strip() else ""))
+    try:
+        with open("/proc/sys/vm/mmap_min_addr") as f:
+            floor = max(int(f.read()), page)
+    except (OSError, ValueError):
+        floor = 65536
+    floor = (floor + page - 1) // page * page
+    stack = next((m for m in maps if m[2] == "[stack]"), None)
+    heap = next((m for m in maps if m[2] == "[heap]"), None)
+    # what stays free: the stack's room (RLIMIT_STACK, made hard, + the kernel's 1 MiB guard
+    # gap + 1 MiB), BRK_ROOM above the heap, and the window
+    keep: list[tuple[int, int]] = []
+    if stack is not None:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+        room = min(soft if soft != resource.RLIM_INFINITY else STACK_ROOM, STACK_ROOM)
+        resource.setrlimit(resource.RLIMIT_STACK, (room, room))
+        keep.append((stack[0] - room - (2 << 20), stack[0]))
+    if heap is not None:
+        keep.append((heap[1], heap[1] + BRK_ROOM))
+    gaps = [(a[1], b[0]) for a, b in zip(maps, maps[1:]) if b[0] > a[1]]
+    below_stack = [g for g in gaps if stack is None or g[1] <= stack[0]]
+    largest = max(below_stack, key=lambda g: g[1] - g[0])
+    keep.append((max(largest[1] - window, largest[0]), largest[1]))
+    # cut the keep ranges out of the gaps, then reserve what remains
+    todo = [(floor, maps[0][0])] + gaps
+    free = sum(hi - lo for lo, hi in todo)
+    for k_lo, k_hi in keep:
+        todo = [piece for lo, hi in todo
+                for piece in ((lo, min(hi, k_lo)), (max(lo, k_hi), hi)) if piece[1] > piece[0]]
+    regions = 0
+    for lo, hi in todo:
+        lo, hi = (lo + page - 1) // page * page, hi // page * page
+        if hi > lo:
+            # the lowest stretch: a security module may forbid addresses below 64 KiB
+            # (CONFIG_LSM_MMAP_MIN_ADDR) however low mmap_min_addr is
+            if not (reserve(lo, hi) or lo < 65536 < hi and reserve(65536, hi)):
+                raise OSError(f"could not reserve {lo:#x}-{hi:#x}")
+            regions += 1
+            free -= hi - lo
+    # above the last mapping, up to the end of user space (found by trying, highest first)
+    last = (maps[-1][1] + page - 1) // page * page
+    if not any(top - page > last and reserve(last, top - page) for top in _USER_TOPS):
+        raise OSError("could not reserve the address space above the stack")
+    return {"sealed_regions": regions + 1, "free_address_space": free}
 
 
 def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> dict:
@@ -1247,11 +1581,19 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
         lo = fd + 1
     os.closerange(lo, 1 << 16)
     os.chdir("/")
-    # 4e) resource limits
+    # 4e) the address span (page tables), then resource limits. The sealed reservations
+    # come first, so that RLIMIT_AS counts them in the baseline.
+    if probe.get("mseal"):
+        applied["address_space"] = _seal_address_space(address_window_bytes(cfg["memory_mb"]))
+    else:
+        applied["address_space"] = "not sealed (no mseal): page tables are bounded only by vm.max_map_count"
     baseline = _vm_size_bytes()
     # (hard = soft: without CAP_SYS_RESOURCE no limit can be raised again, and seccomp
-    # refuses setrlimit/prlimit with a new value anyway). RLIMIT_CPU is set by the caller
-    # before each snippet (prlimit on this pid), never by the worker.
+    # refuses setrlimit/prlimit with a new value anyway). RLIMIT_CPU starts at the session's
+    # CPU ceiling; where the caller may change this worker's limits, it lowers the soft limit
+    # before each snippet (_Worker.resume). RLIMIT_SIGPENDING = 0: the kernel counts queued
+    # signals per uid, against the receiver's limit, so a worker (which may signal only itself)
+    # can queue no real-time signal and cannot use up the quota of other processes of its uid.
     limits = {
         "RLIMIT_AS": baseline + cfg["memory_mb"] * 2**20 if baseline else cfg["memory_mb"] * 2**20,
         "RLIMIT_FSIZE": 4 * cfg["max_output_chars"] + 65536,
@@ -1259,6 +1601,8 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
         "RLIMIT_NOFILE": 64,
         "RLIMIT_MEMLOCK": 0,
         "RLIMIT_MSGQUEUE": 0,
+        "RLIMIT_SIGPENDING": 0,
+        "RLIMIT_CPU": math.ceil(cfg["cpu_ceiling_s"]),
     }
     for name, value in limits.items():
         try:
@@ -1275,6 +1619,9 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
     elif os.geteuid() == 0 and _IS_LINUX:
         _drop_capabilities()
         applied["capabilities"] = "dropped"
+    if probe.get("userns"):   # the zygote's own user namespace gives every process in it all capabilities there
+        _drop_capabilities()
+        applied["capabilities"] = "dropped (those it held in the zygote's user namespace)"
     if os.geteuid() != 0:
         try:  # as a normal uid, RLIMIT_NPROC=0 is one more fence against fork (and threads)
             resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
@@ -1372,7 +1719,8 @@ class _Output(io.TextIOBase):
 
 
 def _to_json_safe(x: Any, depth: int = 0) -> Any:
-    """final_answer's argument as data the caller can parse without trusting the worker."""
+    """final_answer's argument as data the caller can parse without trusting the worker.
+    Not cut here: _bound_answer cuts it next, so that its marker counts what was hidden."""
     if x is None or isinstance(x, (bool, float)):
         return x
     if isinstance(x, numbers.Integral):    # int, numpy and sympy integers
@@ -1381,12 +1729,27 @@ def _to_json_safe(x: Any, depth: int = 0) -> Any:
     if isinstance(x, numbers.Real) and not isinstance(x, numbers.Rational):
         return float(x)                     # numpy and sympy floats (sympy Rationals stay exact, as str)
     if isinstance(x, str):
-        return x[:100_000]
+        return x
     if depth < 8 and isinstance(x, (list, tuple)):
-        return [_to_json_safe(v, depth + 1) for v in list(x)[:10_000]]
+        return [_to_json_safe(v, depth + 1) for v in x]
     if depth < 8 and isinstance(x, dict):
-        return {str(k): _to_json_safe(v, depth + 1) for k, v in list(x.items())[:10_000]}
-    return str(x)[:100_000]
+        return {str(k): _to_json_safe(v, depth + 1) for k, v in x.items()}
+    return str(x)
+
+
+def _bound_answer(x: Any, limit: int) -> Any:
+    """The bound on a final answer, applied by the worker and again by the caller (it is
+    idempotent): its size, a str's length or else the length of its JSON text (json.dumps,
+    ensure_ascii=False), is at most `limit` (max_output_chars) + the marker's room. A larger
+    answer is cut to `limit` characters with the truncation marker, a non-str as its JSON text."""
+    if isinstance(x, str):
+        text = x
+    else:
+        try:
+            text = json.dumps(x, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):   # not JSON data: the caller never sees this
+            text = str(x)
+    return x if len(text) <= limit + _MARKER_CHARS else _truncate(text, limit)
 
 
 class _Runner:
@@ -1464,6 +1827,7 @@ class _Runner:
         text = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
         if len(text) > 2000:
             text = text[:2000] + "..."
+        text = text[:MAX_ERROR_CHARS]    # a class name can be long too
         fname, lineno = None, None
         if isinstance(e, SyntaxError):
             fname, lineno = current, e.lineno
@@ -1477,7 +1841,7 @@ class _Runner:
         if lineno and 0 < lineno <= len(lines):
             where = "line" if fname == current else f"{fname[1:-1]}, line"
             text += f" ({where} {lineno}: {lines[lineno - 1].strip()[:200]})"
-        return text
+        return text[:MAX_ERROR_CHARS]
 
     def run(self, code: str) -> dict:
         self.count += 1
@@ -1490,6 +1854,7 @@ class _Runner:
             os.lseek(1, 0, os.SEEK_SET)
         except OSError:
             pass
+        limit = self.cfg["max_output_chars"]
         reply: dict[str, Any] = {"err": None, "val": None, "fa": False}
         try:
             tree = ast.parse(code, fname)
@@ -1500,11 +1865,14 @@ class _Runner:
             if last is not None:
                 value = eval(compile(last, fname, "eval"), self.ns)
                 if value is not None:
-                    text = repr(value)
-                    reply["val"] = _truncate(text, self.cfg["max_output_chars"])
+                    text = repr(value)   # cut here; the caller adds the marker ("vh": what was cut)
+                    reply["val"], reply["vh"] = text[:limit], max(len(text) - limit, 0)
         except _FinalAnswer as fa:
-            reply["fa"] = True
-            reply["fav"] = _to_json_safe(fa.value)
+            try:
+                reply["fav"] = _bound_answer(_to_json_safe(fa.value), limit)
+                reply["fa"] = True
+            except BaseException as e:   # str() of the answer raised
+                reply["err"] = self.describe(e, fname)
         except BaseException as e:  # SystemExit and KeyboardInterrupt too: the worker lives on
             reply["err"] = self.describe(e, fname)
             e.__traceback__ = None
@@ -1549,7 +1917,8 @@ def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, p
                 runner.ns.update(pickle.loads(payload))
                 reply = {"err": None, "val": None, "fa": False, "drop": 0}
             except BaseException as e:
-                reply = {"err": f"could not load variables: {type(e).__name__}: {e}", "val": None, "fa": False, "drop": 0}
+                reply = {"err": f"could not load variables: {type(e).__name__}: {e}"[:MAX_ERROR_CHARS],
+                         "val": None, "fa": False, "drop": 0}
         else:
             os._exit(0)
         reply["seq"] = seq
@@ -1581,11 +1950,15 @@ class ExecResult:
     session_reset: bool = False
     """The worker died or was killed: names defined before this snippet are lost."""
     final_answer: Any = None
-    """The argument of final_answer(x), as JSON-safe data (str() for other objects)."""
+    """The argument of final_answer(x), as JSON-safe data (str() for other objects). Bounded
+    (_bound_answer): its size, a str's length or else its JSON text's, is at most
+    max_output_chars + 64; a larger answer arrives as a str, that text cut to max_output_chars
+    with the truncation marker."""
     is_final_answer: bool = False
     """final_answer(...) was called (its argument may legitimately be None)."""
     value: str | None = None
-    """The display text of the last-line expression, or None (also part of stdout)."""
+    """The display text of the last-line expression, or None (also part of stdout); cut to
+    max_output_chars with the marker, like stdout."""
     printed: str = ""
     """stdout without the display of the last expression (smolagents' "logs")."""
 
@@ -1614,6 +1987,14 @@ def _truncate(text: str, limit: int, hidden: int = 0) -> str:
     if hidden > 0:
         text += f"\n... [output truncated: {hidden} more characters]"
     return text
+
+
+def _reply_frame_limit(max_output_chars: int) -> int:
+    """The largest reply an honest worker can send, from the bounds on its fields: error
+    (MAX_ERROR_CHARS), value and final answer (max_output_chars + the marker each), as JSON with
+    ASCII escapes (at most 12 bytes per character: a surrogate pair), plus the fixed keys and
+    numbers. A longer frame is a protocol error: the worker is killed, the frame never read."""
+    return 12 * (MAX_ERROR_CHARS + 2 * (max_output_chars + _MARKER_CHARS)) + 4096
 
 
 def _clean_text(s: str | None) -> str | None:
@@ -1674,7 +2055,13 @@ class Sandbox:
                       BLOCKED_SUBMODULES); only those in PRELOAD cost nothing to import
     seed              seeds `random` and numpy's global generator (random per session if None);
                       it also makes replay after an eviction reproduce the same state
+    max_code_chars    longer snippets are refused before they are parsed (MAX_CODE_CHARS)
     enable_final_answer  define final_answer(x), which ends the snippet (the smolagents adapter)
+    session_cpu_s     the CPU-time ceiling of one worker, over all its snippets (RLIMIT_CPU, set
+                      by the worker at its start; default 100 * timeout_s, at least 60 s). A
+                      session that reaches it loses its names, like a crash. Where the caller
+                      may change a worker's limits, each snippet also gets its own RLIMIT_CPU
+                      (CPU_LIMIT_MODES)
 
     The worker starts on the first run(), not here, so creating many sessions is cheap.
 
@@ -1685,7 +2072,8 @@ class Sandbox:
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
                  allowed_imports: Sequence[str] = ALLOWED_IMPORTS, *, seed: int | None = None,
-                 max_code_chars: int = 100_000, enable_final_answer: bool = False):
+                 max_code_chars: int = MAX_CODE_CHARS, enable_final_answer: bool = False,
+                 session_cpu_s: float | None = None):
         if os.name != "posix":
             raise RuntimeError("executor.Sandbox needs a POSIX system (it forks worker processes)")
         self.timeout_s = float(timeout_s)
@@ -1695,6 +2083,7 @@ class Sandbox:
         self.max_code_chars = int(max_code_chars)
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
         self.enable_final_answer = enable_final_answer
+        self.session_cpu_s = float(session_cpu_s) if session_cpu_s else max(60.0, 100 * self.timeout_s)
         self._worker: _Worker | None = None
         self._history: list[tuple[str, Any]] = []   # what replay needs after an eviction
         self._evicted = False
@@ -1724,7 +2113,9 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """The layers this session's worker applied (starts the worker if needed)."""
+        """The layers this session's worker applied (starts the worker if needed): its
+        rlimits, sealed address space, uid, Landlock ABI, seccomp, and how its CPU time is
+        bounded (cpu_limit, one of CPU_LIMIT_MODES' texts)."""
         with self._lock:
             if self._closed:
                 return {}
@@ -1767,7 +2158,7 @@ class Sandbox:
     def _cfg(self) -> dict:
         return {"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
                 "allowed_imports": list(self.allowed_imports), "seed": self.seed,
-                "final_answer": self.enable_final_answer}
+                "final_answer": self.enable_final_answer, "cpu_ceiling_s": self.session_cpu_s}
 
     def _drop_worker(self) -> None:
         """Forget this session's worker (killing it) and free its slot. Idempotent, and
@@ -1805,6 +2196,7 @@ class Sandbox:
             if "fatal" in msg:
                 raise _SandboxStartError(str(msg["fatal"]))
             worker.isolation = msg["ready"]
+            worker.choose_cpu_mode()
         except Exception as e:
             detail = str(e) if isinstance(e, _SandboxStartError) else f"{type(e).__name__}: {e}"
             if worker is not None:
@@ -1907,7 +2299,7 @@ class Sandbox:
                 _send_frame(w.sock, frame)
                 if small:
                     w.resume(remaining)
-                raw = _recv_frame_deadline(w.sock, deadline, 16 * self.max_output_chars + (1 << 20))
+                raw = _recv_frame_deadline(w.sock, deadline, _reply_frame_limit(self.max_output_chars))
             except TimeoutError:
                 failure = "timeout"
             except (EOFError, OSError):
@@ -1970,24 +2362,35 @@ class Sandbox:
         return "the sandbox process died"
 
     def _result_from_reply(self, kind: str, payload: Any, reply: dict, duration: float) -> ExecResult:
+        """Every field is checked and bounded here by the rules the worker applies, so a worker
+        whose reply code a snippet replaced cannot hand the caller more: error <= MAX_ERROR_CHARS,
+        value and stdout <= max_output_chars + the marker, final answer <= max_output_chars +
+        the marker as JSON text (_bound_answer). _reply_frame_limit follows from these bounds."""
         w = self._worker
-        err, val, hidden = reply["err"], reply["val"], reply.get("drop", 0)
+        limit = self.max_output_chars
+        err, val = reply["err"], reply["val"]
+        hidden, val_hidden = reply.get("drop", 0), reply.get("vh", 0)
         if not (err is None or isinstance(err, str)) or not (val is None or isinstance(val, str)):
             raise TypeError("bad reply")
-        if type(hidden) is not int or not 0 <= hidden < 1 << 60:
-            raise TypeError("bad reply")
-        err, val = _clean_text(err), _clean_text(val)
-        printed, unread = w.read_output(self.max_output_chars)
+        for n in (hidden, val_hidden):
+            if type(n) is not int or not 0 <= n < 1 << 60:
+                raise TypeError("bad reply")
+        if err is not None:
+            err = _clean_text(err[:MAX_ERROR_CHARS])
+        if val is not None:
+            val = _truncate(_clean_text(val[:limit]), limit, val_hidden + max(len(val) - limit, 0))
+        printed, unread = w.read_output(limit)
         self._history.append((kind, payload))
-        printed = _truncate(printed, self.max_output_chars, hidden + unread)
+        printed = _truncate(printed, limit, hidden + unread)
         stdout = printed
         if val is not None:
             stdout += ("\n" if printed and not printed.endswith("\n") else "") + val + "\n"
-            stdout = _truncate(stdout, self.max_output_chars)
+            stdout = _truncate(stdout, limit)
         # a final answer counts only where this session defined final_answer()
         fa = reply.get("fa") is True and self.enable_final_answer and kind == "run"
+        answer = _bound_answer(reply.get("fav"), limit) if fa else None
         return ExecResult(stdout=stdout, error=err, duration_s=duration, value=val, printed=printed,
-                          final_answer=reply.get("fav") if fa else None, is_final_answer=fa)
+                          final_answer=answer, is_final_answer=fa)
 
 
 # ---------------------------------------------------------------------------------------
@@ -2088,10 +2491,29 @@ def pool_stats() -> dict:
 
 
 def isolation_report() -> dict:
-    """What this machine offers, as probed by the zygote (starts it if needed)."""
+    """What this machine offers, as probed by the zygote (starts it if needed), and what
+    follows for this caller: how CPU time is bounded (cpu_limit), whether page tables are
+    (page_tables), and whether access times can carry data across sessions (access_times).
+    Sandbox.isolation says what one worker actually applied."""
     z = _POOL.get_zygote()
     with z.lock:
-        return dict(z._ensure_ready())
+        report = dict(z._ensure_ready())
+    workers_uid = _nobody_ids()[0] if report.get("euid") == 0 and report.get("drop_to_nobody") else report.get("euid")
+    if not _CAN_PRLIMIT:
+        mode = "ceiling"
+    elif _RAISE_HARD_LIMITS:
+        mode = "per-snippet"
+    else:
+        mode = "per-snippet-soft" if workers_uid == (os.getuid() if os.name == "posix" else None) else "ceiling"
+    report["cpu_limit"] = CPU_LIMIT_MODES[mode]
+    report["page_tables"] = (
+        "bounded: all free address space outside a window of 2 * memory_mb + 1 GiB is sealed "
+        f"(mseal), so page tables stay below ~(2 * memory_mb + 1.5 GiB) / 512 per worker "
+        f"({page_table_bound_bytes(1024) / 2**20:.1f} MiB at memory_mb=1024)"
+        if report.get("mseal") else
+        "not bounded (no mseal, Linux < 6.10): a worker can hold page tables beyond memory_mb, "
+        "up to ~16 KiB per mapping, vm.max_map_count mappings")
+    return report
 
 
 def shutdown() -> None:
@@ -2164,28 +2586,49 @@ def _make_sandbox_executor() -> type:
         """smolagents PythonExecutor backed by a Sandbox: CodeAgent(executor=SandboxExecutor()).
 
         Only the final_answer tool can run inside the sandbox; other tools are refused at
-        send_tools() with a clear error. Variables must be picklable."""
+        send_tools() with a clear error. Variables must be picklable.
+
+        One session per agent run: smolagents keeps the executor across CodeAgent.run() calls
+        and calls send_variables() then send_tools() at the start of each run, so the first of
+        those after a snippet has run closes the session and opens a fresh one. Nothing a
+        snippet of one task did (a replaced runner, a planted answer, names) reaches the next
+        task; run(..., reset=False) continues the conversation but not the names."""
 
         def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
                      allowed_imports: Sequence[str] = ALLOWED_IMPORTS, **sandbox_kwargs: Any):
-            self.sandbox = Sandbox(timeout_s, memory_mb, max_output_chars, allowed_imports,
-                                   enable_final_answer=True, **sandbox_kwargs)
+            self._sandbox_args = (timeout_s, memory_mb, max_output_chars, allowed_imports)
+            self._sandbox_kwargs = dict(sandbox_kwargs, enable_final_answer=True)
+            self.sandbox = Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
             self.state: dict[str, Any] = {"_print_outputs": ""}   # CodeAgent shows these logs on errors
             self.calls = 0
+            self.sessions = 1
+            self._used = False     # a snippet ran in the current session
+
+        def _fresh_session(self) -> None:
+            """A new Sandbox in place of one that has run a snippet (its worker is killed)."""
+            if self._used:
+                old, self.sandbox = self.sandbox, Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
+                old.close()
+                self.sessions += 1
+                self._used = False
+                self.state["_print_outputs"] = ""
 
         def send_tools(self, tools: dict[str, Any]) -> None:
+            self._fresh_session()
             others = sorted(set(tools) - {"final_answer"})
             if others:
                 raise ValueError(f"SandboxExecutor runs snippets in an isolated process and supports only "
                                  f"the final_answer tool; remove these tools: {', '.join(others)}")
 
         def send_variables(self, variables: dict[str, Any]) -> None:
+            self._fresh_session()
             usable = {k: v for k, v in variables.items() if isinstance(k, str) and not k.startswith("__")}
             if usable:
                 self.sandbox.set_variables(usable)
 
         def __call__(self, code_action: str):
             self.calls += 1
+            self._used = True
             r = self.sandbox.run(code_action)
             self.state["_print_outputs"] = r.printed
             if r.error is not None:

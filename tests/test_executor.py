@@ -8,7 +8,8 @@ Run:  .venv/bin/python -m pytest tests/test_executor.py        (about 2 minutes 
 
 They read as documentation, in the order of the module contract:
   1) benign snippets of the kinds the paper shows give the right output, and state persists;
-  2) the static check rejects what it should, with a message the model can act on;
+  2) the static check rejects what it should, with a message the model can act on, and
+     refuses a snippet over the size cap before parsing it;
   3) every OS limit, attacked the way a hostile snippet would: through sympify's eval,
      which hands the snippet the real `os` and `builtins` past the static check. Each
      test asserts that the harmful effect did not happen (no file, no connection, the
@@ -20,8 +21,12 @@ They read as documentation, in the order of the module contract:
   5b) a determined attacker, through `random._os` and ctypes to raw libc calls: the
      caller's environment, SysV IPC, inotify, shared memory, fcntl/ioctl signals and
      leases, limits, forged replies, CPU between snippets, replay time, the death signal;
-     then the same tests as an unprivileged user;
-  6) the smolagents adapter: a scripted model, then the real embedded SmolLM2-135M.
+     then a second round (issue 21): a replaced reply routine (every field the caller
+     returns stays bounded), the pending-signal quota of the worker's uid, access times
+     as a channel, page tables beyond the memory cap, the CPU limit during snippets (and
+     where the caller may not set it); then the same tests as an unprivileged user;
+  6) the smolagents adapter: a scripted model, one agent run that tries to decide the next,
+     then the real embedded SmolLM2-135M.
 No test asserts speed, except that a timeout fires within its limit + 0.5 s (after an
 eviction too), and that an idle worker uses no CPU.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import doctest
+import math
 import os
 import signal
 import socket
@@ -211,8 +217,8 @@ def test_errors_are_short_and_name_the_line(sb):
 def test_large_snippets_and_variables_reach_a_stopped_worker(sb):
     """The worker is stopped between snippets; frames larger than a socket buffer must still
     get through (the caller continues the worker before sending those)."""
-    big = "s = '" + "x" * 90_000 + "'\nlen(s)"
-    assert run_ok(sb, big) == "90000\n"
+    big = "s = '" + "\U0001F600" * 19_000 + "'\nlen(s)"   # 76 KB of UTF-8 within MAX_CODE_CHARS
+    assert run_ok(sb, big) == "19000\n"
     sb.set_variables({"v": list(range(300_000))})
     assert run_ok(sb, "sum(v)") == f"{sum(range(300_000))}\n"
 
@@ -265,7 +271,7 @@ def test_non_utf8_and_c_level_output(sb):
     ("async def f():\n    pass", "'AsyncFunctionDef' syntax"),
     ("match 1:\n    case 1:\n        pass", "'Match' syntax"),
     ("x = (", "SyntaxError"),
-    ("-" * 200_000 + "1", "characters; the limit is"),
+    ("-" * 200_000 + "1", "characters, over the limit of 20000 (max_code_chars)"),
 ])
 def test_static_check_rejects(code, expected):
     r = Sandbox().run(code)            # rejected before any worker exists
@@ -276,6 +282,25 @@ def test_static_check_rejects(code, expected):
 def test_static_check_never_raises():
     for code in [None, 42, b"print(1)", "\x00", "(" * 1000, "x" * 10, "\ufeffprint(1)"]:
         assert isinstance(Sandbox().run(code), ExecResult)
+
+
+def test_huge_snippets_are_refused_before_parsing(sb, monkeypatch):
+    """Parsing and checking hold the caller's GIL for ~4 us per character of hostile code, so a
+    snippet over max_code_chars (MAX_CODE_CHARS by default) is refused before anything parses
+    it, with one line naming the cap. Up to the cap, snippets run as before."""
+    parsed = []
+    real_parse = executor.ast.parse
+    monkeypatch.setattr(executor.ast, "parse", lambda *a, **k: parsed.append(1) or real_parse(*a, **k))
+    code = "x = [" + "1," * 25_000 + "]"        # 50,001 characters of valid Python
+    r = Sandbox().run(code)
+    assert r.error == (f"SandboxError: the snippet has {len(code)} characters, over the limit of "
+                       f"{executor.MAX_CODE_CHARS} (max_code_chars); split the work into shorter snippets")
+    assert parsed == [] and "\n" not in r.error
+    assert executor.static_check(code) == r.error and parsed == []
+    assert executor.static_check(code, max_code_chars=len(code)) is None and parsed == [1]
+    code = "x = 0\n" + "x += 1\n" * ((executor.MAX_CODE_CHARS - 16) // 7) + "x"   # up to the cap, as before
+    assert len(code) <= executor.MAX_CODE_CHARS
+    assert run_ok(sb, code) == f"{(executor.MAX_CODE_CHARS - 16) // 7}\n"
 
 
 def test_forbidden_builtins_and_dunder_getattr(sb):
@@ -853,10 +878,14 @@ print(out, call('prctl', 1, 0, 0, 0, 0))""")   # prctl(PR_SET_PDEATHSIG, 0)
         limits = {line[:26].strip(): line[26:].split() for line in f}
     for name in ("Max address space", "Max file size", "Max open files", "Max core file size"):
         assert limits[name][0] == limits[name][1], limits[name]          # hard = soft
-    soft = int(limits["Max cpu time"][0])
-    assert soft <= sb.timeout_s + 60          # set by the caller for this snippet (not unlimited)
-    if os.geteuid() == 0:
-        assert int(limits["Max cpu time"][1]) == soft + 1
+    soft, hard = int(limits["Max cpu time"][0]), int(limits["Max cpu time"][1])
+    ceiling = math.ceil(sb.session_cpu_s)     # set by the worker at its start
+    mode = next(k for k, v in executor.CPU_LIMIT_MODES.items() if v == sb.isolation["cpu_limit"])
+    if mode == "ceiling":
+        assert soft == hard == ceiling
+    else:
+        assert soft <= sb.timeout_s + 60      # set by the caller for this snippet (not unlimited)
+        assert hard == (soft + 1 if mode == "per-snippet" else ceiling)
 
 
 def test_attack_forged_reply_cannot_hide_a_running_worker(report, no_leaks):
@@ -968,6 +997,306 @@ def test_attack_no_worker_survives_sigkill_of_the_zygote(report):
         assert result and result[0].session_reset
         assert idle.run("0").session_reset            # reports the loss, once
         assert run_ok(idle, "1 + 1") == "2\n"        # a new zygote, for the tests that follow
+
+
+# Issue 21: a second red-team round. No escape, but harm to the caller and the host.
+
+# Replaces the worker's own reply code (reached through sys.modules, no forged frame needed):
+# every later snippet of the session "returns" what the planted runner says.
+PLANT_RUNNER = VIA_CTYPES + """U = '_' * 2
+main = os.sys.modules[U + 'main' + U]
+def planted(self, code):
+    return {PLANTED}
+main._Runner.run = planted
+"""
+
+
+def planted_result(reply: str, **sandbox_args) -> ExecResult:
+    """What the caller returns for the snippet after one that planted `reply` (a dict literal)."""
+    with Sandbox(**sandbox_args) as s:
+        assert run_ok(s, PLANT_RUNNER.replace("{PLANTED}", reply)) == ""
+        r = s.run("1 + 1")
+        if r.session_reset:
+            assert run_ok(s, "2 * 3") == "6\n"     # a fresh worker, with the real runner
+        return r
+
+
+@needs_seccomp
+def test_attack_replaced_reply_code_cannot_hand_the_caller_more(report, no_leaks):
+    """The caller bounds every field it takes from a worker by the worker's own rules:
+    error <= MAX_ERROR_CHARS, value <= max_output_chars + the marker, and a final answer's
+    JSON text <= max_output_chars + the marker; a frame longer than honest replies can be
+    (_reply_frame_limit) is refused unread."""
+    limit = 4000
+    marker = 64
+    frame_limit = executor._reply_frame_limit(limit)
+    assert frame_limit < 200_000     # it was 16 * max_output_chars + 1 MiB
+    args = dict(timeout_s=5, max_output_chars=limit, enable_final_answer=True)
+    big = 35_000                     # three fields of this size fit one frame under the limit
+    r = planted_result(f"{{'err': 'E' * {big}, 'val': 'V' * {big}, 'fa': True, 'drop': 0, 'vh': 0, "
+                       f"'fav': ['F' * {big} + chr(0x1F600), {{'k': 'G' * 100}}]}}", **args)
+    assert not r.session_reset, r.error
+    assert r.error.startswith("EEEE") and len(r.error) <= executor.MAX_ERROR_CHARS
+    assert r.value.startswith("VVVV") and len(r.value) <= limit + marker
+    assert r.value.endswith(f"[output truncated: {big - limit} more characters]")
+    assert len(r.stdout) <= limit + marker and len(r.printed) <= limit + marker
+    assert r.is_final_answer and isinstance(r.final_answer, str)
+    assert r.final_answer.startswith('["FFF') and len(r.final_answer) <= limit + marker
+    assert "[output truncated:" in r.final_answer
+    # a nested list is bounded the same way (its JSON text)
+    r = planted_result("{'err': None, 'val': None, 'fa': True, 'drop': 0, 'fav': [[[7] * 3000] * 5]}", **args)
+    assert r.is_final_answer and len(r.final_answer) <= limit + marker, len(str(r.final_answer))
+    # fields of a million characters: the frame itself is refused, and the worker killed
+    r = planted_result("{'err': 'E' * 10**6, 'val': 'V' * 10**6, 'fa': True, 'fav': 'F' * 10**6, 'drop': 0}", **args)
+    assert r.session_reset and "malformed reply" in r.error and r.final_answer is None and r.value is None
+    with Sandbox(timeout_s=5, max_output_chars=100, enable_final_answer=True) as s:   # honest workers
+        r = s.run("final_answer({'a': 'x' * 1000})")
+        assert r.final_answer == '{"a": "' + "x" * 93 + "\n... [output truncated: 909 more characters]"
+        r = s.run("final_answer('z' * 5000)")
+        assert r.final_answer == "z" * 100 + "\n... [output truncated: 4900 more characters]"
+        r = s.run("final_answer([1, 2.5, None, 'ok', {'k': [True]}])")
+        assert r.final_answer == [1, 2.5, None, "ok", {"k": [True]}]
+        r = s.run("'y' * 500")
+        assert r.value == "'" + "y" * 99 + "\n... [output truncated: 402 more characters]"
+
+
+def _uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def _as_uid(uid: int) -> list[str] | None:
+    """A command prefix that runs a stdlib-only Python as `uid`, or None if we cannot."""
+    if uid == os.geteuid():
+        return [sys.executable]
+    if os.geteuid() != 0:
+        return None
+    import pwd
+    python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
+    runuser = next((p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None)
+    return None if python is None or runuser is None else [runuser, "-u", pwd.getpwuid(uid).pw_name, "--", python]
+
+
+QUEUE_TO_SELF = """import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+signal.pthread_sigmask(signal.SIG_BLOCK, range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+n = 0
+while n < LIMIT and libc.sigqueue(os.getpid(), signal.SIGRTMIN + n % 8, ctypes.c_long(0)) == 0:
+    n += 1
+print(n, ctypes.get_errno())
+"""
+
+
+@needs_seccomp
+def test_attack_pending_signal_quota_of_the_workers_uid(sb):
+    """The kernel counts queued signals per uid, against the receiver's RLIMIT_SIGPENDING. A
+    snippet that blocks the real-time signals and queues them to itself must not use up the
+    quota: another process of the worker's uid, outside the sandbox, can still queue."""
+    code = QUEUE_TO_SELF.replace("import ctypes, os, signal\n", VIA_CTYPES + "ctypes, signal = ct, os.sys.modules['signal']\n")
+    r = sb.run(code.replace("LIMIT", "300_000"))
+    assert r.ok, r.error
+    pid = sb._worker.pid
+    cmd = _as_uid(_uid_of(pid))
+    if cmd is None:
+        pytest.skip("no way to run a process as the worker's uid here")
+    out = subprocess.run(cmd + ["-c", QUEUE_TO_SELF.replace("LIMIT", "50")], capture_output=True,
+                         text=True, timeout=60, cwd="/")
+    assert out.stdout.split()[:1] == ["50"], (out.stdout, out.stderr, r.stdout)   # while the worker idles, stopped
+    queued, errno = map(int, r.stdout.split())
+    assert queued == 0 and errno == 11, r.stdout      # EAGAIN at once: RLIMIT_SIGPENDING = 0
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(l for l in f if l.startswith("Max pending signals"))
+    assert line.split()[3:5] == ["0", "0"], line
+
+
+@needs_seccomp
+def test_attack_access_times_carry_nothing_across_sessions(sb, report):
+    """Reading a file updates its access time on disk (relatime: when the old one is a day old
+    or older than the file's mtime), a channel to any later reader of stat(). Where the zygote
+    could make its private read-only, noatime view, a snippet's reads leave the access times as
+    they were; elsewhere the report says the channel is not covered."""
+    if not report["access_times"].startswith("closed"):
+        assert report["access_times"].startswith("not covered") and "relatime" in report["access_times"]
+        pytest.skip(f"documented caveat here: {report['access_times']}")
+    target = os.path.join(os.path.dirname(os.__file__), "this.py")   # under a read root, read by nobody else
+    folder = os.path.join(os.path.dirname(os.__file__), "xmlrpc")   # a directory no import lists
+    with open(target, "rb") as f:
+        head = f.read(5)                              # before arming: this read moves the atime
+    saved = {p: os.stat(p) for p in (target, folder)}
+    old_ns = (time.time_ns() - 3 * 86400 * 10**9) // 10**9 * 10**9
+    try:
+        for p, st in saved.items():
+            os.utime(p, ns=(old_ns, st.st_mtime_ns))     # "armed": any read would update it
+    except PermissionError:
+        pytest.skip("cannot set the access time of a library file as this user")
+    try:
+        r = sb.run(VIA_CTYPES + f"""fd = os.open({target!r}, os.O_RDONLY)
+print(os.read(fd, 5), len(os.listdir({folder!r})) > 2)""")
+        assert r.ok and r.stdout == f"{head!r} True\n", (r.stdout, r.error)   # it did read both
+        for p in (target, folder):
+            assert os.stat(p).st_atime_ns == old_ns, p
+    finally:
+        for p, st in saved.items():
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_access_times_with_an_unprivileged_caller():
+    """The same attack with the caller running as `nobody` (no CAP_SYS_ADMIN): its zygote makes
+    the read-only view in a user namespace of its own. Root arms a library file and its
+    directory from outside and finds their access times unchanged after the snippet read them."""
+    cmd, why = _unprivileged_python()
+    if cmd is None:
+        pytest.skip(why)
+    python = cmd[-1]
+    target = subprocess.run(cmd + ["-c", "import os; print(os.path.join(os.path.dirname(os.__file__), 'this.py'))"],
+                            capture_output=True, text=True, timeout=60, cwd="/").stdout.strip()
+    folder = os.path.join(os.path.dirname(target), "xmlrpc")   # the caller's own imports list the stdlib
+    with open(target, "rb") as f:
+        head = f.read(5)
+    saved = {p: os.stat(p) for p in (target, folder)}
+    old_ns = (time.time_ns() - 3 * 86400 * 10**9) // 10**9 * 10**9
+    snippet = VIA_CTYPES + f"fd = os.open({target!r}, os.O_RDONLY)\nprint(os.read(fd, 5), len(os.listdir({folder!r})) > 2)"
+    caller = (f"import sys\nsys.path.insert(0, {os.path.dirname(executor.__file__)!r})\nimport executor\n"
+              "print(executor.isolation_report()['access_times'])\n"
+              f"r = executor.Sandbox(timeout_s=10).run({snippet!r})\nprint(r.stdout.strip(), r.error)\n")
+    try:
+        for p, st in saved.items():
+            os.utime(p, ns=(old_ns, st.st_mtime_ns))
+        out = subprocess.run(cmd + ["-c", caller], capture_output=True, text=True, timeout=300, cwd="/")
+        assert out.returncode == 0, out.stderr[-2000:]
+        report, result = out.stdout.splitlines()[0], out.stdout.splitlines()[1]
+        assert result == f"{head!r} True None", out.stdout        # the snippet read both
+        assert report.startswith("closed"), report
+        for p in (target, folder):
+            assert os.stat(p).st_atime_ns == old_ns, (p, report)
+    finally:
+        for p, st in saved.items():
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+PAGE_TABLE_ATTACK = VIA_CTYPES + """libc.mmap.restype = ct.c_void_p
+libc.mmap.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int, ct.c_int, ct.c_int, ct.c_long]
+FAILED = (None, 2**64 - 1)
+rounds = 0
+while True:      # map 64 MiB, read one page per 2 MiB, unmap the rest: span without size
+    p = libc.mmap(None, 64 << 20, 1, 0x22, -1, 0)
+    if p in FAILED:
+        break
+    for off in range(0, 64 << 20, 2 << 20):
+        ct.c_char.from_address(p + off).value
+        libc.munmap(ct.c_void_p(p + off + 4096), ct.c_size_t((2 << 20) - 4096))
+    rounds += 1
+pages = 0
+for k in range(1, 1 << 17):      # one page every 1 GiB, asked for by hint and by fixed address
+    for flags in (0x22, 0x22 | 0x100000):
+        p = libc.mmap(k << 30, 4096, 1, flags, -1, 0)
+        if p not in FAILED:
+            ct.c_char.from_address(p).value
+            pages += 1
+print(rounds, pages)
+"""
+
+
+def _vm_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith(key + ":")).split()[1])
+
+
+@needs_seccomp
+def test_attack_page_tables_stay_within_the_stated_bound(report, no_leaks):
+    """Single pages mapped far apart cost page tables that RLIMIT_AS does not count (256 MB
+    for a stopped worker at memory_mb=128 before). With the free address space sealed, an
+    idle worker's page tables stay within page_table_bound_bytes(memory_mb)."""
+    if not report["mseal"]:
+        pytest.skip("no mseal (Linux < 6.10): page tables are not bounded here, and the report says so")
+    with Sandbox(timeout_s=60, memory_mb=128) as s:
+        run_ok(s, "0")
+        pid = s._worker.pid
+        before = _vm_kb(pid, "VmPTE")
+        assert isinstance(s.isolation["address_space"], dict), s.isolation["address_space"]
+        r = s.run(PAGE_TABLE_ATTACK)
+        assert r.ok, r.error
+        rounds, pages = map(int, r.stdout.split())
+        assert rounds > 0 and pages > 1000, r.stdout      # the attack did map and fault in
+        assert wait_until(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T")
+        after = _vm_kb(pid, "VmPTE")
+        assert (after - before) * 1024 <= executor.page_table_bound_bytes(128), (before, after)
+        assert run_ok(s, "6 * 7") == "42\n"          # the session still works (its memory is used up)
+
+
+SPIN = "import random\nt = random._os.sys.modules['time']\nt0 = t.process_time()\nwhile t.process_time() - t0 < {s}:\n    pass"
+
+
+def _cpu_limits(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/limits") as f:
+        return next(line for line in f if line.startswith("Max cpu time")).split()[3:5]
+
+
+def test_attack_cpu_limit_during_every_snippet(report, no_leaks):
+    """The worker's RLIMIT_CPU, read from outside while snippets run, is never unlimited, and
+    a session whose snippets each fit the timeout is never killed by it, however long it runs
+    (without CAP_SYS_RESOURCE the caller cannot raise a hard limit it has lowered). What holds
+    is named in Sandbox.isolation and isolation_report()."""
+    with Sandbox(timeout_s=8, session_cpu_s=120) as s:
+        run_ok(s, "0")
+        pid = s._worker.pid
+        mode = s.isolation["cpu_limit"]
+        assert mode in executor.CPU_LIMIT_MODES.values()
+        assert report["cpu_limit"] == mode
+        seen = []
+        for i in range(5):          # 5 x 2.2 s of CPU: more than any one snippet's budget (8 s + 2)
+            done = []
+            t = threading.Thread(target=lambda: done.append(s.run(SPIN.format(s=2.2))))
+            t.start()
+            time.sleep(0.5)
+            seen.append(_cpu_limits(pid))
+            t.join(30)
+            assert done and done[0].ok, (i, done and done[0].error, seen)
+        for soft, hard in seen:
+            assert soft != "unlimited" and hard != "unlimited", seen
+            if mode == executor.CPU_LIMIT_MODES["ceiling"]:
+                assert soft == hard == "120", seen
+            else:
+                assert int(soft) <= int(hard) and int(soft) <= 5 * (8 + 1) + 3, seen
+        if mode != executor.CPU_LIMIT_MODES["ceiling"]:
+            assert len({soft for soft, _ in seen}) > 1, seen    # set again before each snippet
+
+
+def test_cpu_ceiling_where_the_caller_may_not_set_a_workers_limits(tmp_path):
+    """Root without CAP_SYS_RESOURCE whose workers run as `nobody` (a Python that nobody can
+    read: the unprivileged venv) cannot prlimit them. The session's ceiling, set by the worker
+    itself, then holds during snippets, and both reports say that this is all that holds."""
+    if os.geteuid() != 0 or executor._RAISE_HARD_LIMITS:
+        pytest.skip("needs root without CAP_SYS_RESOURCE (this machine's case)")
+    python = UNPRIVILEGED_VENV + "/bin/python"
+    if not os.path.exists(python):
+        pytest.skip(f"no {UNPRIVILEGED_VENV}: `python tests/test_executor.py --make-unprivileged-venv`")
+    script = tmp_path / "caller.py"
+    script.write_text(f"""import json, sys, threading, time
+sys.path.insert(0, {os.path.dirname(executor.__file__)!r})
+import executor
+sb = executor.Sandbox(timeout_s=5, session_cpu_s=77)
+sb.run("0")
+pid = sb._worker.pid
+res = []
+t = threading.Thread(target=lambda: res.append(sb.run({SPIN.format(s=1.0)!r})))
+t.start()
+time.sleep(0.5)
+limits = open(f"/proc/{{pid}}/limits").read()
+uid = open(f"/proc/{{pid}}/status").read().split("Uid:")[1].split()[0]
+t.join()
+print(json.dumps({{"iso": sb.isolation.get("cpu_limit"), "report": executor.isolation_report().get("cpu_limit"),
+                  "limits": [l for l in limits.splitlines() if l.startswith("Max cpu time")], "uid": int(uid),
+                  "ok": res[0].ok}}))
+""")
+    out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = __import__("json").loads(out.stdout.splitlines()[-1])
+    if got["uid"] == 0:
+        pytest.skip("the workers kept uid 0 here, so the caller may set their limits")
+    assert got["ok"]
+    assert got["iso"] == got["report"] == executor.CPU_LIMIT_MODES["ceiling"], got
+    assert got["limits"][0].split()[3:5] == ["77", "77"], got
 
 
 def _unprivileged_python() -> tuple[list[str] | None, str]:
@@ -1084,6 +1413,32 @@ def test_adapter_tools_variables_and_errors(report, no_leaks):
             ex("import os")
     finally:
         ex.cleanup()
+
+
+@needs_smolagents
+@needs_seccomp
+def test_attack_one_agent_run_cannot_decide_the_next(report, no_leaks):
+    """smolagents keeps the executor across CodeAgent.run() calls. Task 1's snippet replaces the
+    worker's runner so that every later snippet "returns" a planted final answer; task 2's
+    honest `n * 7` must still return its own value, from a fresh session."""
+    from smolagents import CodeAgent
+    from executor import SandboxExecutor
+    planted = PLANT_RUNNER.replace("{PLANTED}", "{'err': None, 'val': None, 'fa': True, 'fav': 'planted', 'drop': 0}")
+    replies = [
+        f"Thought: prepare.\n<code>\n{planted}final_answer('task 1 done')\n</code>",
+        "Thought: compute.\n<code>\nresult = n * 7\nresult\n</code>",
+        "Thought: done.\n<code>\nfinal_answer(result)\n</code>",
+    ]
+    ex = SandboxExecutor(timeout_s=5)
+    agent = CodeAgent(tools=[], model=scripted_model(replies), executor=ex, max_steps=4, verbosity_level=0)
+    try:
+        assert agent.run("Task 1") == "task 1 done"
+        assert agent.run("Task 2: what is n * 7?", additional_args={"n": 6}) == 42
+        steps = [s for s in agent.memory.steps if type(s).__name__ == "ActionStep"]
+        assert "42" in steps[0].observations, steps[0].observations    # the honest value, not the plant
+        assert ex.calls == 3 and ex.sessions == 2
+    finally:
+        agent.cleanup()
 
 
 @needs_smolagents
