@@ -2590,9 +2590,10 @@ def _make_sandbox_executor() -> type:
 
         One session per agent run: smolagents keeps the executor across CodeAgent.run() calls
         and calls send_variables() then send_tools() at the start of each run, so the first of
-        those after a snippet has run closes the session and opens a fresh one. Nothing a
-        snippet of one task did (a replaced runner, a planted answer, names) reaches the next
-        task; run(..., reset=False) continues the conversation but not the names."""
+        those after a snippet has run (through __call__ or straight through .sandbox, as
+        agent.MathAgent does) closes the session and opens a fresh one. Nothing a snippet of
+        one task did (a replaced runner, a planted answer, names) reaches the next task;
+        run(..., reset=False) continues the conversation but not the names."""
 
         def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
                      allowed_imports: Sequence[str] = ALLOWED_IMPORTS, **sandbox_kwargs: Any):
@@ -2605,8 +2606,10 @@ def _make_sandbox_executor() -> type:
             self._used = False     # a snippet ran in the current session
 
         def _fresh_session(self) -> None:
-            """A new Sandbox in place of one that has run a snippet (its worker is killed)."""
-            if self._used:
+            """A new Sandbox in place of one that has run a snippet (its worker is killed).
+            A live worker that ran a snippet has it in the session's history (a failure that
+            clears the history also kills the worker)."""
+            if self._used or any(kind == "run" for kind, _ in self.sandbox._history):
                 old, self.sandbox = self.sandbox, Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
                 old.close()
                 self.sessions += 1

@@ -1437,6 +1437,9 @@ def test_attack_one_agent_run_cannot_decide_the_next(report, no_leaks):
         steps = [s for s in agent.memory.steps if type(s).__name__ == "ActionStep"]
         assert "42" in steps[0].observations, steps[0].observations    # the honest value, not the plant
         assert ex.calls == 3 and ex.sessions == 2
+        assert ex.sandbox.run("m = 1").ok          # straight through .sandbox, as agent.MathAgent runs snippets
+        ex.send_variables({})
+        assert ex.sessions == 3 and ex.sandbox.run("m").error.startswith("NameError")
     finally:
         agent.cleanup()
 
