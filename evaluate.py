@@ -11,8 +11,11 @@ Data flow, numbered as in the code below:
 
   1. Config (one dataclass; its field docstrings are --help) -> problems from data.py
      (load_benchmark: the hub, ../shared-style JSONL through --data, or the procedural set).
-  2. Resume: DIR/settings.json pins the settings of DIR; problems already in DIR/generations.jsonl
-     are skipped (a half-written last line from a kill -9 is dropped).
+  2. Resume: DIR/settings.json pins the settings of DIR, and the content of its inputs by sha256
+     (the --lora adapter, a local --model directory, the --data file: content_hash), so a
+     retrained adapter or an edited file at the same path is refused, not resumed; problems
+     already in DIR/generations.jsonl are skipped (a half-written last line from a kill -9 is
+     dropped), and refused if their text or answer is no longer the benchmark's.
   3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
      (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
      (models.merge_lora: in the base checkpoint's dtype, so bf16 stays bf16).
@@ -29,7 +32,11 @@ Data flow, numbered as in the code below:
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
      (unbiased), mean@k, bootstrap CIs, output length two ways, tool statistics -> summary.json.
   7. `--compare DIR...`: Table 1 (accuracy, length, relative length, paired bootstrap CI of
-     each accuracy difference) and a PNG of accuracy against mean length.
+     each accuracy difference) and a PNG of accuracy against mean length. Every column and every
+     difference is computed from the records of the same problems: those every run's summary.json
+     covers (its problem_ids), the count printed; runs on another benchmark or k, with no problem
+     in common, or whose shared ids name different problems are refused (shared_problems).
+     replicate.py's report uses the same functions (load_run, shared_problems, paired_difference).
      `--replay DIR`: every recorded snippet re-run in order in fresh sandbox sessions.
 
 Settings the paper does not give (printed in every summary, with their source):
@@ -159,7 +166,7 @@ class Config:
     verbose: bool = False
     """Show engine logs and one line per rollout step."""
     compare: list[str] = field(default_factory=list)
-    """Print Table 1 for these run directories (the first is the reference) and plot them."""
+    """Print Table 1 for these run directories (the first is the reference), on the problems they share, and plot them."""
     replay: str | None = None
     """Re-run every recorded snippet of this run directory in fresh sandboxes; report differences."""
 
@@ -173,6 +180,11 @@ PROMPT_ROOM = 8192
 SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
                  "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
+
+CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256")
+"""...and the content of its inputs (content_hash): the --lora adapter, a local --model directory,
+the --data file. None where there is no local input to hash (a hub id, the embedded alias, whose
+conversion is pinned by its package, a hub benchmark, the procedural set)."""
 
 SOURCES = {
     "temperature/top_p/top_k": "Qwen3-4B-Thinking-2507 model card, Best Practices (thinking mode)",
@@ -231,6 +243,30 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".py")
+"""The files of a model or adapter directory that make the model: weights, configs, tokenizer, chat
+template, remote code (not README.md; not sub-folders such as a trainer's checkpoint-N)."""
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a directory's HASHED_SUFFIXES files at its top level (name,
+    size and bytes of each, in name order; symlinks followed, as in a hub snapshot). Streamed in
+    1 MiB blocks. Nothing is cached (a cache keyed on times or sizes could go stale): each run
+    reads the files once, 0.5-1.3 GB/s on the 2-core CPU here (sha256 with its SHA extensions;
+    the low end under a load of 10), so 6-16 s for a 4B model's 8 GB and nothing for a LoRA
+    adapter or a JSONL file."""
+    p = Path(path).expanduser()
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in HASHED_SUFFIXES and f.is_file())
+    for f in files:
+        if f is not p:  # a directory: the name and size too, so moving bytes between files changes the hash
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
 def settings_of(cfg: Config) -> dict:
     s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.mode == "baseline":
@@ -239,25 +275,48 @@ def settings_of(cfg: Config) -> dict:
     for k in ("data", "lora"):
         if s[k]:
             s[k] = str(Path(s[k]).expanduser().resolve())
+    # the content behind the paths: an adapter retrained in place is another run, not a resume.
+    # A path that is not there hashes to None; loading it fails later with its own one-line error.
+    inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),
+              "data_sha256": (cfg.data, Path.is_file)}
+    for key, (path, kind) in inputs.items():
+        s[key] = None
+        if path and kind(Path(path).expanduser()):
+            try:
+                s[key] = content_hash(path)
+            except OSError as e:
+                raise EvalError(f"cannot read {path} to pin the run to its content ({e})") from None
     return s
 
 
-def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
-    """Check that the run already in DIR (if any) has the same settings; with write=True,
-    create DIR/settings.json when there is none yet."""
+def settings_change(out: Path, settings: dict) -> list[str]:
+    """What differs between the run already in OUT (its settings.json, if any) and `settings`,
+    one "key old -> new" per difference. A key the older run did not record is no difference: a
+    setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked."""
     path = out / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        # a key the older run did not record had its default then: not a difference
-        diff = [f"{k} {old[k]!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS if k in old and old[k] != settings.get(k)]
-        if diff:
-            raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
-                            f"use another --out, or the same settings to resume it")
-        return
-    if not write:
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    short = lambda k, v: v[:12] if k in CONTENT_KEYS and isinstance(v, str) else v  # noqa: E731
+    return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + CONTENT_KEYS
+            if k in old and old[k] != settings.get(k)]
+
+
+def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
+    """Check that the run already in DIR (if any) has the same settings and inputs; with
+    write=True, create DIR/settings.json when there is none yet."""
+    diff = settings_change(out, settings)
+    if any(d.split()[0] in CONTENT_KEYS for d in diff):
+        raise EvalError(f"{out} holds a run of other inputs ({'; '.join(diff)}): a file at the same path has "
+                        f"changed since (a retrained adapter, an edited model or data file); use another --out, "
+                        f"or delete {out} to evaluate afresh")
+    if diff:
+        raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
+                        f"use another --out, or the same settings to resume it")
+    if not write or (out / "settings.json").is_file():
         return
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
+    write_json(out / "settings.json", settings)
 
 
 def read_generations(path: Path, repair: bool = False) -> list[dict]:
@@ -475,7 +534,16 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
     # 2) resume (settings.json is written only once the backend is up: a typo leaves no directory)
     pin_settings(out, settings, write=False)
     gen_path = out / "generations.jsonl"
-    done = {r["id"] for r in read_generations(gen_path, repair=True)}
+    records = read_generations(gen_path, repair=True)
+    by_id = {p.id: p for p in problems}
+    # the problems themselves, whatever served them (a file, $DEEPMATH_DATA, the hub): a record
+    # whose problem or answer is no longer the benchmark's would be scored against the old one
+    stale = next((r["id"] for r in records if r["id"] in by_id and "gold" in r and "problem" in r
+                  and (r["problem"], r["gold"]) != (by_id[r["id"]].problem, by_id[r["id"]].answer)), None)
+    if stale is not None:
+        raise EvalError(f"{out} holds problem {stale!r} with another text or answer than the benchmark now has: "
+                        f"use another --out, or delete {out} to evaluate afresh")
+    done = {r["id"] for r in records}
     if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
         log.warning("%s: graded again the samples whose gold could not be checked last time", out)
     todo = [p for p in problems if p.id not in done]
@@ -756,7 +824,7 @@ def _mean(xs) -> float | None:
 
 
 def summarize(records: list[dict], k: int) -> dict:
-    """Every summary number from generations.jsonl records (one per problem)."""
+    """Every summary number from generations.jsonl records (one per problem), and their ids."""
     samples = [s for r in records for s in r["samples"]]
     n_snip = sum(s["snippets"] for s in samples)
     maj = [float(r["maj_correct"]) for r in records]
@@ -787,6 +855,7 @@ def summarize(records: list[dict], k: int) -> dict:
         "finish_reasons": {r: sum(s["finish_reason"] == r for s in samples)
                            for r in sorted({str(s["finish_reason"]) for s in samples})},
         "no_answer_rate": r4(_mean(s["answer"] is None for s in samples)),
+        "problem_ids": [r["id"] for r in records],  # what the numbers cover (--compare pairs runs on these)
     }
 
 
@@ -856,6 +925,7 @@ def pct(x) -> str:
 # ---------------------------------------------------------------------------
 
 def _load_run(d: str) -> tuple[dict, dict[str, dict]]:
+    """summary.json and every record of generations.jsonl (the last record of an id counts)."""
     p = Path(d)
     if not (p / "summary.json").is_file():
         raise EvalError(f"{d}: no summary.json there (is it an evaluate.py --out directory?)")
@@ -863,35 +933,122 @@ def _load_run(d: str) -> tuple[dict, dict[str, dict]]:
     return summary, {r["id"]: r for r in read_generations(p / "generations.jsonl")}
 
 
+@dataclass
+class ScoredRun:
+    """One evaluate.py --out directory as --compare and replicate.py's report read it."""
+
+    dir: str
+    summary: dict
+    records: dict[str, dict]
+    """id -> record, of exactly the problems summary.json covers, in its order."""
+
+
+def load_run(d: str | os.PathLike) -> ScoredRun:
+    """A run's summary.json and the records of the problems it covers (its problem_ids).
+    generations.jsonl may hold more: a rerun with a smaller --limit into the same folder keeps the
+    earlier problems there, and its summary covers this run's."""
+    summary, gens = _load_run(str(d))
+    rewrite = (f"rerun the evaluate.py command of {d} (it resumes: nothing is generated) to rewrite "
+               f"its summary.json")
+    ids = summary.get("problem_ids")
+    if ids is None:  # a summary from before problem_ids covered every record only if the counts agree
+        if summary.get("n_problems") != len(gens):
+            raise EvalError(f"{d}: summary.json covers {summary.get('n_problems')} of the {len(gens)} problems in "
+                            f"generations.jsonl and predates problem_ids, so which is unknown; {rewrite}")
+        ids = list(gens)
+    missing = [i for i in ids if i not in gens]
+    if missing:
+        raise EvalError(f"{d}: summary.json covers {len(missing)} problems that generations.jsonl lacks "
+                        f"(first {missing[0]!r}); {rewrite}")
+    return ScoredRun(str(d), summary, {i: gens[i] for i in ids})
+
+
+def shared_problems(runs: Sequence[ScoredRun]) -> list[str]:
+    """The problems the runs are compared on: those every run's summary covers (ids in the first
+    run's order). Runs of one benchmark with another --limit are compared on the problems they
+    share (compare_table prints how many). Refused, one line each: another benchmark; another k
+    (maj@4 and maj@16 are different measures); no problem in common (another --seed,
+    --templates, --difficulty or --data); an id that names another problem or answer in two runs."""
+    ref = runs[0]
+    for r in runs[1:]:
+        for key, what in (("bench", "benchmark"), ("samples", "samples per problem (the k of maj@k)")):
+            if r.summary.get(key) != ref.summary.get(key):
+                raise EvalError(f"cannot compare {r.dir} with {ref.dir}: {what} {r.summary.get(key)} vs "
+                                f"{ref.summary.get(key)}; compare runs of one benchmark with the same --samples")
+    ids = [i for i in ref.records if all(i in r.records for r in runs[1:])]
+    if not ids:
+        raise EvalError(f"cannot compare {', '.join(r.dir for r in runs)}: no problem is in all of them "
+                        f"(another --seed, --templates, --difficulty or --data?)")
+    for r in runs[1:]:
+        for i in ids:
+            a, b = ref.records[i], r.records[i]
+            if (a.get("problem"), a.get("gold")) != (b.get("problem"), b.get("gold")):
+                raise EvalError(f"cannot compare {r.dir} with {ref.dir}: problem {i!r} has another text or answer "
+                                f"in each (another --data file?)")
+    return ids
+
+
+def columns(run: ScoredRun, ids: Sequence[str]) -> dict:
+    """summarize() of one run over these problems: what every Table 1 column shows."""
+    return summarize([run.records[i] for i in ids], run.summary["samples"])
+
+
+def paired_difference(a: ScoredRun, b: ScoredRun, ids: Sequence[str], metric: str = "maj") -> dict:
+    """b - a over these problems with its 95% paired-bootstrap interval (problems resampled):
+    {"n", "diff", "ci95"}, as fractions rounded to 4 places. metric: "maj" (maj@k, 0 or 1 per
+    problem) or "mean" (mean@k, the share of samples right). The one paired difference in the
+    project: --compare's Δ column and replicate.py's report both come from here."""
+    if metric not in ("maj", "mean"):
+        raise ValueError(f"metric must be maj or mean, not {metric!r}")
+
+    def value(r: dict) -> float:
+        if metric == "maj":
+            return float(r["maj_correct"])
+        return sum(bool(s["correct"]) for s in r["samples"]) / len(r["samples"])
+
+    if not ids:
+        return {"n": 0, "diff": None, "ci95": None}
+    xa, xb = [value(a.records[i]) for i in ids], [value(b.records[i]) for i in ids]
+    lo, hi = paired_bootstrap_ci(xa, xb)
+    return {"n": len(ids), "diff": round((sum(xb) - sum(xa)) / len(ids), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
 def compare(dirs: Sequence[str], png: Path | None = None) -> str:
-    """Table 1 for these runs; the first is the reference. Returns the table as text."""
-    runs = [(d, *_load_run(d)) for d in dirs]
-    ref_dir, ref_s, ref_g = runs[0]
+    """Table 1 for these runs (the first is the reference), on their shared problems. Returns the
+    table as text; raises EvalError (one line) for runs that cannot be compared."""
+    runs = [load_run(d) for d in dirs]
+    return compare_table(runs, shared_problems(runs), png)
+
+
+def compare_table(runs: Sequence[ScoredRun], ids: Sequence[str], png: Path | None = None) -> str:
+    """The table: every column and every difference from the records of the problems `ids`, so
+    that a column and its Δ always describe the same problems; the last line says how many."""
+    cols = [columns(r, ids) for r in runs]
+    ref = cols[0]
     lines = []
     head = (f"{'run':<28} {'bench':<10} {'mode':<8} {'n':>4} {'maj@k':>7} {'95% CI':>13} {'mean@k':>7} "
             f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'calls':>5} {'err':>6} {'Δmaj vs ref [95% CI]':>24}")
     lines += [head, "-" * len(head)]
     points = []
-    for d, s, g in runs:
+    for j, (r, s) in enumerate(zip(runs, cols)):
         ci = s.get("maj_at_k_ci95") or [None, None]
-        dlen = ("" if d == ref_dir or not ref_s.get("mean_total_tokens")
-                else f"{100 * (s['mean_total_tokens'] / ref_s['mean_total_tokens'] - 1):+.1f}%")
-        common = [i for i in ref_g if i in g]
-        if d == ref_dir:
+        dlen = ("" if j == 0 or not ref.get("mean_total_tokens")
+                else f"{100 * (s['mean_total_tokens'] / ref['mean_total_tokens'] - 1):+.1f}%")
+        if j == 0:
             dmaj = "(reference)"
-        elif not common:
-            dmaj = "no common problems"
         else:
-            a = [float(ref_g[i]["maj_correct"]) for i in common]
-            b = [float(g[i]["maj_correct"]) for i in common]
-            lo, hi = paired_bootstrap_ci(a, b)
-            dmaj = f"{100 * (sum(b) - sum(a)) / len(a):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        name = Path(d).name[:28]
-        lines.append(f"{name:<28} {s['bench'][:10]:<10} {s['mode']:<8} {s['n_problems']:>4} {pct(s['maj_at_k']):>7} "
-                     f"{pct(ci[0]) + '-' + pct(ci[1]):>13} {pct(s['mean_at_k']):>7} "
+            d = paired_difference(runs[0], r, ids)
+            dmaj = f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+        name = Path(r.dir).name[:28]
+        lines.append(f"{name:<28} {r.summary['bench'][:10]:<10} {r.summary['mode']:<8} {s['n_problems']:>4} "
+                     f"{pct(s['maj_at_k']):>7} {pct(ci[0]) + '-' + pct(ci[1]):>13} {pct(s['mean_at_k']):>7} "
                      f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} "
                      f"{s.get('snippets_per_solution') or 0:>5.2f} {pct(s.get('snippet_error_rate')):>6} {dmaj:>24}")
         points.append((name, s["mean_total_tokens"] or 0, s["maj_at_k"] or 0))
+    covered = [len(r.records) for r in runs]
+    lines.append(f"paired on {len(ids)} problems: every column and Δ above is over them"
+                 + ("" if set(covered) == {len(ids)} else
+                    f" (the problems all runs share; their summaries cover {', '.join(map(str, covered))})"))
     text = "\n".join(lines)
     if png is not None:
         _plot(points, png)

@@ -14,8 +14,11 @@ Data flow (the numbers match the code below):
      agent steps, executor output, prompt layout and examples, difficulty mix -- is read from the
      training recipe, so the four rows are scored under the conditions the policy trained in.
   2. Train: `train.py --config RECIPE --seed S --output_dir OUT/adapter` in a subprocess, its log
-     appended to OUT/train.log. A finished adapter is reused; an interrupted run resumes from its
-     last checkpoint (--resume_from_checkpoint last).
+     appended to OUT/train.log. What it trains from (the recipe's content, the seed, --train-args)
+     is written to OUT/train_inputs.json first. A finished adapter of the same inputs is reused;
+     an interrupted run resumes from its last checkpoint (--resume_from_checkpoint last); an
+     adapter of other inputs is moved aside (renamed ADAPTER.old-TIME, with a printed line) and
+     trained again.
   3. Evaluate: the four rows of each row group through evaluate.run, one vLLM engine per model
      (the untrained model: Baseline and +Agent; the adapter merged into it: +GRPO and DeepMath).
      Row groups:
@@ -27,10 +30,16 @@ Data flow (the numbers match the code below):
        - math500 (OUT/math500/ROW): a slice of MATH-500 as a sanity row, from --math500-data, the
          shared data folder, or the hub; where none is reachable it says so and goes on.
      Every problem is written as it finishes (evaluate.py's generations.jsonl): a rerun resumes.
-  4. Report: evaluate.compare's Table 1 per group (accuracy with its interval, output tokens, agent
+     A row whose folder holds the evaluation of other inputs -- an adapter trained again in this
+     run or changed since (evaluate.py pins its content), other settings (the recipe's budget,
+     --samples, --seed, the data) -- is moved aside (ROW.old-TIME, printed) and evaluated afresh;
+     rows whose inputs did not change are reused (retraining re-evaluates +GRPO and DeepMath only).
+  4. Report: evaluate.py's Table 1 per group (accuracy with its interval, output tokens, agent
      calls per solution, snippet error rate) and its accuracy-against-length PNG; the training
      curves (reward, accuracy, code-use rate, temperature per step) as OUT/training.png; the
-     targets checked with a paired bootstrap over problems; all of it in OUT/report.json and
+     targets checked with a paired bootstrap over problems (evaluate.paired_difference); every
+     column and difference of a group over the same problems, those all four rows' summaries
+     cover (evaluate.shared_problems), their count stated; all of it in OUT/report.json and
      OUT/report.md, with the wall time of every stage (summed over reruns: OUT/wall_s.json).
 
 Departures from the paper, and why:
@@ -167,12 +176,43 @@ def adapter_dir(cfg: Config, seed: int) -> Path:
     return Path(cfg.out) / ("adapter" if seed == cfg.train_seeds[0] else f"seed{seed}/adapter")
 
 
-def train(cfg: Config, seed: int) -> Path:
-    """train.py in a subprocess (its own memory; its log kept). A finished adapter is reused."""
+def retire(d: Path, why: str) -> Path:
+    """Move a folder of stale results aside (renamed D.old-TIME: nothing is deleted), saying why."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = d.with_name(f"{d.name}.old-{stamp}"), 1
+    while dest.exists():
+        dest, n = d.with_name(f"{d.name}.old-{stamp}-{n}"), n + 1
+    d.rename(dest)
+    print(f"{d}: {why}; moved aside to {dest.name}", flush=True)
+    return dest
+
+
+def train_inputs(cfg: Config, seed: int) -> dict:
+    """What an adapter is trained from, as recorded beside it (ADAPTER/../train_inputs.json)."""
+    import evaluate as E
+
+    return {"recipe_sha256": E.content_hash(cfg.recipe), "seed": seed, "train_args": list(cfg.train_args)}
+
+
+def train(cfg: Config, seed: int) -> tuple[Path, bool]:
+    """train.py in a subprocess (its own memory; its log kept). Returns (the adapter, whether it
+    was trained in this call). A finished adapter of the same inputs is reused; one of other
+    inputs (train_inputs: the recipe's content, the seed, --train-args), finished or not, is moved
+    aside and trained again. An adapter from before the record is reused as it is."""
+    import evaluate as E
+
     out = adapter_dir(cfg, seed)
+    record = out.parent / "train_inputs.json"
+    want = train_inputs(cfg, seed)
+    have = json.loads(record.read_text()) if record.is_file() else None
+    if out.exists() and have is not None and have != want:
+        changed = ", ".join(k for k in want if have.get(k) != want[k])
+        retire(out, f"trained from other inputs ({changed} changed), so it is trained again")
     if (out / "adapter_config.json").is_file() and (out / "trainer_state.json").is_file():
         print(f"training seed {seed}: {out} is already trained, reused (delete it to train again)", flush=True)
-        return out
+        return out, False
+    record.parent.mkdir(parents=True, exist_ok=True)
+    E.write_json(record, want)  # before training: an interrupted run resumes only from the same inputs
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", cfg.recipe, "--seed", str(seed),
            "--output_dir", str(out), "--resume_from_checkpoint", "last", *cfg.train_args]
     logfile = Path(cfg.out) / ("train.log" if seed == cfg.train_seeds[0] else f"seed{seed}/train.log")
@@ -193,7 +233,7 @@ def train(cfg: Config, seed: int) -> Path:
     if rc != 0:
         tail = logfile.read_text().strip().splitlines()[-1:] or ["?"]
         raise ReplicateError(f"train.py failed (exit {rc}): {tail[0][:300]} -- see {logfile}; a rerun resumes")
-    return out
+    return out, True
 
 
 # ---------------------------------------------------------------------------
@@ -255,11 +295,34 @@ def eval_configs(cfg: Config, recipe: dict, grps: dict, adapter: Path | None, se
     return out
 
 
-def evaluate_model(configs: list) -> None:
-    """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU), started
-    only when a config still has problems to run (evaluate.run decides, and resumes the rest)."""
+def refresh_row(c, retrained: bool = False) -> None:
+    """Move a row's folder aside when it holds the evaluation of other inputs, so that the row is
+    evaluated afresh instead of refused (evaluate.run refuses a folder of other settings or inputs):
+    a trained row when its adapter was trained again in this run (`retrained`: whatever the folder
+    recorded, it scored an earlier adapter), or any row whose settings.json differs from what this
+    config pins (evaluate.settings_change: the adapter's content, the recipe's budget, --samples...)."""
     import evaluate as E
 
+    d = Path(c.out)
+    if not (d / "settings.json").is_file():
+        return
+    if retrained and c.lora:
+        why = "scored an earlier adapter (trained again in this run)"
+    else:
+        diff = E.settings_change(d, E.settings_of(c))
+        why = f"scored other inputs or settings ({'; '.join(diff)})" if diff else None
+    if why:
+        retire(d, why + ", so it is evaluated afresh")
+
+
+def evaluate_model(configs: list, retrained: bool = False) -> None:
+    """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU), started
+    only when a config still has problems to run (evaluate.run decides, and resumes the rest).
+    Rows of other inputs are moved aside first (refresh_row)."""
+    import evaluate as E
+
+    for c in configs:
+        refresh_row(c, retrained)
     engine = []
 
     def shared_backend(c):
@@ -282,26 +345,6 @@ def evaluate_model(configs: list) -> None:
 # ---------------------------------------------------------------------------
 # 4) Report
 # ---------------------------------------------------------------------------
-
-def paired(a_dir: Path, b_dir: Path, key: str = "maj_correct") -> dict:
-    """b - a over the problems both runs scored, with the 95% paired-bootstrap interval."""
-    import evaluate as E
-
-    a = {r["id"]: r for r in E.read_generations(a_dir / "generations.jsonl")}
-    b = {r["id"]: r for r in E.read_generations(b_dir / "generations.jsonl")}
-    common = [i for i in a if i in b]
-    if not common:
-        return {"n": 0, "diff": None, "ci95": None}
-
-    def value(r):
-        if key == "maj_correct":
-            return float(r["maj_correct"])
-        return sum(bool(s["correct"]) for s in r["samples"]) / len(r["samples"])  # mean@k
-
-    xa, xb = [value(a[i]) for i in common], [value(b[i]) for i in common]
-    lo, hi = E.paired_bootstrap_ci(xa, xb)
-    return {"n": len(common), "diff": round((sum(xb) - sum(xa)) / len(common), 4), "ci95": [round(lo, 4), round(hi, 4)]}
-
 
 def plot_training(states: dict[int, Path], png: Path) -> bool:
     """Reward, accuracy, code-use rate and temperature per optimizer step, one line per seed."""
@@ -346,19 +389,23 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
                 continue
             where = (out if seed == cfg.train_seeds[0] else out / f"seed{seed}") / gname
             png = where / ("accuracy_vs_length.png")
-            table = E.compare([str(d) for d in dirs], png)
+            # every column and every difference over the same problems: those all four rows scored
+            runs = [E.load_run(d) for d in dirs]
+            ids = E.shared_problems(runs)
+            table = E.compare_table(runs, ids, png)
             (where / "table.txt").write_text(table + "\n")
             key = f"{gname or 'procedural'}/seed{seed}"
-            rows = {row: json.loads((d / "summary.json").read_text()) for (row, _, _), d in zip(ROWS, dirs)}
+            rows = {row: E.columns(run, ids) for (row, _, _), run in zip(ROWS, runs)}
             g = {
                 "table": table,
+                "n_paired": len(ids),
                 "rows": {row: {k: s.get(k) for k in ("n_problems", "samples", "maj_at_k", "maj_at_k_ci95", "mean_at_k",
                                                     "mean_output_tokens", "mean_total_tokens", "snippets_per_solution",
                                                     "snippet_error_rate", "truncation_rate")} for row, s in rows.items()},
-                "deepmath_minus_agent": paired(dirs[1], dirs[3]),
-                "deepmath_minus_agent_mean_at_k": paired(dirs[1], dirs[3], "mean"),
-                "deepmath_minus_baseline": paired(dirs[0], dirs[3]),
-                "grpo_minus_baseline": paired(dirs[0], dirs[2]),
+                "deepmath_minus_agent": E.paired_difference(runs[1], runs[3], ids),
+                "deepmath_minus_agent_mean_at_k": E.paired_difference(runs[1], runs[3], ids, "mean"),
+                "deepmath_minus_baseline": E.paired_difference(runs[0], runs[3], ids),
+                "grpo_minus_baseline": E.paired_difference(runs[0], runs[2], ids),
             }
             d, lb = g["deepmath_minus_agent"], rows["baseline"]
             g["targets"] = {
@@ -420,10 +467,12 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         walls = Walls(out)
         # 2) train, every seed
-        adapters = {}
+        adapters, retrained = {}, set()
         for seed in cfg.train_seeds:
             t0 = time.perf_counter()
-            adapters[seed] = train(cfg, seed)
+            adapters[seed], fresh = train(cfg, seed)
+            if fresh:
+                retrained.add(seed)
             walls.add(f"train_seed{seed}", t0)
         # 3) evaluate: the untrained model's rows once, the trained rows per seed
         grps = groups(cfg, recipe)
@@ -434,7 +483,7 @@ def main(argv=None) -> int:
         for seed, adapter in adapters.items():
             t0 = time.perf_counter()
             print(f"evaluating the trained model (seed {seed}): +GRPO, DeepMath", flush=True)
-            evaluate_model(eval_configs(cfg, recipe, grps, adapter, seed))
+            evaluate_model(eval_configs(cfg, recipe, grps, adapter, seed), retrained=seed in retrained)
             walls.add(f"eval_trained_seed{seed}", t0)
         # 4) report
         states = {s: a / "trainer_state.json" for s, a in adapters.items() if (a / "trainer_state.json").is_file()}

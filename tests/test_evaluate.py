@@ -6,7 +6,9 @@ Run:  .venv/bin/python -m pytest tests/test_evaluate.py -q               (about 
 
 Tier 1 (unit, literal inputs): maj@k with ties and equivalent forms (the real grader), pass@k
 against its closed form, the bootstrap interval's coverage on a synthetic case, summaries,
-resume bookkeeping, the settings pin, Table 1.
+resume bookkeeping, the settings pin and the content pin of the inputs (adapter, model
+directory, data file, the problems themselves), Table 1 over the problems the runs share (after
+a rerun with a smaller --limit, across problem sets) and the runs it refuses to pair.
 Tier 2 (integration, real model, named test_real_*): SmolLM2-135M on the session's vLLM engine
 (tests/conftest.py `vllm_llm`) on MATH-500 problems in both modes, the openai backend against
 the session's real vLLM OpenAI server (`vllm_server`), --lora with an adapter made here, a run
@@ -16,6 +18,7 @@ Tier 3 (subprocess): each bad input gives one line and a non-zero exit status.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -104,9 +107,9 @@ def _sample(j, correct, answer, out_tok, total_tok, snippets=0, errors=0, timeou
             "sandbox_seed": None, "calls": [], "text": ""}
 
 
-def _record(pid, samples):
+def _record(pid, samples, problem="p", gold="1"):
     vote = E.majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples])
-    return {"id": pid, "problem": "p", "gold": "1", "source": "t", "maj_answer": vote[0], "maj_correct": vote[1],
+    return {"id": pid, "problem": problem, "gold": gold, "source": "t", "maj_answer": vote[0], "maj_correct": vote[1],
             "n_correct": sum(bool(s["correct"]) for s in samples), "samples": samples}
 
 
@@ -166,10 +169,12 @@ def test_backend_factory_is_called_only_when_problems_are_left(tmp_path):
     data.write_text('{"id": "a", "problem": "1+0?", "answer": "1"}\n{"id": "b", "problem": "1+1?", "answer": "2"}\n')
     cfg = E.Config(bench="math500", data=str(data), model="m", samples=2, out=str(tmp_path / "run"))
     E.pin_settings(Path(cfg.out), E.settings_of(cfg))
-    E.append_record(Path(cfg.out) / "generations.jsonl", _record("a", [_sample(0, True, "1", 5, 5), _sample(1, True, "1", 5, 5)]))
+    E.append_record(Path(cfg.out) / "generations.jsonl", _record("a", [_sample(0, True, "1", 5, 5), _sample(1, True, "1", 5, 5)],
+                                                                 problem="1+0?", gold="1"))
     with pytest.raises(_Started):  # "b" is left: the factory is asked for an engine
         E.run(cfg, backend_factory=_no_engine, progress=False)
-    E.append_record(Path(cfg.out) / "generations.jsonl", _record("b", [_sample(0, False, "3", 5, 5), _sample(1, True, "2", 5, 5)]))
+    E.append_record(Path(cfg.out) / "generations.jsonl", _record("b", [_sample(0, False, "3", 5, 5), _sample(1, True, "2", 5, 5)],
+                                                                 problem="1+1?", gold="2"))
     s = E.run(cfg, backend_factory=_no_engine, progress=False)  # all done: no engine, the summary from the file
     assert s["n_problems"] == 2 and s["mean_at_k"] == 0.75 and (Path(cfg.out) / "summary.json").is_file()
 
@@ -199,6 +204,208 @@ def test_compare_prints_table_1_and_writes_a_png(tmp_path, capsys):
     assert agent_row.split()[-5:-3] == ["1.00", "0.0%"] and base_row.split()[-3:-1] == ["0.00", "-"]  # calls, errors
     png = tmp_path / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# Tier 1: --compare pairs columns and differences on the same problems (issue 17, point 2)
+# ---------------------------------------------------------------------------
+
+def _problems_file(path: Path, ids) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "problem": f"What is {i}?", "answer": "1"}) + "\n" for i in ids))
+    return path
+
+
+def _scored(pid, right: bool, k=2):
+    """A record as evaluate.py writes it for a problem of _problems_file: all k samples right or wrong."""
+    return _record(pid, [_sample(j, right, "1" if right else "2", 10, 10) for j in range(k)],
+                   problem=f"What is {pid}?", gold="1")
+
+
+def _rerun(tmp_path, name, data, right: dict, limit, k=2, mode="baseline"):
+    """A run folder whose generations.jsonl holds `right` (id -> all samples right?), summarised by
+    evaluate.run itself over the first `limit` problems of `data` (every problem done: no engine)."""
+    cfg = E.Config(bench="math500", data=str(data), mode=mode, model="m", samples=k, limit=limit,
+                   out=str(tmp_path / name))
+    E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    if not (Path(cfg.out) / "generations.jsonl").is_file():
+        for pid, ok in right.items():
+            E.append_record(Path(cfg.out) / "generations.jsonl", _scored(pid, ok, k))
+    return E.run(cfg, backend_factory=_no_engine, progress=False)
+
+
+def _row(table: str, name: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(name))
+
+
+def test_compare_after_a_rerun_with_a_smaller_limit_pairs_what_the_summaries_cover(tmp_path, capsys):
+    """Issue 17's first case: both runs were made with --limit 8, then rerun with --limit 4 into
+    the same folders; their files hold 8 problems, their summaries 4. The runs agree on the first
+    4 and differ on the other 4. Before: the columns read 100% and 100% over 4 problems while the
+    difference, over every record, read +50.0. Now every number is over the same 4, and said so."""
+    ids = [f"p{i}" for i in range(8)]
+    data = _problems_file(tmp_path / "eight.jsonl", ids)
+    for name, mode, later in (("baseline", "baseline", False), ("agent", "agent", True)):
+        _rerun(tmp_path, name, data, {i: n < 4 or later for n, i in enumerate(ids)}, limit=8, mode=mode)
+        s = _rerun(tmp_path, name, data, {}, limit=4, mode=mode)
+        assert s["n_problems"] == 4 and s["maj_at_k"] == 1.0
+    assert E.main(["--compare", str(tmp_path / "baseline"), str(tmp_path / "agent"), "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    agent = _row(table, "agent")
+    assert agent.split()[3:5] == ["4", "100.0%"] and "+0.0 [+0.0, +0.0]" in agent
+    assert "paired on 4 problems" in table
+    assert json.loads((tmp_path / "agent" / "summary.json").read_text())["problem_ids"] == ids[:4]
+
+
+def test_compare_of_different_problem_sets_is_over_the_shared_ones_with_their_count(tmp_path):
+    """Issue 17's second case: runs on two problem files that share 2 problems. Before: 0% and 20%
+    over each run's own problems, with a +100 difference over the 2 shared ones and no count.
+    Now the columns and the difference are over the 2 shared problems, and the table says so."""
+    a = _problems_file(tmp_path / "a.jsonl", ["s1", "s2", "a1", "a2", "a3"])
+    b = _problems_file(tmp_path / "b.jsonl", ["s1", "s2"] + [f"b{i}" for i in range(8)])
+    _rerun(tmp_path, "ref", a, {i: False for i in ["s1", "s2", "a1", "a2", "a3"]}, limit=None)
+    sb = _rerun(tmp_path, "other", b, {i: i.startswith("s") for i in ["s1", "s2"] + [f"b{i}" for i in range(8)]},
+                limit=None)
+    assert sb["maj_at_k"] == 0.2  # its own summary: 2 of 10
+    table = E.compare([str(tmp_path / "ref"), str(tmp_path / "other")])
+    ref, other = _row(table, "ref"), _row(table, "other")
+    assert ref.split()[3:5] == ["2", "0.0%"] and other.split()[3:5] == ["2", "100.0%"]
+    assert "+100.0 [+100.0, +100.0]" in other
+    assert table.splitlines()[-1] == ("paired on 2 problems: every column and Δ above is over them "
+                                      "(the problems all runs share; their summaries cover 5, 10)")
+
+
+def _records_run(d: Path, ids, k=2, bench="math500", problem=lambda i: f"What is {i}?"):
+    recs = [_record(i, [_sample(j, True, "1", 10, 10) for j in range(k)], problem=problem(i), gold="1") for i in ids]
+    _write_run(d, bench, "agent", recs, k)
+
+
+@pytest.mark.parametrize("other, message", [
+    (dict(bench="aime24"), "benchmark aime24 vs math500"),
+    (dict(k=4), "samples per problem (the k of maj@k) 4 vs 2"),
+    (dict(ids=["x", "y"]), "no problem is in all of them"),
+    (dict(problem=lambda i: f"Another {i}"), "problem 'a' has another text or answer in each"),
+])
+def test_compare_refuses_runs_it_cannot_pair_in_one_line(tmp_path, capsys, other, message):
+    other = dict(other)
+    _records_run(tmp_path / "ref", ["a", "b"])
+    _records_run(tmp_path / "other", other.pop("ids", ["a", "b"]), **other)
+    assert E.main(["--compare", str(tmp_path / "ref"), str(tmp_path / "other"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot compare") and message in err[0], err
+    assert not (tmp_path / "compare.png").exists()
+
+
+def test_compare_reads_a_summary_from_before_problem_ids_only_when_it_covers_every_record(tmp_path, capsys):
+    _records_run(tmp_path / "ref", ["a", "b"])
+    _records_run(tmp_path / "old", ["a", "b"])
+    s = json.loads((tmp_path / "old" / "summary.json").read_text())
+    s.pop("problem_ids", None)  # as evaluate.py wrote it before issue 17
+    (tmp_path / "old" / "summary.json").write_text(json.dumps(s))
+    assert "paired on 2 problems" in E.compare([str(tmp_path / "ref"), str(tmp_path / "old")])
+    E.append_record(tmp_path / "old" / "generations.jsonl", _record("c", [_sample(0, True, "1", 1, 1)] * 2))
+    assert E.main(["--compare", str(tmp_path / "ref"), str(tmp_path / "old"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "covers 2 of the 3 problems" in err[0] and "rerun the evaluate.py command" in err[0]
+
+
+# ---------------------------------------------------------------------------
+# Tier 1: a run is pinned to the content of its inputs (issue 17, point 3)
+# ---------------------------------------------------------------------------
+
+def test_content_hash_is_of_the_model_files(tmp_path):
+    import hashlib
+
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(b"abc\n")
+    assert E.content_hash(f) == hashlib.sha256(b"abc\n").hexdigest()
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text("{}")
+    (d / "adapter_model.safetensors").write_bytes(b"w" * 3000)
+    h = E.content_hash(d)
+    (d / "README.md").write_text("notes")  # not the model
+    (d / "checkpoint-2").mkdir()  # a trainer's checkpoint: not the model
+    (d / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"other")
+    assert E.content_hash(d) == h
+    (d / "adapter_model.safetensors").write_bytes(b"w" * 2999 + b"v")  # one byte of the weights
+    assert E.content_hash(d) != h
+    (d / "adapter_model.safetensors").write_bytes(b"w" * 3000)
+    assert E.content_hash(d) == h
+    (d / "tokenizer.json").write_text("{}")  # a file added
+    assert E.content_hash(d) != h
+
+
+def _pinned_lora_run(tmp_path, legacy=False):
+    """A finished run of an adapter (the files train.py writes, literal bytes here) on a 2-problem file."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of the first training")
+    data = _problems_file(tmp_path / "two.jsonl", ["a", "b"])
+    cfg = E.Config(bench="math500", data=str(data), mode="baseline", model="m", lora=str(adapter), samples=2,
+                   out=str(tmp_path / "run"))
+    settings = E.settings_of(cfg)
+    if legacy:  # settings.json as evaluate.py wrote it before the content keys
+        settings = {k: v for k, v in settings.items() if not k.endswith("_sha256")}
+    E.pin_settings(Path(cfg.out), settings)
+    for pid in ("a", "b"):
+        E.append_record(Path(cfg.out) / "generations.jsonl", _scored(pid, True))
+    return cfg, adapter, data
+
+
+def test_a_retrained_adapter_at_the_same_path_is_refused_not_resumed(tmp_path):
+    cfg, adapter, _ = _pinned_lora_run(tmp_path)
+    assert E.run(cfg, backend_factory=_no_engine, progress=False)["maj_at_k"] == 1.0  # unchanged: resumed
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of the second training")
+    with pytest.raises(E.EvalError) as e:
+        E.run(cfg, backend_factory=_no_engine, progress=False)
+    msg = str(e.value)
+    assert "holds a run of other inputs (lora_sha256" in msg and "use another --out" in msg
+    assert f"delete {cfg.out}" in msg and "\n" not in msg
+    # the command line says it in one line, before any engine or model is loaded
+    p = run_cli("--bench", "math500", "--data", cfg.data, "--mode", "baseline", "--model", "m", "--lora",
+                str(adapter), "--samples", "2", "--out", cfg.out)
+    _one_error_line(p, "holds a run of other inputs (lora_sha256")
+
+
+def test_a_run_from_before_the_content_keys_still_resumes(tmp_path):
+    cfg, adapter, _ = _pinned_lora_run(tmp_path, legacy=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of the second training")
+    assert E.run(cfg, backend_factory=_no_engine, progress=False)["n_problems"] == 2  # no key, no check
+
+
+def test_an_edited_model_directory_or_data_file_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"base weights")
+    cfg, _, data = _pinned_lora_run(tmp_path)
+    cfg = dataclasses.replace(cfg, model=str(model), out=str(tmp_path / "m"))
+    E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    (model / "model.safetensors").write_bytes(b"fine-tuned weights")
+    with pytest.raises(E.EvalError, match=r"other inputs \(model_sha256"):
+        E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    cfg = dataclasses.replace(cfg, model="m", out=str(tmp_path / "run"))
+    data.write_text(data.read_text().replace('"answer": "1"', '"answer": "2"', 1))  # an answer corrected
+    with pytest.raises(E.EvalError, match=r"other inputs \(data_sha256"):
+        E.run(cfg, backend_factory=_no_engine, progress=False)
+
+
+def test_resumed_problems_must_still_be_the_benchmarks(tmp_path, monkeypatch):
+    """Served from $DEEPMATH_DATA (no --data, so no file in the settings): a record whose problem
+    or answer the benchmark no longer has is refused, not counted against the old answer."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _problems_file(folder / "math500.jsonl", ["a", "b"])
+    monkeypatch.setenv("DEEPMATH_DATA", str(folder))
+    cfg = E.Config(bench="math500", model="m", samples=2, out=str(tmp_path / "run"))
+    E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    for pid in ("a", "b"):
+        E.append_record(Path(cfg.out) / "generations.jsonl", _scored(pid, True))
+    assert E.run(cfg, backend_factory=_no_engine, progress=False)["n_problems"] == 2
+    (folder / "math500.jsonl").write_text((folder / "math500.jsonl").read_text().replace('"answer": "1"', '"answer": "7"'))
+    with pytest.raises(E.EvalError, match="holds problem 'a' with another text or answer"):
+        E.run(cfg, backend_factory=_no_engine, progress=False)
 
 
 # ---------------------------------------------------------------------------

@@ -5,12 +5,16 @@ Run:  .venv/bin/python -m pytest tests/test_replicate.py -q     (~5 minutes on 2
 
 What is checked:
   - tier 1: the recipe settings the evaluation copies, the paired difference and its interval on
-    literal records, where each row's directory goes, one-line refusals;
+    literal records, the report's columns and differences over the same problems, where each
+    row's directory goes, one-line refusals; what changed inputs invalidate (literal row folders
+    and adapter files, no engine: one asked for means a row is evaluated afresh): a changed or
+    retrained adapter re-evaluates +GRPO and DeepMath and keeps Baseline and +Agent, an adapter
+    of another recipe is trained again;
   - tier 3: a CI-sized run of the real command as a subprocess -- a copy of recipes/cpu-mini.yaml
     cut to 2 training steps of 2 completions and one solved example, 2 problems x 2 samples per
     row -- trains a real adapter, evaluates all four rows of every row group with real vLLM
     engines, and writes the tables, both plots and the report; a second run reuses everything
-    (no training, no engine) and writes the same report.
+    (no training, no engine, no row moved aside) and writes the same report.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import evaluate as E
 import replicate as R
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,19 +57,37 @@ def test_recipe_without_procedural_data_is_refused(tmp_path):
         R.read_recipe(str(tmp_path / "missing.yaml"))
 
 
-def _run(d: Path, correct: list[bool]):
+def _sample(j, correct):
+    return {"sample": j, "answer": "1" if correct else "2", "correct": correct, "status": "correct" if correct else "wrong",
+            "finish_reason": "answer", "prompt_tokens": 10, "output_tokens": 10, "total_tokens": 12, "executor_tokens": 2,
+            "snippets": 1, "errors": 0, "timeouts": 0, "sandbox_seed": None, "calls": [], "text": ""}
+
+
+def _record(pid, correct: list[bool], problem=None, gold="1"):
+    samples = [_sample(j, c) for j, c in enumerate(correct)]
+    vote = E.majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples])
+    return {"id": pid, "problem": problem or f"What is {pid}?", "gold": gold, "source": "t", "maj_answer": vote[0],
+            "maj_correct": vote[1], "n_correct": sum(correct), "samples": samples}
+
+
+def _run(d: Path, correct: list[bool], summarised: int | None = None, mode="agent"):
+    """A row folder as evaluate.py leaves it: generations.jsonl (problem i: maj right iff correct[i],
+    one of two samples right when it is) and a summary.json over the first `summarised` problems."""
     d.mkdir(parents=True)
-    with open(d / "generations.jsonl", "w") as f:
-        for i, c in enumerate(correct):
-            f.write(json.dumps({"id": str(i), "maj_correct": c, "samples": [{"correct": c}, {"correct": False}]}) + "\n")
+    recs = [_record(str(i), [c, False] if c else [False, False]) for i, c in enumerate(correct)]
+    for r in recs:
+        E.append_record(d / "generations.jsonl", r)
+    s = {"bench": "procedural", "mode": mode, "model": "m", **E.summarize(recs[:summarised], 2)}
+    E.write_json(d / "summary.json", s)
 
 
 def test_paired_difference_over_common_problems(tmp_path):
     _run(tmp_path / "a", [False] * 10)
     _run(tmp_path / "b", [True] * 6 + [False] * 4)
-    d = R.paired(tmp_path / "a", tmp_path / "b")
+    runs = [E.load_run(tmp_path / "a"), E.load_run(tmp_path / "b")]
+    d = E.paired_difference(*runs, E.shared_problems(runs))  # the one implementation replicate.py reports
     assert d["n"] == 10 and d["diff"] == 0.6 and 0 < d["ci95"][0] <= 0.6 <= d["ci95"][1]
-    m = R.paired(tmp_path / "a", tmp_path / "b", "mean")
+    m = E.paired_difference(*runs, E.shared_problems(runs), "mean")
     assert m["diff"] == 0.3  # mean@k: one of two samples right on 6 problems
 
 
@@ -91,6 +114,117 @@ def test_bad_flags_are_one_line(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: recipe")
     assert "Traceback" not in p.stderr
+
+
+def test_report_pairs_every_column_and_difference_on_the_same_problems(tmp_path):
+    """Rows rerun with --problems 4 into folders that hold 8 (issue 17): every row's summary says
+    100% over 4 problems, and the report's differences are over the same 4 (before: over all 8,
+    +50 points for DeepMath over +Agent beside two columns of 100%)."""
+    cfg = R.Config(out=str(tmp_path / "o"), heldout_templates=0, math500=0)
+    for row, right in (("baseline", [True] * 4 + [False] * 4), ("agent", [True] * 4 + [False] * 4),
+                       ("grpo", [True] * 8), ("deepmath", [True] * 8)):
+        _run(R.row_dir(cfg, "", row, 0), right, summarised=4)
+    recipe = R.read_recipe(str(ROOT / "recipes" / "cpu-mini.yaml"))
+    g = R.report(cfg, recipe, {"": {}}, R.Walls(Path(cfg.out)))["groups"]["procedural/seed0"]
+    for key in ("deepmath_minus_agent", "deepmath_minus_agent_mean_at_k", "deepmath_minus_baseline", "grpo_minus_baseline"):
+        assert (g[key]["n"], g[key]["diff"]) == (4, 0.0), key
+    assert g["n_paired"] == 4 and {r["maj_at_k"] for r in g["rows"].values()} == {1.0}
+    assert g["table"].splitlines()[-2].startswith("paired on 4 problems")
+    assert "over 4 problems" in (tmp_path / "o" / "report.md").read_text()
+
+
+class _Started(Exception):
+    pass
+
+
+def _no_engine(c):
+    raise _Started(c.out)
+
+
+def _finished_rows(configs, legacy=False):
+    """Row folders as evaluate.run leaves them when every problem is done (literal records)."""
+    for c in configs:
+        settings = E.settings_of(c)
+        if legacy:  # as written before the content keys
+            settings = {k: v for k, v in settings.items() if not k.endswith("_sha256")}
+        E.pin_settings(Path(c.out), settings)
+        for p in E.load_problems(c):
+            E.append_record(Path(c.out) / "generations.jsonl", _record(p.id, [True, False], p.problem, p.answer))
+
+
+def _rows_and_adapter(tmp_path, legacy=False):
+    cfg = R.Config(out=str(tmp_path / "o"), problems=2, heldout_templates=0, math500=0, samples=2)
+    recipe = R.read_recipe(str(ROOT / "recipes" / "cpu-mini.yaml"))
+    grps = R.groups(cfg, recipe)
+    adapter = R.adapter_dir(cfg, 0)
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of the first training")
+    untrained, trained = R.eval_configs(cfg, recipe, grps, None, 0), R.eval_configs(cfg, recipe, grps, adapter, 0)
+    _finished_rows(untrained + trained, legacy)
+    return cfg, adapter, untrained, trained
+
+
+def _moved(cfg, row):
+    return sorted(Path(cfg.out).glob(f"{row}.old-*"))
+
+
+def test_a_changed_adapter_re_evaluates_its_rows_and_reuses_the_others(tmp_path, monkeypatch, capsys):
+    cfg, adapter, untrained, trained = _rows_and_adapter(tmp_path)
+    monkeypatch.setattr(E, "make_backend", _no_engine)  # an engine asked for = a row evaluated afresh
+    R.evaluate_model(untrained)
+    R.evaluate_model(trained)  # nothing changed: every row reused, no engine
+    assert "moved aside" not in capsys.readouterr().out
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights of the second training")  # retrained in place
+    R.evaluate_model(untrained)  # Baseline and +Agent: their inputs did not change
+    with pytest.raises(_Started):
+        R.evaluate_model(trained)  # +GRPO and DeepMath: evaluated afresh (before: the old rows resumed)
+    out = capsys.readouterr().out
+    for row in ("grpo", "deepmath"):
+        (old,) = _moved(cfg, row)
+        assert len(E.read_generations(old / "generations.jsonl")) == 2  # kept, renamed
+        assert f"{Path(cfg.out) / row}: scored other inputs or settings (lora_sha256" in out and old.name in out
+    assert not _moved(cfg, "baseline") and not _moved(cfg, "agent")
+    assert len(E.read_generations(Path(cfg.out) / "agent" / "generations.jsonl")) == 2
+
+
+def test_rows_from_before_the_content_keys_are_re_evaluated_after_a_retraining(tmp_path, monkeypatch, capsys):
+    cfg, adapter, untrained, trained = _rows_and_adapter(tmp_path, legacy=True)
+    monkeypatch.setattr(E, "make_backend", _no_engine)
+    R.evaluate_model(trained)  # no key, no check: resumed, as before
+    with pytest.raises(_Started):
+        R.evaluate_model(trained, retrained=True)  # the adapter was trained in this run: its rows are stale
+    assert "scored an earlier adapter (trained again in this run)" in capsys.readouterr().out
+    assert len(_moved(cfg, "grpo")) == len(_moved(cfg, "deepmath")) == 1
+    R.evaluate_model(untrained, retrained=True)  # the untrained model's rows are not the adapter's
+
+
+def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "recipes" / "cpu-mini.yaml").read_text())
+    cfg = R.Config(out=str(tmp_path / "o"), recipe=str(recipe))
+    adapter = R.adapter_dir(cfg, 0)
+    adapter.mkdir(parents=True)
+    for name in ("adapter_config.json", "trainer_state.json"):
+        (adapter / name).write_text("{}")
+    started = []
+
+    def no_training(cmd, **kw):
+        started.append(cmd)
+        raise _Started
+
+    monkeypatch.setattr(R.subprocess, "Popen", no_training)
+    assert R.train(cfg, 0) == (adapter, False) and not started  # no record yet (an older OUT): reused
+    E.write_json(Path(cfg.out) / "train_inputs.json", R.train_inputs(cfg, 0))
+    assert R.train(cfg, 0) == (adapter, False) and not started  # the same inputs: reused
+    r = yaml.safe_load(recipe.read_text())
+    recipe.write_text(yaml.safe_dump({**r, "learning_rate": 2 * float(r.get("learning_rate", 1e-5))}))
+    with pytest.raises(_Started):
+        R.train(cfg, 0)
+    (old,) = sorted(Path(cfg.out).glob("adapter.old-*"))
+    assert (old / "adapter_config.json").is_file() and not adapter.exists() and len(started) == 1
+    assert "trained from other inputs (recipe_sha256 changed)" in capsys.readouterr().out
+    assert json.loads((Path(cfg.out) / "train_inputs.json").read_text()) == R.train_inputs(cfg, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +281,7 @@ def test_rerun_reuses_everything(tiny_replication):
     out, first, second = tiny_replication
     assert second.returncode == 0, second.stderr[-2000:]
     assert "already trained, reused" in second.stdout
+    assert "moved aside" not in second.stdout  # unchanged inputs hash the same: nothing is evaluated again
     # a reused stage keeps what it took the first time (OUT/wall_s.json sums over runs)
     first_train = float(re.search(r"- train_seed0: (\d+) s", first.stdout).group(1))
     rep = json.loads((out / "report.json").read_text())
