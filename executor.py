@@ -41,13 +41,15 @@ Data flow (the numbers match the section banners and step comments in the code):
   4) Isolation, applied by the worker to itself before any untrusted code runs:
      a new session and process group; death with the zygote (PR_SET_PDEATHSIG, which
      seccomp then keeps from being cleared); fds 1 and 2 pointed at the output memfd;
-     all free address space but a window for new mappings filled and sealed (mseal), which
-     bounds page tables (_seal_address_space); rlimits with hard = soft (address space, file
-     size, open files, core, locked memory, message queues, pending signals = 0, stack) and
-     RLIMIT_CPU at the session's CPU ceiling; capabilities dropped (or uid changed to nobody where the libraries
-     stay readable); no_new_privs; Landlock (read-only, and only for the Python and library
-     trees; no TCP; no signals or abstract sockets outside the sandbox); and last a seccomp
-     ALLOW-list (SYSCALLS_ALLOWED, SYSCALLS_CHECKED). See THREAT MODEL below.
+     all free address space but a window for new mappings filled and sealed (mseal),
+     which bounds page tables (_seal_address_space, which also makes RLIMIT_STACK hard);
+     rlimits with hard = soft (address space, file size, open files, core, locked memory,
+     message queues, pending signals = 0) and RLIMIT_CPU at the session's CPU ceiling;
+     capabilities dropped (or uid changed to nobody where the libraries stay readable; and
+     those it holds in the zygote's user namespace, if there is one); no_new_privs;
+     Landlock (read-only, and only for the Python and library trees; no TCP; no signals
+     or abstract sockets outside the sandbox); and last a seccomp ALLOW-list
+     (SYSCALLS_ALLOWED, SYSCALLS_CHECKED). See THREAT MODEL below.
   5) Running a snippet. Where it may change the worker's limits (CPU_LIMIT_MODES), the
      caller lowers the worker's CPU-time limit to this snippet's (prlimit, from outside);
      it continues the worker (SIGCONT), sends the source and starts its clock. The worker
@@ -62,10 +64,10 @@ Data flow (the numbers match the section banners and step comments in the code):
      from then on treats it as untrusted: a frame longer than an honest reply can be
      (_reply_frame_limit, derived from those bounds) is refused unread; the reply is
      checked field by field (and its sequence number), and each field is cut again by the
-     worker's own rules, since a snippet can replace the worker's reply code; duration_s is
-     the caller's own clock, a final
-     answer counts only in a session that enabled final_answer(), and bytes found on the
-     socket before the next snippet is sent (a reply queued in advance) end the session.
+     worker's own rules, since a snippet can replace the worker's reply code; duration_s
+     is the caller's own clock, a final answer counts only in a session that enabled
+     final_answer(), and bytes found on the socket before the next snippet is sent (a
+     reply queued in advance) end the session.
      The caller reads the output from the memfd (bounded), truncates it with a visible
      marker, and returns an ExecResult.
   7) Failures. If the deadline passes, the caller kills the worker's whole process group,
@@ -134,7 +136,7 @@ caller that stops and kills it.
                                  space but a window of 2 * memory_mb + 1 GiB (and the stack's
                                  and brk's room) is mapped PROT_NONE and sealed (mseal, Linux
                                  6.10), so they stay below page_table_bound_bytes(memory_mb),
-                                 ~7 MiB at memory_mb=1024; the worker limit bounds how many
+                                 ~9 MiB at memory_mb=1024; the worker limit bounds how many
                                  workers live at once (the pool's worst case: see below)
   use up per-uid kernel quotas   RLIMIT_SIGPENDING = 0: no queued real-time signal (the quota
                                  is per uid, shared with every process of that uid); fork,
@@ -1457,15 +1459,18 @@ def address_window_bytes(memory_mb: int) -> int:
     return 2 * (int(memory_mb) << 20) + (1 << 30)
 
 
-def page_table_bound_bytes(memory_mb: int) -> int:
-    """What page tables can cost a worker beyond those it starts with, where the address
-    space is sealed: its free address space F (the window, BRK_ROOM, at most STACK_ROOM + 2 MiB)
-    in at most three stretches needs at most F / 2 MiB page-table pages of 4 KiB at the
-    lowest level, F / 1 GiB at the next, and two more per stretch and level at the edges.
-    About 7.1 MiB at memory_mb=1024 and 3.6 MiB at 128 (the round-2 attack had reached
-    0.9 GB and 256 MB of page tables before)."""
-    free = address_window_bytes(memory_mb) + BRK_ROOM + STACK_ROOM + (2 << 20)
-    return (free // 512 + free // (1 << 18) + free // (1 << 27)) + 3 * 3 * 2 * 4096
+def page_table_bound_bytes(memory_mb: int, mapped_bytes: int = 512 << 20, pieces: int = 32) -> int:
+    """The most page tables a worker can hold, where its address space is sealed. They can
+    only cover its free address space (the window, BRK_ROOM, at most STACK_ROOM + 2 MiB) and
+    what it had mapped at the start (`mapped_bytes`, which a snippet may unmap and map again),
+    a span S in at most `pieces` separate stretches: at most S / 2 MiB page-table pages of
+    4 KiB at the lowest level, S / 1 GiB at the next, S / 512 GiB above, and two more per
+    level at the ends of each stretch. The defaults cover the development machine's workers
+    (~0.35 GB mapped, 22 stretches): about 8.8 MiB at memory_mb=1024 and 5.3 MiB at 128,
+    where the round-2 attack had reached 0.9 GB and 256 MB. Each worker states its own
+    (Sandbox.isolation["address_space"]["page_table_bound"])."""
+    span = address_window_bytes(memory_mb) + BRK_ROOM + STACK_ROOM + (2 << 20) + mapped_bytes
+    return span // 512 + span // (1 << 18) + span // (1 << 27) + pieces * 3 * 2 * 4096
 
 
 def _mseal_available() -> bool:
@@ -1479,10 +1484,12 @@ def _mseal_available() -> bool:
         return False
 
 
-def _seal_address_space(window: int) -> dict:
-    """Step 4e: reserve and seal all free address space except `window` bytes at the top of
-    the largest gap below the stack (where new mappings go), the stack's growth room and
-    BRK_ROOM above the heap. Returns what it left free. Raises OSError if a step fails."""
+def _seal_address_space(memory_mb: int) -> dict:
+    """Step 4e: reserve and seal all free address space except a window of
+    address_window_bytes(memory_mb) at the top of the largest gap below the stack (where new
+    mappings go), the stack's growth room and BRK_ROOM above the heap. Returns what it left
+    free and the page-table bound that follows. Raises OSError if a step fails."""
+    window = address_window_bytes(memory_mb)
     page = os.sysconf("SC_PAGE_SIZE")
     mmap = _libc["mmap"]   # a private function object: its argtypes are ours alone
     mmap.restype = ctypes.c_void_p
@@ -1548,7 +1555,9 @@ def _seal_address_space(window: int) -> dict:
     last = (maps[-1][1] + page - 1) // page * page
     if not any(top - page > last and reserve(last, top - page) for top in _USER_TOPS):
         raise OSError("could not reserve the address space above the stack")
-    return {"sealed_regions": regions + 1, "free_address_space": free}
+    mapped = sum(hi - lo for lo, hi, _ in maps)
+    return {"sealed_regions": regions + 1, "free_address_space": free, "mapped_at_start": mapped,
+            "page_table_bound": page_table_bound_bytes(memory_mb, mapped, regions + 2)}
 
 
 def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> dict:
@@ -1584,7 +1593,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
     # 4e) the address span (page tables), then resource limits. The sealed reservations
     # come first, so that RLIMIT_AS counts them in the baseline.
     if probe.get("mseal"):
-        applied["address_space"] = _seal_address_space(address_window_bytes(cfg["memory_mb"]))
+        applied["address_space"] = _seal_address_space(cfg["memory_mb"])
     else:
         applied["address_space"] = "not sealed (no mseal): page tables are bounded only by vm.max_map_count"
     baseline = _vm_size_bytes()
@@ -2508,8 +2517,8 @@ def isolation_report() -> dict:
     report["cpu_limit"] = CPU_LIMIT_MODES[mode]
     report["page_tables"] = (
         "bounded: all free address space outside a window of 2 * memory_mb + 1 GiB is sealed "
-        f"(mseal), so page tables stay below ~(2 * memory_mb + 1.5 GiB) / 512 per worker "
-        f"({page_table_bound_bytes(1024) / 2**20:.1f} MiB at memory_mb=1024)"
+        f"(mseal), so page tables stay below ~(2 * memory_mb + 2 GiB) / 512 per worker "
+        f"(page_table_bound_bytes: {page_table_bound_bytes(1024) / 2**20:.1f} MiB at memory_mb=1024)"
         if report.get("mseal") else
         "not bounded (no mseal, Linux < 6.10): a worker can hold page tables beyond memory_mb, "
         "up to ~16 KiB per mapping, vm.max_map_count mappings")
