@@ -238,7 +238,7 @@ def trailing_snippet(chunk: str) -> str | None:
     return None
 
 
-def is_trivial_snippet(code: str, max_chars: int = 20_000) -> bool:
+def is_trivial_snippet(code: str, max_chars: int = 100_000) -> bool:
     """Is this agent call no code at all? Only whitespace, comments, `pass`, `...`, or bare
     constants: a number, a string or docstring, None/True/False, signed numbers, and tuples,
     lists, sets and dicts of them.
