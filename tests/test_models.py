@@ -7,9 +7,10 @@ Run:  .venv/bin/python -m pytest tests/test_models.py -q                 (about 
 Tier 1 (unit, literal inputs): checkpoint_dtype reads config.json ("dtype", then "torch_dtype"),
 else the safetensors headers; merge_lora refuses a directory that is not an adapter.
 Tier 2 (integration, named test_real_*): a peft adapter made here on the real SmolLM2-135M
-(a bf16 checkpoint) is merged; the checkpoint is bf16 throughout, about the base's size, and its
-weights are the float32 sum W + B @ A * scale rounded once. A tiny float16 model shows that the
-dtype is the base's, not a fixed bf16. (evaluate.py --lora through this merge, on a trained
+(a bf16 checkpoint) is merged; by default the checkpoint is bf16 throughout, about the base's
+size, and its weights are the float32 sum W + B @ A * scale rounded once; asked for float32 (what
+evaluate.py asks for a backend computing in float32) it is that sum itself. A tiny float16 model
+shows that the default dtype is the base's, not a fixed bf16. (evaluate.py --lora through this merge, on a trained
 adapter: tests/test_evaluate.py and tests/test_train.py.)
 """
 
@@ -51,9 +52,12 @@ def test_checkpoint_dtype_reads_the_files_not_a_loaded_model(tmp_path, config, w
     assert models.checkpoint_dtype(str(tmp_path)) == expected
 
 
-def test_merge_lora_refuses_a_directory_without_an_adapter(tmp_path):
+def test_merge_lora_refuses_a_directory_without_an_adapter_or_an_unknown_dtype(tmp_path):
     with pytest.raises(models.LoraMergeError, match="no adapter_config.json there"):
         models.merge_lora(str(tmp_path), str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(models.LoraMergeError, match="merge dtype 'fp8': use one of bfloat16, float16, float32"):
+        models.merge_lora(str(tmp_path), str(tmp_path), "fp8")
 
 
 # ---------------------------------------------------------------------------
@@ -112,6 +116,13 @@ def test_real_merged_smollm2_keeps_bf16_and_rounds_once(smollm2_dir, tmp_path, m
     assert torch.equal(merged[k_name], base[k_name])  # not a target: untouched, bit for bit
     # cached: a second call returns the same directory without merging again
     assert models.merge_lora(smollm2_dir, str(adapter)) == str(out)
+    # for a backend that computes in float32 (evaluate.merge_dtype on this CPU): the float32 sum
+    # itself, in a checkpoint of its own
+    out32 = Path(models.merge_lora(smollm2_dir, str(adapter), "float32"))
+    assert out32 != out and _header_dtypes(out32 / "model.safetensors") == {"F32"}
+    merged32 = load_file(str(out32 / "model.safetensors"))
+    assert torch.allclose(merged32[name], base[name].float() + (b.float() @ a.float()) * (8 / 4), rtol=0, atol=1e-7)
+    assert torch.equal(merged32[name].to(torch.bfloat16), merged[name])  # rounding it gives the bf16 merge
 
 
 def test_real_merged_float16_model_stays_float16(tmp_path, monkeypatch):
