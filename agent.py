@@ -90,7 +90,7 @@ Departures from the paper
     layout="system" (the default) writes them into the system prompt, after the instruction;
     layout="turns" gives them as earlier user/assistant turns instead, which is what makes the
     135M model this project runs offline call the tool correctly: bench/tool_use.py counts both
-    (README's agent table). Every reported result names its layout.
+    (docs/agent.md, the tool-use table). Every reported result names its layout.
   - Our own instruction and examples (prompts/), not the paper's.
   - MathAgent checks the token budget between chunks, so a chunk may run past it by at most
     max_new_tokens (rollout.py enforces it token by token). Output blocks are cut by the same

@@ -44,7 +44,7 @@ counts, gcd/lcm, one-step word problems); "hard" multi-step word problems, linea
 rational answers, work rates, restricted counting, congruences; "mixed" MIXED_WEIGHTS of the
 three; or explicit weights such as "easy:1,medium:2,hard:1".
 
-Measured starting point (bench/procedural.py, README "Procedural starting point"): the untrained
+Measured starting point (bench/procedural.py, docs/benchmarks.md "Procedural starting point"): the untrained
 SmolLM2-135M, agent with the examples as chat turns, top_p 0.8 / top_k 50, 16 problems x 4
 samples per level, accuracy easy / medium / hard = 12.5 / 1.6 / 0.0% at T=1.0 and 20.3 / 3.1 /
 0.0% at T=0.7; groups with reward variance under the paper's weights (1.0 code use + 0.1

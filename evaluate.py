@@ -45,10 +45,10 @@ Settings the paper does not give (printed in every summary, with their source):
     --max-tokens default); the paper evaluates that model and its fine-tune;
   - --max-steps 20: smolagents' MultiStepAgent default (the paper's inference runs on smolagents);
   - 256 executor-output tokens per call: agent.Budget's default, the same in training.
-Which length the paper reports: we think the total trace length (model tokens plus executor
-output). The original agent returns one trace with the outputs folded in, and a "66% shorter
-output" is about what a reader sees; executor output is short, so the two differ little. Both are
-reported: mean_output_tokens (mask 1, what the model sampled) and mean_total_tokens.
+Which length the paper reports: the total trace length (model tokens plus executor output). The
+released evaluation code measures the whole trace the agent returns, with the executor's output
+folded in. Both are reported: mean_output_tokens (mask 1, what the model sampled) and
+mean_total_tokens, the paper's measure.
 
 Reproducibility (the exact guarantee). Every sample has its own seed, a function of --seed, the
 problem id and the sample index only (rollout seeds call c of it with seed + 104729 c), so the
@@ -192,7 +192,7 @@ SOURCES = {
     "max_steps": "smolagents MultiStepAgent default (max_steps=20)",
     "max_output_tokens": "agent.Budget default, as in training",
     "samples/maj": "the paper: majority@16",
-    "length": "mean_total_tokens (model + executor tokens) is our reading of the paper's 'output length'",
+    "length": "mean_total_tokens (model + executor tokens): the released evaluation code measures the whole trace",
 }
 
 
@@ -858,7 +858,7 @@ def summarize(records: list[dict], k: int) -> dict:
         "mean_at_k_ci95": [r4(x) for x in bootstrap_ci(mean)] if records else None,
         "mean_output_tokens": r4(_mean(s["output_tokens"] for s in samples)),
         "mean_total_tokens": r4(_mean(s["total_tokens"] for s in samples)),
-        "length_reported_by_paper": "mean_total_tokens (our reading; see evaluate.py's contract)",
+        "length_reported_by_paper": "mean_total_tokens (the whole trace, as the released code measures it)",
         "snippets_per_solution": r4(_mean(s["snippets"] for s in samples)),
         "snippet_error_rate": r4(sum(s["errors"] for s in samples) / n_snip) if n_snip else None,
         "snippet_timeout_rate": r4(sum(s["timeouts"] for s in samples) / n_snip) if n_snip else None,

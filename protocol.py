@@ -238,7 +238,7 @@ def trailing_snippet(chunk: str) -> str | None:
     return None
 
 
-def is_trivial_snippet(code: str, max_chars: int = 100_000) -> bool:
+def is_trivial_snippet(code: str, max_chars: int = 20_000) -> bool:
     """Is this agent call no code at all? Only whitespace, comments, `pass`, `...`, or bare
     constants: a number, a string or docstring, None/True/False, signed numbers, and tuples,
     lists, sets and dicts of them.
@@ -246,8 +246,9 @@ def is_trivial_snippet(code: str, max_chars: int = 100_000) -> bool:
     The paper rewards generating code snippets; a call like these computes nothing, so
     rewards.code_use_reward does not pay for it. A snippet that does not parse is NOT trivial:
     it is an attempt that failed (the executor reports a SyntaxError), and counts as an error.
-    Nor is a snippet over max_chars (executor.py's default limit, over which the executor
-    rejects it as an error): it is not parsed at all.
+    Nor is a snippet over max_chars: the default is executor.MAX_CODE_CHARS (20,000; a test
+    keeps the two equal, protocol.py imports no sibling), over which the executor rejects the
+    snippet as an error without parsing it, so it is not parsed here either.
 
     Safe on hostile text: one ast.parse (linear in the snippet, at most max_chars), then a walk
     with an explicit stack; deep nesting raises SyntaxError, RecursionError or MemoryError in

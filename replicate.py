@@ -50,7 +50,7 @@ Departures from the paper, and why:
     with the paired interval over problems: evaluation time is the budget (the command's target
     is 45 minutes on 2 cores, training included). 32 problems give a 95% interval of about +-16
     points on a difference, enough to tell a 15-point gain from none only when the gain is large;
-    --problems raises it (the 64-problem run in README took 59 minutes);
+    --problems raises it (the 64-problem run in docs/replication.md took 59 minutes);
   - the evaluation samples at evaluate.py's defaults (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 

@@ -115,7 +115,7 @@ Departures from the paper, and why
 
 Run the tests (unit tests, doctests, the MATH-500 oracle, adversarial inputs):
   .venv/bin/python -m pytest tests/test_rewards.py -q
-Time the grader on MATH-500's gold answers (p50/max per check, README's figures):
+Time the grader on MATH-500's gold answers (p50/max per check, docs/rewards.md has the figures):
   .venv/bin/python bench/grader.py
 Grade one answer by hand:
   .venv/bin/python rewards.py 'so the answer is \\boxed{4/3}' '\\frac43'

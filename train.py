@@ -69,7 +69,7 @@ Step 4 in detail: truncated completions. A completion the budget cut (5k tokens,
    Why not the stricter rules: bench/truncation.py measured all three on short runs (2 seeds):
    neither lowered the truncation rate or the length, and both can withhold the first learning
    signal, since an untrained model's first code-using samples are often the long ones the cap
-   cuts (README, "Training"). Either way, what cut completions would have earned is logged.
+   cuts (docs/training.md). Either way, what cut completions would have earned is logged.
 
 Departures from the paper / released config, and why:
   - Reference-model sync (alpha 0.4 every 300 steps) is dropped. TRL 1.16 refuses

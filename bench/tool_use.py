@@ -1,5 +1,5 @@
 """
-bench/tool_use.py -- does the model call the tool, per prompt layout? (README's agent table)
+bench/tool_use.py -- does the model call the tool, per prompt layout? (docs/agent.md, the tool-use table)
 
 agent.py's MathAgent (smolagents) solves the same seeded 3-digit products (agent.
 arithmetic_problems) once per prompt layout, greedy, and counts the problems answered right

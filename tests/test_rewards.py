@@ -349,8 +349,14 @@ def test_code_and_failed_attempts_are_not_trivial(code):
 
 def test_trivial_snippet_check_on_hostile_text():
     assert not is_trivial_snippet("1+" * 200_000 + "1", max_chars=10**6)  # RecursionError in the parser
-    assert not is_trivial_snippet("'" + "a" * 100_000 + "'")  # over the executor's limit: not parsed
-    assert is_trivial_snippet("'" + "a" * 99_000 + "'")
+    assert not is_trivial_snippet("'" + "a" * 20_000 + "'")  # over the executor's limit: not parsed
+    assert is_trivial_snippet("'" + "a" * 19_000 + "'")
+
+
+def test_trivial_snippet_cap_is_the_executors():
+    import inspect
+    import executor
+    assert inspect.signature(is_trivial_snippet).parameters["max_chars"].default == executor.MAX_CODE_CHARS
     assert not is_trivial_snippet('"\\d"; x')  # an invalid escape warns; the warning is silenced
 
 
@@ -488,7 +494,7 @@ def test_bare_box_scan_is_linear():
 
 
 def test_bench_grader_smoke(data_dir):
-    """bench/grader.py (README's grading-time figures) runs and ends with its RESULT line."""
+    """bench/grader.py (docs/rewards.md's grading-time figures) runs and ends with its RESULT line."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "grader.py"), "--limit", "5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
