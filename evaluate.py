@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from protocol import TRUNCATED
+from protocol import TRUNCATED, derive_seed
 
 log = logging.getLogger("deepmath.evaluate")
 
@@ -612,8 +612,7 @@ def sample_seed(seed: int, problem_id: str, j: int) -> int:
     >>> sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(0, "a", 2)
     True
     """
-    h = hashlib.sha256(json.dumps([seed, problem_id, j]).encode()).digest()
-    return int.from_bytes(h[:4], "little") >> 1
+    return derive_seed(seed, problem_id, j)
 
 
 GRADE_RETRIES = 2

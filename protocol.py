@@ -479,9 +479,40 @@ def find_stop(text: str, stop=STOP_STRINGS, start: int = 0) -> int | None:
     return min(ends) if ends else None
 
 
+# ---------------------------------------------------------------------------
+# Knobs: every sampling setting, agent budget, name set and seed rule, defined once here
+# ---------------------------------------------------------------------------
+# Each entry point (agent.py, rollout.py, evaluate.py, train.py where TRL does not own the flag,
+# replicate.py) takes its defaults from these, so a default changes in one place.
+
+BACKENDS = ("vllm", "transformers", "openai")
+"""--backend everywhere: an in-process vLLM engine, transformers `generate` (runs anywhere), or a
+running vLLM OpenAI-compatible server."""
+MODES = ("agent", "baseline")
+"""agent: snippets run and their output is folded in; baseline: the same model, no agent."""
+LAYOUTS = ("system", "turns")
+"""Where the solved examples go: the system prompt (the paper's layout) or earlier chat turns."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one rollout. The defaults are plain sampling from the model's
+    distribution (vLLM's SamplingParams defaults; TRL's GRPOConfig samples at temperature 1.0
+    too); EVAL_SAMPLING holds the paper's inference settings. temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k (vLLM and transformers alike; transformers would default to 50)."""
+    seed: int | None = None
+    """Makes a rollout reproducible; each sequence and step derives its own seed (derive_seed)."""
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Limits on one trajectory. The paper caps GRPO completions at 5k tokens."""
+    """Limits on one trajectory. The defaults are training's: the paper caps GRPO completions
+    at 5k tokens; max_steps and max_output_tokens are ours (the paper gives neither). EVAL_BUDGET
+    holds the evaluation's."""
 
     max_tokens: int = 5000
     """Total completion tokens: model tokens plus inserted executor output."""
@@ -505,6 +536,36 @@ def stop_strings(budget: Budget) -> tuple[str, ...]:
     (True, ())
     """
     return STOP_STRINGS if budget.max_steps > 0 else ()
+
+
+EVAL_SAMPLING = Sampling(temperature=0.6, top_p=0.95, top_k=20)
+"""The paper evaluates Qwen3-4B-Thinking-2507 and its fine-tune: its model card's Best Practices
+for thinking mode (temperature 0.6, top_p 0.95, top_k 20)."""
+
+EVAL_BUDGET = Budget(max_tokens=32768, max_steps=20, max_output_tokens=256)
+"""Evaluation limits: 32,768 output tokens (the model card's length for most queries), 20 agent
+calls (smolagents' MultiStepAgent default; the paper's inference runs on smolagents), and
+executor output per call as in training (Budget's default)."""
+
+
+def derive_seed(seed: int | None, *keys) -> int | None:
+    """The one seed rule: the seed of whatever `keys` name (a problem id and sample index, a
+    trajectory and call, a rank) under a run's seed. A hash of both, so two keys never share a
+    random stream and a seed depends on its own keys only, never on a batch or its order; 31
+    bits, which every sampler accepts. None stays None (an unseeded run).
+
+    >>> derive_seed(0, "a", 1) == derive_seed(0, "a", 1) != derive_seed(0, "a", 2), derive_seed(None, 1)
+    (True, None)
+    >>> 0 <= derive_seed(7, 3) < 2**31
+    True
+    """
+    if seed is None:
+        return None
+    import hashlib  # stdlib, imported here: the scanners above need none of it
+    import json
+
+    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
 
 
 TRUNCATED: tuple[str, ...] = ("max_steps", "max_tokens")

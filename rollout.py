@@ -110,9 +110,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import protocol
-from protocol import (  # noqa: F401  (Budget, TRUNCATION_MARKER, output_block: rollout.X too)
-    FINISH_EOS, FINISH_LENGTH, FINISH_STOP, STOP_STRINGS, TRUNCATION_MARKER, Budget, end_reason, find_stop,
-    output_block, trailing_snippet,
+from protocol import (  # noqa: F401  (Budget, Sampling, TRUNCATION_MARKER, output_block: rollout.X too)
+    FINISH_EOS, FINISH_LENGTH, FINISH_STOP, STOP_STRINGS, TRUNCATION_MARKER, Budget, Sampling, end_reason,
+    find_stop, output_block, trailing_snippet,
 )
 
 log = logging.getLogger("deepmath.rollout")
@@ -134,18 +134,6 @@ class Chunk:
     """protocol.FINISH_EOS, FINISH_STOP or FINISH_LENGTH: what the backend itself reported
     (vLLM's finish and stop reasons), or, for backends that report none (TRL's client,
     transformers), what _finish_from_ids / the stopping criterion found with _stop_token."""
-
-
-@dataclass
-class Sampling:
-    """Sampling settings of one rollout. temperature 0 means greedy."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 disables top-k (vLLM and transformers alike; transformers would default to 50)."""
-    seed: int | None = None
-    """Makes a rollout reproducible; each sequence and step derives its own seed from it."""
 
 
 @dataclass
