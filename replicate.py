@@ -72,6 +72,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import dataclass_parser
+
 ROOT = Path(__file__).resolve().parent
 SHARED_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
 """Where this project's sessions keep MATH-500 offline (../shared/data, see its SOURCES.md)."""
@@ -128,7 +130,6 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    from agent import dataclass_parser
 
     p = dataclass_parser(Config, "replicate.py", special={"train_seeds": {"type": int, "nargs": "+"},
                                                          "train_args": {"action": "append"}})

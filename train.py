@@ -108,6 +108,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
+from cli import field_docs, first_line
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RECIPE = ROOT / "recipes" / "deepmath.yaml"
 CPU_COMMAND = "python train.py --config recipes/cpu-smoke.yaml"
@@ -131,7 +133,6 @@ class ConfigError(ValueError):
 def _docs_as_help(cls):
     """Each field's docstring (the string under it) becomes its `--help` text, as
     HfArgumentParser reads it from field.metadata["help"]."""
-    from agent import field_docs
 
     docs = field_docs(cls)
     for f in fields(cls):
@@ -207,7 +208,7 @@ def parse_args(argv: list[str] | None = None):
         if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(e), re.I):
             # e.g. transformers: "Your setup doesn't support bf16/gpu" for the paper's recipe on CPU
             raise ConfigError(f"this recipe needs a GPU and none was found; on CPU run: {CPU_COMMAND}") from e
-        raise ConfigError(f"bad configuration: {_first_line(e)}") from e
+        raise ConfigError(f"bad configuration: {first_line(e)}") from e
 
 
 def check_config(script: ScriptArguments, args, model_args) -> None:
@@ -304,7 +305,7 @@ def resolve_policy(model_args, args) -> str:
             AutoConfig.from_pretrained(path, revision=model_args.model_revision,
                                        trust_remote_code=args.trust_remote_code)
         except Exception as e:
-            raise ConfigError(f"model {name!r} cannot be loaded ({_first_line(e)[:160]}); offline or on CPU "
+            raise ConfigError(f"model {name!r} cannot be loaded ({first_line(e)[:160]}); offline or on CPU "
                               f"run: {CPU_COMMAND}") from e
     return path
 
@@ -735,11 +736,6 @@ def main(argv: list[str] | None = None) -> int:
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return 0
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":
