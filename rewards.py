@@ -8,72 +8,49 @@ accuracy 0.1, code use 1.0. This module implements both as TRL reward functions,
 grader that decides "correct", which evaluate.py uses too, so training and evaluation can
 never disagree about what a correct answer is.
 
-Data flow (the numbers match the step comments in the code):
+Data flow (the numbers are the code's sections, in reading order; one accuracy check runs
+1 -> 4 -> 7, then 5 and 6 inside the helper, and its verdict comes back to 1):
 
-  1. TRL calls accuracy_reward(completions, answer=[gold, ...], **kwargs). A completion is a
-     plain string or a conversational list of messages; completion_text() makes it a string.
-  2. check(): cheap checks in the calling thread. Is the gold usable (asked once per distinct
-     gold; a definite answer is cached, a check of the gold that timed out or crashed is not,
-     and is retried next time: see "Grading timeouts" below)? Is there a \\boxed{} at all? Is
-     the text under MAX_COMPLETION_CHARS?
-  3. The text and the gold go to a grader helper process, a `python rewards.py --serve` child
-     with a per-check deadline (GRADE_TIMEOUT_S). Past the deadline the caller SIGKILLs it,
-     starts a replacement at once, and scores the check as wrong ("timeout").
-  4. In the helper, final_answers() takes the answer: the content of the last \\boxed{}, by
-     protocol.last_boxed()'s rules (output blocks ignored; a bare "\\boxed 7" counts only
-     before a number or one capital letter). If boxes come as a run, e.g.
-     "\\boxed{1}, \\boxed{2}", the run is taken whole (see "Not gameable" below).
-  5. _too_big() rejects pathological answers before sympy sees them: over MAX_ANSWER_CHARS
-     characters or deeper than MAX_ANSWER_DEPTH brackets. (The LaTeX parser's time grows
-     exponentially with bare nesting: "((((((((((((((((1))))))))))))))))" takes seconds.)
-  6. _normalize() fixes the few forms math-verify gets wrong (mixed numbers like
-     "137 \\frac{1}{2}", unicode minus, a trailing period). math-verify's own normalisation
-     does the rest: \\text{}, \\mbox{ inches}^2 and other units, ^\\circ, \\!, \\$, \\%,
-     \\dfrac, \\frac43, 11\\sqrt2, \\left( \\right), "x=" prefixes.
-  7. math_verify.parse() turns gold and answer into sympy (the parsed gold is cached, so a
-     group of completions for one problem parses it once per helper), and math_verify.verify()
-     compares them: numbers, fractions, surds, sets, tuples, intervals, equations.
-  8. accuracy_reward returns 1.0 / 0.0 per completion, None where the gold is unusable or its
-     own check failed this time (TRL turns None into NaN and leaves it out of the weighted sum).
-  9. code_use_reward counts agent calls that hold code, best source first: the rollout's
-     per-snippet record (snippets, snippet_ok: the executor's own verdict), its counts
-     (num_snippets, num_errors), or the text (protocol.find_snippets(), output_blocks(),
-     shows_error()). A trivial call (protocol.is_trivial_snippet: a comment, `pass`, a
-     constant) is no code snippet and earns nothing. Model text is parsed in the helpers,
-     under the same deadline.
- 10. reward_funcs_and_weights() gives the trainer the functions and GRPOConfig.reward_weights.
+  1. accuracy_reward(completions, answer=[gold, ...], **kwargs): TRL's call. 1.0 / 0.0 per
+     completion, None where the gold is unusable or its own check failed this time (TRL turns
+     None into NaN and leaves it out of the weighted sum). It grades with check_many (4).
+  2. code_use_reward(completions, **kwargs): 1.0 if the completion made an agent call holding
+     code. The counts come from the rollout's per-snippet record (snippets, snippet_ok: the
+     executor's own verdict), else its counts (num_snippets, num_errors), else the text
+     (count_calls: protocol.find_snippets, output_blocks, shows_error). A trivial call
+     (protocol.is_trivial_snippet: a comment, `pass`, a constant) earns nothing. Model text
+     is parsed in the helpers (7), under the same deadline.
+  3. reward_funcs_and_weights(): the functions and GRPOConfig.reward_weights (REWARD_WEIGHTS).
+  4. The shared grader, check() and check_many(): cheap checks in the calling thread. Is the
+     gold usable (asked once per distinct gold per batch; a definite answer is cached, a failed
+     check of the gold is retried: see "Grading timeouts")? Is there a \\boxed{} at all? Is the
+     text under MAX_COMPLETION_CHARS? Then the text and the gold go to a helper (7).
+  5. Reading a completion: completion_text() makes TRL's conversational form a string;
+     final_answers() takes the content of the last \\boxed{}, by protocol.last_boxed()'s rules
+     (output blocks ignored; a bare "\\boxed 7" counts only before a number or one capital
+     letter), or the whole run of boxes it ends, e.g. "\\boxed{1}, \\boxed{2}".
+  6. Grading, in the helper: _too_big() refuses answers over MAX_ANSWER_CHARS characters or
+     deeper than MAX_ANSWER_DEPTH brackets (the LaTeX parser's time grows exponentially with
+     bare nesting); _normalize() fixes the few forms math-verify gets wrong (mixed numbers like
+     "137 \\frac{1}{2}", unicode minus, a trailing period), and math-verify's own normalisation
+     does the rest (\\text{}, units, ^\\circ, \\!, \\$, \\%, \\dfrac, "x=" prefixes);
+     math_verify.parse() turns gold and answer into sympy (the gold once per helper) and
+     verify() compares them: numbers, fractions, surds, sets, tuples, intervals, equations.
+  7. The helper processes: `python rewards.py --serve` children, each check under a deadline
+     (GRADE_TIMEOUT_S). Past it the caller SIGKILLs the helper, starts a replacement at once,
+     and scores the check as wrong ("timeout").
 
-Why a helper process (the hard bound on one check)
---------------------------------------------------
-sympy can run for hours on an answer like \\boxed{9^{9^{9^{9}}}}, and one hung reward call
-stops the whole GRPO step. math-verify's own timeout uses signal.alarm(): it works only in
-the main thread (evaluate.py may grade from threads), and its handler cannot interrupt a long
-C-level operation such as a huge integer power, so it does not fire (Math-Verify#65). A thread
-cannot be killed either. A process can: the only bound that always holds is SIGKILL from the
-outside. Design:
-  - Persistent helpers, not a process per check: a helper imports sympy and math-verify once
-    (about 1 s), then answers checks over a pipe (JSON lines) in milliseconds.
-  - Started with subprocess (fork+exec of a clean interpreter), not multiprocessing's fork:
-    the trainer process holds torch, CUDA and vLLM threads, and a forked copy of such a
-    process can deadlock. subprocess also re-imports nothing of the caller's __main__.
-  - The caller waits with poll() and a deadline; poll(), not select(), because a trainer can
-    hold more than 1024 file descriptors. Any thread may call; each check holds one helper.
-  - Up to GRADER_PROCESSES helpers run checks in parallel (check_many / accuracy_reward).
-  - Each helper limits itself: address space (GRADER_MEMORY_BYTES, so 10^{10^{10}} raises
-    MemoryError instead of swapping the node), CPU seconds per check (RLIMIT_CPU, a backstop
-    if its parent died), and it exits when its stdin closes.
-  - Everything that reads untrusted model text runs in the helper too. protocol.py's scanners
-    are linear in the text (they used to be lazy regexes, quadratic on thousands of unclosed
-    "<tool_call>": 21 s for 10,000), and the deadline is the backstop should one ever not be.
-Overhead (`python bench/grader.py`: MATH-500's 500 gold answers, each graded against itself,
-on the 2-core CPU machine under load from other jobs): p50 1.24 ms per check through a helper
-against 0.84 ms for the same math-verify work in-process; the slowest, tuples and intervals,
-0.74 s against 0.50 s. A killed helper's replacement is started at once and is ready 1-1.5 s
-later; so a check returns within GRADE_TIMEOUT_S, plus that start when the helper it gets is
-still warming up.
+Why helper processes: sympy can run for hours on \\boxed{9^{9^{9^{9}}}}, and one hung reward
+call stops the whole GRPO step. math-verify's own timeout (signal.alarm) works only in the main
+thread and cannot interrupt long C-level work (Math-Verify#65), and a thread cannot be killed;
+a process can, so the one bound that always holds is SIGKILL from outside. The helpers are
+persistent (sympy imported once, then milliseconds per check over a JSON-lines pipe), started
+by fork+exec of a clean interpreter (a forked trainer holding torch/vLLM threads can
+deadlock), limited in memory (GRADER_MEMORY_BYTES) and CPU, and up to GRADER_PROCESSES grade
+in parallel. Everything that reads untrusted model text runs there. docs/rewards.md has the
+design in full and the measured overhead (`python bench/grader.py`).
 
 Not gameable
-------------
   - Only the LAST box counts. A correct answer boxed earlier and then changed earns nothing.
   - A box listing candidates is a set: \\boxed{1, 2, 3, 4, 5} is not 3 (math-verify compares
     sets and tuples element by element). Several boxes in a row ("\\boxed{1}, \\boxed{2},
@@ -91,21 +68,14 @@ Not gameable
   - A call that is no code (a comment, `pass`, a docstring) earns no code-use reward, and a
     snippet that does not parse is a failed attempt (an error), not an empty one.
 
-Grading timeouts (a check of the gold itself)
----------------------------------------------
-The first check of a problem also asks whether its gold answer parses. If that check passes
-its deadline (or crashes), the answer "unusable" is NOT cached: a busy machine can make any
-check slow, and a cached None would drop the problem's accuracy reward for the rest of the run.
-The check's verdict is None (status gold_timeout or gold_crashed) and the next check of that
-gold asks again. Only after GOLD_MAX_FAILURES failed checks is the gold cached as unusable, so
-a truly pathological gold costs at most that many deadlines per run. check_many() (and so
-accuracy_reward) asks once per distinct gold per batch, not once per completion.
+Grading timeouts: if the check of a gold answer itself passes its deadline or crashes (a busy
+machine makes any check slow), "unusable" is NOT cached, or the problem would lose its accuracy
+reward for the rest of the run: that verdict is None (gold_timeout / gold_crashed) and the next
+check asks again. Only after GOLD_MAX_FAILURES failures is the gold cached as unusable.
 
 Departures from the paper, and why
-----------------------------------
   - The paper does not say how answers are compared. We build on math-verify, as TRL's own
-    accuracy_reward does, and add the normalisation of step 6 and the run-of-boxes rule of
-    step 4.
+    accuracy_reward does, and add the normalisation and the run-of-boxes rule (steps 5, 6).
   - A hard bound on every check (helper processes) instead of math-verify's signal timeout.
   - code_use_reward has an option, off by default so the defaults stay the paper's, to credit
     only snippets that ran without error, capped per trajectory (see code_use_reward).
@@ -174,12 +144,374 @@ GOLD_MAX_FAILURES = 3
 """A gold answer whose own check timed out or crashed this many times is treated as unusable
 (None) for the rest of the run; fewer failures are not remembered as a result (retried)."""
 
+
+# ---------------------------------------------------------------------------
+# 1) accuracy_reward: +1 for a correct final answer
+# ---------------------------------------------------------------------------
+
+def accuracy_reward(completions: list, answer: list | None = None, log_extra: Callable | None = None,
+                    **kwargs) -> list[float | None]:
+    """+1.0 when the final \\boxed{} answer equals the gold `answer`, else 0.0; None if the
+    gold is unusable, or its own check failed this time (retried on the next call): TRL then
+    leaves this reward out for that completion.
+
+    completions: plain strings or TRL conversational lists. answer: the dataset's gold answer
+    column, one per completion (TRL repeats it for each generation). log_extra: TRL's hook
+    to add columns to its completions table (the answer read and the grade status).
+    Grading is grade()'s: last box, math-verify, a hard time bound per check.
+
+    >>> accuracy_reward(["so \\\\boxed{3}", "\\\\boxed{1, 2, 3}", "no box"], answer=["3", "3", "3"])
+    [1.0, 0.0, 0.0]
+    >>> accuracy_reward([[{"role": "assistant", "content": "$\\\\boxed{\\\\frac{1}{2}}$"}]], answer=["0.5"])
+    [1.0]
+    >>> accuracy_reward(["\\\\boxed{3}"], answer=[""])
+    [None]
+    """
+    if answer is None:
+        raise ValueError("accuracy_reward needs the gold answers: a dataset column named 'answer'")
+    verdicts = check_many(completions, answer)
+    if log_extra is not None:
+        log_extra("final_answer", [v.answer for v in verdicts])
+        log_extra("grade", [v.status for v in verdicts])
+    return [None if v.correct is None else float(v.correct) for v in verdicts]
+
+
+# ---------------------------------------------------------------------------
+# 2) code_use_reward: +1 for an agent call holding code
+# ---------------------------------------------------------------------------
+
+_NO_CALLS = {"snippets": 0, "trivial": 0, "outputs": 0, "errors": 0}
+
+
+def count_calls(completion: Any, timeout_s: float | None = None) -> dict:
+    """Agent calls in a completion's text: {"snippets", "trivial", "outputs", "errors"}.
+
+    snippets: calls holding code (protocol.find_snippets, less the trivial ones); trivial: calls
+    that are no code at all (protocol.is_trivial_snippet: a comment, `pass`, a constant);
+    outputs: output blocks; errors: output blocks showing an error (protocol.shows_error).
+    Parsed in a helper under the deadline; zeros on timeout.
+
+    >>> count_calls("<tool_call>\\n1/0\\n</tool_call>\\n```output\\nZeroDivisionError: division by zero\\n```\\n")
+    {'snippets': 1, 'trivial': 0, 'outputs': 1, 'errors': 1}
+    >>> count_calls("<tool_call>\\n# think first\\n</tool_call>\\n```output\\n(no output)\\n```\\n")
+    {'snippets': 0, 'trivial': 1, 'outputs': 1, 'errors': 0}
+    """
+    text = completion_text(completion)
+    if CALL_OPEN not in text and "```py" not in text:  # no call possible: skip the round trip
+        return dict(_NO_CALLS)
+    if len(text) > MAX_COMPLETION_CHARS:
+        return dict(_NO_CALLS)
+    reply, failure = _pool().run({"op": "calls", "text": text}, timeout_s or GRADE_TIMEOUT_S)
+    return reply if reply is not None else dict(_NO_CALLS)
+
+
+def trivial_flags(snippets: list[list[str]], timeout_s: float | None = None) -> list[list[bool]]:
+    """protocol.is_trivial_snippet for each snippet of each completion, in the helpers (snippets
+    are model text: parsing them gets the same deadline and memory limit as grading).
+
+    A completion whose check fails (deadline, crash) gets False for all its snippets: they
+    count as code. (Only snippets near the executor's 100,000-character limit take long to
+    parse, and the executor rejects longer ones as errors.)
+
+    >>> trivial_flags([["pass", "print(2)"], [], ["'notes'"]])
+    [[True, False], [], [True]]
+    """
+    timeout_s = timeout_s or GRADE_TIMEOUT_S
+
+    def one(codes: list[str]) -> list[bool]:
+        if not codes:
+            return []
+        reply, _ = _pool().run({"op": "trivial", "snippets": codes}, timeout_s)
+        return [False] * len(codes) if reply is None else reply["trivial"]
+
+    groups = [[str(c) for c in codes] for codes in snippets]
+    return _parallel(one, groups) if any(groups) else [[] for _ in groups]
+
+
+def _per_completion(name: str, values: Any, n: int) -> list:
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} must have one value per completion: got {len(values)} for {n} completions")
+    return values
+
+
+def code_use_reward(completions: list, only_successful: bool = False, cap: int = 1,
+                    snippets: list[list[str]] | None = None, snippet_ok: list[list[bool]] | None = None,
+                    num_snippets: list[int] | None = None, num_errors: list[int] | None = None,
+                    log_metric: Callable | None = None, **kwargs) -> list[float]:
+    """+1.0 if the completion made at least one agent call holding code (the paper's reward:
+    "generating code snippets"), else 0.0.
+
+    Where the counts come from, best first:
+      a. `snippets` and `snippet_ok` (rollout.py's rollout_func passes them per completion, and
+         TRL hands them on): each code string that was run, and whether it ran without error or
+         timeout (the executor's structured result, ExecResult.ok). Exact, and the policy
+         cannot forge them.
+      b. `num_snippets` and `num_errors` (errors include timeouts): exact counts, but they
+         cannot tell a trivial snippet from code, so trivial snippets are paid here.
+      c. the text: protocol.find_snippets() for the calls, protocol.shows_error() on the
+         ```output blocks for failures (count_calls). So it works on plain strings too
+         (evaluation, tests). It matches blocks to calls by count, not position, so a
+         completion that writes a fake ```output block itself can fool it, and reading errors
+         from text has the ambiguities shows_error() lists.
+    A trivial snippet (protocol.is_trivial_snippet: only a comment, `pass`, a constant or
+    docstring, whitespace) is not a code snippet and earns nothing in a and c; a snippet that
+    does not parse is code that failed (an error), not a trivial one.
+
+    only_successful, cap (off / 1 by default, the paper's behaviour): credit only snippets
+    that ran without error, and give min(credited, cap) / cap, so at most 1.0 per trajectory.
+    Why: under RL the policy optimises exactly what is rewarded. With code use weighted 10:1
+    over accuracy, a completion that emits any snippet -- `print(1)`, or one that crashes --
+    already collects 1.0 of the 1.1 a solved problem earns, and emitting it is far easier than
+    solving. only_successful removes the broken-snippet shortcut; the cap stops a trajectory
+    farming credit with many calls when cap > 1 gives partial credit per snippet. A snippet
+    that computes little (`print(1)`) and runs still earns the credit: the accuracy term has to
+    make it useful. Use make_code_use_reward() to get this variant as a TRL reward function.
+
+    log_metric: TRL's hook for batch metrics. Where trivial snippets can be seen (a and c), it
+    gets "code_use/trivial_snippet_share": trivial calls / all calls in the batch, so a policy
+    drifting towards empty calls shows in the training log.
+
+    >>> call = "<tool_call>\\nprint(6*7)\\n</tool_call>\\n```output\\n42\\n```\\n"
+    >>> bad = "<tool_call>\\nprint(y)\\n</tool_call>\\n```output\\nNameError: name 'y' is not defined\\n```\\n"
+    >>> empty = "<tool_call>\\n# nothing to run\\npass\\n</tool_call>\\n```output\\n(no output)\\n```\\n"
+    >>> code_use_reward(["no calls, \\\\boxed{42}", call, bad, empty])
+    [0.0, 1.0, 1.0, 0.0]
+    >>> code_use_reward(["no calls", call, bad], only_successful=True)
+    [0.0, 1.0, 0.0]
+    >>> code_use_reward(["", "", ""], snippets=[["pass"], ["print(1)", "1/0"], ["1/0"]],
+    ...                 snippet_ok=[[True], [True, False], [False]], only_successful=True)
+    [0.0, 1.0, 0.0]
+    >>> code_use_reward(["", "", ""], num_snippets=[0, 3, 2], num_errors=[0, 1, 2], only_successful=True, cap=2)
+    [0.0, 1.0, 0.0]
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    n = len(completions)
+    if snippets is not None:  # a. the rollout's record of each snippet
+        if snippet_ok is None:
+            raise ValueError("code_use_reward got `snippets` without `snippet_ok` (one bool per snippet)")
+        codes = _per_completion("snippets", snippets, n)
+        oks = _per_completion("snippet_ok", snippet_ok, n)
+        if any(len(c) != len(o) for c, o in zip(codes, oks)):
+            raise ValueError("snippets and snippet_ok must have one entry per snippet")
+        flags = trivial_flags(codes)
+        real = [sum(not t for t in ts) for ts in flags]
+        good = [sum(bool(ok) and not t for ok, t in zip(o, ts)) for o, ts in zip(oks, flags)]
+        trivial = sum(map(len, flags)) - sum(real)
+    elif num_snippets is not None:  # b. the rollout's counts
+        real = _per_completion("num_snippets", num_snippets, n)
+        errors = _per_completion("num_errors", num_errors, n) if num_errors is not None else [0] * n
+        good = [max(0, r - e) for r, e in zip(real, errors)]
+        trivial = None  # not known from counts
+    else:  # c. the text
+        counts = _parallel(count_calls, list(completions))
+        real = [c["snippets"] for c in counts]
+        # a snippet ran well only if an output block without an error shows it; trivial
+        # snippets cannot fail to parse, so each is taken to own one error-free block
+        good = [min(c["snippets"], max(0, c["outputs"] - c["errors"] - c["trivial"])) for c in counts]
+        trivial = sum(c["trivial"] for c in counts)
+    if log_metric is not None and trivial is not None and sum(real) + trivial:
+        log_metric("code_use/trivial_snippet_share", trivial / (sum(real) + trivial))
+    credited = good if only_successful else real
+    return [min(c, cap) / cap for c in credited]
+
+
+def make_code_use_reward(only_successful: bool = True, cap: int = 1) -> Callable:
+    """code_use_reward with its options fixed, as a TRL reward function.
+
+    A functools.partial: picklable, and TRL logs it under the name "code_use_reward", so
+    REWARD_WEIGHTS keys still apply.
+
+    >>> f = make_code_use_reward(only_successful=True, cap=1)
+    >>> f.func.__name__, f(["", ""], num_snippets=[1, 1], num_errors=[0, 1])
+    ('code_use_reward', [1.0, 0.0])
+    """
+    return functools.partial(code_use_reward, only_successful=only_successful, cap=cap)
+
+
+# ---------------------------------------------------------------------------
+# 3) The weights
+# ---------------------------------------------------------------------------
+
 REWARD_WEIGHTS: dict[str, float] = {"accuracy_reward": 0.1, "code_use_reward": 1.0}
 """The released training config's weights (paper: code use weighted 10:1 vs. accuracy)."""
 
 
+def reward_funcs_and_weights(weights: dict[str, float] | None = None, only_successful: bool = False,
+                             cap: int = 1) -> tuple[list[Callable], list[float]]:
+    """The reward functions and their weights, for GRPOTrainer(reward_funcs=...) and
+    GRPOConfig(reward_weights=...). Defaults: the released config, accuracy 0.1, code use 1.0.
+
+    Why 10:1. TRL sums the weighted rewards, R = 0.1 * accuracy + 1.0 * code_use, and GRPO
+    uses only differences within a group of completions for the same prompt. Early on, some
+    completions of a group call the executor and some do not: the code-use term dominates the
+    advantage and teaches the call format quickly. Once every completion calls code, that term
+    is the same for the whole group and cancels out, and the accuracy term alone orders the
+    completions. The weighting is a curriculum: first use the tool, then be right with it.
+    (With scale_rewards="group", each group's spread is normalised, so the 0.1 does not
+    shrink the accuracy signal once code use is saturated.) The risk is that the first stage
+    is cheap to satisfy (see code_use_reward's only_successful and cap).
+
+    >>> funcs, w = reward_funcs_and_weights()
+    >>> [f.__name__ for f in funcs], w
+    (['accuracy_reward', 'code_use_reward'], [0.1, 1.0])
+    >>> funcs, w = reward_funcs_and_weights({"accuracy_reward": 1.0}, only_successful=True)
+    >>> funcs[1].keywords, w
+    ({'only_successful': True, 'cap': 1}, [1.0, 1.0])
+    """
+    w = {**REWARD_WEIGHTS, **(weights or {})}
+    unknown = set(w) - set(REWARD_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_WEIGHTS)}")
+    code = make_code_use_reward(only_successful, cap) if (only_successful or cap != 1) else code_use_reward
+    return [accuracy_reward, code], [w["accuracy_reward"], w["code_use_reward"]]
+
+
 # ---------------------------------------------------------------------------
-# 1) Completions as text
+# 4) The shared grader (accuracy_reward and evaluate.py both use it)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """The grade of one completion against one gold answer."""
+
+    correct: bool | None
+    """True/False; None when the gold answer is unusable, or when checking the gold itself
+    failed this time (status gold_timeout / gold_crashed: not cached, retried next time)."""
+    answer: str | None
+    """What was graded: the last box's content (a run of boxes joined by ", "), or None."""
+    status: str
+    """correct | wrong | no_answer | too_big | timeout | crashed | bad_gold | gold_timeout | gold_crashed"""
+
+
+_GOLD_CACHE: dict[str, str | None] = {}
+"""gold -> its kind, for definite answers only: a parse, or a gold refused unread (empty, too
+big), or one whose check failed GOLD_MAX_FAILURES times."""
+_GOLD_FAILURES: dict[str, int] = {}
+"""gold -> how many of its checks timed out or crashed so far (until it is cached)."""
+_GOLD_LOCK = threading.Lock()
+
+
+def _gold_status(gold: str, timeout_s: float | None = None) -> tuple[str | None, str | None]:
+    """(kind, None), or (None, "timeout" | "crashed") when this check of the gold failed.
+
+    Why a failure is not cached: a gold check times out when the machine is busy as easily as
+    when the gold is pathological, and a cached None would take the problem's accuracy reward
+    away for the rest of the run. So a failed check is retried on the next call, and only a
+    gold that failed GOLD_MAX_FAILURES times is cached as unusable (so a truly pathological
+    gold costs at most that many deadlines per run, not one per completion)."""
+    with _GOLD_LOCK:
+        if gold in _GOLD_CACHE:
+            return _GOLD_CACHE[gold], None
+    failure = None
+    if not gold.strip() or _too_big(gold):
+        kind = None
+    else:
+        reply, failure = _pool().run({"op": "gold", "gold": gold}, timeout_s or GRADE_TIMEOUT_S)
+        kind = None if reply is None else reply["kind"]
+    with _GOLD_LOCK:
+        if failure is not None:
+            n = _GOLD_FAILURES[gold] = _GOLD_FAILURES.get(gold, 0) + 1
+            if n < GOLD_MAX_FAILURES:
+                log.warning("gold answer %r: its check failed (%s, %d of %d); retried next time",
+                            gold[:80], failure, n, GOLD_MAX_FAILURES)
+                return None, failure
+            log.warning("gold answer %r: its check failed %d times (%s); treated as unusable",
+                        gold[:80], n, failure)
+        if len(_GOLD_CACHE) > 100_000:
+            _GOLD_CACHE.clear()
+        _GOLD_CACHE[gold] = kind
+        _GOLD_FAILURES.pop(gold, None)
+    return kind, None
+
+
+def gold_kind(gold: Any, timeout_s: float | None = None) -> str | None:
+    """How a gold answer parses: "sympy", "string" (only the same text matches it) or None
+    (unusable, or its check failed this time: see _gold_status, a failure is retried).
+
+    Definite answers are cached per gold string, so a GRPO group asks once.
+
+    >>> gold_kind(r"\\frac43"), gold_kind(""), gold_kind("(" * 20 + "1" + ")" * 20)
+    ('sympy', None, None)
+    """
+    return _gold_status(str(gold), timeout_s)[0]
+
+
+def _check(text: str, gold: str, timeout_s: float, gold_status: tuple[str | None, str | None]) -> Verdict:
+    kind, failure = gold_status
+    if failure is not None:  # unknown this time, not wrong: TRL leaves the reward out
+        return Verdict(None, None, f"gold_{failure}")
+    if kind is None:
+        return Verdict(None, None, "bad_gold")
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return Verdict(False, None, "no_answer")
+    if len(text) > MAX_COMPLETION_CHARS:
+        return Verdict(False, None, "too_big")
+    # 7) the rest (steps 5, 6) in a helper, under the deadline
+    reply, failure = _pool().run({"op": "grade", "text": text, "gold": gold}, timeout_s)
+    if failure:
+        return Verdict(False, None, failure)
+    return Verdict(**reply)
+
+
+def check(completion: Any, gold: Any, timeout_s: float | None = None) -> Verdict:
+    """Grade one completion (string or conversational) against a gold answer, within a bound.
+
+    Never hangs: past `timeout_s` (default GRADE_TIMEOUT_S) the check is killed and is wrong.
+
+    >>> check(r"so $x = \\boxed{\\dfrac{4}{3}}$.", r"\\frac43")
+    Verdict(correct=True, answer='\\\\dfrac{4}{3}', status='correct')
+    >>> check(r"\\boxed{1, 2, 3, 4, 5}", "3").status
+    'wrong'
+    >>> check("I don't know", "3")
+    Verdict(correct=False, answer=None, status='no_answer')
+    """
+    # 4) cheap checks in the calling thread
+    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
+    gold = str(gold)
+    return _check(completion_text(completion), gold, timeout_s, _gold_status(gold, timeout_s))
+
+
+def grade(completion: Any, gold: Any, timeout_s: float | None = None) -> bool | None:
+    """True if the completion's final answer equals the gold answer; None if the gold is unusable.
+
+    >>> grade(r"... so the area is \\boxed{864 \\mbox{ inches}^2}", "864")
+    True
+    >>> grade(r"\\boxed{11\\sqrt2}", r"\\sqrt{242}"), grade(r"\\boxed{10,\\!080}", "10080")
+    (True, True)
+    """
+    return check(completion, gold, timeout_s).correct
+
+
+def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[Verdict]:
+    """check() for many pairs, on up to GRADER_PROCESSES helpers at once (order kept): the batch
+    grader that accuracy_reward uses, and evaluation can use.
+
+    Each distinct gold is checked once, before the completions (a GRPO group shares one gold):
+    if that check fails, the group's verdicts say gold_timeout / gold_crashed rather than every
+    completion paying the deadline again; the next call retries it.
+
+    >>> [v.status for v in check_many([r"\\boxed{2}", r"\\boxed{3}", "none"], ["2", "2", "2"])]
+    ['correct', 'wrong', 'no_answer']
+    """
+    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
+    pairs = [(completion_text(c), str(g)) for c, g in zip(completions, golds, strict=True)]
+    distinct = list(dict.fromkeys(g for _, g in pairs))
+    status = dict(zip(distinct, _parallel(lambda g: _gold_status(g, timeout_s), distinct)))
+    return _parallel(lambda tg: _check(tg[0], tg[1], timeout_s, status[tg[1]]), pairs)
+
+
+def _parallel(fn: Callable, items: list) -> list:
+    """fn over items, on up to GRADER_PROCESSES helpers at once (each call holds one); order kept."""
+    if len(items) <= 1 or GRADER_PROCESSES <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(items))) as ex:
+        return list(ex.map(fn, items))
+
+
+# ---------------------------------------------------------------------------
+# 5) Reading a completion: its text and its final answer (the last box, or the run it ends)
 # ---------------------------------------------------------------------------
 
 def completion_text(completion: Any) -> str:
@@ -207,10 +539,6 @@ def completion_text(completion: Any) -> str:
         parts.append("" if content is None else str(content))
     return "\n".join(parts)
 
-
-# ---------------------------------------------------------------------------
-# 4) The final answer: the last box, or the run of boxes it ends
-# ---------------------------------------------------------------------------
 
 # What may stand between two boxes of one run: space, punctuation, math delimiters, "and"/"or".
 _RUN_GAP_RE = re.compile(
@@ -253,7 +581,7 @@ def final_answers(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# 5) + 6) + 7) Grading inside a helper (math-verify, imported only there)
+# 6) Grading inside a helper (math-verify, imported only there)
 # ---------------------------------------------------------------------------
 
 def _bracket_depth(s: str) -> int:
@@ -268,7 +596,7 @@ def _bracket_depth(s: str) -> int:
 
 
 def _too_big(answer: str) -> bool:
-    """Step 5: answers that would make the parser or sympy crawl are refused unread."""
+    """Step 6: answers that would make the parser or sympy crawl are refused unread."""
     return len(answer) > MAX_ANSWER_CHARS or _bracket_depth(answer) > MAX_ANSWER_DEPTH
 
 
@@ -319,7 +647,7 @@ def _math_verify():
 
 @functools.lru_cache(maxsize=4096)
 def _parse(answer: str) -> tuple:
-    """Step 7: an answer string as math-verify's parse list (sympy object, then the string).
+    """Step 6: an answer string as math-verify's parse list (sympy object, then the string).
 
     Cached: the gold of a problem is parsed once per helper for its whole group."""
     parse, _, config = _math_verify()
@@ -343,7 +671,7 @@ def _gold_kind_local(gold: str) -> str | None:
 
 
 def _grade_local(text: str, gold: str) -> dict:
-    """Steps 4-7 for one completion, in this process, with no time bound (helpers only)."""
+    """Steps 5-6 for one completion, in this process, with no time bound (helpers only)."""
     if _gold_kind_local(gold) is None:
         return {"correct": None, "answer": None, "status": "bad_gold"}
     run = final_answers(text)
@@ -358,7 +686,7 @@ def _grade_local(text: str, gold: str) -> dict:
 
 
 def _calls_local(text: str) -> dict:
-    """Step 9 from text (count_calls): snippets holding code, trivial ones, output blocks, and
+    """Step 2 from text (count_calls): snippets holding code, trivial ones, output blocks, and
     blocks showing an error in executor.py's formats (protocol.shows_error)."""
     blocks = output_blocks(text)
     errors = sum(shows_error(b) for b in blocks)
@@ -368,7 +696,7 @@ def _calls_local(text: str) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# 3) The helper processes: the hard bound on every check
+# 7) The helper processes: the hard bound on every check
 # ---------------------------------------------------------------------------
 
 _THIS_FILE = os.path.abspath(__file__)
@@ -585,367 +913,6 @@ def _serve(settings: dict) -> None:
         except Exception as e:  # noqa: BLE001 -- report, keep serving
             reply = {"crash": f"{type(e).__name__}: {str(e)[:200]}"}
         send(reply)
-
-
-# ---------------------------------------------------------------------------
-# 2) The shared grader (accuracy_reward and evaluate.py both use it)
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Verdict:
-    """The grade of one completion against one gold answer."""
-
-    correct: bool | None
-    """True/False; None when the gold answer is unusable, or when checking the gold itself
-    failed this time (status gold_timeout / gold_crashed: not cached, retried next time)."""
-    answer: str | None
-    """What was graded: the last box's content (a run of boxes joined by ", "), or None."""
-    status: str
-    """correct | wrong | no_answer | too_big | timeout | crashed | bad_gold | gold_timeout | gold_crashed"""
-
-
-_GOLD_CACHE: dict[str, str | None] = {}
-"""gold -> its kind, for definite answers only: a parse, or a gold refused unread (empty, too
-big), or one whose check failed GOLD_MAX_FAILURES times."""
-_GOLD_FAILURES: dict[str, int] = {}
-"""gold -> how many of its checks timed out or crashed so far (until it is cached)."""
-_GOLD_LOCK = threading.Lock()
-
-
-def _gold_status(gold: str, timeout_s: float | None = None) -> tuple[str | None, str | None]:
-    """(kind, None), or (None, "timeout" | "crashed") when this check of the gold failed.
-
-    Why a failure is not cached: a gold check times out when the machine is busy as easily as
-    when the gold is pathological, and a cached None would take the problem's accuracy reward
-    away for the rest of the run. So a failed check is retried on the next call, and only a
-    gold that failed GOLD_MAX_FAILURES times is cached as unusable (so a truly pathological
-    gold costs at most that many deadlines per run, not one per completion)."""
-    with _GOLD_LOCK:
-        if gold in _GOLD_CACHE:
-            return _GOLD_CACHE[gold], None
-    failure = None
-    if not gold.strip() or _too_big(gold):
-        kind = None
-    else:
-        reply, failure = _pool().run({"op": "gold", "gold": gold}, timeout_s or GRADE_TIMEOUT_S)
-        kind = None if reply is None else reply["kind"]
-    with _GOLD_LOCK:
-        if failure is not None:
-            n = _GOLD_FAILURES[gold] = _GOLD_FAILURES.get(gold, 0) + 1
-            if n < GOLD_MAX_FAILURES:
-                log.warning("gold answer %r: its check failed (%s, %d of %d); retried next time",
-                            gold[:80], failure, n, GOLD_MAX_FAILURES)
-                return None, failure
-            log.warning("gold answer %r: its check failed %d times (%s); treated as unusable",
-                        gold[:80], n, failure)
-        if len(_GOLD_CACHE) > 100_000:
-            _GOLD_CACHE.clear()
-        _GOLD_CACHE[gold] = kind
-        _GOLD_FAILURES.pop(gold, None)
-    return kind, None
-
-
-def gold_kind(gold: Any, timeout_s: float | None = None) -> str | None:
-    """How a gold answer parses: "sympy", "string" (only the same text matches it) or None
-    (unusable, or its check failed this time: see _gold_status, a failure is retried).
-
-    Definite answers are cached per gold string, so a GRPO group asks once.
-
-    >>> gold_kind(r"\\frac43"), gold_kind(""), gold_kind("(" * 20 + "1" + ")" * 20)
-    ('sympy', None, None)
-    """
-    return _gold_status(str(gold), timeout_s)[0]
-
-
-def _check(text: str, gold: str, timeout_s: float, gold_status: tuple[str | None, str | None]) -> Verdict:
-    kind, failure = gold_status
-    if failure is not None:  # unknown this time, not wrong: TRL leaves the reward out
-        return Verdict(None, None, f"gold_{failure}")
-    if kind is None:
-        return Verdict(None, None, "bad_gold")
-    if "\\boxed" not in text and "\\fbox" not in text:
-        return Verdict(False, None, "no_answer")
-    if len(text) > MAX_COMPLETION_CHARS:
-        return Verdict(False, None, "too_big")
-    # 3) the rest in a helper, under the deadline
-    reply, failure = _pool().run({"op": "grade", "text": text, "gold": gold}, timeout_s)
-    if failure:
-        return Verdict(False, None, failure)
-    return Verdict(**reply)
-
-
-def check(completion: Any, gold: Any, timeout_s: float | None = None) -> Verdict:
-    """Grade one completion (string or conversational) against a gold answer, within a bound.
-
-    Never hangs: past `timeout_s` (default GRADE_TIMEOUT_S) the check is killed and is wrong.
-
-    >>> check(r"so $x = \\boxed{\\dfrac{4}{3}}$.", r"\\frac43")
-    Verdict(correct=True, answer='\\\\dfrac{4}{3}', status='correct')
-    >>> check(r"\\boxed{1, 2, 3, 4, 5}", "3").status
-    'wrong'
-    >>> check("I don't know", "3")
-    Verdict(correct=False, answer=None, status='no_answer')
-    """
-    # 2) cheap checks in the calling thread
-    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
-    gold = str(gold)
-    return _check(completion_text(completion), gold, timeout_s, _gold_status(gold, timeout_s))
-
-
-def grade(completion: Any, gold: Any, timeout_s: float | None = None) -> bool | None:
-    """True if the completion's final answer equals the gold answer; None if the gold is unusable.
-
-    >>> grade(r"... so the area is \\boxed{864 \\mbox{ inches}^2}", "864")
-    True
-    >>> grade(r"\\boxed{11\\sqrt2}", r"\\sqrt{242}"), grade(r"\\boxed{10,\\!080}", "10080")
-    (True, True)
-    """
-    return check(completion, gold, timeout_s).correct
-
-
-def check_many(completions: Iterable[Any], golds: Iterable[Any], timeout_s: float | None = None) -> list[Verdict]:
-    """check() for many pairs, on up to GRADER_PROCESSES helpers at once (order kept): the batch
-    grader that accuracy_reward uses, and evaluation can use.
-
-    Each distinct gold is checked once, before the completions (a GRPO group shares one gold):
-    if that check fails, the group's verdicts say gold_timeout / gold_crashed rather than every
-    completion paying the deadline again; the next call retries it.
-
-    >>> [v.status for v in check_many([r"\\boxed{2}", r"\\boxed{3}", "none"], ["2", "2", "2"])]
-    ['correct', 'wrong', 'no_answer']
-    """
-    timeout_s = GRADE_TIMEOUT_S if timeout_s is None else timeout_s
-    pairs = [(completion_text(c), str(g)) for c, g in zip(completions, golds, strict=True)]
-    distinct = list(dict.fromkeys(g for _, g in pairs))
-    status = dict(zip(distinct, _parallel(lambda g: _gold_status(g, timeout_s), distinct)))
-    return _parallel(lambda tg: _check(tg[0], tg[1], timeout_s, status[tg[1]]), pairs)
-
-
-def _parallel(fn: Callable, items: list) -> list:
-    """fn over items, on up to GRADER_PROCESSES helpers at once (each call holds one); order kept."""
-    if len(items) <= 1 or GRADER_PROCESSES <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(GRADER_PROCESSES, len(items))) as ex:
-        return list(ex.map(fn, items))
-
-
-# ---------------------------------------------------------------------------
-# 8) accuracy_reward
-# ---------------------------------------------------------------------------
-
-def accuracy_reward(completions: list, answer: list | None = None, log_extra: Callable | None = None,
-                    **kwargs) -> list[float | None]:
-    """+1.0 when the final \\boxed{} answer equals the gold `answer`, else 0.0; None if the
-    gold is unusable, or its own check failed this time (retried on the next call): TRL then
-    leaves this reward out for that completion.
-
-    completions: plain strings or TRL conversational lists. answer: the dataset's gold answer
-    column, one per completion (TRL repeats it for each generation). log_extra: TRL's hook
-    to add columns to its completions table (the answer read and the grade status).
-    Grading is grade()'s: last box, math-verify, a hard time bound per check.
-
-    >>> accuracy_reward(["so \\\\boxed{3}", "\\\\boxed{1, 2, 3}", "no box"], answer=["3", "3", "3"])
-    [1.0, 0.0, 0.0]
-    >>> accuracy_reward([[{"role": "assistant", "content": "$\\\\boxed{\\\\frac{1}{2}}$"}]], answer=["0.5"])
-    [1.0]
-    >>> accuracy_reward(["\\\\boxed{3}"], answer=[""])
-    [None]
-    """
-    if answer is None:
-        raise ValueError("accuracy_reward needs the gold answers: a dataset column named 'answer'")
-    verdicts = check_many(completions, answer)
-    if log_extra is not None:
-        log_extra("final_answer", [v.answer for v in verdicts])
-        log_extra("grade", [v.status for v in verdicts])
-    return [None if v.correct is None else float(v.correct) for v in verdicts]
-
-
-# ---------------------------------------------------------------------------
-# 9) code_use_reward
-# ---------------------------------------------------------------------------
-
-_NO_CALLS = {"snippets": 0, "trivial": 0, "outputs": 0, "errors": 0}
-
-
-def count_calls(completion: Any, timeout_s: float | None = None) -> dict:
-    """Agent calls in a completion's text: {"snippets", "trivial", "outputs", "errors"}.
-
-    snippets: calls holding code (protocol.find_snippets, less the trivial ones); trivial: calls
-    that are no code at all (protocol.is_trivial_snippet: a comment, `pass`, a constant);
-    outputs: output blocks; errors: output blocks showing an error (protocol.shows_error).
-    Parsed in a helper under the deadline; zeros on timeout.
-
-    >>> count_calls("<tool_call>\\n1/0\\n</tool_call>\\n```output\\nZeroDivisionError: division by zero\\n```\\n")
-    {'snippets': 1, 'trivial': 0, 'outputs': 1, 'errors': 1}
-    >>> count_calls("<tool_call>\\n# think first\\n</tool_call>\\n```output\\n(no output)\\n```\\n")
-    {'snippets': 0, 'trivial': 1, 'outputs': 1, 'errors': 0}
-    """
-    text = completion_text(completion)
-    if CALL_OPEN not in text and "```py" not in text:  # no call possible: skip the round trip
-        return dict(_NO_CALLS)
-    if len(text) > MAX_COMPLETION_CHARS:
-        return dict(_NO_CALLS)
-    reply, failure = _pool().run({"op": "calls", "text": text}, timeout_s or GRADE_TIMEOUT_S)
-    return reply if reply is not None else dict(_NO_CALLS)
-
-
-def trivial_flags(snippets: list[list[str]], timeout_s: float | None = None) -> list[list[bool]]:
-    """protocol.is_trivial_snippet for each snippet of each completion, in the helpers (snippets
-    are model text: parsing them gets the same deadline and memory limit as grading).
-
-    A completion whose check fails (deadline, crash) gets False for all its snippets: they
-    count as code. (Only snippets near the executor's 100,000-character limit take long to
-    parse, and the executor rejects longer ones as errors.)
-
-    >>> trivial_flags([["pass", "print(2)"], [], ["'notes'"]])
-    [[True, False], [], [True]]
-    """
-    timeout_s = timeout_s or GRADE_TIMEOUT_S
-
-    def one(codes: list[str]) -> list[bool]:
-        if not codes:
-            return []
-        reply, _ = _pool().run({"op": "trivial", "snippets": codes}, timeout_s)
-        return [False] * len(codes) if reply is None else reply["trivial"]
-
-    groups = [[str(c) for c in codes] for codes in snippets]
-    return _parallel(one, groups) if any(groups) else [[] for _ in groups]
-
-
-def _per_completion(name: str, values: Any, n: int) -> list:
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"{name} must have one value per completion: got {len(values)} for {n} completions")
-    return values
-
-
-def code_use_reward(completions: list, only_successful: bool = False, cap: int = 1,
-                    snippets: list[list[str]] | None = None, snippet_ok: list[list[bool]] | None = None,
-                    num_snippets: list[int] | None = None, num_errors: list[int] | None = None,
-                    log_metric: Callable | None = None, **kwargs) -> list[float]:
-    """+1.0 if the completion made at least one agent call holding code (the paper's reward:
-    "generating code snippets"), else 0.0.
-
-    Where the counts come from, best first:
-      a. `snippets` and `snippet_ok` (rollout.py's rollout_func passes them per completion, and
-         TRL hands them on): each code string that was run, and whether it ran without error or
-         timeout (the executor's structured result, ExecResult.ok). Exact, and the policy
-         cannot forge them.
-      b. `num_snippets` and `num_errors` (errors include timeouts): exact counts, but they
-         cannot tell a trivial snippet from code, so trivial snippets are paid here.
-      c. the text: protocol.find_snippets() for the calls, protocol.shows_error() on the
-         ```output blocks for failures (count_calls). So it works on plain strings too
-         (evaluation, tests). It matches blocks to calls by count, not position, so a
-         completion that writes a fake ```output block itself can fool it, and reading errors
-         from text has the ambiguities shows_error() lists.
-    A trivial snippet (protocol.is_trivial_snippet: only a comment, `pass`, a constant or
-    docstring, whitespace) is not a code snippet and earns nothing in a and c; a snippet that
-    does not parse is code that failed (an error), not a trivial one.
-
-    only_successful, cap (off / 1 by default, the paper's behaviour): credit only snippets
-    that ran without error, and give min(credited, cap) / cap, so at most 1.0 per trajectory.
-    Why: under RL the policy optimises exactly what is rewarded. With code use weighted 10:1
-    over accuracy, a completion that emits any snippet -- `print(1)`, or one that crashes --
-    already collects 1.0 of the 1.1 a solved problem earns, and emitting it is far easier than
-    solving. only_successful removes the broken-snippet shortcut; the cap stops a trajectory
-    farming credit with many calls when cap > 1 gives partial credit per snippet. A snippet
-    that computes little (`print(1)`) and runs still earns the credit: the accuracy term has to
-    make it useful. Use make_code_use_reward() to get this variant as a TRL reward function.
-
-    log_metric: TRL's hook for batch metrics. Where trivial snippets can be seen (a and c), it
-    gets "code_use/trivial_snippet_share": trivial calls / all calls in the batch, so a policy
-    drifting towards empty calls shows in the training log.
-
-    >>> call = "<tool_call>\\nprint(6*7)\\n</tool_call>\\n```output\\n42\\n```\\n"
-    >>> bad = "<tool_call>\\nprint(y)\\n</tool_call>\\n```output\\nNameError: name 'y' is not defined\\n```\\n"
-    >>> empty = "<tool_call>\\n# nothing to run\\npass\\n</tool_call>\\n```output\\n(no output)\\n```\\n"
-    >>> code_use_reward(["no calls, \\\\boxed{42}", call, bad, empty])
-    [0.0, 1.0, 1.0, 0.0]
-    >>> code_use_reward(["no calls", call, bad], only_successful=True)
-    [0.0, 1.0, 0.0]
-    >>> code_use_reward(["", "", ""], snippets=[["pass"], ["print(1)", "1/0"], ["1/0"]],
-    ...                 snippet_ok=[[True], [True, False], [False]], only_successful=True)
-    [0.0, 1.0, 0.0]
-    >>> code_use_reward(["", "", ""], num_snippets=[0, 3, 2], num_errors=[0, 1, 2], only_successful=True, cap=2)
-    [0.0, 1.0, 0.0]
-    """
-    if cap < 1:
-        raise ValueError(f"cap must be >= 1, got {cap}")
-    n = len(completions)
-    if snippets is not None:  # a. the rollout's record of each snippet
-        if snippet_ok is None:
-            raise ValueError("code_use_reward got `snippets` without `snippet_ok` (one bool per snippet)")
-        codes = _per_completion("snippets", snippets, n)
-        oks = _per_completion("snippet_ok", snippet_ok, n)
-        if any(len(c) != len(o) for c, o in zip(codes, oks)):
-            raise ValueError("snippets and snippet_ok must have one entry per snippet")
-        flags = trivial_flags(codes)
-        real = [sum(not t for t in ts) for ts in flags]
-        good = [sum(bool(ok) and not t for ok, t in zip(o, ts)) for o, ts in zip(oks, flags)]
-        trivial = sum(map(len, flags)) - sum(real)
-    elif num_snippets is not None:  # b. the rollout's counts
-        real = _per_completion("num_snippets", num_snippets, n)
-        errors = _per_completion("num_errors", num_errors, n) if num_errors is not None else [0] * n
-        good = [max(0, r - e) for r, e in zip(real, errors)]
-        trivial = None  # not known from counts
-    else:  # c. the text
-        counts = _parallel(count_calls, list(completions))
-        real = [c["snippets"] for c in counts]
-        # a snippet ran well only if an output block without an error shows it; trivial
-        # snippets cannot fail to parse, so each is taken to own one error-free block
-        good = [min(c["snippets"], max(0, c["outputs"] - c["errors"] - c["trivial"])) for c in counts]
-        trivial = sum(c["trivial"] for c in counts)
-    if log_metric is not None and trivial is not None and sum(real) + trivial:
-        log_metric("code_use/trivial_snippet_share", trivial / (sum(real) + trivial))
-    credited = good if only_successful else real
-    return [min(c, cap) / cap for c in credited]
-
-
-def make_code_use_reward(only_successful: bool = True, cap: int = 1) -> Callable:
-    """code_use_reward with its options fixed, as a TRL reward function.
-
-    A functools.partial: picklable, and TRL logs it under the name "code_use_reward", so
-    REWARD_WEIGHTS keys still apply.
-
-    >>> f = make_code_use_reward(only_successful=True, cap=1)
-    >>> f.func.__name__, f(["", ""], num_snippets=[1, 1], num_errors=[0, 1])
-    ('code_use_reward', [1.0, 0.0])
-    """
-    return functools.partial(code_use_reward, only_successful=only_successful, cap=cap)
-
-
-# ---------------------------------------------------------------------------
-# 10) The weights
-# ---------------------------------------------------------------------------
-
-def reward_funcs_and_weights(weights: dict[str, float] | None = None, only_successful: bool = False,
-                             cap: int = 1) -> tuple[list[Callable], list[float]]:
-    """The reward functions and their weights, for GRPOTrainer(reward_funcs=...) and
-    GRPOConfig(reward_weights=...). Defaults: the released config, accuracy 0.1, code use 1.0.
-
-    Why 10:1. TRL sums the weighted rewards, R = 0.1 * accuracy + 1.0 * code_use, and GRPO
-    uses only differences within a group of completions for the same prompt. Early on, some
-    completions of a group call the executor and some do not: the code-use term dominates the
-    advantage and teaches the call format quickly. Once every completion calls code, that term
-    is the same for the whole group and cancels out, and the accuracy term alone orders the
-    completions. The weighting is a curriculum: first use the tool, then be right with it.
-    (With scale_rewards="group", each group's spread is normalised, so the 0.1 does not
-    shrink the accuracy signal once code use is saturated.) The risk is that the first stage
-    is cheap to satisfy (see code_use_reward's only_successful and cap).
-
-    >>> funcs, w = reward_funcs_and_weights()
-    >>> [f.__name__ for f in funcs], w
-    (['accuracy_reward', 'code_use_reward'], [0.1, 1.0])
-    >>> funcs, w = reward_funcs_and_weights({"accuracy_reward": 1.0}, only_successful=True)
-    >>> funcs[1].keywords, w
-    ({'only_successful': True, 'cap': 1}, [1.0, 1.0])
-    """
-    w = {**REWARD_WEIGHTS, **(weights or {})}
-    unknown = set(w) - set(REWARD_WEIGHTS)
-    if unknown:
-        raise ValueError(f"unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_WEIGHTS)}")
-    code = make_code_use_reward(only_successful, cap) if (only_successful or cap != 1) else code_use_reward
-    return [accuracy_reward, code], [w["accuracy_reward"], w["code_use_reward"]]
 
 
 # ---------------------------------------------------------------------------
