@@ -108,9 +108,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
-# The trace format and its scanners, shared with agent.py (which re-exports them) so the two
-# cannot drift. protocol.py, not agent.py: `import agent` loads smolagents when it is installed,
-# and neither the trainer's side of this module nor a grader helper should pay for that.
+# The trace format and its scanners, from protocol.py, where the agent reads them too, so the
+# two cannot drift. Not from agent.py: `import agent` loads smolagents when it is installed, and
+# neither the trainer's side of this module nor a grader helper should pay for that.
 from protocol import (CALL_OPEN, find_snippets, is_trivial_snippet, last_box, output_blocks, shows_error,
                       strip_output_blocks)
 
@@ -210,8 +210,8 @@ def trivial_flags(snippets: list[list[str]], timeout_s: float | None = None) -> 
     are model text: parsing them gets the same deadline and memory limit as grading).
 
     A completion whose check fails (deadline, crash) gets False for all its snippets: they
-    count as code. (Only snippets near the executor's 100,000-character limit take long to
-    parse, and the executor rejects longer ones as errors.)
+    count as code. (Only very long snippets take long to parse, and the executor rejects any
+    over executor.MAX_CODE_CHARS, 20,000 characters, as errors.)
 
     >>> trivial_flags([["pass", "print(2)"], [], ["'notes'"]])
     [[True, False], [], [True]]
