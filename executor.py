@@ -7,91 +7,73 @@ sets three limits on that executor: it is sandboxed, it allows imports only from
 list of modules, and each snippet has a timeout. Snippets may not touch files or the
 network. The design card calls it an "AST allow-list executor" that needs no RestrictedPython.
 
-This file is standalone (stdlib, plus the math libraries that snippets may import). It
-has no torch, vllm, trl, pyseccomp or landlock import, so it can be copied into other
-projects. The smolagents adapter imports smolagents only when you ask for it.
+This file is standalone (stdlib, plus the math libraries that snippets may import): copy it
+alone and you have the whole sandbox, OS layers included. It has no torch, vllm, trl,
+pyseccomp or landlock import; the smolagents adapter imports smolagents only when asked for.
 
-Data flow (the numbers match the section banners and step comments in the code):
+Data flow. Sections 0-4 are what a reader of the paper looks for, 5-8 the machinery beneath;
+the numbers match the section banners and step comments in the code.
 
-  0) The allow-lists come first: AST node types, imports, builtins, system calls, and the
-     zygote's environment.
-  1) Static check, in the caller. Refuse a snippet longer than max_code_chars
-     (MAX_CODE_CHARS) before anything parses it. Parse the snippet to an AST. Reject node
-     types that are not in ALLOWED_NODES, imports that are not in ALLOWED_IMPORTS, dunder
-     names and attributes, frame and code attributes, and string literals that look like
-     dunders. A rejection comes back as ExecResult.error. Nothing is raised, and nothing runs.
-  2) The zygote. On first use, each calling process starts one clean helper process
-     (`python executor.py --zygote`). It is NOT a fork of the caller, which may hold
-     torch or vLLM threads, and it is exec'd with ZYGOTE_ENV as its whole environment:
-     nothing of the caller's environment (tokens, keys) reaches it or its workers. First
-     it moves into a private mount namespace in which every mount is read-only, so that no
-     read by it or a worker writes an access time (_private_readonly_view): directly with
-     CAP_SYS_ADMIN, else inside a user namespace of its own that keeps its uid. It
-     sets one BLAS/OpenMP thread, preloads the allowed libraries, runs a few warm-up calls
-     so their lazy imports and caches are done once, calls gc.freeze() so forked children
-     share those pages, and probes which isolation layers this machine supports. It exits
-     when its caller does: it watches its control socket and its parent pid.
-     (PR_SET_PDEATHSIG would fire when the *thread* that started it exits, such as a
-     run_batch pool thread, and take every session with it.)
-  3) A session's worker. The first run() of a Sandbox asks the zygote for a worker. The
-     zygote forks one, and passes the caller three file descriptors (socket.send_fds):
-     the worker's socket, its output file (a memfd) and a pidfd. After that, snippets go
-     straight from caller to worker and never pass through the zygote. The caller keeps
-     the worker stopped (SIGSTOP) whenever no snippet of its session is running.
-  4) Isolation, applied by the worker to itself before any untrusted code runs:
-     a new session and process group; death with the zygote (PR_SET_PDEATHSIG, which
-     seccomp then keeps from being cleared); fds 1 and 2 pointed at the output memfd;
-     all free address space but a window for new mappings filled and sealed (mseal),
-     which bounds page tables (_seal_address_space, which also makes RLIMIT_STACK hard);
-     rlimits with hard = soft (address space, file size, open files, core, locked memory,
-     message queues, pending signals = 0) and RLIMIT_CPU at the session's CPU ceiling;
-     capabilities dropped (or uid changed to nobody where the libraries stay readable; and
-     those it holds in the zygote's user namespace, if there is one); no_new_privs;
-     Landlock (read-only, and only for the Python and library trees; no TCP; no signals
-     or abstract sockets outside the sandbox); and last a seccomp ALLOW-list
-     (SYSCALLS_ALLOWED, SYSCALLS_CHECKED). See THREAT MODEL below.
-  5) Running a snippet. Where it may change the worker's limits (CPU_LIMIT_MODES), the
-     caller lowers the worker's CPU-time limit to this snippet's (prlimit, from outside);
-     it continues the worker (SIGCONT), sends the source and starts its clock. The worker
-     compiles it once and runs it with plain exec(): no tracing and no per-node
-     interpretation, so loops run at native speed. Builtins are restricted, and imports
-     go through the allow-list again. If the last line is a bare expression, the worker
-     shows its repr(), as IPython does. Output is capped in the worker and written to
-     the memfd.
-  6) The reply. The worker sends a small JSON message: error text, last value, final
-     answer, each cut by the worker (MAX_ERROR_CHARS; max_output_chars; _bound_answer).
-     It never sends pickle. The caller stops the worker the moment a reply arrives, and
-     from then on treats it as untrusted: a frame longer than an honest reply can be
-     (_reply_frame_limit, derived from those bounds) is refused unread; the reply is
-     checked field by field (and its sequence number), and each field is cut again by the
-     worker's own rules, since a snippet can replace the worker's reply code; duration_s
-     is the caller's own clock, a final answer counts only in a session that enabled
-     final_answer(), and bytes found on the socket before the next snippet is sent (a
-     reply queued in advance) end the session.
-     The caller reads the output from the memfd (bounded), truncates it with a visible
-     marker, and returns an ExecResult.
-  7) Failures. If the deadline passes, the caller kills the worker's whole process group,
-     whatever the worker is doing. If the worker dies (memory, crash, a snippet that
-     kills itself), the caller asks the zygote for the exit status. Either way the result
-     says "...; names defined before this snippet are lost", and the next run() starts a
-     fresh worker. The caller never waits on a worker or the zygote without a deadline.
-  8) Many sessions. run_batch() runs one snippet in each of many sessions at once, on a
-     small thread pool. It is bounded by max_running (snippets running together, default
-     os.cpu_count()) and max_workers (live worker processes, default 32 * cpu_count). When
-     the worker limit is hit, the least recently used idle session loses its worker. Its
-     next run() rebuilds it in a new worker by replaying its earlier snippets, without
-     their output, and the new worker's start, the replay and the snippet share that
-     run's one deadline: run() returns within timeout_s even then (if the replay does not
-     fit, the result is a timeout that says the session was lost). We keep replay, bounded
-     this way, rather than a fixed number of live sessions: a GRPO step holds hundreds of
-     sessions (prompts x generations), most of them idle at any moment, and a session
-     that waits for a free worker while idle sessions hold them all would never run.
-     Each session's `random` and numpy seeds are fixed, and PYTHONHASHSEED is fixed, so
-     replay reproduces the state of deterministic snippets.
-  9) The smolagents adapter, SandboxExecutor, puts a Sandbox behind smolagents'
-     PythonExecutor interface, so that CodeAgent(executor=SandboxExecutor()) works. It
-     opens a fresh session at the start of each agent run (send_variables/send_tools),
-     so nothing one task's snippets did reaches the next task.
+  0) The allow-lists and settings, in one place: imports, AST node types, builtins, system
+     calls, the zygote's environment, the size caps.
+  1) Static check, in the caller (static_check). A snippet longer than max_code_chars is
+     refused before anything parses it. Then node types not in ALLOWED_NODES, imports not in
+     ALLOWED_IMPORTS, dunder names and attributes, frame and code attributes and string
+     literals that look like dunders are rejected. A rejection is ExecResult.error: nothing
+     is raised, nothing runs.
+  2) A session: Sandbox.run(code) -> ExecResult. Each session has its own worker process,
+     so names, functions and imports persist across run() calls; run() never raises for
+     anything a snippet does.
+     a) The first run() gets a worker (5, 6), which isolates itself before any snippet (7).
+     b) Where it may change the worker's limits (CPU_LIMIT_MODES), the caller lowers its
+        CPU-time limit to this snippet's; it continues the worker (SIGCONT), sends the
+        source and starts its clock. The worker runs it natively with exec() (8).
+     c) The reply is a small JSON message, never pickle. The caller stops the worker
+        (SIGSTOP) the moment it arrives and treats it as untrusted, since a snippet can
+        replace the worker's reply code: a frame longer than an honest reply can be
+        (_reply_frame_limit) is refused unread, every field is checked and cut again by the
+        worker's own rules, duration_s is the caller's clock, a final answer counts only
+        where the session enabled final_answer(), and bytes found on the socket before the
+        next snippet is sent end the session. Output (stdout and stderr, then the repr() of
+        a bare last-line expression, as IPython shows it) is read from the worker's memfd,
+        bounded, and cut at max_output_chars with a visible marker.
+     d) Failures. At timeout_s the caller kills the worker's whole process group, whatever
+        it is doing; if the worker dies (memory, crash, a snippet that kills itself), the
+        caller asks the zygote for its exit status. Either way the result says "...; names
+        defined before this snippet are lost", and the next run() starts a fresh worker.
+        The caller never waits on a worker or the zygote without a deadline.
+  3) Many sessions: run_batch() runs one snippet in each of many sessions at once, on a
+     small thread pool, bounded by max_running (snippets running together, default
+     os.cpu_count()) and max_workers (live workers, default 32 * cpu_count). At the worker
+     limit the least recently used idle session loses its worker; its next run() replays its
+     earlier snippets (without their output) in a new worker, and the start, the replay and
+     the snippet share that run's one deadline (a replay that does not fit is a timeout that
+     says the session was lost). Replay, rather than a fixed number of live sessions: a GRPO
+     step holds hundreds of sessions, most of them idle at any moment. Fixed `random` and
+     numpy seeds and PYTHONHASHSEED make replay rebuild the state of deterministic snippets.
+  4) The smolagents adapter: SandboxExecutor puts a Sandbox behind smolagents'
+     PythonExecutor, so CodeAgent(executor=SandboxExecutor()) works. Each agent run gets a
+     fresh session (at send_variables/send_tools): nothing one task did reaches the next.
+  5) The worker from the caller's side. The zygote hands the caller three fds per worker
+     (socket.send_fds): its socket, its output memfd and a pidfd; snippets then go straight
+     from caller to worker. The caller's handle stops, continues, limits and kills it.
+  6) The zygote: one clean helper per calling process, started on first use by running this
+     file (`python executor.py --zygote`). It is NOT a fork of the caller, which may hold
+     torch or vLLM threads, and ZYGOTE_ENV is its whole environment. It moves into a private
+     mount namespace where every mount is read-only, so no read writes an access time
+     (_private_readonly_view); sets one BLAS thread, preloads PRELOAD, warms up lazy imports,
+     calls gc.freeze() so forked workers share those pages, probes which isolation layers the
+     machine offers, and exits when its caller does (it watches its control socket and its
+     parent pid; PR_SET_PDEATHSIG would fire when the *thread* that started it exits).
+  7) Isolation, applied by the worker to itself before any untrusted code runs: a new
+     session and process group; death with the zygote (PR_SET_PDEATHSIG); fds 1 and 2 on the
+     output memfd; free address space sealed but a window (mseal), which bounds page tables;
+     rlimits with hard = soft, RLIMIT_CPU at the session's ceiling; capabilities dropped, or
+     uid nobody; no_new_privs; Landlock; last, the seccomp allow-list.
+  8) Running a snippet, inside the worker: compile once, then plain exec(), with no tracing
+     and no per-node interpretation, so loops run at native speed; restricted builtins;
+     imports through the allow-list again; output capped in the worker's writer; every reply
+     field cut (MAX_ERROR_CHARS, max_output_chars, _bound_answer).
 
 Departures from the paper, and why:
   - The paper gives no details of its sandbox. Ours uses OS isolation (one process per
@@ -108,169 +90,81 @@ Departures from the paper, and why:
   - final_answer() is available only when asked for (the smolagents adapter asks). The
     DeepMath protocol itself reads a \\boxed{} answer from the text.
 
-THREAT MODEL. The snippet is hostile, and can reach any Python object in the worker, libc
-included: `random._os` is `os`, `os.sys.modules['ctypes']` is ctypes, and
-ctypes.CDLL(None) makes raw system calls. The static check and the restricted builtins
-only reduce that surface; they are not the boundary. The boundary is the worker process,
-seen from the kernel: the seccomp allow-list, Landlock, rlimits and privileges, and the
-caller that stops and kills it.
+THREAT MODEL. The snippet is hostile and can reach any Python object in the worker, libc
+included (`random._os` is `os`, `os.sys.modules['ctypes']` is ctypes, ctypes.CDLL(None) makes
+raw system calls). The static check and the restricted builtins only reduce that surface. The
+boundary is the worker process as the kernel sees it (seccomp, Landlock, rlimits, privileges)
+and the caller that stops and kills it. The full table (which layer stops each effect) and the
+measurements: docs/sandbox.md. Sandbox.isolation and isolation_report() say what holds on this
+machine, so a deployment can refuse to run without the layers it needs.
 
-  effect                         layer (Linux; all present on the development machine, with
-                                 the caller as root, unless the row says otherwise)
-  -----------------------------  ---------------------------------------------------------
-  run past the time limit        caller-side wall clock and SIGKILL of the process group;
-                                 threads are refused, so CPU <= wall time; RLIMIT_CPU at the
-                                 session's ceiling (session_cpu_s), set by the worker at its
-                                 start, and lowered for each snippet by the caller where it may
-                                 change the worker's limits: CAP_SYS_RESOURCE, or the same uid
-                                 (soft limit only). The development machine's root lacks
-                                 CAP_SYS_RESOURCE and its workers keep uid 0: per snippet, soft
-                                 only. Root whose workers run as nobody gets the ceiling alone.
-                                 isolation["cpu_limit"] names the case (CPU_LIMIT_MODES); the
-                                 worker cannot raise either limit
-  compute between snippets       SIGSTOP the moment a reply arrives (a forged early reply
-                                 included), SIGCONT only when the next snippet is sent
-  exhaust memory                 RLIMIT_AS = the preloaded baseline + memory_mb, hard; no
-                                 SysV shm, no shared anonymous mappings, no memfd, no pipes;
-                                 page tables, which RLIMIT_AS does not count: all free address
-                                 space but a window of 2 * memory_mb + 1 GiB (and the stack's
-                                 and brk's room) is mapped PROT_NONE and sealed (mseal, Linux
-                                 6.10), so they stay below page_table_bound_bytes(memory_mb),
-                                 ~9 MiB at memory_mb=1024; the worker limit bounds how many
-                                 workers live at once (the pool's worst case: see below)
-  use up per-uid kernel quotas   RLIMIT_SIGPENDING = 0: no queued real-time signal (the quota
-                                 is per uid, shared with every process of that uid); fork,
-                                 inotify, fanotify, epoll, timers, keys, namespaces, pipes and
-                                 mlock are refused; RLIMIT_MSGQUEUE = RLIMIT_MEMLOCK = 0
-  flood output                   cap in the worker's writer, RLIMIT_FSIZE on the memfd, and
-                                 a bounded read in the caller
-  new processes / threads / exec fork, vfork, clone, clone3, execve, execveat: not allowed
-  write, create or delete files  open/openat only read-only (no O_PATH either); every other
-                                 file-changing call is not allowed; Landlock grants no write
-                                 right at all; ioctl is limited to five harmless requests
-                                 (no FS_IOC_SETFLAGS); every mount is read-only in the zygote's
-                                 mount namespace (where the zygote may make one)
-  read files                     Landlock: read-only access to the Python installation, the
-                                 site-packages of the preloaded libraries, and system library
-                                 dirs. /etc/passwd, /tmp, /proc and the project are unreadable
-  read the caller's secrets      ZYGOTE_ENV is the whole environment; no fd of the caller is
-                                 inherited; /proc is unreadable (Landlock)
-  channels across sessions/runs  SysV IPC (shm, msg, sem), POSIX mqueues, sockets, pipes:
-                                 not allowed; RLIMIT_MSGQUEUE = 0. Access times, which a read
-                                 sets on disk: every mount is read-only (and noatime, as root)
-                                 in the zygote's private mount namespace, made directly with
-                                 CAP_SYS_ADMIN, else in a user namespace of its own (also as
-                                 `nobody` on the development machine). Where neither is
-                                 allowed, this channel is NOT covered (see below), and
-                                 isolation_report()["access_times"] says so
-  one task decides the next      SandboxExecutor opens a fresh session at each agent run, so
-                                 a replaced runner or a planted answer dies with its task
-  watch the host                 inotify and fanotify: not allowed; fcntl F_NOTIFY refused
-  network                        socket, socketpair, connect, bind...: not allowed (only
-                                 sendto/recvfrom on the socket it was given); Landlock: no
-                                 TCP bind/connect (ABI >= 4)
-  signal or ptrace other procs   kill, tkill, tgkill and sigqueue only to its own pid;
-                                 fcntl F_SETOWN/F_SETSIG/O_ASYNC and ioctl FIOASYNC/FIOSETOWN
-                                 refused (the SIGIO route); ptrace, process_vm_*, pidfd_*:
-                                 not allowed; Landlock signal scope (ABI >= 6)
-  block the host                 fcntl F_SETLEASE and F_SETLK (locks on library files) refused
-  outlive its zygote             PR_SET_PDEATHSIG(SIGKILL), armed after the uid change; prctl
-                                 is not allowed, so it cannot be cleared
-  change limits or privileges    hard = soft for every rlimit but RLIMIT_CPU (whose soft limit
-                                 only the caller lowers); setrlimit and prlimit with a new
-                                 value are not allowed; capabilities dropped (bounding set
-                                 too); no_new_privs; setsid/setpgid not allowed; the address
-                                 space reservations are sealed
-  kernel attack surface          only the ~70 calls of the allow-list (mount, bpf, io_uring,
-                                 perf_event_open, userfaultfd, keyctl, unshare and every call
-                                 newer than the list are refused), the x32 ABI and other
-                                 architectures' numbers are refused or kill the process
-  hurt the caller                the caller never unpickles worker data; replies are JSON of
-                                 bounded size (_reply_frame_limit: ~130 KB at the default
-                                 max_output_chars), checked field by field, parsed under try,
-                                 and each field is cut again by the worker's own rules (error,
-                                 value, final answer, stdout), since a snippet can replace the
-                                 worker's reply code; snippets over max_code_chars are refused
-                                 before parsing (it holds the caller's GIL); all waits have
-                                 deadlines; fds are never inherited; the zygote dies when its
-                                 caller does
+Covered (Linux; all of it on the development machine, caller root):
+  - time: the caller's wall clock and SIGKILL of the process group; no threads (CPU <= wall);
+    RLIMIT_CPU, per session and per snippet where the caller may (CPU_LIMIT_MODES); SIGSTOP
+    between snippets, after a forged early reply too
+  - memory: RLIMIT_AS = preloaded baseline + memory_mb; no SysV shm, shared anonymous maps,
+    memfd or pipes; page tables below page_table_bound_bytes(memory_mb) (sealed address space)
+  - output: cap in the worker's writer, RLIMIT_FSIZE on the memfd, bounded read by the caller
+  - processes, threads, exec: fork, vfork, clone, clone3, execve, execveat refused
+  - files: open/openat read-only (no O_PATH); every file-changing call refused; Landlock grants
+    no write, and reads only beneath the Python, library and system-library trees (/etc/passwd,
+    /tmp, /proc and the project are unreadable); five harmless ioctls; read-only mounts
+  - secrets: ZYGOTE_ENV is the whole environment; no fd of the caller inherited; no /proc
+  - channels across sessions and runs: SysV IPC, POSIX mqueues, sockets, pipes, inotify,
+    fanotify and F_NOTIFY refused; access times, by the read-only mount namespace
+  - network: socket calls refused (only sendto/recvfrom on its own socket); no TCP (Landlock)
+  - other processes: signals only to its own pid, the SIGIO route closed (F_SETOWN, F_SETSIG,
+    O_ASYNC, FIOASYNC, FIOSETOWN); ptrace, process_vm_*, pidfd_* refused; no leases or locks
+  - per-uid kernel quotas: RLIMIT_SIGPENDING = RLIMIT_MSGQUEUE = RLIMIT_MEMLOCK = 0; fork,
+    inotify, fanotify, epoll, timers, keys, namespaces, pipes and mlock refused
+  - its own limits and privileges: hard = soft for every rlimit but RLIMIT_CPU (whose soft
+    limit only the caller lowers); setrlimit/prlimit writes, prctl, setsid/setpgid refused;
+    capabilities dropped (bounding set too); no_new_privs; PR_SET_PDEATHSIG armed after the
+    uid change and not clearable; sealed reservations
+  - the kernel: only the ~70 calls of the allow-list (mount, bpf, io_uring, perf_event_open,
+    userfaultfd, keyctl, unshare and every newer call refused); the x32 ABI and other
+    architectures' calls refused or fatal
+  - the caller: it never unpickles worker data; replies are bounded JSON (~130 KB at the
+    default max_output_chars), checked and cut field by field; snippets over max_code_chars
+    refused before parsing; every wait has a deadline; the zygote dies with its caller
+  - one task deciding the next: SandboxExecutor opens a fresh session per agent run
+As root, workers run as `nobody` only where `nobody` can still read the libraries (the zygote
+checks); else they keep uid 0 without capabilities, as on the development machine (Python
+under /root, mode 700), and seccomp and Landlock keep them off root's files.
 
-Running as root: snippets run as `nobody` only when `nobody` can still read the installed
-libraries after the drop. The zygote checks this at start. Otherwise the worker keeps
-uid 0 and drops all capabilities instead. This is what happens on the development
-machine, where Python lives under /root (mode 700). A root worker without capabilities
-still owns root's files; seccomp and Landlock are what keep it from writing or reading
-them. The Sandbox.isolation property reports what each worker applied.
+NOT covered: CPU-cache and timing side channels; metadata of any path (stat, readlink and
+access work everywhere: they show existence, size and times, not contents; closing them
+breaks imports); executable memory (mprotect PROT_EXEC gives nothing ctypes does not: every
+call still goes through the filter); kernel bugs in the allowed calls; a snippet that uses
+its full timeout, every time; what the caller's own use of many sessions costs: per worker
+memory_mb + its preloaded baseline (~0.33 GB of address space) + page tables + its output
+memfd (4 * max_output_chars + 64 KiB) + the kernel's bookkeeping of its mappings, times
+max_workers (size it yourself); reclaimable kernel caches a snippet fills (dentries, page
+cache), charged to no one; one
+pending instance of each standard signal a worker sends itself (about 30 * max_workers); and
+access times where the zygote can make neither a mount nor a user namespace (user namespaces
+disabled, root in default Docker): about one bit per file or directory under the read roots
+per day, persistent across reboots.
 
-What is NOT covered: CPU-cache or timing side channels; metadata of any path: stat,
-readlink and access work everywhere (they reveal whether a file exists, its size and
-times, not its contents; closing them breaks imports); executable memory (mprotect with
-PROT_EXEC is allowed: it gives nothing ctypes does not already give, since every system
-call still goes through the filter); memory, disk or CPU taken by the caller's own use of
-many sessions: size max_workers yourself. One worker holds at most memory_mb + its
-preloaded baseline (~0.33 GB of address space on the development machine, ~0.1 GB of it
-resident and shared with the zygote at the start; a snippet may copy or replace it) + page
-tables (page_table_bound_bytes(memory_mb), where mseal holds) + its output memfd (4 *
-max_output_chars + 64 KiB) + the kernel's bookkeeping of its mappings (at most
-vm.max_map_count of them: ~18 MiB measured for 64,000); the pool's worst case is
-max_workers times that. Reclaimable kernel caches a snippet fills (dentries of the paths
-it stats, even missing ones; the page cache of the files it reads) are charged to no one.
-Each worker may keep one pending instance of each standard signal it sends itself (they
-count in its uid's quota whatever the limit: 28 measured), so about 30 * max_workers in all.
-Kernel bugs reachable through the calls that stay allowed; denial of service by a
-snippet that runs for its full timeout, every time.
-The access-time channel where the zygote may create neither a mount namespace
-(CAP_SYS_ADMIN) nor a user namespace (user namespaces disabled; root in a default Docker
-container, whose seccomp profile refuses both): a snippet sets the access time of any file
-or directory under the read roots that it reads, when the old one is over a day old or
-older than the file's mtime (relatime), and a reader in a later session, caller or boot
-sees it with stat(). Measured on the development machine: 207,000 files and directories
-under the read roots, 143,000 of them settable at that moment: about 140,000 bits a day,
-persistent across reboots. (In a user namespace the kernel locks the access-time flags of
-the mounts it copies, MNT_LOCK_ATIME, so there the view is read-only without noatime; the
-kernel writes no access time through a read-only mount either.)
-
-How it degrades:
-  - Landlock ABI < 6 (kernels before 6.12): no signal scoping by Landlock. Seccomp is then
-    what stops signals to other processes: the kill-family rule (own pid only) and the
-    fcntl/ioctl checks that close the SIGIO route (F_SETOWN, F_SETSIG, O_ASYNC, FIOASYNC,
-    FIOSETOWN). Abstract unix sockets are unreachable because socket() is not allowed.
-    Without seccomp as well, a snippet can signal any process of its uid.
-  - Landlock ABI < 4: no TCP rules; socket() is still refused by seccomp.
-  - Linux without Landlock (kernel < 5.13, or disabled): reads are no longer confined.
-    A snippet can read any file that its uid can read, for example through numpy.load,
-    and /proc/<pid>/environ of processes of its uid, the caller's included: the clean
-    environment then protects only the zygote's and the workers' own. Writes, exec,
-    network, IPC and signals are still refused by seccomp.
-  - Caller without CAP_SYS_RESOURCE (any caller not root, and root in Docker's default
-    capability set or on the development machine): it cannot raise a hard limit again, so
-    it sets only the soft RLIMIT_CPU before each snippet, below the session's ceiling (the
-    hard limit, which the worker set); seccomp keeps the worker from raising its soft
-    limit. If the workers also run under another uid (root whose workers became nobody),
-    the caller may not change their limits at all (prlimit: EPERM): only the ceiling holds,
-    and isolation["cpu_limit"] and isolation_report() say so. Without seccomp, RLIMIT_CPU
-    is no backstop, but stopping between snippets and the wall-clock kill remain.
-  - Zygote that may create neither a mount namespace (CAP_SYS_ADMIN) nor a user namespace:
-    no private read-only view, so mounts are not read-only (seccomp and Landlock still
-    refuse every write) and the access-time channel is not covered (see above). With a user
-    namespace (an unprivileged caller), the workers drop the capabilities they hold in it.
-  - Linux before 6.10 (no mseal), or 32-bit: no address-space sealing. Page tables are then
-    bounded only by vm.max_map_count: up to ~16 KiB for each of ~65,000 mappings, about
-    1 GB per worker; isolation_report()["page_tables"] says so.
-  - Linux without pidfd (before 5.3): the caller signals the worker by pid, so a pid reused
-    after the worker died could in principle receive its stop or kill signal.
-  - Linux on an architecture without a syscall table here (only x86_64 and aarch64 have
-    one; aarch64 is untested): no seccomp. Process-group kill, stopping between snippets,
-    rlimits, dropped capabilities and Landlock remain. Without seccomp, a snippet can fork,
-    open sockets, use SysV IPC and inotify, and clear its death signal.
-  - macOS, and other POSIX systems: there is no seccomp, Landlock, prctl, memfd or pidfd.
-    The worker still runs in its own process, is stopped between snippets and killed at
-    the deadline, with rlimits (macOS does not enforce RLIMIT_AS). It can read and write
-    whatever the user can, and reach the network. Treat that as isolation against crashes,
-    not a security boundary.
-  - Windows: unsupported (there is no fork); Sandbox() raises.
-  Sandbox.isolation shows which layers are active, so a deployment can refuse to run
-  without the ones it needs.
+How it degrades (details in docs/sandbox.md):
+  - Landlock ABI < 6 (Linux < 6.12): no Landlock signal scope; seccomp's own-pid rule and the
+    SIGIO checks still stop signals. ABI < 4: no TCP rules; socket() is still refused.
+  - No Landlock (Linux < 5.13): reads are not confined (any file its uid can read, such as
+    /proc/<pid>/environ of its uid's processes); writes, exec, network, IPC and signals are
+    still refused.
+  - No CAP_SYS_RESOURCE (any non-root caller, root in Docker or on the development machine):
+    a soft per-snippet RLIMIT_CPU only; workers under another uid: the session ceiling only.
+  - No mount or user namespace: mounts stay writable (seccomp and Landlock still refuse every
+    write) and the access-time channel is open.
+  - No mseal (Linux < 6.10, 32-bit): page tables bounded only by vm.max_map_count, about 1 GB
+    per worker.
+  - No pidfd (Linux < 5.3): signals by pid, so a reused pid could in principle receive one.
+  - No seccomp (architectures other than x86_64 and aarch64; aarch64 is untested): a snippet
+    can fork, open sockets, use SysV IPC and inotify, and clear its death signal.
+  - macOS and other POSIX systems: a process per session, stopped between snippets, killed
+    at the deadline, with rlimits (macOS ignores RLIMIT_AS), but no file or network
+    confinement: isolation against crashes, not a security boundary. Windows: Sandbox()
+    raises (there is no fork).
 
 Run:
     python executor.py                      # a short demo: isolation report and a few snippets
@@ -460,17 +354,14 @@ characters and its location adds at most ~250. The worker cuts to it, and so doe
 
 DEFAULT_MAX_RUNNING = os.cpu_count() or 1
 DEFAULT_MAX_WORKERS = 32 * DEFAULT_MAX_RUNNING
-_THIS_FILE = os.path.abspath(__file__)
-_DUNDER_STRING = re.compile(r"__\w+__")
-_LEN = struct.Struct("!I")
-_MAX_CONTROL_FRAME = 1 << 20
-_MARKER_CHARS = 64   # the longest "\n... [output truncated: N more characters]" (N < 2**64)
-_SEND_BEFORE_CONTINUE = 1 << 16   # bytes; well under a unix socket's default buffer (~200 KB)
 
 
 # ---------------------------------------------------------------------------------------
 # 1) Static check (in the caller, before any process is involved)
 # ---------------------------------------------------------------------------------------
+
+_DUNDER_STRING = re.compile(r"__\w+__")
+
 
 def _module_allowed(name: str, allowed: Sequence[str]) -> bool:
     """`name` is importable: its top-level package is allowed and it is not a blocked submodule."""
@@ -569,8 +460,687 @@ def static_check(code: str, allowed_imports: Sequence[str] = ALLOWED_IMPORTS,
 
 
 # ---------------------------------------------------------------------------------------
-# 2) The zygote: a clean process that preloads the libraries and forks workers
+# 2) A session (Sandbox): persistent names, the timeout, the output cap, failures
 # ---------------------------------------------------------------------------------------
+
+@dataclass
+class ExecResult:
+    """What one snippet did. `stdout` is what the model should see after the call."""
+
+    stdout: str = ""
+    """Printed output (stdout and stderr, in order), then the display of a bare last-line
+    expression: repr() of its value unless None, like IPython's Out without "Out[n]:".
+    Truncated to max_output_chars with a visible marker."""
+    error: str | None = None
+    """"ExceptionType: message (line N: <source line>)", a static-check rejection, or why
+    the worker was killed. None when the snippet finished without an exception."""
+    timed_out: bool = False
+    duration_s: float = 0.0
+    """Wall time from sending the snippet to its result, on the caller's clock. After an
+    eviction it includes the replay that rebuilt the session (not the ~10 ms worker start)."""
+    session_reset: bool = False
+    """The worker died or was killed: names defined before this snippet are lost."""
+    final_answer: Any = None
+    """The argument of final_answer(x), as JSON-safe data (str() for other objects). Bounded
+    (_bound_answer): its size, a str's length or else its JSON text's, is at most
+    max_output_chars + 64; a larger answer arrives as a str, that text cut to max_output_chars
+    with the truncation marker."""
+    is_final_answer: bool = False
+    """final_answer(...) was called (its argument may legitimately be None)."""
+    value: str | None = None
+    """The display text of the last-line expression, or None (also part of stdout); cut to
+    max_output_chars with the marker, like stdout."""
+    printed: str = ""
+    """stdout without the display of the last expression (smolagents' "logs")."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+    @property
+    def error_type(self) -> str | None:
+        """The error's class, for counting: the exception's name ("ZeroDivisionError"),
+        "TimeoutError" for a timeout, "SandboxError" for a refused snippet or a lost worker."""
+        if self.error is None and not self.timed_out:
+            return None
+        if self.timed_out:
+            return "TimeoutError"
+        # describe() writes "Name: message (line N: ...)", "Name (line N: ...)" or "Name"
+        m = re.match(r"([A-Za-z_]\w*)(?=: | \(|\Z)", self.error)
+        return m.group(1) if m else "SandboxError"
+
+
+class Sandbox:
+    """One session: one solution trajectory. Names, functions and imports persist across
+    run() calls. run() never raises for anything the snippet does.
+
+    timeout_s         wall-clock limit per snippet, from the moment it is sent to the worker
+    memory_mb         what a snippet may allocate: the worker's address space is capped at the
+                      preloaded libraries' footprint (~200-300 MB of address space) + memory_mb
+    max_output_chars  stdout/stderr (and the last value's display) beyond this are cut, with a marker
+    allowed_imports   top-level modules a snippet may import (submodules follow, except
+                      BLOCKED_SUBMODULES); only those in PRELOAD cost nothing to import
+    seed              seeds `random` and numpy's global generator (random per session if None);
+                      it also makes replay after an eviction reproduce the same state
+    max_code_chars    longer snippets are refused before they are parsed (MAX_CODE_CHARS)
+    enable_final_answer  define final_answer(x), which ends the snippet (the smolagents adapter)
+    session_cpu_s     the CPU-time ceiling of one worker, over all its snippets (RLIMIT_CPU, set
+                      by the worker at its start; default 100 * timeout_s, at least 60 s). A
+                      session that reaches it loses its names, like a crash. Where the caller
+                      may change a worker's limits, each snippet also gets its own RLIMIT_CPU
+                      (CPU_LIMIT_MODES)
+
+    The worker starts on the first run(), not here, so creating many sessions is cheap.
+
+    >>> with Sandbox(timeout_s=5) as sb:
+    ...     sb.run("x = 6").ok, sb.run("x * 7").stdout
+    (True, '42\\n')
+    """
+
+    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
+                 allowed_imports: Sequence[str] = ALLOWED_IMPORTS, *, seed: int | None = None,
+                 max_code_chars: int = MAX_CODE_CHARS, enable_final_answer: bool = False,
+                 session_cpu_s: float | None = None):
+        if os.name != "posix":
+            raise RuntimeError("executor.Sandbox needs a POSIX system (it forks worker processes)")
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = int(memory_mb)
+        self.max_output_chars = int(max_output_chars)
+        self.allowed_imports = tuple(allowed_imports)
+        self.max_code_chars = int(max_code_chars)
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
+        self.enable_final_answer = enable_final_answer
+        self.session_cpu_s = float(session_cpu_s) if session_cpu_s else max(60.0, 100 * self.timeout_s)
+        self._worker: _Worker | None = None
+        self._history: list[tuple[str, Any]] = []   # what replay needs after an eviction
+        self._evicted = False
+        self._closed = False
+        self._lock = threading.Lock()
+        _POOL.sessions.add(self)
+
+    # -- public API ------------------------------------------------------------------------
+
+    def run(self, code: str) -> ExecResult:
+        """Run one snippet in this session and return what happened."""
+        rejection = static_check(code, self.allowed_imports, self.max_code_chars)
+        if rejection is not None:
+            return ExecResult(error=rejection)
+        return self._submit("run", code)
+
+    def set_variables(self, variables: dict[str, Any]) -> None:
+        """Define names in the session (values are pickled: stdlib or allowed-library types).
+        Raises in the caller for unpicklable values or dunder names: that is the caller's bug."""
+        bad = [k for k in variables if not isinstance(k, str) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"variable names must be str without a leading '__': {bad}")
+        payload = pickle.dumps(dict(variables))
+        result = self._submit("vars", payload)
+        if result.error:
+            raise RuntimeError(result.error)
+
+    @property
+    def isolation(self) -> dict:
+        """The layers this session's worker applied (starts the worker if needed): its
+        rlimits, sealed address space, uid, Landlock ABI, seccomp, and how its CPU time is
+        bounded (cpu_limit, one of CPU_LIMIT_MODES' texts)."""
+        with self._lock:
+            if self._closed:
+                return {}
+            _POOL.begin_run(self)
+            try:
+                early, *_ = self._prepare()
+                if early is not None:
+                    return {"error": early.error}
+                return dict(self._worker.isolation)
+            finally:
+                _POOL.end_run(self)
+
+    def close(self) -> None:
+        """Kill the worker and free its slot. Safe to call twice, or from another thread."""
+        self._closed = True
+        _POOL.forget(self)
+        w = self._worker
+        if w is not None:
+            w.kill()
+            if self._lock.acquire(blocking=False):   # not running: release now
+                try:
+                    self._drop_worker()
+                finally:
+                    self._lock.release()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _cfg(self) -> dict:
+        return {"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
+                "allowed_imports": list(self.allowed_imports), "seed": self.seed,
+                "final_answer": self.enable_final_answer, "cpu_ceiling_s": self.session_cpu_s}
+
+    def _drop_worker(self) -> None:
+        """Forget this session's worker (killing it) and free its slot. Idempotent, and
+        safe against a concurrent eviction: the swap happens under the pool lock."""
+        with _POOL.cond:
+            w, self._worker = self._worker, None
+            if w is not None:
+                _POOL.live -= 1
+                _POOL.cond.notify_all()
+        if w is not None:
+            w.release()
+
+    def _evict_locked(self) -> None:
+        """Called by the pool, under its lock, on an idle session: its worker goes, its
+        history stays, and the next run() replays the history in a new worker."""
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.release()
+            _POOL.live -= 1
+            _POOL.stats["evicted"] += 1
+            self._evicted = True
+
+    def _spawn(self, deadline: float | None = None) -> str | None:
+        """Get a fresh worker from the zygote, wait for its isolation report (until
+        `deadline`, or 30 s), and stop it until its first snippet. Returns an error
+        message, or None."""
+        _POOL.reserve_worker_slot()
+        worker = None
+        t0 = time.perf_counter()
+        try:
+            zygote = _POOL.get_zygote()
+            worker = zygote.spawn(self._cfg())
+            ready_by = time.monotonic() + 30.0 if deadline is None else deadline
+            msg = json.loads(_recv_frame_deadline(worker.sock, ready_by, _MAX_CONTROL_FRAME))
+            if "fatal" in msg:
+                raise _SandboxStartError(str(msg["fatal"]))
+            worker.isolation = msg["ready"]
+            worker.choose_cpu_mode()
+        except Exception as e:
+            detail = str(e) if isinstance(e, _SandboxStartError) else f"{type(e).__name__}: {e}"
+            if worker is not None:
+                said, _ = worker.read_output(500)    # what the worker wrote before it died
+                detail += f"; it wrote: {said.strip()}" if said.strip() else ""
+                worker.release()
+            _POOL.worker_gone()
+            return f"SandboxError: the sandbox worker did not start ({detail})"
+        worker.pause()
+        worker.ran_s = time.perf_counter() - t0
+        self._worker = worker
+        _POOL.stats["spawned"] += 1
+        return None
+
+    def _prepare(self) -> tuple[ExecResult | None, float, float, bool]:
+        """Make sure the session has a worker; after an eviction, rebuild its names by
+        replaying its earlier snippets. The new worker's start, the replay and the snippet
+        share one deadline, timeout_s from the start of run(), so run() stays within it.
+        Returns (a result to return instead of running the snippet, or None; the deadline;
+        the perf_counter start of this run's clock; whether the session's names were lost)."""
+        reset = False
+        replay = self._worker is None and self._evicted
+        start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
+        if self._worker is None:
+            # The first worker's start is not the snippet's time (a fresh zygote takes
+            # seconds); a rebuild's is, so that the whole run stays within timeout_s.
+            err = self._spawn(deadline if replay else None)
+            if err:
+                if replay and time.monotonic() >= deadline:
+                    self._history.clear()
+                    self._evicted = False
+                    return ExecResult(error=f"timed out after {self.timeout_s:g} s while rebuilding this "
+                                            "session; names defined before this snippet are lost",
+                                      timed_out=True, session_reset=True,
+                                      duration_s=time.perf_counter() - start), 0.0, 0.0, True
+                return ExecResult(error=err), 0.0, 0.0, False
+            if not replay:
+                start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
+        if replay:
+            self._evicted = False
+            history, self._history = self._history, []
+            for kind, payload in history:
+                _POOL.stats["replayed"] += 1
+                r = self._exchange(kind, payload, deadline, start, replaying=True)
+                if r.timed_out:
+                    return r, deadline, start, True
+                if r.session_reset:     # it went differently this time: start fresh
+                    err = self._spawn(deadline)
+                    if err:
+                        return ExecResult(error=err, session_reset=True), 0.0, 0.0, True
+                    reset = True
+                    break
+        return None, deadline, start, reset
+
+    def _submit(self, kind: str, payload: Any) -> ExecResult:
+        with self._lock:
+            if self._closed:
+                return ExecResult(error="SandboxError: this sandbox is closed")
+            _POOL.begin_run(self)
+            try:
+                early, deadline, start, reset = self._prepare()
+                if early is not None:
+                    return early
+                result = self._exchange(kind, payload, deadline, start)
+                result.session_reset = result.session_reset or reset
+                return result
+            except Exception as e:   # a bug here must not take the caller down
+                self._drop_worker()
+                self._history.clear()
+                return ExecResult(error=f"SandboxError: internal error ({type(e).__name__}: {e}); "
+                                        "names defined before this snippet are lost", session_reset=True)
+            finally:
+                if self._closed:     # close() was called from another thread meanwhile
+                    self._drop_worker()
+                _POOL.end_run(self)
+
+    def _exchange(self, kind: str, payload: Any, deadline: float, start: float,
+                  replaying: bool = False) -> ExecResult:
+        """Steps 2b-2d from the caller's side: continue the worker, send, wait until the
+        deadline, stop the worker again the moment it replies, then read the result.
+        Only the caller's clock and the session's settings decide duration_s and
+        is_final_answer; the reply is data from an untrusted process."""
+        w = self._worker
+        w.seq += 1
+        frame = pickle.dumps((kind, w.seq, payload))
+        failure = _pending(w.sock)   # anything waiting before we asked is forged or stale
+        remaining = deadline - time.monotonic()
+        if failure is None and remaining <= 0:
+            failure = "timeout"
+        elif failure is None:
+            t_run = time.perf_counter()
+            # A small frame goes into the socket buffer before SIGCONT, so that the worker
+            # wakes once, with its input waiting; a large one could fill the buffer of a
+            # stopped worker, so the worker is continued first.
+            small = len(frame) <= _SEND_BEFORE_CONTINUE
+            if not small:
+                w.resume(remaining)
+            try:
+                w.sock.settimeout(remaining)   # a large frame's send counts against the deadline too
+                _send_frame(w.sock, frame)
+                if small:
+                    w.resume(remaining)
+                raw = _recv_frame_deadline(w.sock, deadline, _reply_frame_limit(self.max_output_chars))
+            except TimeoutError:
+                failure = "timeout"
+            except (EOFError, OSError):
+                failure = "died"
+            except ValueError:
+                failure = "protocol"
+            finally:
+                w.pause()
+                w.ran_s += time.perf_counter() - t_run
+        duration = time.perf_counter() - start
+        if failure is None:
+            try:
+                reply = json.loads(raw)
+                if not isinstance(reply, dict) or reply.get("seq") != w.seq:
+                    raise ValueError("reply out of sequence")
+                return self._result_from_reply(kind, payload, reply, duration)
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError, MemoryError):
+                failure = "protocol"
+        # 2d) the worker is gone or misbehaved: kill it, keep what it printed, start over next time
+        w.kill()
+        printed, unread = w.read_output(self.max_output_chars)
+        lost = "names defined before this snippet are lost"
+        if failure == "timeout" and replaying:
+            error = (f"timed out after {self.timeout_s:g} s while rebuilding this session (its process "
+                     f"had been reclaimed to bound the number of live workers), before the snippet ran; {lost}")
+            printed, unread = "", 0   # output of the replayed snippets, not of this one
+        elif failure == "timeout":
+            error = f"timed out after {self.timeout_s:g} s; {lost}"
+        elif failure == "protocol":
+            error = f"SandboxError: the sandbox process sent a malformed reply and was stopped; {lost}"
+        else:
+            error = f"{self._death_reason(w)}; {lost}"
+        self._drop_worker()
+        self._history.clear()
+        self._evicted = False
+        if len(printed) >= self.max_output_chars or unread:   # the worker's own count died with it
+            printed = printed[:self.max_output_chars] + "\n... [output truncated]"
+        return ExecResult(stdout=printed, printed=printed, error=error, timed_out=failure == "timeout",
+                          duration_s=duration, session_reset=True)
+
+    @staticmethod
+    def _death_reason(w: _Worker) -> str:
+        z = w.zygote
+        status = z.status(w.pid) if z is not None and not z.dead else {}
+        sig = status.get("signal")
+        if sig is not None:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            if sig == signal.SIGKILL:
+                return "the sandbox process was killed (SIGKILL: out of memory, or killed from outside)"
+            if sig == signal.SIGXCPU:
+                return "the sandbox process exceeded its CPU time limit (SIGXCPU)"
+            if sig == signal.SIGSYS:
+                return "the sandbox process made a forbidden system call (SIGSYS)"
+            return f"the sandbox process crashed ({name})"
+        if "exit" in status:
+            return f"the sandbox process exited (exit code {status['exit']})"
+        return "the sandbox process died"
+
+    def _result_from_reply(self, kind: str, payload: Any, reply: dict, duration: float) -> ExecResult:
+        """Step 2c. Every field is checked and bounded here by the rules the worker applies, so
+        a worker whose reply code a snippet replaced cannot hand the caller more: error <=
+        MAX_ERROR_CHARS, value and stdout <= max_output_chars + the marker, final answer <=
+        max_output_chars + the marker as JSON text (_bound_answer). _reply_frame_limit follows
+        from these bounds."""
+        w = self._worker
+        limit = self.max_output_chars
+        err, val = reply["err"], reply["val"]
+        hidden, val_hidden = reply.get("drop", 0), reply.get("vh", 0)
+        if not (err is None or isinstance(err, str)) or not (val is None or isinstance(val, str)):
+            raise TypeError("bad reply")
+        for n in (hidden, val_hidden):
+            if type(n) is not int or not 0 <= n < 1 << 60:
+                raise TypeError("bad reply")
+        if err is not None:
+            err = _clean_text(err[:MAX_ERROR_CHARS])
+        if val is not None:
+            val = _truncate(_clean_text(val[:limit]), limit, val_hidden + max(len(val) - limit, 0))
+        printed, unread = w.read_output(limit)
+        self._history.append((kind, payload))
+        printed = _truncate(printed, limit, hidden + unread)
+        stdout = printed
+        if val is not None:
+            stdout += ("\n" if printed and not printed.endswith("\n") else "") + val + "\n"
+            stdout = _truncate(stdout, limit)
+        # a final answer counts only where this session defined final_answer()
+        fa = reply.get("fa") is True and self.enable_final_answer and kind == "run"
+        answer = _bound_answer(reply.get("fav"), limit) if fa else None
+        return ExecResult(stdout=stdout, error=err, duration_s=duration, value=val, printed=printed,
+                          final_answer=answer, is_final_answer=fa)
+
+
+# ---------------------------------------------------------------------------------------
+# 3) Many sessions: the worker bound, eviction, run_batch
+# ---------------------------------------------------------------------------------------
+
+class _Pool:
+    """Process-wide bookkeeping: the zygote, live workers, running snippets, idle LRU."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.max_workers = DEFAULT_MAX_WORKERS
+        self.max_running = DEFAULT_MAX_RUNNING
+        self.running = 0
+        self.live = 0
+        self.idle: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
+        self.sessions: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+        self.zygote: _ZygoteClient | None = None
+        self.zygote_lock = threading.Lock()
+        self.stats = collections.Counter()
+
+    def get_zygote(self) -> _ZygoteClient:
+        with self.zygote_lock:
+            z = self.zygote
+            if z is None or z.dead or z.proc.poll() is not None:
+                if z is not None:
+                    z.close()
+                self.zygote = z = _ZygoteClient()
+                self.stats["zygotes_started"] += 1
+            return z
+
+    def begin_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            while self.running >= self.max_running:
+                self.cond.wait()
+            self.running += 1
+            self.idle.pop(id(session), None)
+
+    def end_run(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.running -= 1
+            if session._worker is not None and not session._closed:
+                self.idle[id(session)] = weakref.ref(session)
+            self.cond.notify_all()
+
+    def reserve_worker_slot(self) -> None:
+        """Make room for one more live worker, evicting the least recently used idle one."""
+        with self.cond:
+            while self.live >= self.max_workers:
+                victim = None
+                while self.idle and victim is None:
+                    _, ref = self.idle.popitem(last=False)
+                    victim = ref()
+                if victim is not None:
+                    victim._evict_locked()
+                    continue
+                self.cond.wait()
+            self.live += 1
+
+    def worker_gone(self) -> None:
+        with self.cond:
+            self.live -= 1
+            self.cond.notify_all()
+
+    def forget(self, session: "Sandbox") -> None:
+        with self.cond:
+            self.idle.pop(id(session), None)
+
+    def shutdown(self) -> None:
+        for s in list(self.sessions):
+            s.close()
+        with self.zygote_lock:
+            if self.zygote is not None:
+                self.zygote.close()
+                self.zygote = None
+
+
+_POOL = _Pool()
+
+
+def set_limits(max_workers: int | None = None, max_running: int | None = None) -> None:
+    """Bound this process's live worker processes and concurrently running snippets.
+    max_workers is raised to max_running if lower (each running snippet needs a worker)."""
+    with _POOL.cond:
+        if max_running is not None:
+            _POOL.max_running = max(1, int(max_running))
+        if max_workers is not None:
+            _POOL.max_workers = max(1, int(max_workers))
+        _POOL.max_workers = max(_POOL.max_workers, _POOL.max_running)
+        _POOL.cond.notify_all()
+
+
+def pool_stats() -> dict:
+    """Counters for benchmarks and debugging: workers spawned/evicted, snippets replayed..."""
+    with _POOL.cond:
+        return dict(_POOL.stats, live_workers=_POOL.live, running=_POOL.running,
+                    max_workers=_POOL.max_workers, max_running=_POOL.max_running)
+
+
+def isolation_report() -> dict:
+    """What this machine offers, as probed by the zygote (starts it if needed), and what
+    follows for this caller: how CPU time is bounded (cpu_limit), whether page tables are
+    (page_tables), and whether access times can carry data across sessions (access_times).
+    Sandbox.isolation says what one worker actually applied."""
+    z = _POOL.get_zygote()
+    with z.lock:
+        report = dict(z._ensure_ready())
+    workers_uid = _nobody_ids()[0] if report.get("euid") == 0 and report.get("drop_to_nobody") else report.get("euid")
+    if not _CAN_PRLIMIT:
+        mode = "ceiling"
+    elif _RAISE_HARD_LIMITS:
+        mode = "per-snippet"
+    else:
+        mode = "per-snippet-soft" if workers_uid == (os.getuid() if os.name == "posix" else None) else "ceiling"
+    report["cpu_limit"] = CPU_LIMIT_MODES[mode]
+    report["page_tables"] = (
+        "bounded: all free address space outside a window of 2 * memory_mb + 1 GiB is sealed "
+        f"(mseal), so page tables stay below ~(2 * memory_mb + 2 GiB) / 512 per worker "
+        f"(page_table_bound_bytes: {page_table_bound_bytes(1024) / 2**20:.1f} MiB at memory_mb=1024)"
+        if report.get("mseal") else
+        "not bounded (no mseal, Linux < 6.10): a worker can hold page tables beyond memory_mb, "
+        "up to ~16 KiB per mapping, vm.max_map_count mappings")
+    return report
+
+
+def shutdown() -> None:
+    """Close every session and stop the zygote. Runs at interpreter exit."""
+    _POOL.shutdown()
+
+
+atexit.register(shutdown)
+
+
+def _after_fork_in_child() -> None:
+    """A forked copy of the caller (a DataLoader worker, say) must not touch the parent's
+    workers or zygote: forget them without killing anything; it gets its own on demand."""
+    global _POOL
+    old = _POOL
+    _POOL = _Pool()
+    _POOL.max_workers, _POOL.max_running = old.max_workers, old.max_running
+    for s in list(old.sessions):
+        w = s._worker
+        if w is not None:
+            w.close_fds()
+            s._worker = None
+            s._history.clear()
+        s._lock = threading.Lock()
+        _POOL.sessions.add(s)
+    if old.zygote is not None:
+        try:
+            old.zygote.sock.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def run_batch(sandboxes: Sequence[Sandbox], codes: Sequence[str], max_running: int | None = None) -> list[ExecResult]:
+    """Run codes[i] in sandboxes[i], concurrently, and return the results in input order.
+
+    At most `max_running` snippets run at once (default, and upper bound: the process-wide
+    limit, os.cpu_count() unless set_limits() changed it); live workers stay within
+    max_workers. Each sandbox may appear once per batch."""
+    if len(sandboxes) != len(codes):
+        raise ValueError(f"{len(sandboxes)} sandboxes but {len(codes)} snippets")
+    if len({id(s) for s in sandboxes}) != len(sandboxes):
+        raise ValueError("a sandbox appears twice in one batch; its snippets would race")
+    if len(sandboxes) <= 1:
+        return [s.run(c) for s, c in zip(sandboxes, codes)]
+    threads = min(len(sandboxes), max_running or _POOL.max_running)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(Sandbox.run, sandboxes, codes))
+
+
+# ---------------------------------------------------------------------------------------
+# 4) The smolagents adapter (built on first access, so importing executor never imports smolagents)
+# ---------------------------------------------------------------------------------------
+
+class SandboxCodeError(Exception):
+    """Raised by SandboxExecutor when a snippet fails; str(e) is the model-readable error."""
+
+
+def _make_sandbox_executor() -> type:
+    try:
+        from smolagents.local_python_executor import CodeOutput, PythonExecutor
+    except ImportError:   # smolagents is optional: the adapter still works duck-typed
+        PythonExecutor = object
+        CodeOutput = None
+
+    class SandboxExecutor(PythonExecutor):
+        """smolagents PythonExecutor backed by a Sandbox: CodeAgent(executor=SandboxExecutor()).
+
+        Only the final_answer tool can run inside the sandbox; other tools are refused at
+        send_tools() with a clear error. Variables must be picklable.
+
+        One session per agent run: smolagents keeps the executor across CodeAgent.run() calls
+        and calls send_variables() then send_tools() at the start of each run, so the first of
+        those after a snippet has run (through __call__ or straight through .sandbox, as
+        agent.MathAgent does) closes the session and opens a fresh one. Nothing a snippet of
+        one task did (a replaced runner, a planted answer, names) reaches the next task;
+        run(..., reset=False) continues the conversation but not the names."""
+
+        def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
+                     allowed_imports: Sequence[str] = ALLOWED_IMPORTS, **sandbox_kwargs: Any):
+            self._sandbox_args = (timeout_s, memory_mb, max_output_chars, allowed_imports)
+            self._sandbox_kwargs = dict(sandbox_kwargs, enable_final_answer=True)
+            self.sandbox = Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
+            self.state: dict[str, Any] = {"_print_outputs": ""}   # CodeAgent shows these logs on errors
+            self.calls = 0
+            self.sessions = 1
+            self._used = False     # a snippet ran in the current session
+
+        def _fresh_session(self) -> None:
+            """A new Sandbox in place of one that has run a snippet (its worker is killed).
+            A live worker that ran a snippet has it in the session's history (a failure that
+            clears the history also kills the worker)."""
+            if self._used or any(kind == "run" for kind, _ in self.sandbox._history):
+                old, self.sandbox = self.sandbox, Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
+                old.close()
+                self.sessions += 1
+                self._used = False
+                self.state["_print_outputs"] = ""
+
+        def send_tools(self, tools: dict[str, Any]) -> None:
+            self._fresh_session()
+            others = sorted(set(tools) - {"final_answer"})
+            if others:
+                raise ValueError(f"SandboxExecutor runs snippets in an isolated process and supports only "
+                                 f"the final_answer tool; remove these tools: {', '.join(others)}")
+
+        def send_variables(self, variables: dict[str, Any]) -> None:
+            self._fresh_session()
+            usable = {k: v for k, v in variables.items() if isinstance(k, str) and not k.startswith("__")}
+            if usable:
+                self.sandbox.set_variables(usable)
+
+        def __call__(self, code_action: str):
+            self.calls += 1
+            self._used = True
+            r = self.sandbox.run(code_action)
+            self.state["_print_outputs"] = r.printed
+            if r.error is not None:
+                raise SandboxCodeError(r.error)
+            output = r.final_answer if r.is_final_answer else r.value
+            if CodeOutput is None:
+                return output, r.printed, r.is_final_answer
+            return CodeOutput(output=output, logs=r.printed, is_final_answer=r.is_final_answer)
+
+        def cleanup(self) -> None:
+            self.sandbox.close()
+
+    return SandboxExecutor
+
+
+_LAZY: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:   # PEP 562: `from executor import SandboxExecutor`
+    if name == "SandboxExecutor":
+        if name not in _LAZY:
+            _LAZY[name] = _make_sandbox_executor()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# =======================================================================================
+# The machinery beneath sections 2-4: the worker as the caller sees it (5), the zygote (6),
+# the isolation layers (7), and the runner inside the worker (8).
+# =======================================================================================
+
+
+# ---------------------------------------------------------------------------------------
+# 5) A session's worker, from the caller's side: frames, start, stop, continue, kill, the reply
+# ---------------------------------------------------------------------------------------
+
+_LEN = struct.Struct("!I")
+_MAX_CONTROL_FRAME = 1 << 20
+_MARKER_CHARS = 64   # the longest "\n... [output truncated: N more characters]" (N < 2**64)
+_SEND_BEFORE_CONTINUE = 1 << 16   # bytes; well under a unix socket's default buffer (~200 KB)
+
 
 # Every socket here (caller-zygote, caller-worker) carries length-prefixed frames.
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -599,230 +1169,9 @@ def _recv_frame(sock: socket.socket, limit: int = _MAX_CONTROL_FRAME) -> bytes:
     return _recv_exact(sock, n)
 
 
-def _warm_up() -> None:
-    """Import the lazily loaded parts and fill the caches that typical snippets hit, once,
-    in the zygote: every forked worker then starts warm (a first sympy.solve costs ~0.3 s)."""
-    try:
-        import sympy
-        x, y = sympy.symbols("x y")
-        sympy.solve(x**2 - 2, x)
-        sympy.solve([x + y - 3, x - y - 1], [x, y])
-        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
-        sympy.factor(x**2 - 1)
-        sympy.expand((x + 1) ** 3)
-        sympy.integrate(x**2, x)
-        sympy.limit(sympy.sin(x) / x, x, 0)
-        sympy.sympify("x**2 + 1")
-        sympy.factorint(360)
-        sympy.Rational(1, 3) + sympy.Rational(1, 6)
-    except Exception:
-        pass
-    try:
-        import numpy as np
-        a = np.array([[2.0, 1.0], [1.0, 3.0]])
-        np.linalg.det(a), np.linalg.inv(a), np.linalg.eig(a), np.linalg.solve(a, np.ones(2))
-    except Exception:
-        pass
+# The zygote is this very file, run again (`python executor.py --zygote`): see 6).
+_THIS_FILE = os.path.abspath(__file__)
 
-
-# -- access times: reading a file updates its access time on disk (relatime), a channel that
-# outlives sessions, callers and reboots. The zygote closes it for itself and every worker.
-_CLONE_NEWNS, _CLONE_NEWUSER, _MS_REC, _MS_PRIVATE = 0x20000, 0x10000000, 0x4000, 1 << 18
-_NR_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000   # the same number on every arch
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME = 0x1, 0x2, 0x10, 0x70
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-def _enter_private_view(userns: bool) -> None:
-    """unshare a mount namespace (and, for an unprivileged process, a user namespace that
-    maps its uid and gid to themselves, so that nothing else about it changes), make every
-    mount private, then read-only. Raises OSError."""
-    uid, gid = os.getuid(), os.getgid()
-    if _libc.unshare(ctypes.c_int(_CLONE_NEWNS | (_CLONE_NEWUSER if userns else 0))) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"unshare: {os.strerror(e)}")
-    if userns:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
-    # private first: no mount event of ours may propagate to the host's namespace
-    if _libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount(MS_PRIVATE): {os.strerror(e)}")
-    if userns:   # access-time flags are locked here (MNT_LOCK_ATIME); read-only may be added
-        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
-    else:
-        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME, 0, 0)
-    _syscall(_NR_MOUNT_SETATTR, ctypes.c_int(_AT_FDCWD), b"/", ctypes.c_uint(_AT_RECURSIVE),
-             ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-
-
-def _private_readonly_view() -> tuple[str, bool]:
-    """Step 2: move the zygote, and so every worker it will fork, into a private mount
-    namespace where every mount is read-only. The kernel writes no access time through a
-    read-only mount (touch_atime needs write access to the mount), and mount flags are per
-    mount, so the host's mounts are unchanged. With CAP_SYS_ADMIN (root outside most
-    containers) the zygote does this directly, and adds noatime; without it, in a user
-    namespace of its own, where the kernel allows adding read-only but locks the access-time
-    flags. The user namespace is tried in a child first, so that a failure half-way cannot
-    leave the zygote in a half-made one. Returns (what holds, whether a user namespace is
-    in use: then the workers drop the capabilities they hold in it)."""
-    if not _IS_LINUX:
-        return "not covered (Linux only)", False
-    try:
-        _enter_private_view(userns=False)
-        return "closed: a private mount namespace where every mount is read-only and noatime", False
-    except OSError as e:
-        first = e
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _enter_private_view(userns=True)
-            code = 0
-        except BaseException:
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
-        try:
-            _enter_private_view(userns=True)
-            return ("closed: a private user and mount namespace (uids unchanged) where every mount "
-                    "is read-only"), True
-        except OSError as e:
-            first = e
-    return (f"not covered ({first}; no user namespace either): a snippet can set the access time "
-            "of files and directories it can read, about one bit each per day (relatime)"), False
-
-
-def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
-    ctrl = socket.socket(fileno=ctrl_fd)
-    access_times, userns = _private_readonly_view()   # before the first library is read
-    # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
-    # clean environment does not carry), without the project directory: it is not a library
-    project = os.path.dirname(_THIS_FILE)
-    sys.path[:] = [p for p in caller_path if p and os.path.abspath(p) != project]
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
-    import importlib
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass       # not installed: a snippet importing it gets ModuleNotFoundError
-    _warm_up()
-    probe = _probe()
-    probe["access_times"] = access_times
-    probe["userns"] = userns
-    # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
-    # would wake the zygote. Dead workers are reaped once a second, or at once when the
-    # caller asks for one's exit status.
-    children: set[int] = set()
-    statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
-
-    def reap(pid: int = -1) -> None:
-        while True:
-            try:
-                got, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if got == 0:
-                return
-            children.discard(got)
-            statuses[got] = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
-                             else {"exit": os.WEXITSTATUS(status)})
-            while len(statuses) > 4096:
-                statuses.popitem(last=False)
-            if pid != -1:
-                return
-
-    gc.collect()
-    gc.freeze()   # forked workers then leave the preloaded objects' pages shared
-    _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
-    while True:
-        try:
-            readable, _, _ = select.select([ctrl], [], [], 1.0)
-        except InterruptedError:
-            readable = []
-        reap()
-        if os.getppid() != parent_pid:
-            break          # the caller died (a forked copy of it may still hold the socket)
-        if ctrl not in readable:
-            continue
-        try:
-            request = json.loads(_recv_frame(ctrl))
-        except (EOFError, OSError, ValueError):
-            break          # the caller closed the control socket or went away
-        if request.get("op") == "spawn":
-            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            out_fd = (os.memfd_create("deepmath-sandbox-output", os.MFD_CLOEXEC)
-                      if hasattr(os, "memfd_create") else _anonymous_tempfile())
-            zygote_pid = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    ctrl.close()
-                    parent_end.close()
-                    _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
-                except BaseException as e:
-                    os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
-                finally:
-                    os._exit(70)
-            children.add(pid)
-            fds = [parent_end.fileno(), out_fd]
-            pidfd = None
-            if hasattr(os, "pidfd_open"):
-                try:
-                    pidfd = os.pidfd_open(pid)
-                    fds.append(pidfd)
-                except OSError:
-                    pidfd = None
-            payload = json.dumps({"pid": pid, "pidfd": pidfd is not None}).encode()
-            try:
-                socket.send_fds(ctrl, [_LEN.pack(len(payload)) + payload], fds)
-            except OSError:
-                break
-            finally:
-                for fd in (out_fd, pidfd):
-                    if fd is not None:
-                        os.close(fd)
-                parent_end.close()
-                child_end.close()
-        elif request.get("op") == "status":
-            pid = int(request["pid"])
-            deadline = time.monotonic() + 2.0
-            while pid in children and pid not in statuses and time.monotonic() < deadline:
-                reap(pid)
-                time.sleep(0.002)
-            _send_frame(ctrl, json.dumps(statuses.get(pid, {})).encode())
-    # the caller is gone: take every worker with us
-    for pid in list(children):
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    for pid in list(children):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    os._exit(0)
-
-
-def _anonymous_tempfile() -> int:
-    import tempfile
-    f = tempfile.TemporaryFile()
-    fd = os.dup(f.fileno())
-    f.close()
-    return fd
-
-
-# ---------------------------------------------------------------------------------------
-# 3) A session's worker, from the caller's side: start, stop, continue, kill
-# ---------------------------------------------------------------------------------------
 
 class _SandboxStartError(RuntimeError):
     pass
@@ -1080,8 +1429,293 @@ class _Worker:
                 pass
 
 
+def _truncate(text: str, limit: int, hidden: int = 0) -> str:
+    """Cut `text` to `limit` characters and add a marker saying how much was hidden."""
+    if len(text) > limit:
+        hidden += len(text) - limit
+        text = text[:limit]
+    if hidden > 0:
+        text += f"\n... [output truncated: {hidden} more characters]"
+    return text
+
+
+def _reply_frame_limit(max_output_chars: int) -> int:
+    """The largest reply an honest worker can send, from the bounds on its fields: error
+    (MAX_ERROR_CHARS), value and final answer (max_output_chars + the marker each), as JSON with
+    ASCII escapes (at most 12 bytes per character: a surrogate pair), plus the fixed keys and
+    numbers. A longer frame is a protocol error: the worker is killed, the frame never read."""
+    return 12 * (MAX_ERROR_CHARS + 2 * (max_output_chars + _MARKER_CHARS)) + 4096
+
+
+def _clean_text(s: str | None) -> str | None:
+    """Text from the worker may hold lone surrogates (via JSON escapes): make it encodable."""
+    return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _pending(sock: socket.socket) -> str | None:
+    """What an idle worker's socket holds: None (nothing, as it should), "died" (EOF) or
+    "protocol" (bytes nobody asked for). A zero-timeout select, and a peek if readable."""
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return None
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except (OSError, ValueError):
+        return "died"
+    return "protocol" if data else "died"
+
+
+def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
+    """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
+    def exact(n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError
+            got += k
+        return bytes(buf)
+
+    (n,) = _LEN.unpack(exact(4))
+    if n > limit:
+        raise ValueError(f"reply of {n} bytes")
+    return exact(n)
+
+
 # ---------------------------------------------------------------------------------------
-# 4) Isolation, applied by the worker to itself before any untrusted code runs
+# 6) The zygote: a clean process that preloads the libraries and forks workers
+# ---------------------------------------------------------------------------------------
+
+def _warm_up() -> None:
+    """Import the lazily loaded parts and fill the caches that typical snippets hit, once,
+    in the zygote: every forked worker then starts warm (a first sympy.solve costs ~0.3 s)."""
+    try:
+        import sympy
+        x, y = sympy.symbols("x y")
+        sympy.solve(x**2 - 2, x)
+        sympy.solve([x + y - 3, x - y - 1], [x, y])
+        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+        sympy.factor(x**2 - 1)
+        sympy.expand((x + 1) ** 3)
+        sympy.integrate(x**2, x)
+        sympy.limit(sympy.sin(x) / x, x, 0)
+        sympy.sympify("x**2 + 1")
+        sympy.factorint(360)
+        sympy.Rational(1, 3) + sympy.Rational(1, 6)
+    except Exception:
+        pass
+    try:
+        import numpy as np
+        a = np.array([[2.0, 1.0], [1.0, 3.0]])
+        np.linalg.det(a), np.linalg.inv(a), np.linalg.eig(a), np.linalg.solve(a, np.ones(2))
+    except Exception:
+        pass
+
+
+# -- access times: reading a file updates its access time on disk (relatime), a channel that
+# outlives sessions, callers and reboots. The zygote closes it for itself and every worker.
+_CLONE_NEWNS, _CLONE_NEWUSER, _MS_REC, _MS_PRIVATE = 0x20000, 0x10000000, 0x4000, 1 << 18
+_NR_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000   # the same number on every arch
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME = 0x1, 0x2, 0x10, 0x70
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _enter_private_view(userns: bool) -> None:
+    """unshare a mount namespace (and, for an unprivileged process, a user namespace that
+    maps its uid and gid to themselves, so that nothing else about it changes), make every
+    mount private, then read-only. Raises OSError."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(ctypes.c_int(_CLONE_NEWNS | (_CLONE_NEWUSER if userns else 0))) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"unshare: {os.strerror(e)}")
+    if userns:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    # private first: no mount event of ours may propagate to the host's namespace
+    if _libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount(MS_PRIVATE): {os.strerror(e)}")
+    if userns:   # access-time flags are locked here (MNT_LOCK_ATIME); read-only may be added
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+    else:
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME, 0, 0)
+    _syscall(_NR_MOUNT_SETATTR, ctypes.c_int(_AT_FDCWD), b"/", ctypes.c_uint(_AT_RECURSIVE),
+             ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def _private_readonly_view() -> tuple[str, bool]:
+    """Step 6: move the zygote, and so every worker it will fork, into a private mount
+    namespace where every mount is read-only. The kernel writes no access time through a
+    read-only mount (touch_atime needs write access to the mount), and mount flags are per
+    mount, so the host's mounts are unchanged. With CAP_SYS_ADMIN (root outside most
+    containers) the zygote does this directly, and adds noatime; without it, in a user
+    namespace of its own, where the kernel allows adding read-only but locks the access-time
+    flags. The user namespace is tried in a child first, so that a failure half-way cannot
+    leave the zygote in a half-made one. Returns (what holds, whether a user namespace is
+    in use: then the workers drop the capabilities they hold in it)."""
+    if not _IS_LINUX:
+        return "not covered (Linux only)", False
+    try:
+        _enter_private_view(userns=False)
+        return "closed: a private mount namespace where every mount is read-only and noatime", False
+    except OSError as e:
+        first = e
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _enter_private_view(userns=True)
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        try:
+            _enter_private_view(userns=True)
+            return ("closed: a private user and mount namespace (uids unchanged) where every mount "
+                    "is read-only"), True
+        except OSError as e:
+            first = e
+    return (f"not covered ({first}; no user namespace either): a snippet can set the access time "
+            "of files and directories it can read, about one bit each per day (relatime)"), False
+
+
+def _zygote_main(ctrl_fd: int, parent_pid: int, caller_path: list[str]) -> None:
+    ctrl = socket.socket(fileno=ctrl_fd)
+    access_times, userns = _private_readonly_view()   # before the first library is read
+    # the caller's import path (it may hold libraries found through its PYTHONPATH, which the
+    # clean environment does not carry), without the project directory: it is not a library
+    project = os.path.dirname(_THIS_FILE)
+    sys.path[:] = [p for p in caller_path if p and os.path.abspath(p) != project]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
+    import importlib
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass       # not installed: a snippet importing it gets ModuleNotFoundError
+    _warm_up()
+    probe = _probe()
+    probe["access_times"] = access_times
+    probe["userns"] = userns
+    # No SIGCHLD handler: workers stop and continue after every snippet, and each of those
+    # would wake the zygote. Dead workers are reaped once a second, or at once when the
+    # caller asks for one's exit status.
+    children: set[int] = set()
+    statuses: collections.OrderedDict[int, dict] = collections.OrderedDict()
+
+    def reap(pid: int = -1) -> None:
+        while True:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if got == 0:
+                return
+            children.discard(got)
+            statuses[got] = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                             else {"exit": os.WEXITSTATUS(status)})
+            while len(statuses) > 4096:
+                statuses.popitem(last=False)
+            if pid != -1:
+                return
+
+    gc.collect()
+    gc.freeze()   # forked workers then leave the preloaded objects' pages shared
+    _send_frame(ctrl, json.dumps({"ready": True, "probe": probe, "pid": os.getpid()}).encode())
+    while True:
+        try:
+            readable, _, _ = select.select([ctrl], [], [], 1.0)
+        except InterruptedError:
+            readable = []
+        reap()
+        if os.getppid() != parent_pid:
+            break          # the caller died (a forked copy of it may still hold the socket)
+        if ctrl not in readable:
+            continue
+        try:
+            request = json.loads(_recv_frame(ctrl))
+        except (EOFError, OSError, ValueError):
+            break          # the caller closed the control socket or went away
+        if request.get("op") == "spawn":
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            out_fd = (os.memfd_create("deepmath-sandbox-output", os.MFD_CLOEXEC)
+                      if hasattr(os, "memfd_create") else _anonymous_tempfile())
+            zygote_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ctrl.close()
+                    parent_end.close()
+                    _worker_main(child_end, out_fd, request["cfg"], zygote_pid, probe)
+                except BaseException as e:
+                    os.write(2, f"{type(e).__name__}: {e}".encode())  # fd 2 is the output memfd by now
+                finally:
+                    os._exit(70)
+            children.add(pid)
+            fds = [parent_end.fileno(), out_fd]
+            pidfd = None
+            if hasattr(os, "pidfd_open"):
+                try:
+                    pidfd = os.pidfd_open(pid)
+                    fds.append(pidfd)
+                except OSError:
+                    pidfd = None
+            payload = json.dumps({"pid": pid, "pidfd": pidfd is not None}).encode()
+            try:
+                socket.send_fds(ctrl, [_LEN.pack(len(payload)) + payload], fds)
+            except OSError:
+                break
+            finally:
+                for fd in (out_fd, pidfd):
+                    if fd is not None:
+                        os.close(fd)
+                parent_end.close()
+                child_end.close()
+        elif request.get("op") == "status":
+            pid = int(request["pid"])
+            deadline = time.monotonic() + 2.0
+            while pid in children and pid not in statuses and time.monotonic() < deadline:
+                reap(pid)
+                time.sleep(0.002)
+            _send_frame(ctrl, json.dumps(statuses.get(pid, {})).encode())
+    # the caller is gone: take every worker with us
+    for pid in list(children):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for pid in list(children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    os._exit(0)
+
+
+def _anonymous_tempfile() -> int:
+    import tempfile
+    f = tempfile.TemporaryFile()
+    fd = os.dup(f.fileno())
+    f.close()
+    return fd
+
+
+# ---------------------------------------------------------------------------------------
+# 7) Isolation, applied by the worker to itself before any untrusted code runs
 # ---------------------------------------------------------------------------------------
 
 _IS_LINUX = sys.platform.startswith("linux")
@@ -1485,7 +2119,7 @@ def _mseal_available() -> bool:
 
 
 def _seal_address_space(memory_mb: int) -> dict:
-    """Step 4e: reserve and seal all free address space except a window of
+    """Step 7e: reserve and seal all free address space except a window of
     address_window_bytes(memory_mb) at the top of the largest gap below the stack (where new
     mappings go), the stack's growth room and BRK_ROOM above the heap. Returns what it left
     free and the page-table bound that follows. Raises OSError if a step fails."""
@@ -1561,23 +2195,23 @@ def _seal_address_space(memory_mb: int) -> dict:
 
 
 def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, probe: dict) -> dict:
-    """Step 4. Everything here happens before the first untrusted byte is executed.
+    """Step 7. Everything here happens before the first untrusted byte is executed.
     A layer the probe said is available but fails to apply is fatal (fail closed)."""
     import resource
     applied: dict[str, Any] = {"pid": os.getpid()}
-    # 4a) own session and process group: the caller kills the whole group at the deadline
+    # 7a) own session and process group: the caller kills the whole group at the deadline
     os.setsid()
-    # 4b) die with the zygote; if it is already gone, stop now
+    # 7b) die with the zygote; if it is already gone, stop now
     if _IS_LINUX:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         applied["pdeathsig"] = True
     if os.getppid() != zygote_pid:
         os._exit(0)
-    # 4c) signals back to defaults (the zygote ignores SIGINT: Ctrl-C is the caller's business)
+    # 7c) signals back to defaults (the zygote ignores SIGINT: Ctrl-C is the caller's business)
     for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # over-long output: EFBIG, not death
-    # 4d) file descriptors: 0 = /dev/null, 1 and 2 = the output memfd, the socket; nothing else
+    # 7d) file descriptors: 0 = /dev/null, 1 and 2 = the output memfd, the socket; nothing else
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_fd, 1)
@@ -1590,7 +2224,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
         lo = fd + 1
     os.closerange(lo, 1 << 16)
     os.chdir("/")
-    # 4e) the address span (page tables), then resource limits. The sealed reservations
+    # 7e) the address span (page tables), then resource limits. The sealed reservations
     # come first, so that RLIMIT_AS counts them in the baseline.
     if probe.get("mseal"):
         applied["address_space"] = _seal_address_space(cfg["memory_mb"])
@@ -1619,7 +2253,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
             applied[name.lower()] = value
         except (ValueError, OSError, AttributeError) as e:  # macOS refuses RLIMIT_AS
             applied[name.lower()] = f"not set: {e}"
-    # 4f) privileges: become nobody if the libraries stay readable, else drop capabilities
+    # 7f) privileges: become nobody if the libraries stay readable, else drop capabilities
     if os.geteuid() == 0 and probe.get("drop_to_nobody"):
         uid, gid = _nobody_ids()
         os.setgroups([])
@@ -1644,16 +2278,16 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
             os._exit(0)
     applied["uid"] = os.geteuid()
     applied["uid_note"] = probe.get("uid_note")
-    # 4g) no_new_privs: required by Landlock and seccomp; exec can never gain privileges
+    # 7g) no_new_privs: required by Landlock and seccomp; exec can never gain privileges
     if _IS_LINUX:
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
         applied["no_new_privs"] = True
-    # 4h) Landlock
+    # 7h) Landlock
     abi = probe.get("landlock_abi", 0)
     if abi:
         _landlock_apply(abi, probe["read_roots"])
     applied["landlock_abi"] = abi
-    # 4i) seccomp, last: the steps above need syscalls it refuses
+    # 7i) seccomp, last: the steps above need syscalls it refuses
     if probe.get("seccomp"):
         _seccomp_apply(probe["machine"])
     applied["seccomp"] = bool(probe.get("seccomp"))
@@ -1661,7 +2295,7 @@ def _apply_isolation(sock_fd: int, out_fd: int, cfg: dict, zygote_pid: int, prob
 
 
 # ---------------------------------------------------------------------------------------
-# 5) Running a snippet, inside the worker
+# 8) Running a snippet, inside the worker
 # ---------------------------------------------------------------------------------------
 
 class _FinalAnswer(BaseException):
@@ -1762,7 +2396,7 @@ def _bound_answer(x: Any, limit: int) -> Any:
 
 
 class _Runner:
-    """A session's namespace, and step 5: compile once, exec natively, capture."""
+    """A session's namespace, and step 8: compile once, exec natively, capture."""
 
     def __init__(self, cfg: dict, out: _Output):
         self.cfg = cfg
@@ -1902,7 +2536,7 @@ def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, p
             _send_frame(sock, json.dumps({"fatal": f"could not apply isolation: {type(e).__name__}: {e}"}).encode())
         finally:
             os._exit(71)
-    # 5) the Python-level session
+    # 8) the Python-level session
     out = _Output(cfg["max_output_chars"])
     sys.stdout = sys.stderr = out
     sys.stdin = None
@@ -1935,736 +2569,6 @@ def _worker_main(sock: socket.socket, out_fd: int, cfg: dict, zygote_pid: int, p
             _send_frame(sock, json.dumps(reply).encode())
         except BaseException:
             os._exit(0)
-
-
-# ---------------------------------------------------------------------------------------
-# 6) The reply, and the result the caller returns
-# ---------------------------------------------------------------------------------------
-
-@dataclass
-class ExecResult:
-    """What one snippet did. `stdout` is what the model should see after the call."""
-
-    stdout: str = ""
-    """Printed output (stdout and stderr, in order), then the display of a bare last-line
-    expression: repr() of its value unless None, like IPython's Out without "Out[n]:".
-    Truncated to max_output_chars with a visible marker."""
-    error: str | None = None
-    """"ExceptionType: message (line N: <source line>)", a static-check rejection, or why
-    the worker was killed. None when the snippet finished without an exception."""
-    timed_out: bool = False
-    duration_s: float = 0.0
-    """Wall time from sending the snippet to its result, on the caller's clock. After an
-    eviction it includes the replay that rebuilt the session (not the ~10 ms worker start)."""
-    session_reset: bool = False
-    """The worker died or was killed: names defined before this snippet are lost."""
-    final_answer: Any = None
-    """The argument of final_answer(x), as JSON-safe data (str() for other objects). Bounded
-    (_bound_answer): its size, a str's length or else its JSON text's, is at most
-    max_output_chars + 64; a larger answer arrives as a str, that text cut to max_output_chars
-    with the truncation marker."""
-    is_final_answer: bool = False
-    """final_answer(...) was called (its argument may legitimately be None)."""
-    value: str | None = None
-    """The display text of the last-line expression, or None (also part of stdout); cut to
-    max_output_chars with the marker, like stdout."""
-    printed: str = ""
-    """stdout without the display of the last expression (smolagents' "logs")."""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.timed_out
-
-    @property
-    def error_type(self) -> str | None:
-        """The error's class, for counting: the exception's name ("ZeroDivisionError"),
-        "TimeoutError" for a timeout, "SandboxError" for a refused snippet or a lost worker."""
-        if self.error is None and not self.timed_out:
-            return None
-        if self.timed_out:
-            return "TimeoutError"
-        # describe() writes "Name: message (line N: ...)", "Name (line N: ...)" or "Name"
-        m = re.match(r"([A-Za-z_]\w*)(?=: | \(|\Z)", self.error)
-        return m.group(1) if m else "SandboxError"
-
-
-def _truncate(text: str, limit: int, hidden: int = 0) -> str:
-    """Cut `text` to `limit` characters and add a marker saying how much was hidden."""
-    if len(text) > limit:
-        hidden += len(text) - limit
-        text = text[:limit]
-    if hidden > 0:
-        text += f"\n... [output truncated: {hidden} more characters]"
-    return text
-
-
-def _reply_frame_limit(max_output_chars: int) -> int:
-    """The largest reply an honest worker can send, from the bounds on its fields: error
-    (MAX_ERROR_CHARS), value and final answer (max_output_chars + the marker each), as JSON with
-    ASCII escapes (at most 12 bytes per character: a surrogate pair), plus the fixed keys and
-    numbers. A longer frame is a protocol error: the worker is killed, the frame never read."""
-    return 12 * (MAX_ERROR_CHARS + 2 * (max_output_chars + _MARKER_CHARS)) + 4096
-
-
-def _clean_text(s: str | None) -> str | None:
-    """Text from the worker may hold lone surrogates (via JSON escapes): make it encodable."""
-    return None if s is None else s.encode("utf-8", "replace").decode("utf-8")
-
-
-def _pending(sock: socket.socket) -> str | None:
-    """What an idle worker's socket holds: None (nothing, as it should), "died" (EOF) or
-    "protocol" (bytes nobody asked for). A zero-timeout select, and a peek if readable."""
-    try:
-        if not select.select([sock], [], [], 0)[0]:
-            return None
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except (OSError, ValueError):
-        return "died"
-    return "protocol" if data else "died"
-
-
-def _recv_frame_deadline(sock: socket.socket, deadline: float, limit: int) -> bytes:
-    """Read one length-prefixed frame, or raise TimeoutError at the deadline / EOFError."""
-    def exact(n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            k = sock.recv_into(view[got:])
-            if k == 0:
-                raise EOFError
-            got += k
-        return bytes(buf)
-
-    (n,) = _LEN.unpack(exact(4))
-    if n > limit:
-        raise ValueError(f"reply of {n} bytes")
-    return exact(n)
-
-
-# ---------------------------------------------------------------------------------------
-# 7) A session (Sandbox): the caller's side of steps 5-7 (send, wait, stop, read) and failures
-# ---------------------------------------------------------------------------------------
-
-class Sandbox:
-    """One session: one solution trajectory. Names, functions and imports persist across
-    run() calls. run() never raises for anything the snippet does.
-
-    timeout_s         wall-clock limit per snippet, from the moment it is sent to the worker
-    memory_mb         what a snippet may allocate: the worker's address space is capped at the
-                      preloaded libraries' footprint (~200-300 MB of address space) + memory_mb
-    max_output_chars  stdout/stderr (and the last value's display) beyond this are cut, with a marker
-    allowed_imports   top-level modules a snippet may import (submodules follow, except
-                      BLOCKED_SUBMODULES); only those in PRELOAD cost nothing to import
-    seed              seeds `random` and numpy's global generator (random per session if None);
-                      it also makes replay after an eviction reproduce the same state
-    max_code_chars    longer snippets are refused before they are parsed (MAX_CODE_CHARS)
-    enable_final_answer  define final_answer(x), which ends the snippet (the smolagents adapter)
-    session_cpu_s     the CPU-time ceiling of one worker, over all its snippets (RLIMIT_CPU, set
-                      by the worker at its start; default 100 * timeout_s, at least 60 s). A
-                      session that reaches it loses its names, like a crash. Where the caller
-                      may change a worker's limits, each snippet also gets its own RLIMIT_CPU
-                      (CPU_LIMIT_MODES)
-
-    The worker starts on the first run(), not here, so creating many sessions is cheap.
-
-    >>> with Sandbox(timeout_s=5) as sb:
-    ...     sb.run("x = 6").ok, sb.run("x * 7").stdout
-    (True, '42\\n')
-    """
-
-    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
-                 allowed_imports: Sequence[str] = ALLOWED_IMPORTS, *, seed: int | None = None,
-                 max_code_chars: int = MAX_CODE_CHARS, enable_final_answer: bool = False,
-                 session_cpu_s: float | None = None):
-        if os.name != "posix":
-            raise RuntimeError("executor.Sandbox needs a POSIX system (it forks worker processes)")
-        self.timeout_s = float(timeout_s)
-        self.memory_mb = int(memory_mb)
-        self.max_output_chars = int(max_output_chars)
-        self.allowed_imports = tuple(allowed_imports)
-        self.max_code_chars = int(max_code_chars)
-        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
-        self.enable_final_answer = enable_final_answer
-        self.session_cpu_s = float(session_cpu_s) if session_cpu_s else max(60.0, 100 * self.timeout_s)
-        self._worker: _Worker | None = None
-        self._history: list[tuple[str, Any]] = []   # what replay needs after an eviction
-        self._evicted = False
-        self._closed = False
-        self._lock = threading.Lock()
-        _POOL.sessions.add(self)
-
-    # -- public API ------------------------------------------------------------------------
-
-    def run(self, code: str) -> ExecResult:
-        """Run one snippet in this session and return what happened."""
-        rejection = static_check(code, self.allowed_imports, self.max_code_chars)
-        if rejection is not None:
-            return ExecResult(error=rejection)
-        return self._submit("run", code)
-
-    def set_variables(self, variables: dict[str, Any]) -> None:
-        """Define names in the session (values are pickled: stdlib or allowed-library types).
-        Raises in the caller for unpicklable values or dunder names: that is the caller's bug."""
-        bad = [k for k in variables if not isinstance(k, str) or k.startswith("__")]
-        if bad:
-            raise ValueError(f"variable names must be str without a leading '__': {bad}")
-        payload = pickle.dumps(dict(variables))
-        result = self._submit("vars", payload)
-        if result.error:
-            raise RuntimeError(result.error)
-
-    @property
-    def isolation(self) -> dict:
-        """The layers this session's worker applied (starts the worker if needed): its
-        rlimits, sealed address space, uid, Landlock ABI, seccomp, and how its CPU time is
-        bounded (cpu_limit, one of CPU_LIMIT_MODES' texts)."""
-        with self._lock:
-            if self._closed:
-                return {}
-            _POOL.begin_run(self)
-            try:
-                early, *_ = self._prepare()
-                if early is not None:
-                    return {"error": early.error}
-                return dict(self._worker.isolation)
-            finally:
-                _POOL.end_run(self)
-
-    def close(self) -> None:
-        """Kill the worker and free its slot. Safe to call twice, or from another thread."""
-        self._closed = True
-        _POOL.forget(self)
-        w = self._worker
-        if w is not None:
-            w.kill()
-            if self._lock.acquire(blocking=False):   # not running: release now
-                try:
-                    self._drop_worker()
-                finally:
-                    self._lock.release()
-
-    def __enter__(self) -> "Sandbox":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _cfg(self) -> dict:
-        return {"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
-                "allowed_imports": list(self.allowed_imports), "seed": self.seed,
-                "final_answer": self.enable_final_answer, "cpu_ceiling_s": self.session_cpu_s}
-
-    def _drop_worker(self) -> None:
-        """Forget this session's worker (killing it) and free its slot. Idempotent, and
-        safe against a concurrent eviction: the swap happens under the pool lock."""
-        with _POOL.cond:
-            w, self._worker = self._worker, None
-            if w is not None:
-                _POOL.live -= 1
-                _POOL.cond.notify_all()
-        if w is not None:
-            w.release()
-
-    def _evict_locked(self) -> None:
-        """Called by the pool, under its lock, on an idle session: its worker goes, its
-        history stays, and the next run() replays the history in a new worker."""
-        w, self._worker = self._worker, None
-        if w is not None:
-            w.release()
-            _POOL.live -= 1
-            _POOL.stats["evicted"] += 1
-            self._evicted = True
-
-    def _spawn(self, deadline: float | None = None) -> str | None:
-        """Get a fresh worker from the zygote, wait for its isolation report (until
-        `deadline`, or 30 s), and stop it until its first snippet. Returns an error
-        message, or None."""
-        _POOL.reserve_worker_slot()
-        worker = None
-        t0 = time.perf_counter()
-        try:
-            zygote = _POOL.get_zygote()
-            worker = zygote.spawn(self._cfg())
-            ready_by = time.monotonic() + 30.0 if deadline is None else deadline
-            msg = json.loads(_recv_frame_deadline(worker.sock, ready_by, _MAX_CONTROL_FRAME))
-            if "fatal" in msg:
-                raise _SandboxStartError(str(msg["fatal"]))
-            worker.isolation = msg["ready"]
-            worker.choose_cpu_mode()
-        except Exception as e:
-            detail = str(e) if isinstance(e, _SandboxStartError) else f"{type(e).__name__}: {e}"
-            if worker is not None:
-                said, _ = worker.read_output(500)    # what the worker wrote before it died
-                detail += f"; it wrote: {said.strip()}" if said.strip() else ""
-                worker.release()
-            _POOL.worker_gone()
-            return f"SandboxError: the sandbox worker did not start ({detail})"
-        worker.pause()
-        worker.ran_s = time.perf_counter() - t0
-        self._worker = worker
-        _POOL.stats["spawned"] += 1
-        return None
-
-    def _prepare(self) -> tuple[ExecResult | None, float, float, bool]:
-        """Make sure the session has a worker; after an eviction, rebuild its names by
-        replaying its earlier snippets. The new worker's start, the replay and the snippet
-        share one deadline, timeout_s from the start of run(), so run() stays within it.
-        Returns (a result to return instead of running the snippet, or None; the deadline;
-        the perf_counter start of this run's clock; whether the session's names were lost)."""
-        reset = False
-        replay = self._worker is None and self._evicted
-        start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
-        if self._worker is None:
-            # The first worker's start is not the snippet's time (a fresh zygote takes
-            # seconds); a rebuild's is, so that the whole run stays within timeout_s.
-            err = self._spawn(deadline if replay else None)
-            if err:
-                if replay and time.monotonic() >= deadline:
-                    self._history.clear()
-                    self._evicted = False
-                    return ExecResult(error=f"timed out after {self.timeout_s:g} s while rebuilding this "
-                                            "session; names defined before this snippet are lost",
-                                      timed_out=True, session_reset=True,
-                                      duration_s=time.perf_counter() - start), 0.0, 0.0, True
-                return ExecResult(error=err), 0.0, 0.0, False
-            if not replay:
-                start, deadline = time.perf_counter(), time.monotonic() + self.timeout_s
-        if replay:
-            self._evicted = False
-            history, self._history = self._history, []
-            for kind, payload in history:
-                _POOL.stats["replayed"] += 1
-                r = self._exchange(kind, payload, deadline, start, replaying=True)
-                if r.timed_out:
-                    return r, deadline, start, True
-                if r.session_reset:     # it went differently this time: start fresh
-                    err = self._spawn(deadline)
-                    if err:
-                        return ExecResult(error=err, session_reset=True), 0.0, 0.0, True
-                    reset = True
-                    break
-        return None, deadline, start, reset
-
-    def _submit(self, kind: str, payload: Any) -> ExecResult:
-        with self._lock:
-            if self._closed:
-                return ExecResult(error="SandboxError: this sandbox is closed")
-            _POOL.begin_run(self)
-            try:
-                early, deadline, start, reset = self._prepare()
-                if early is not None:
-                    return early
-                result = self._exchange(kind, payload, deadline, start)
-                result.session_reset = result.session_reset or reset
-                return result
-            except Exception as e:   # a bug here must not take the caller down
-                self._drop_worker()
-                self._history.clear()
-                return ExecResult(error=f"SandboxError: internal error ({type(e).__name__}: {e}); "
-                                        "names defined before this snippet are lost", session_reset=True)
-            finally:
-                if self._closed:     # close() was called from another thread meanwhile
-                    self._drop_worker()
-                _POOL.end_run(self)
-
-    def _exchange(self, kind: str, payload: Any, deadline: float, start: float,
-                  replaying: bool = False) -> ExecResult:
-        """Steps 5-7 from the caller's side: continue the worker, send, wait until the
-        deadline, stop the worker again the moment it replies, then read the result.
-        Only the caller's clock and the session's settings decide duration_s and
-        is_final_answer; the reply is data from an untrusted process."""
-        w = self._worker
-        w.seq += 1
-        frame = pickle.dumps((kind, w.seq, payload))
-        failure = _pending(w.sock)   # anything waiting before we asked is forged or stale
-        remaining = deadline - time.monotonic()
-        if failure is None and remaining <= 0:
-            failure = "timeout"
-        elif failure is None:
-            t_run = time.perf_counter()
-            # A small frame goes into the socket buffer before SIGCONT, so that the worker
-            # wakes once, with its input waiting; a large one could fill the buffer of a
-            # stopped worker, so the worker is continued first.
-            small = len(frame) <= _SEND_BEFORE_CONTINUE
-            if not small:
-                w.resume(remaining)
-            try:
-                w.sock.settimeout(remaining)   # a large frame's send counts against the deadline too
-                _send_frame(w.sock, frame)
-                if small:
-                    w.resume(remaining)
-                raw = _recv_frame_deadline(w.sock, deadline, _reply_frame_limit(self.max_output_chars))
-            except TimeoutError:
-                failure = "timeout"
-            except (EOFError, OSError):
-                failure = "died"
-            except ValueError:
-                failure = "protocol"
-            finally:
-                w.pause()
-                w.ran_s += time.perf_counter() - t_run
-        duration = time.perf_counter() - start
-        if failure is None:
-            try:
-                reply = json.loads(raw)
-                if not isinstance(reply, dict) or reply.get("seq") != w.seq:
-                    raise ValueError("reply out of sequence")
-                return self._result_from_reply(kind, payload, reply, duration)
-            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError, MemoryError):
-                failure = "protocol"
-        # 7) the worker is gone or misbehaved: kill it, keep what it printed, start over next time
-        w.kill()
-        printed, unread = w.read_output(self.max_output_chars)
-        lost = "names defined before this snippet are lost"
-        if failure == "timeout" and replaying:
-            error = (f"timed out after {self.timeout_s:g} s while rebuilding this session (its process "
-                     f"had been reclaimed to bound the number of live workers), before the snippet ran; {lost}")
-            printed, unread = "", 0   # output of the replayed snippets, not of this one
-        elif failure == "timeout":
-            error = f"timed out after {self.timeout_s:g} s; {lost}"
-        elif failure == "protocol":
-            error = f"SandboxError: the sandbox process sent a malformed reply and was stopped; {lost}"
-        else:
-            error = f"{self._death_reason(w)}; {lost}"
-        self._drop_worker()
-        self._history.clear()
-        self._evicted = False
-        if len(printed) >= self.max_output_chars or unread:   # the worker's own count died with it
-            printed = printed[:self.max_output_chars] + "\n... [output truncated]"
-        return ExecResult(stdout=printed, printed=printed, error=error, timed_out=failure == "timeout",
-                          duration_s=duration, session_reset=True)
-
-    @staticmethod
-    def _death_reason(w: _Worker) -> str:
-        z = w.zygote
-        status = z.status(w.pid) if z is not None and not z.dead else {}
-        sig = status.get("signal")
-        if sig is not None:
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            if sig == signal.SIGKILL:
-                return "the sandbox process was killed (SIGKILL: out of memory, or killed from outside)"
-            if sig == signal.SIGXCPU:
-                return "the sandbox process exceeded its CPU time limit (SIGXCPU)"
-            if sig == signal.SIGSYS:
-                return "the sandbox process made a forbidden system call (SIGSYS)"
-            return f"the sandbox process crashed ({name})"
-        if "exit" in status:
-            return f"the sandbox process exited (exit code {status['exit']})"
-        return "the sandbox process died"
-
-    def _result_from_reply(self, kind: str, payload: Any, reply: dict, duration: float) -> ExecResult:
-        """Every field is checked and bounded here by the rules the worker applies, so a worker
-        whose reply code a snippet replaced cannot hand the caller more: error <= MAX_ERROR_CHARS,
-        value and stdout <= max_output_chars + the marker, final answer <= max_output_chars +
-        the marker as JSON text (_bound_answer). _reply_frame_limit follows from these bounds."""
-        w = self._worker
-        limit = self.max_output_chars
-        err, val = reply["err"], reply["val"]
-        hidden, val_hidden = reply.get("drop", 0), reply.get("vh", 0)
-        if not (err is None or isinstance(err, str)) or not (val is None or isinstance(val, str)):
-            raise TypeError("bad reply")
-        for n in (hidden, val_hidden):
-            if type(n) is not int or not 0 <= n < 1 << 60:
-                raise TypeError("bad reply")
-        if err is not None:
-            err = _clean_text(err[:MAX_ERROR_CHARS])
-        if val is not None:
-            val = _truncate(_clean_text(val[:limit]), limit, val_hidden + max(len(val) - limit, 0))
-        printed, unread = w.read_output(limit)
-        self._history.append((kind, payload))
-        printed = _truncate(printed, limit, hidden + unread)
-        stdout = printed
-        if val is not None:
-            stdout += ("\n" if printed and not printed.endswith("\n") else "") + val + "\n"
-            stdout = _truncate(stdout, limit)
-        # a final answer counts only where this session defined final_answer()
-        fa = reply.get("fa") is True and self.enable_final_answer and kind == "run"
-        answer = _bound_answer(reply.get("fav"), limit) if fa else None
-        return ExecResult(stdout=stdout, error=err, duration_s=duration, value=val, printed=printed,
-                          final_answer=answer, is_final_answer=fa)
-
-
-# ---------------------------------------------------------------------------------------
-# 8) Many sessions: the worker bound, eviction, run_batch
-# ---------------------------------------------------------------------------------------
-
-class _Pool:
-    """Process-wide bookkeeping: the zygote, live workers, running snippets, idle LRU."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.max_workers = DEFAULT_MAX_WORKERS
-        self.max_running = DEFAULT_MAX_RUNNING
-        self.running = 0
-        self.live = 0
-        self.idle: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
-        self.sessions: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-        self.zygote: _ZygoteClient | None = None
-        self.zygote_lock = threading.Lock()
-        self.stats = collections.Counter()
-
-    def get_zygote(self) -> _ZygoteClient:
-        with self.zygote_lock:
-            z = self.zygote
-            if z is None or z.dead or z.proc.poll() is not None:
-                if z is not None:
-                    z.close()
-                self.zygote = z = _ZygoteClient()
-                self.stats["zygotes_started"] += 1
-            return z
-
-    def begin_run(self, session: "Sandbox") -> None:
-        with self.cond:
-            while self.running >= self.max_running:
-                self.cond.wait()
-            self.running += 1
-            self.idle.pop(id(session), None)
-
-    def end_run(self, session: "Sandbox") -> None:
-        with self.cond:
-            self.running -= 1
-            if session._worker is not None and not session._closed:
-                self.idle[id(session)] = weakref.ref(session)
-            self.cond.notify_all()
-
-    def reserve_worker_slot(self) -> None:
-        """Make room for one more live worker, evicting the least recently used idle one."""
-        with self.cond:
-            while self.live >= self.max_workers:
-                victim = None
-                while self.idle and victim is None:
-                    _, ref = self.idle.popitem(last=False)
-                    victim = ref()
-                if victim is not None:
-                    victim._evict_locked()
-                    continue
-                self.cond.wait()
-            self.live += 1
-
-    def worker_gone(self) -> None:
-        with self.cond:
-            self.live -= 1
-            self.cond.notify_all()
-
-    def forget(self, session: "Sandbox") -> None:
-        with self.cond:
-            self.idle.pop(id(session), None)
-
-    def shutdown(self) -> None:
-        for s in list(self.sessions):
-            s.close()
-        with self.zygote_lock:
-            if self.zygote is not None:
-                self.zygote.close()
-                self.zygote = None
-
-
-_POOL = _Pool()
-
-
-def set_limits(max_workers: int | None = None, max_running: int | None = None) -> None:
-    """Bound this process's live worker processes and concurrently running snippets.
-    max_workers is raised to max_running if lower (each running snippet needs a worker)."""
-    with _POOL.cond:
-        if max_running is not None:
-            _POOL.max_running = max(1, int(max_running))
-        if max_workers is not None:
-            _POOL.max_workers = max(1, int(max_workers))
-        _POOL.max_workers = max(_POOL.max_workers, _POOL.max_running)
-        _POOL.cond.notify_all()
-
-
-def pool_stats() -> dict:
-    """Counters for benchmarks and debugging: workers spawned/evicted, snippets replayed..."""
-    with _POOL.cond:
-        return dict(_POOL.stats, live_workers=_POOL.live, running=_POOL.running,
-                    max_workers=_POOL.max_workers, max_running=_POOL.max_running)
-
-
-def isolation_report() -> dict:
-    """What this machine offers, as probed by the zygote (starts it if needed), and what
-    follows for this caller: how CPU time is bounded (cpu_limit), whether page tables are
-    (page_tables), and whether access times can carry data across sessions (access_times).
-    Sandbox.isolation says what one worker actually applied."""
-    z = _POOL.get_zygote()
-    with z.lock:
-        report = dict(z._ensure_ready())
-    workers_uid = _nobody_ids()[0] if report.get("euid") == 0 and report.get("drop_to_nobody") else report.get("euid")
-    if not _CAN_PRLIMIT:
-        mode = "ceiling"
-    elif _RAISE_HARD_LIMITS:
-        mode = "per-snippet"
-    else:
-        mode = "per-snippet-soft" if workers_uid == (os.getuid() if os.name == "posix" else None) else "ceiling"
-    report["cpu_limit"] = CPU_LIMIT_MODES[mode]
-    report["page_tables"] = (
-        "bounded: all free address space outside a window of 2 * memory_mb + 1 GiB is sealed "
-        f"(mseal), so page tables stay below ~(2 * memory_mb + 2 GiB) / 512 per worker "
-        f"(page_table_bound_bytes: {page_table_bound_bytes(1024) / 2**20:.1f} MiB at memory_mb=1024)"
-        if report.get("mseal") else
-        "not bounded (no mseal, Linux < 6.10): a worker can hold page tables beyond memory_mb, "
-        "up to ~16 KiB per mapping, vm.max_map_count mappings")
-    return report
-
-
-def shutdown() -> None:
-    """Close every session and stop the zygote. Runs at interpreter exit."""
-    _POOL.shutdown()
-
-
-atexit.register(shutdown)
-
-
-def _after_fork_in_child() -> None:
-    """A forked copy of the caller (a DataLoader worker, say) must not touch the parent's
-    workers or zygote: forget them without killing anything; it gets its own on demand."""
-    global _POOL
-    old = _POOL
-    _POOL = _Pool()
-    _POOL.max_workers, _POOL.max_running = old.max_workers, old.max_running
-    for s in list(old.sessions):
-        w = s._worker
-        if w is not None:
-            w.close_fds()
-            s._worker = None
-            s._history.clear()
-        s._lock = threading.Lock()
-        _POOL.sessions.add(s)
-    if old.zygote is not None:
-        try:
-            old.zygote.sock.close()
-        except OSError:
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def run_batch(sandboxes: Sequence[Sandbox], codes: Sequence[str], max_running: int | None = None) -> list[ExecResult]:
-    """Run codes[i] in sandboxes[i], concurrently, and return the results in input order.
-
-    At most `max_running` snippets run at once (default, and upper bound: the process-wide
-    limit, os.cpu_count() unless set_limits() changed it); live workers stay within
-    max_workers. Each sandbox may appear once per batch."""
-    if len(sandboxes) != len(codes):
-        raise ValueError(f"{len(sandboxes)} sandboxes but {len(codes)} snippets")
-    if len({id(s) for s in sandboxes}) != len(sandboxes):
-        raise ValueError("a sandbox appears twice in one batch; its snippets would race")
-    if len(sandboxes) <= 1:
-        return [s.run(c) for s, c in zip(sandboxes, codes)]
-    threads = min(len(sandboxes), max_running or _POOL.max_running)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(Sandbox.run, sandboxes, codes))
-
-
-# ---------------------------------------------------------------------------------------
-# 9) The smolagents adapter (built on first access, so importing executor never imports smolagents)
-# ---------------------------------------------------------------------------------------
-
-class SandboxCodeError(Exception):
-    """Raised by SandboxExecutor when a snippet fails; str(e) is the model-readable error."""
-
-
-def _make_sandbox_executor() -> type:
-    try:
-        from smolagents.local_python_executor import CodeOutput, PythonExecutor
-    except ImportError:   # smolagents is optional: the adapter still works duck-typed
-        PythonExecutor = object
-        CodeOutput = None
-
-    class SandboxExecutor(PythonExecutor):
-        """smolagents PythonExecutor backed by a Sandbox: CodeAgent(executor=SandboxExecutor()).
-
-        Only the final_answer tool can run inside the sandbox; other tools are refused at
-        send_tools() with a clear error. Variables must be picklable.
-
-        One session per agent run: smolagents keeps the executor across CodeAgent.run() calls
-        and calls send_variables() then send_tools() at the start of each run, so the first of
-        those after a snippet has run (through __call__ or straight through .sandbox, as
-        agent.MathAgent does) closes the session and opens a fresh one. Nothing a snippet of
-        one task did (a replaced runner, a planted answer, names) reaches the next task;
-        run(..., reset=False) continues the conversation but not the names."""
-
-        def __init__(self, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_chars: int = 4000,
-                     allowed_imports: Sequence[str] = ALLOWED_IMPORTS, **sandbox_kwargs: Any):
-            self._sandbox_args = (timeout_s, memory_mb, max_output_chars, allowed_imports)
-            self._sandbox_kwargs = dict(sandbox_kwargs, enable_final_answer=True)
-            self.sandbox = Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
-            self.state: dict[str, Any] = {"_print_outputs": ""}   # CodeAgent shows these logs on errors
-            self.calls = 0
-            self.sessions = 1
-            self._used = False     # a snippet ran in the current session
-
-        def _fresh_session(self) -> None:
-            """A new Sandbox in place of one that has run a snippet (its worker is killed).
-            A live worker that ran a snippet has it in the session's history (a failure that
-            clears the history also kills the worker)."""
-            if self._used or any(kind == "run" for kind, _ in self.sandbox._history):
-                old, self.sandbox = self.sandbox, Sandbox(*self._sandbox_args, **self._sandbox_kwargs)
-                old.close()
-                self.sessions += 1
-                self._used = False
-                self.state["_print_outputs"] = ""
-
-        def send_tools(self, tools: dict[str, Any]) -> None:
-            self._fresh_session()
-            others = sorted(set(tools) - {"final_answer"})
-            if others:
-                raise ValueError(f"SandboxExecutor runs snippets in an isolated process and supports only "
-                                 f"the final_answer tool; remove these tools: {', '.join(others)}")
-
-        def send_variables(self, variables: dict[str, Any]) -> None:
-            self._fresh_session()
-            usable = {k: v for k, v in variables.items() if isinstance(k, str) and not k.startswith("__")}
-            if usable:
-                self.sandbox.set_variables(usable)
-
-        def __call__(self, code_action: str):
-            self.calls += 1
-            self._used = True
-            r = self.sandbox.run(code_action)
-            self.state["_print_outputs"] = r.printed
-            if r.error is not None:
-                raise SandboxCodeError(r.error)
-            output = r.final_answer if r.is_final_answer else r.value
-            if CodeOutput is None:
-                return output, r.printed, r.is_final_answer
-            return CodeOutput(output=output, logs=r.printed, is_final_answer=r.is_final_answer)
-
-        def cleanup(self) -> None:
-            self.sandbox.close()
-
-    return SandboxExecutor
-
-
-_LAZY: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> Any:   # PEP 562: `from executor import SandboxExecutor`
-    if name == "SandboxExecutor":
-        if name not in _LAZY:
-            _LAZY[name] = _make_sandbox_executor()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------
