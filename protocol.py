@@ -29,9 +29,9 @@ Data flow (who calls what):
   6. The loop's rules, shared by rollout.py and agent.MathAgent: find_stop() (the one search
      for stop strings; stop_token() runs it over token ids for backends.py and rollout.py,
      cut_after_stop() cuts text at it), stop_strings() (which of them a budget generates with:
-     none when max_steps is 0, the agent off), Budget and end_reason() (when a trajectory ends; TRUNCATED
-     names the ends the budget cut), and output_block() (the one truncation rule for executor
-     output, in the model's tokens).
+     none when max_steps is 0, the agent off), Budget and end_reason() (when a trajectory
+     ends; TRUNCATED names the ends the budget cut), and output_block() (the one truncation
+     rule for executor output, in the model's tokens).
 
 Scanning hostile text in linear time
 ------------------------------------
