@@ -17,7 +17,7 @@ Data flow, numbered as in the code below:
      already in DIR/generations.jsonl are skipped (a half-written last line from a kill -9 is
      dropped), and refused if their text or answer is no longer the benchmark's.
   3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
-     (rollout.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
+     (backends.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
      (models.merge_lora), stored in the dtype the backend computes in (merge_dtype).
   4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
@@ -51,9 +51,9 @@ folded in. Both are reported: mean_output_tokens (mask 1, what the model sampled
 mean_total_tokens, the paper's measure.
 
 Reproducibility (the exact guarantee). Every sample has its own seed, a function of --seed, the
-problem id and the sample index only (rollout seeds call c of it with seed + 104729 c), so the
-random numbers a problem's samples draw do not depend on the batch, the wave, --limit or a
-resume. What can still differ is the logits: continuous batching is not batch-invariant (on CPU
+problem id and the sample index only (rollout seeds call c of it with protocol.derive_seed(seed,
+c)), so the random numbers a problem's samples draw do not depend on the batch, the wave, --limit
+or a resume. What can still differ is the logits: continuous batching is not batch-invariant (on CPU
 and GPU a sequence's logits change in the last bits with what else is in the batch), so a sample
 can diverge where two tokens are nearly tied. So: the same command on the same software and
 hardware repeats its results when the batches repeat (same --max-batch, no resume); and a problem
@@ -400,7 +400,7 @@ def resolve(cfg: Config) -> str:
 
 def merge_dtype(cfg: Config) -> str:
     """The dtype --backend computes in, which a merged --lora is stored in (models.py's contract
-    says why): transformers runs float32 (rollout.HFBackend.from_model), vLLM its engine dtype
+    says why): transformers runs float32 (backends.HFBackend.from_model), vLLM its engine dtype
     (models.vllm_engine_kwargs: bf16, float32 on a CPU without bf16 arithmetic)."""
     if cfg.backend == "hf":
         return "float32"
@@ -411,7 +411,7 @@ def merge_dtype(cfg: Config) -> str:
 
 def make_backend(cfg: Config):
     """Step 3: the backend this config asks for. Raises EvalError with one readable line."""
-    import rollout
+    import backends
 
     if cfg.tensor_parallel_size > 1 and cfg.backend != "vllm":
         raise EvalError("--tensor-parallel-size applies to --backend vllm (a server sets its own)")
@@ -430,12 +430,12 @@ def make_backend(cfg: Config):
         if not cfg.api_base:
             raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
         try:
-            return rollout.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
+            return backends.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
         except OSError as e:
             raise EvalError(f"--api-base {cfg.api_base}: cannot reach the server ({e})") from None
     try:
         if cfg.backend == "hf":
-            return rollout.HFBackend.from_model(path)
+            return backends.HFBackend.from_model(path)
         limit = cfg.max_model_len or (PROMPT_ROOM + cfg.max_tokens)
         own = _model_max_len(path)
         if not cfg.max_model_len and own:
@@ -443,7 +443,7 @@ def make_backend(cfg: Config):
         kwargs = dict(max_model_len=limit, seed=cfg.seed, use_tqdm_on_load=cfg.verbose)
         if cfg.tensor_parallel_size > 1:
             kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
-        return rollout.VLLMBackend.from_model(path, **kwargs)
+        return backends.VLLMBackend.from_model(path, **kwargs)
     except EvalError:
         raise
     except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line

@@ -318,7 +318,7 @@ def _cpu_has_bf16() -> bool:
 
 
 def vllm_engine_kwargs(**overrides) -> dict:
-    """The LLM(...) settings this project runs vLLM with (rollout.VLLMBackend.from_model,
+    """The LLM(...) settings this project runs vLLM with (backends.VLLMBackend.from_model,
     agent.py's --backend vllm, the tests' engine): bf16 where the hardware computes it,
     explicit sizes on CPU. `overrides` (e.g. max_model_len=8192, seed=0) replace the defaults;
     the step's token budget then follows max_model_len. Imports vLLM (only to ask which

@@ -27,10 +27,11 @@ Data flow (who calls what):
      (rewards.code_use_reward without rollout counts); strip_output_blocks() is the text the
      model wrote, with every output block removed.
   6. The loop's rules, shared by rollout.py and agent.MathAgent: find_stop() (the one search
-     for stop strings), stop_strings() (which of them a budget generates with: none when
-     max_steps is 0, the agent off), Budget and end_reason() (when a trajectory ends; TRUNCATED
-     names the ends the budget cut), and output_block() (the one truncation rule for executor
-     output, in the model's tokens).
+     for stop strings; stop_token() runs it over token ids for backends.py and rollout.py,
+     cut_after_stop() cuts text at it), stop_strings() (which of them a budget generates with:
+     none when max_steps is 0, the agent off), Budget and end_reason() (when a trajectory
+     ends; TRUNCATED names the ends the budget cut), and output_block() (the one truncation
+     rule for executor output, in the model's tokens).
 
 Scanning hostile text in linear time
 ------------------------------------
@@ -477,6 +478,56 @@ def find_stop(text: str, stop=STOP_STRINGS, start: int = 0) -> int | None:
     """
     ends = [i + len(s) for s in stop if (i := text.find(s, max(0, start - len(s) + 1))) != -1]
     return min(ends) if ends else None
+
+
+def cut_after_stop(text: str, stop=STOP_STRINGS) -> str | None:
+    """text up to and including the first stop string in it, or None if there is none.
+
+    >>> cut_after_stop("a</tool_call>\\n b", ["</tool_call>"])
+    'a</tool_call>'
+    >>> cut_after_stop("no stop", ["</tool_call>"]) is None
+    True
+    """
+    end = find_stop(text, stop)
+    return None if end is None else text[:end]
+
+
+def stop_window(stop=STOP_STRINGS) -> int:
+    """Tokens enough to hold any stop string: each token of an ASCII stop string carries at
+    least one of its characters (a few more for tokens that decode to nothing)."""
+    return max((len(s) for s in stop), default=0) + 4
+
+
+def stop_token(tokenizer, ids, stop=STOP_STRINGS, before: str = "") -> int | None:
+    """The index of the token of `ids` that completes the first stop string ending in their
+    text, or None: find_stop over token ids, for backends that do not report where they stopped
+    (backends._finish_from_ids) and for a stop string split across two calls (rollout.py).
+    `before` is the model text just before these ids (a stop string may begin there: "</tool_"
+    + "call>."); one wholly inside it does not count. `tokenizer` is the model's (anything with
+    decode(ids, skip_special_tokens=True)); this module stays stdlib-only. Linear: one decode of
+    the whole, then, where a stop string is there, a window of stop_window tokens per token
+    (find_stop on each).
+
+    >>> from types import SimpleNamespace as NS
+    >>> chars = NS(decode=lambda ids, skip_special_tokens=True: "".join(map(chr, ids)))
+    >>> ids = [ord(c) for c in "call>. more"]
+    >>> stop_token(chars, ids, ["</tool_call>"], before="x</tool_"), stop_token(chars, ids, ["</tool_call>"])
+    (4, None)
+    """
+    if not stop:  # no stop strings (the agent off): nothing can complete one
+        return None
+    width = max(len(s) for s in stop)
+    tail = before[max(0, len(before) - (width - 1)):] if width > 1 else ""
+    if find_stop(tail + tokenizer.decode(list(ids), skip_special_tokens=True), stop, start=len(tail)) is None:
+        return None
+    window = stop_window(stop)
+    for j in range(len(ids)):
+        lo = max(0, j + 1 - window)
+        head = tail if lo == 0 else ""
+        if find_stop(head + tokenizer.decode(list(ids[lo: j + 1]), skip_special_tokens=True), stop,
+                     start=len(head)) is not None:
+            return j
+    return None
 
 
 # ---------------------------------------------------------------------------

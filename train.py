@@ -28,7 +28,8 @@ Data flow (the numbers match the code below):
   4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
      FinishedOnly (which scores truncated completions 0 when reward_truncated is false, below);
      the code-use wrapper also logs the agent statistics (section 4).
-  5. Temperature: TemperatureSync gives the rollout its T and sets the SAME T in the loss.
+  5. Temperature: TemperatureSchedule (the paper's linear T) and TemperatureSync, side by side:
+     the sync gives the rollout its T and sets the SAME T in the loss.
   6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
   7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
@@ -58,6 +59,9 @@ Step 5 in detail: the temperature schedule on both sides. TRL 1.16 bakes GRPOCon
    methods; overriding those would copy TRL code. Limit: a full fine-tune (no LoRA) under
    bf16/fp16 mixed precision has accelerate's autocast wrapper around TRL's head, which the
    restore would drop; check_config refuses a moving schedule there (LoRA or fp32 work).
+   Where: the schedule and the sync are one concept (the T the sampler and the loss share), so
+   both live here, side by side; rollout.make_rollout_func takes any callable(trainer) -> T and
+   needs neither (train.py imports rollout, never the reverse), and only training moves T.
 Step 4 in detail: truncated completions. A completion the budget cut (5k tokens, or the agent step limit:
    TRL counts both as truncated, since neither ends in EOS) may still hold a tentative \\boxed{}
    and has often already called code, so under TRL's plain rule it collects up to 1.0-1.1 reward.
@@ -442,9 +446,36 @@ def build_rewards(script: ScriptArguments, args, sync: "TemperatureSync"):
 # 5) Temperature: one schedule, the sampler and the loss's logprobs in step
 # ---------------------------------------------------------------------------
 
+@dataclass
+class TemperatureSchedule:
+    """Linear sampling temperature over training (the paper: 1.2 -> 0.7).
+
+    Read from trainer.state (global_step, over `steps` or max_steps) at each rollout, so it needs
+    no callback. Caveat (TRL 1.16): the LOSS side computes logprobs at `GRPOConfig.temperature`,
+    baked into the model's LM head when the trainer is built; TRL's own vLLM generation also
+    keeps its own `temperature`. Setting `trainer.temperature` changes neither. Used alone (as a
+    rollout.make_rollout_func `temperature`), this schedule moves the sampling distribution only,
+    and the policy-gradient ratio is taken at the fixed config temperature; TemperatureSync below
+    also re-applies the loss temperature at each rollout and keeps the two in step. With vLLM
+    importance-sampling correction on, sampled logprobs at T != the loss T make that correction
+    inexact.
+    """
+
+    start: float = 1.2
+    end: float = 0.7
+    steps: int | None = None
+    """Optimizer steps from start to end (then it stays at end); None: the run's max_steps - 1."""
+
+    def __call__(self, trainer) -> float:
+        state = trainer.state
+        total = max(1, self.steps if self.steps is not None else (getattr(state, "max_steps", 0) or 1) - 1)
+        frac = min(1.0, max(0.0, state.global_step / total))
+        return self.start + (self.end - self.start) * frac
+
+
 class TemperatureSync:
-    """rollout.TemperatureSchedule (linear, start -> end over `steps` optimizer steps, then
-    constant), applied to BOTH sides.
+    """TemperatureSchedule (linear, start -> end over `steps` optimizer steps, then constant),
+    applied to BOTH sides.
 
     Passed to rollout.make_rollout_func as its `temperature` callable, so it runs once per
     rollout, just before sampling. In training it also re-applies TRL's add_fused_lm_head with
@@ -452,10 +483,8 @@ class TemperatureSync:
     """
 
     def __init__(self, start: float, end: float | None, steps: int | None):
-        import rollout
-
         self.start, self.end, self.steps = start, start if end is None else end, steps
-        self.schedule = rollout.TemperatureSchedule(self.start, self.end, steps)
+        self.schedule = TemperatureSchedule(self.start, self.end, steps)
         self.current = start
         self.loss_temperature: float | None = None
         """The T the loss head was last built with (GRPOTrainer.__init__ used GRPOConfig.temperature)."""

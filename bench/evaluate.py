@@ -66,13 +66,14 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import backends
     import data
     import evaluate as E
     import rollout
 
     print(cpu_line())
     problems = data.load_benchmark("procedural", limit=a.n, seed=0, difficulty="easy")
-    backend = rollout.VLLMBackend.from_model(a.model, seed=0)
+    backend = backends.VLLMBackend.from_model(a.model, seed=0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
 
     def prime(probs) -> None:

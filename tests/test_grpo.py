@@ -4,7 +4,7 @@ A real GRPOTrainer step (TRL 1.16, CPU) with rollout.rollout_func generating the
 Run:  .venv/bin/python -m pytest tests/test_grpo.py -q        (about 1 minute on 2 CPU cores)
 
 The CPU training path: GRPOConfig(use_cpu=True, bf16=False, use_vllm=False). The rollout then
-samples with transformers `generate` on the trainer's own model (rollout.HFBackend), so the
+samples with transformers `generate` on the trainer's own model (backends.HFBackend), so the
 policy being trained is the one sampling; executor output goes into the completion with
 env_mask 0. What is checked:
   - the loss mask TRL builds (completion_mask * tool_mask) is 0 exactly on our inserted tokens;
@@ -22,6 +22,7 @@ import random
 
 import agent
 import rollout as R
+import train
 
 
 def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread, monkeypatch):
@@ -47,7 +48,7 @@ def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread
 
     rollouts = []
     inner = R.make_rollout_func(budget=agent.Budget(max_tokens=48, max_steps=2, max_output_tokens=24),
-                                temperature=R.TemperatureSchedule(1.0, 0.7))
+                                temperature=train.TemperatureSchedule(1.0, 0.7))
 
     def rollout_func(prompts, trainer):
         assert len(prompts) == 4  # 2 prompts, each already repeated num_generations=2 times

@@ -24,7 +24,10 @@ from types import SimpleNamespace
 import pytest
 
 import agent
+import backends as B
+import protocol
 import rollout as R
+import train
 from agent import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
 
 # ---------------------------------------------------------------------------
@@ -79,7 +82,7 @@ class ScriptedBackend:
                 self.scripts[key].insert(0, (text[room:], finish))
                 out, finish = out[:room], FINISH_LENGTH
             lps = [-0.001 * (j + 1) for j in range(len(out))]
-            chunks.append(R.Chunk(out, lps, finish))
+            chunks.append(B.Chunk(out, lps, finish))
         self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": list(max_tokens),
                            "chunks": chunks, "temperature": sampling.temperature, "seeds": seeds})
         return chunks
@@ -165,7 +168,8 @@ def check_invariants(t: R.Trajectory, tok) -> None:
 def test_doctests():
     import doctest
 
-    assert doctest.testmod(R, optionflags=doctest.ELLIPSIS).failed == 0
+    for module in (R, B):  # backends.py's doctests moved there with its functions
+        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
 
 
 def test_call_output_answer_is_token_exact():
@@ -364,7 +368,7 @@ class ChunkBackend:
         (parts, finish), tok = self.chunks.pop(0), self.tokenizer
         ids = [i for p in parts for i in ([tok.ids[p]] if p in tok.ids else tok.encode(p))]
         self.asked.append(max_tokens[0])
-        return [R.Chunk(ids, [-0.5] * len(ids), finish)]
+        return [B.Chunk(ids, [-0.5] * len(ids), finish)]
 
 
 def test_closing_tag_split_across_calls_with_more_text_on_its_last_token_is_run():
@@ -403,7 +407,7 @@ def test_seeded_lockstep_gives_each_request_its_own_seed_as_continuous_does():
 
 
 def test_per_trajectory_seeds_and_the_finish_callback():
-    """rollout(seeds=...) seeds trajectory i's c-th request with seeds[i] + 104_729 * c in both
+    """rollout(seeds=...) seeds trajectory i's c-th request with derive_seed(seeds[i], c) in both
     schedules; on_finish sees each trajectory once, as it ends (C first: it needs one call)."""
     table = {"print(17*23)": ("391\n", None, False)}
     for be in (ScriptedBackend(SCRIPTS), StreamingScriptedBackend(SCRIPTS, latency={"A": 2})):
@@ -415,7 +419,8 @@ def test_per_trajectory_seeds_and_the_finish_callback():
         else:
             got = [(k, sd) for call in be.calls for k, sd in zip(range(3), call["seeds"])]
         per = {k: [sd for key, sd in got if key == k] for k in range(3)}
-        assert per == {0: [10, 10 + 104_729, 10 + 2 * 104_729], 1: [20, 20 + 104_729], 2: [30]}
+        seed = protocol.derive_seed
+        assert per == {0: [seed(10, 0), seed(10, 1), seed(10, 2)], 1: [seed(20, 0), seed(20, 1)], 2: [seed(30, 0)]}
         assert sorted(done) == [(0, "answer"), (1, "answer"), (2, "answer")] and done[0][0] == 2
     with pytest.raises(ValueError, match="one per prompt"):
         run(ScriptedBackend(SCRIPTS), ["A", "B"], seeds=[1])
@@ -434,7 +439,7 @@ def test_finish_from_ids_is_linear_in_the_ids():
 
     tok = Counting()
     ids = tok.encode("x" * 4000 + "</tool_call> and more")
-    c = R._finish_from_ids(ids, [-1.0] * len(ids), 10_000, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, [-1.0] * len(ids), 10_000, {EOS}, agent.STOP_STRINGS, tok)
     assert tok.decode(c.token_ids).endswith("x</tool_call>") and c.finish == FINISH_STOP
     assert Counting.decoded < 30 * len(ids)
 
@@ -452,7 +457,8 @@ def test_long_output_is_cut_with_marker_and_closing_fence():
     (t,), _ = run(be, ["Q"], {"print(17*23)": ("x" * 500, None, False)}, budget=Budget(max_output_tokens=40))
     check_invariants(t, be.tokenizer)
     block = t.blocks[0]
-    assert block.endswith(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE) and block.startswith("\n" + agent.OUTPUT_OPEN)
+    assert block.endswith(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
+    assert block.startswith("\n" + agent.OUTPUT_OPEN)
     assert len(be.tokenizer.encode(block)) <= 40
 
 
@@ -486,20 +492,20 @@ def test_finish_from_ids_cuts_at_eos_stop_or_limit():
     tok = CharTokenizer()
     ids = tok.encode("ab</tool_call>\ncd")
     lps = [-1.0] * len(ids)
-    c = R._finish_from_ids(ids, lps, 100, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, lps, 100, {EOS}, agent.STOP_STRINGS, tok)
     assert (tok.decode(c.token_ids), c.finish) == ("ab</tool_call>", FINISH_STOP)
-    c = R._finish_from_ids(tok.encode("ab") + [EOS, 99], [-1.0] * 4, 100, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(tok.encode("ab") + [EOS, 99], [-1.0] * 4, 100, {EOS}, agent.STOP_STRINGS, tok)
     assert c.token_ids == tok.encode("ab") + [EOS] and c.finish == FINISH_EOS
-    c = R._finish_from_ids(ids, lps, 3, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, lps, 3, {EOS}, agent.STOP_STRINGS, tok)
     assert c.token_ids == ids[:3] and c.finish == FINISH_LENGTH
 
 
 def test_temperature_schedule_is_linear_over_training():
-    sched = R.TemperatureSchedule(1.2, 0.7)
+    sched = train.TemperatureSchedule(1.2, 0.7)
     at = lambda step: sched(SimpleNamespace(state=SimpleNamespace(global_step=step, max_steps=11)))  # noqa: E731
     assert at(0) == pytest.approx(1.2) and at(5) == pytest.approx(0.95) and at(10) == pytest.approx(0.7)
     assert at(50) == pytest.approx(0.7)
-    fixed = R.TemperatureSchedule(1.2, 0.7, steps=1000)  # over 1000 steps, whatever max_steps is
+    fixed = train.TemperatureSchedule(1.2, 0.7, steps=1000)  # over 1000 steps, whatever max_steps is
     assert fixed(SimpleNamespace(state=SimpleNamespace(global_step=500, max_steps=11))) == pytest.approx(0.95)
 
 
@@ -519,7 +525,7 @@ def test_rollout_func_returns_trls_contract():
         head("Q2"): [("no idea", FINISH_EOS)],
     })
     factory, batch, _ = fake_executor({"print(17*23)": ("391\n", None, False)})
-    sched = R.TemperatureSchedule(1.2, 0.7)
+    sched = train.TemperatureSchedule(1.2, 0.7)
     func = R.make_rollout_func(backend=be, temperature=sched, sandbox_factory=factory, run_batch=batch,
                                budget=Budget(max_tokens=10_000, max_steps=3))
     out = func([msgs("Q1"), msgs("Q2")], fake_trainer(step=2, max_steps=3))
@@ -541,13 +547,27 @@ def test_rollout_func_returns_trls_contract():
     assert be2.calls[0]["temperature"] == pytest.approx(0.9)
 
 
+def test_import_is_light():
+    """rollout.py and backends.py load no ML framework at import (evaluate.py and train.py import
+    them on every start): each heavy import sits inside the backend that needs it."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, rollout, backends; "
+            "print([m for m in ('torch', 'vllm', 'transformers', 'trl', 'smolagents') if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "[]", run.stderr[-2000:]
+
+
 def test_missing_model_is_a_clear_error():
     from models import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="not found"):
-        R.VLLMBackend.from_model("./no/such/model")
+        B.VLLMBackend.from_model("./no/such/model")
     with pytest.raises(ModelNotFoundError, match="not found"):
-        R.HFBackend.from_model("/no/such/model")
+        B.HFBackend.from_model("/no/such/model")
 
 
 # ---------------------------------------------------------------------------
@@ -603,7 +623,7 @@ def check_against_engine(trajs, rec):
 
 @pytest.mark.parametrize("schedule", ["continuous", "lockstep"])
 def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm, schedule):
-    be = Recording(R.VLLMBackend(vllm_llm))
+    be = Recording(B.VLLMBackend(vllm_llm))
     qs, prompts = arithmetic_prompts(be.tokenizer, 8)
     stats = R.RolloutStats()
     trajs = R.rollout(be, prompts, budget=Budget(max_tokens=96, max_steps=3, max_output_tokens=64),
@@ -614,8 +634,8 @@ def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm, schedule
     for t in with_output:  # what was inserted is what the real sandbox printed, formatted
         full = agent.format_result(t.results[0])
         if t.blocks[0] != full:  # cut to max_output_tokens: the head of the same block, marked
-            assert t.blocks[0].endswith(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
-            head = t.blocks[0][: -len(R.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)]
+            assert t.blocks[0].endswith(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
+            head = t.blocks[0][: -len(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)]
             assert full.startswith(head) and len(be.tokenizer.encode(t.blocks[0])) <= 64
     assert stats.snippets == sum(t.num_snippets for t in trajs)
     assert stats.generate_calls == sum(len(call) for call in be.calls)
@@ -630,7 +650,7 @@ def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_di
     prompts (~1000 tokens each, beyond one step's token budget) make it do. With whole prefills
     (models.vllm_engine_kwargs) the run finishes, and both schedules give the same samples: the
     same seed per (trajectory, call)."""
-    be = R.VLLMBackend(vllm_llm)
+    be = B.VLLMBackend(vllm_llm)
     rows = [json.loads(line) for line in (data_dir / "math500.jsonl").open()][:64]
     prompts = [R.encode_prompt(be.tokenizer, agent.build_messages(r["problem"], mode="agent", layout="system"))
                for r in rows]
@@ -648,7 +668,7 @@ def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_di
 def test_real_vllm_continuous_rollout_cancels_its_requests_on_error(vllm_llm):
     """An error mid-rollout (here: the executor fails on the first snippet) leaves no request
     of ours in the engine: the next plain LLM.generate gets exactly its own outputs."""
-    be = R.VLLMBackend(vllm_llm)
+    be = B.VLLMBackend(vllm_llm)
     _, prompts = arithmetic_prompts(be.tokenizer, 6, seed=4)
 
     def broken_run_batch(sandboxes, codes):
@@ -669,13 +689,13 @@ def test_real_vllm_continuous_rollout_cancels_its_requests_on_error(vllm_llm):
 def test_real_vllm_stop_string_that_ends_inside_a_token(vllm_llm):
     """A stop string that is not a token boundary: "</tool_ca" ends inside the token "call".
     vLLM returns the whole sampled token in token_ids; the backend keeps it."""
-    be = R.VLLMBackend(vllm_llm)
+    be = B.VLLMBackend(vllm_llm)
     prompt = R.encode_prompt(be.tokenizer, agent.arithmetic_messages(347, 829))
     (chunk,) = be.generate([prompt], [60], ["</tool_ca"], R.Sampling(temperature=0.0))
     text = be.tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
     assert chunk.finish == FINISH_STOP
     assert "</tool_ca" in text and not text.endswith("</tool_ca"), text  # the token ran past it
-    assert R._cut_after_stop(text, ["</tool_ca"]).endswith("</tool_ca")
+    assert protocol.cut_after_stop(text, ["</tool_ca"]).endswith("</tool_ca")
 
 
 def test_real_rollout_func_on_a_colocated_engine(vllm_llm, smollm2_dir):
@@ -721,15 +741,15 @@ class EngineAsTRLClient:
 
 
 def test_real_trl_server_backend_cuts_and_classifies(vllm_llm):
-    local = R.VLLMBackend(vllm_llm)
-    be = Recording(R.TRLServerBackend(EngineAsTRLClient(vllm_llm), local.tokenizer, {local.tokenizer.eos_token_id}))
+    local = B.VLLMBackend(vllm_llm)
+    be = Recording(B.TRLServerBackend(EngineAsTRLClient(vllm_llm), local.tokenizer, {local.tokenizer.eos_token_id}))
     _, prompts = arithmetic_prompts(local.tokenizer, 3, seed=6)
     chunks = be.generate(prompts, [40, 40, 5], agent.STOP_STRINGS, R.Sampling(temperature=0.0))
     assert len(chunks[2].token_ids) == 5 and chunks[2].finish == FINISH_LENGTH  # cut to its own budget
     for c in chunks[:2]:  # greedy on this prompt: a call, cut right where the stop string completes
         text = local.tokenizer.decode(c.token_ids)
-        assert c.finish == FINISH_STOP and R._cut_after_stop(text, agent.STOP_STRINGS) is not None
-        assert R._cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), agent.STOP_STRINGS) is None
+        assert c.finish == FINISH_STOP and protocol.cut_after_stop(text, agent.STOP_STRINGS) is not None
+        assert protocol.cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), agent.STOP_STRINGS) is None
 
 
 def test_real_trl_vllm_client_against_a_real_vllm_server(vllm_server, smollm2_dir):
@@ -741,7 +761,7 @@ def test_real_trl_vllm_client_against_a_real_vllm_server(vllm_server, smollm2_di
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     client = VLLMClient(base_url=vllm_server, connection_timeout=30)
-    be = Recording(R.TRLServerBackend(client, tok, {tok.eos_token_id}, max_model_len=2048))
+    be = Recording(B.TRLServerBackend(client, tok, {tok.eos_token_id}, max_model_len=2048))
     qs, prompts = arithmetic_prompts(tok, 4, seed=8)
     trajs = R.rollout(be, prompts, budget=Budget(max_tokens=64, max_steps=2), sampling=R.Sampling(temperature=0.0))
     check_against_engine(trajs, be)
@@ -778,7 +798,7 @@ def sampler_logprobs(model, t: R.Trajectory, sampling: R.Sampling):
 def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thread):
     import torch
 
-    be = Recording(R.HFBackend.from_model(smollm2_dir))
+    be = Recording(B.HFBackend.from_model(smollm2_dir))
     _, prompts = arithmetic_prompts(be.tokenizer, 3, seed=2)
     # T=0.7 with top-k and top-p, where processed logprobs differ from raw ones
     sampling = R.Sampling(temperature=0.7, top_k=10, top_p=0.98, seed=3)
@@ -812,7 +832,7 @@ def test_real_vllm_logprobs_are_the_samplers_at_temperature_07(vllm_llm, smollm2
     import torch
     from transformers import AutoModelForCausalLM
 
-    be = R.VLLMBackend(vllm_llm)
+    be = B.VLLMBackend(vllm_llm)
     _, prompts = arithmetic_prompts(be.tokenizer, 4, seed=9)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     for sampling in (R.Sampling(temperature=0.7, seed=4), R.Sampling(temperature=0.7, top_k=10, top_p=0.98, seed=4)):
@@ -866,6 +886,19 @@ def test_cli_bad_input_gives_one_error_line(args, message):
     assert "Traceback" not in run.stderr
 
 
+def test_cli_openai_backend_needs_a_server_and_says_so_in_one_line(smollm2_dir):
+    """--backend takes protocol.BACKENDS, openai included: without --api-base, or with a server
+    that is not there (port 9: nothing listens), one error line and no traceback."""
+    for args, message in [(["q", "--backend", "openai"], "error: --backend openai needs --api-base URL"),
+                          (["q", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--model", smollm2_dir],
+                           "error: --api-base http://127.0.0.1:9/v1: cannot reach the server")]:
+        run = run_cli(*args, timeout=120)
+        assert run.returncode != 0
+        last = run.stderr.strip().splitlines()[-1]
+        assert message in last, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+
+
 
 # ---------------------------------------------------------------------------
 # Issue 17: without the agent (max_steps=0, evaluate.py's baseline mode) a code block is text
@@ -898,7 +931,7 @@ class WritingModel(ScriptedBackend):
             if len(out) > room:
                 out, finish = out[:room], FINISH_LENGTH
             self.pos[key] += len([i for i in out if i != EOS])
-            chunks.append(R.Chunk(out, [-0.25] * len(out), finish))
+            chunks.append(B.Chunk(out, [-0.25] * len(out), finish))
         self.calls.append({"prompts": [list(p) for p in prompts], "max_tokens": list(max_tokens), "chunks": chunks})
         return chunks
 
@@ -958,7 +991,7 @@ def test_real_vllm_without_the_agent_generates_past_a_code_block(vllm_llm, sched
     explains it: with max_steps=0 the trace is one generation that goes on past the closing
     fence; with the agent's stop strings (what baseline mode passed before issue 17) the same
     prompt ends at the fence, so the prompt really does reach the case."""
-    be = Recording(R.VLLMBackend(vllm_llm))
+    be = Recording(B.VLLMBackend(vllm_llm))
     prompt = R.encode_prompt(be.tokenizer, [{"role": "user", "content": "Show a Python code block that prints "
                                                                        "hello, then say what it prints."}])
     budget = Budget(max_tokens=160, max_steps=0)
@@ -968,7 +1001,7 @@ def test_real_vllm_without_the_agent_generates_past_a_code_block(vllm_llm, sched
     assert fence != -1 and t.text[fence + len(agent.FENCE_CLOSE):].strip(), t.text  # text after the block
     assert [s.kind for s in t.segments] == ["model"] and t.segments[0].finish in (FINISH_EOS, FINISH_LENGTH)
     assert t.finish_reason in ("answer", "no_snippet", "max_tokens") and t.snippets == [] and t.sandbox is None
-    (cut,) = R.rollout(R.VLLMBackend(vllm_llm), [prompt], budget=budget, sampling=R.Sampling(temperature=0.0),
+    (cut,) = R.rollout(B.VLLMBackend(vllm_llm), [prompt], budget=budget, sampling=R.Sampling(temperature=0.0),
                        schedule=schedule, stop=agent.STOP_STRINGS)
     assert cut.finish_reason == "max_steps" and cut.text.endswith(agent.FENCE_CLOSE)
     assert t.text.startswith(cut.text)  # the same greedy trace, which went on
@@ -977,7 +1010,7 @@ def test_real_vllm_without_the_agent_generates_past_a_code_block(vllm_llm, sched
 
 def test_real_transformers_without_the_agent_generates_past_a_code_block(smollm2_dir, one_torch_thread):
     """The same on transformers (HFBackend, which then runs no stop-string criterion at all)."""
-    be = Recording(R.HFBackend.from_model(smollm2_dir))
+    be = Recording(B.HFBackend.from_model(smollm2_dir))
     prompt = R.encode_prompt(be.tokenizer, [{"role": "user", "content": "Show a Python code block that prints "
                                                                        "hello, then say what it prints."}])
     (t,) = R.rollout(be, [prompt], budget=Budget(max_tokens=80, max_steps=0), sampling=R.Sampling(temperature=0.0))

@@ -1,6 +1,6 @@
 """
 train.py end to end on CPU: the real GRPOTrainer (TRL 1.16), the real agent rollout (transformers
-on the trainer's own SmolLM2-135M weights, rollout.HFBackend), the real sandbox and rewards.
+on the trainer's own SmolLM2-135M weights, backends.HFBackend), the real sandbox and rewards.
 
 Run:  .venv/bin/python -m pytest tests/test_train.py -q        (several minutes on 2 CPU cores)
 
