@@ -1213,7 +1213,7 @@ def make_rollout_func(
     seed, step_tokens, schedule: passed to rollout() (the seed offset by the global step).
     Sampling uses the trainer's top_p and top_k; min_p and repetition_penalty are not applied.
 
-    The dataset's "prompt" column should hold chat messages, e.g. agent.build_messages(problem).
+    The dataset's "prompt" column should hold chat messages, e.g. protocol.build_messages(problem).
     """
 
     def rollout_func(prompts: list, trainer) -> dict:
@@ -1276,7 +1276,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    import agent  # the prompts (and, with it, smolagents when installed): for this CLI only
     from models import ModelNotFoundError, shutdown_vllm
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1302,7 +1301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        prompts = [encode_prompt(be.tokenizer, agent.build_messages(q, layout=a.layout)) for q in a.problems]
+        prompts = [encode_prompt(be.tokenizer, protocol.build_messages(q, layout=a.layout)) for q in a.problems]
         trajs = rollout(be, prompts, budget=Budget(max_tokens=a.max_tokens, max_steps=a.max_steps),
                         sampling=Sampling(temperature=a.temperature), schedule=a.schedule)
     except ValueError as e:  # e.g. a prompt longer than the model's context
@@ -1312,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(be, VLLMBackend):
             shutdown_vllm(be.llm)  # the engine core is a child process: stop it before exiting
     for q, t in zip(a.problems, trajs):
-        print(f"=== {q}  [{t.finish_reason}, {t.num_snippets} snippets, answer {agent.last_boxed(t.text)}]")
+        print(f"=== {q}  [{t.finish_reason}, {t.num_snippets} snippets, answer {protocol.last_boxed(t.text)}]")
         print(t.text)
     return 0
 
