@@ -665,6 +665,10 @@ def close_chunk(text: str, length: bool = False, stop_reason=UNKNOWN) -> tuple[s
     return text, FINISH_EOS
 
 
+# ---------------------------------------------------------------------------
+# The loop's rules, continued: when a trajectory ends, how executor output is cut
+# ---------------------------------------------------------------------------
+
 TRUNCATED: tuple[str, ...] = ("max_steps", "max_tokens")
 """The end reasons of a trajectory the budget cut (the step budget or the token budget), as
 opposed to "answer" and "no_snippet", which ended with the model's own EOS. Every budget cut is a
