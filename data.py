@@ -37,6 +37,10 @@ Data flow (the numbers match the step comments in the code):
      `dev_size` problems are the dev split. Its errors name train.py's flags.
   6. decontaminate() drops training problems whose normalized text (normalize_text) equals
      an evaluation problem's, and returns the count so the caller can log it.
+  7. arithmetic_problems() / arithmetic_messages(): not the paper's data, a warm-up workload
+     for tests, benchmarks and examples: seeded pairs of 3-digit factors, posed after three
+     solved products as earlier chat turns, a prompt on which the untrained 135M model used
+     here calls the tool (protocol.build_messages is the paper's prompt).
 
 Procedural difficulty levels (`difficulty=`): "easy" bare multi-digit arithmetic, where a tool
 call gives the answer directly; "medium" one-step problems (remainders, modular powers, binomial
@@ -91,6 +95,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cli import first_line
+from protocol import CALL_CLOSE, CALL_OPEN, format_output
 
 log = logging.getLogger("deepmath.data")
 
@@ -884,6 +889,45 @@ def decontaminate(train: Iterable[Problem], against: Iterable[Problem]) -> tuple
     banned = {normalize_text(p.problem) for p in against}
     kept = [p for p in train if normalize_text(p.problem) not in banned]
     return kept, len(train) - len(kept)
+
+
+# ---------------------------------------------------------------------------
+# 7) A warm-up workload: seeded 3-digit products, and their prompt
+# ---------------------------------------------------------------------------
+# The paper's prompt (protocol.build_messages) assumes a model that already reasons; the
+# untrained 135M model used on CPU here called the tool on 0 of 20 products with layout
+# "system" and 16 of 20 with "turns" (greedy). With these three solved products as
+# earlier chat turns it calls the tool on most 3-digit products even when sampling at T=1, so
+# tests, benchmarks and `make demo` have a real agent loop to exercise.
+
+ARITHMETIC_SYSTEM = ("You solve math problems. Write Python between <tool_call> and </tool_call>; its output "
+                     "appears in an ```output block. Then give the answer as \\boxed{answer}.")
+ARITHMETIC_EXAMPLES = ((123, 456), (215, 307), (999, 101))
+
+
+def arithmetic_messages(a: int, b: int) -> list[dict]:
+    """Chat messages asking for a * b, after three solved products as earlier turns.
+
+    >>> m = arithmetic_messages(12, 34)
+    >>> [x["role"] for x in m][:3], m[-1]["content"]
+    (['system', 'user', 'assistant'], 'What is 12 * 34?')
+    """
+    msgs = [{"role": "system", "content": ARITHMETIC_SYSTEM}]
+    for x, y in ARITHMETIC_EXAMPLES:
+        msgs += [{"role": "user", "content": f"What is {x} * {y}?"},
+                 {"role": "assistant", "content": f"{CALL_OPEN}\nprint({x} * {y})\n{CALL_CLOSE}"
+                  + format_output(f"{x * y}\n") + f"The answer is \\boxed{{{x * y}}}."}]
+    return msgs + [{"role": "user", "content": f"What is {a} * {b}?"}]
+
+
+def arithmetic_problems(n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """n seeded pairs of 3-digit factors; the exact answer of each is a * b.
+
+    >>> arithmetic_problems(2, seed=0)
+    [(964, 494), (876, 530)]
+    """
+    rng = random.Random(seed)
+    return [(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(n)]
 
 
 # ---------------------------------------------------------------------------

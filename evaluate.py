@@ -19,7 +19,7 @@ Data flow, numbered as in the code below:
   3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
      (backends.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
      (models.merge_lora), stored in the dtype the backend computes in (merge_dtype).
-  4. Prompts: agent.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
+  4. Prompts: protocol.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
      Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
      generation loop. max_steps=0 also means no stop strings (protocol.stop_strings), so each
      trajectory is one generation to EOS or --max-tokens, as the paper's non-agent inference:
@@ -44,7 +44,7 @@ Settings the paper does not give (printed in every summary, with their source):
     Practices" for thinking mode (also its "use 32,768 output tokens for most queries", our
     --max-tokens default); the paper evaluates that model and its fine-tune;
   - --max-steps 20: smolagents' MultiStepAgent default (the paper's inference runs on smolagents);
-  - 256 executor-output tokens per call: agent.Budget's default, the same in training.
+  - 256 executor-output tokens per call: protocol.Budget's default, the same in training.
 Which length the paper reports: the total trace length (model tokens plus executor output). The
 released evaluation code measures the whole trace the agent returns, with the executor's output
 folded in. Both are reported: mean_output_tokens (mask 1, what the model sampled) and
@@ -96,6 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import protocol
 from cli import dataclass_parser, first_line
 from protocol import TRUNCATED, derive_seed
 
@@ -191,7 +192,7 @@ SOURCES = {
     "temperature/top_p/top_k": "Qwen3-4B-Thinking-2507 model card, Best Practices (thinking mode)",
     "max_tokens": "Qwen3-4B-Thinking-2507 model card: 32,768 output tokens for most queries",
     "max_steps": "smolagents MultiStepAgent default (max_steps=20)",
-    "max_output_tokens": "agent.Budget default, as in training",
+    "max_output_tokens": "protocol.Budget default, as in training",
     "samples/maj": "the paper: majority@16",
     "length": "mean_total_tokens (model + executor tokens): the released evaluation code measures the whole trace",
 }
@@ -637,14 +638,13 @@ def grade(texts: list[str], golds: list[str]) -> list:
 def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
     """Steps 4-5: waves of whole problems through rollout(); each problem is graded and written
     by a grading thread the moment its last sample ends, while the engine decodes the rest."""
-    import agent
     import rollout
 
     n = cfg.samples
     per_wave = max(1, cfg.max_batch // n)
     # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
-    budget = agent.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
-                          max_output_tokens=cfg.max_output_tokens)
+    budget = protocol.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
+                             max_output_tokens=cfg.max_output_tokens)
     sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     tok = backend.tokenizer
     bar = _progress_bar(len(todo) * n, progress)
@@ -676,8 +676,8 @@ def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress:
             # 4) prompts: the same builder in both modes; baseline has no examples and no agent
             prompts, seeds = [], []
             for p in wave:
-                ids = rollout.encode_prompt(tok, agent.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
-                                                                         examples=cfg.examples))
+                ids = rollout.encode_prompt(tok, protocol.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
+                                                                            examples=cfg.examples))
                 prompts += [ids] * n
                 seeds += [sample_seed(cfg.seed, p.id, j) for j in range(n)]
             done: list = [None] * len(prompts)

@@ -28,8 +28,11 @@ It also holds the one place that says how this project starts and stops a vLLM e
 (vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
 and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir);
 a trained LoRA adapter merged into its base model (merge_lora, for evaluate.py --lora), saved in
-the dtype it will be computed in; and the one reader of the CPU's flags
-(cpu_info, cpu_line), which decide the engine's dtype and are printed beside every benchmark figure.
+the dtype it will be computed in; the one reader of the CPU's flags (cpu_info, cpu_line), which
+decide the engine's dtype and are printed beside every benchmark figure; and the wrapper of a
+model's chat template that continues a final assistant message instead of closing it
+(continuation_chat_template, continuation_chat_template_of: agent.py's same-turn continuation,
+and a vLLM server's --chat-template for a thinking model).
 
 Merging a LoRA adapter (merge_lora), and why this route:
   a) the dtype to store: the caller's (evaluate.py passes the dtype its backend computes in),
@@ -380,6 +383,56 @@ def shutdown_vllm(llm) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and callable(getattr(core, "shutdown", None)):
         core.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# Chat templates that continue a final assistant message (same-turn continuation)
+# ---------------------------------------------------------------------------
+# The agent keeps ONE assistant message and continues it after each output block (agent.py says
+# why). A model's own template closes that message; the wrapper below continues it instead.
+# Used by agent.enable_continuation (smolagents' TransformersModel, VLLMModel) and, written to a
+# file, by a vLLM server for a thinking model (`--chat-template FILE`).
+
+_CONTINUE_HEAD = (
+    "{#- deepmath (models.continuation_chat_template): continue a final assistant message -#}"
+    "{%- if messages and messages[-1]['role'] == 'assistant' -%}"
+    "{%- if messages[-1]['content'] is string -%}"
+    "{%- set deepmath_open_text = messages[-1]['content'] -%}"
+    "{%- else -%}"
+    "{%- set deepmath_open_text = messages[-1]['content'] | map(attribute='text') | join -%}"
+    "{%- endif -%}"
+    "{%- set messages = messages[:-1] -%}"
+    "{%- set add_generation_prompt = true -%}"
+    "{%- else -%}"
+    "{%- set deepmath_open_text = '' -%}"
+    "{%- endif -%}"
+)
+_CONTINUE_TAIL = "{{- deepmath_open_text -}}"
+
+
+def continuation_chat_template(chat_template: str) -> str:
+    """Wrap a Jinja chat template so that a final assistant message is continued, not closed.
+
+    With the wrapper, messages that end with an assistant message render as: the messages
+    before it, the model's own generation prompt (e.g. "<|im_start|>assistant\\n", or
+    "...assistant\\n<think>\\n" for a thinking model), then the assistant text verbatim. That
+    is exactly the text the model saw while writing it, with the executor output appended,
+    so generation goes on inside the same message. Other conversations render unchanged.
+    Idempotent.
+    """
+    if chat_template.startswith(_CONTINUE_HEAD):
+        return chat_template
+    return _CONTINUE_HEAD + chat_template + _CONTINUE_TAIL
+
+
+def continuation_chat_template_of(model: str) -> str:
+    """continuation_chat_template of a model's own template (for `vllm ... --chat-template`)."""
+    from transformers import AutoTokenizer  # heavy: only when asked
+
+    template = AutoTokenizer.from_pretrained(resolve_model(model)).chat_template
+    if not isinstance(template, str):
+        raise ValueError(f"model {model!r} has no single chat template to wrap")
+    return continuation_chat_template(template)
 
 
 if __name__ == "__main__":

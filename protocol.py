@@ -1,22 +1,25 @@
 """
-protocol.py -- the agent protocol as text: delimiters, stop strings, output blocks, the final
-answer, and the scanners that read them back out of a trace.
+protocol.py -- the agent interface as text: the prompts, delimiters, stop strings, output
+blocks, the final answer, and the scanners that read them back out of a trace.
 
-Paper ("Agent Interface"): while it reasons, the model may write an agent call, a short Python
-snippet between delimiters; the sandbox's output is written back into the same trace as an
-output block, and the answer is the trace's last \\boxed{}. This module is that text format and
-nothing else. agent.py runs the agent on it and re-exports every name here (agent.find_snippets
-and so on stay the public spelling); rewards.py reads completions with it.
+Paper ("Agent Interface", "In-context Learning"): while it reasons, the model may write an agent
+call, a short Python snippet between delimiters; the sandbox's output is written back into the
+same trace as an output block, and the answer is the trace's last \\boxed{}. An instruction and
+four solved examples in the prompt teach the call syntax and the call/output pattern. This
+module is that interface and nothing else: rollout.py and agent.py (MathAgent) generate with it,
+rewards.py reads completions with it, evaluate.py and train.py build their prompts with it.
 
 Why a module of its own: agent.py imports smolagents at import time when it is installed
 (MathAgent subclasses its CodeAgent), and rewards.py must read traces in processes that load
 no ML stack: the trainer's parent side and the grader helpers, which start often. This module
-imports only the standard library (re, bisect, dataclasses; ast and warnings inside
-is_trivial_snippet).
+imports only the standard library (re, bisect, dataclasses, functools, pathlib; ast and
+warnings inside is_trivial_snippet).
 
 Data flow (who calls what):
 
   1. Generation stops on STOP_STRINGS; trailing_snippet() is the snippet a chunk ended with.
+     close_chunk() puts back the stop string a text backend dropped and says how the chunk
+     finished (MathAgent's smolagents models; rollout.py's backends report it on token ids).
   2. format_output() / format_result() render the output block inserted after it.
   3. find_snippets() lists every agent call of a whole trace (output blocks skipped);
      is_trivial_snippet() tells a call that holds no code (only comments, pass, constants),
@@ -32,6 +35,11 @@ Data flow (who calls what):
      none when max_steps is 0, the agent off), Budget and end_reason() (when a trajectory
      ends; TRUNCATED names the ends the budget cut), and output_block() (the one truncation
      rule for executor output, in the model's tokens).
+  7. The prompts every trajectory starts from (section "The prompts", last): build_messages(
+     problem, mode, layout, examples) -> chat messages: the instruction (prompts/
+     agent_instruction.txt) and the solved examples (load_examples/shown_examples of
+     prompts/examples.txt) in the system prompt (system_prompt) or as earlier chat turns, then the
+     problem; mode "baseline" is prompts/baseline.txt alone. read_prompt() reads a prompts/ file.
 
 Scanning hostile text in linear time
 ------------------------------------
@@ -45,17 +53,27 @@ opener, nearest closer, non-overlapping, left to right); tests/test_agent.py che
 tricky and degenerate inputs. The regexes left here are anchored or have no lazy span, so each
 is one pass too.
 
-Departures from the paper: none beyond those agent.py's contract lists. ```python fences are
-accepted as agent calls too (alone, or inside a <tool_call>), because small models write them.
+Departures from the paper:
+  - ```python fences are accepted as agent calls too (alone, or inside a <tool_call>), because
+    small models write them.
+  - Our own instruction and examples (prompts/), not the paper's.
+  - Layout of the examples: the paper says only that the prompt includes 4 solved examples.
+    layout="system" (the default) writes them into the system prompt, after the instruction;
+    layout="turns" gives them as earlier user/assistant turns instead, which is what makes the
+    135M model this project runs offline call the tool correctly: bench/tool_use.py counts both
+    (docs/agent.md, the tool-use table). Every reported result names its layout.
 
 Tests: python -m pytest tests/test_agent.py -q -k "doctests or tricky or degenerate or snippet or boxed"
+       python -m pytest tests/test_prompts.py -q
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
+from pathlib import Path
 
 CALL_OPEN = "<tool_call>"
 """Opens an agent call. Qwen3's tokenizer has it as one special token (id 151657)."""
@@ -466,8 +484,7 @@ FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop_string", "length"
 def find_stop(text: str, stop=STOP_STRINGS, start: int = 0) -> int | None:
     """Where the first stop string of text ends, counting only those that end after `start`
     (text[:start] was already searched), or None. The one stop-string search of the project:
-    backends without a stop reason, the rollout's checks across calls and agent.close_chunk
-    all call it.
+    backends without a stop reason and the rollout's checks across calls both call it.
 
     >>> find_stop("a</tool_call>\\n b"), find_stop("```python\\nx\\n```\\n more")
     (13, 16)
@@ -619,6 +636,90 @@ def derive_seed(seed: int | None, *keys) -> int | None:
     return int.from_bytes(digest[:4], "little") >> 1
 
 
+# ---------------------------------------------------------------------------
+# How a chunk finished: the stop string a backend dropped, put back
+# ---------------------------------------------------------------------------
+# Text-level, for backends that return text (MathAgent's smolagents models); rollout.py's
+# backends report the finish on token ids.
+
+_FENCE_OPENER_RE = re.compile(r"```[\w+.-]*[ \t]*\n")
+"""A ``` that opens a fenced block (```python, ```latex, a bare ```), up to its newline."""
+
+
+def _ends_in_open_fence(text: str) -> bool:
+    """Does text end inside a fenced block? One pass over its ```: closed, an opener
+    (_FENCE_OPENER_RE) opens; open, a ``` on its own line (newline before, newline or the end
+    after) closes; any other ``` is prose.
+
+    >>> _ends_in_open_fence("a\\n```python\\nx"), _ends_in_open_fence("```output\\n1\\n```\\nok ```")
+    (True, False)
+    """
+    is_open, pos = False, text.find("```")
+    while pos != -1:
+        if not is_open:
+            is_open = _FENCE_OPENER_RE.match(text, pos) is not None
+        elif text[pos - 1: pos] == "\n" and text[pos + 3: pos + 4] in ("\n", ""):
+            is_open = False
+        pos = text.find("```", pos + 3)
+    return is_open
+
+
+UNKNOWN = object()
+"""close_chunk's stop_reason when the backend did not say how the chunk ended."""
+
+
+def close_chunk(text: str, length: bool = False, stop_reason=UNKNOWN) -> tuple[str, str]:
+    """Put back the stop string a backend left out, and say how the chunk finished.
+
+    transformers, vLLM and the OpenAI API all stop on STOP_STRINGS and return the text
+    *without* the stop string. `length` says the backend ran out of tokens, which wins.
+    Otherwise the backend's own stop reason decides where it says one (vLLM's `stop_reason`:
+    the stop string it matched, or None when the model ended with EOS): see
+    agent.MathAgent._finish_of.
+
+    smolagents' TransformersModel and VLLMModel report no reason. Then a text rule, exact for
+    our own delimiters: the chunk stopped on FENCE_CLOSE if it ends inside a fenced block
+    (```python, ```latex, ...; whether it runs is trailing_snippet's call), on
+    CALL_CLOSE if it ends inside a <tool_call> (the last one, with no </tool_call> after it)
+    holding a non-blank snippet; otherwise the model ended (EOS). A stray ``` in prose, or an
+    odd number of them, is no fence. What text cannot tell: a chunk that ENDS with EOS
+    inside an open fence or right after "<tool_call>\\ncode" reads as stopped; with a stop
+    reason it does not.
+
+    >>> close_chunk("Compute.\\n<tool_call>\\nprint(17*23)\\n")
+    ('Compute.\\n<tool_call>\\nprint(17*23)\\n</tool_call>', 'stop_string')
+    >>> close_chunk("```python\\nprint(1)")
+    ('```python\\nprint(1)\\n```\\n', 'stop_string')
+    >>> close_chunk("So the answer is \\\\boxed{391}.")
+    ('So the answer is \\\\boxed{391}.', 'eos')
+    >>> close_chunk("<tool_call>\\nprint(", length=True)
+    ('<tool_call>\\nprint(', 'length')
+    >>> close_chunk("Use ``` to open a block; the answer is \\\\boxed{2}.")   # a stray fence
+    ('Use ``` to open a block; the answer is \\\\boxed{2}.', 'eos')
+    >>> close_chunk("I would use <tool_call>\\nprint(1)\\n", stop_reason=None)   # the backend says EOS
+    ('I would use <tool_call>\\nprint(1)\\n', 'eos')
+    >>> close_chunk("<tool_call>\\nprint(1)\\n", stop_reason=CALL_CLOSE)
+    ('<tool_call>\\nprint(1)\\n</tool_call>', 'stop_string')
+    """
+    if length:
+        return text, FINISH_LENGTH
+    if stop_reason is not UNKNOWN:
+        if isinstance(stop_reason, str) and stop_reason in STOP_STRINGS:
+            return (text if text.endswith(stop_reason) else text + stop_reason), FINISH_STOP
+        return text, FINISH_EOS  # None (EOS) or a stop token id
+    if _ends_in_open_fence(text):
+        return text + FENCE_CLOSE, FINISH_STOP  # a fence is open: FENCE_CLOSE closed it
+    start = text.rfind(CALL_OPEN)
+    if start != -1 and text.find(CALL_CLOSE, start) == -1:
+        if trailing_snippet(text + CALL_CLOSE) is not None:
+            return text + CALL_CLOSE, FINISH_STOP
+    return text, FINISH_EOS
+
+
+# ---------------------------------------------------------------------------
+# The loop's rules, continued: when a trajectory ends, how executor output is cut
+# ---------------------------------------------------------------------------
+
 TRUNCATED: tuple[str, ...] = ("max_steps", "max_tokens")
 """The end reasons of a trajectory the budget cut (the step budget or the token budget), as
 opposed to "answer" and "no_snippet", which ended with the model's own EOS. Every budget cut is a
@@ -715,3 +816,149 @@ def _fit(render, text: str, tokenizer, max_tokens: int) -> tuple[str, list[int]]
             return block, ids
         keep -= max(1, len(ids) - max_tokens)  # token merges at the cut can differ: shrink and retry
     return None
+
+
+# ---------------------------------------------------------------------------
+# The prompts: instruction, solved examples, baseline template (prompts/*.txt)
+# ---------------------------------------------------------------------------
+# The paper's "Agent Interface" and "In-context Learning": the instruction teaches the call
+# syntax, four solved examples show the call/output pattern. Every trajectory starts from
+# build_messages: rollout.py (training, batched evaluation) and agent.MathAgent alike.
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+"""Plain text files: agent_instruction.txt, examples.txt, baseline.txt."""
+
+SYSTEM_LAYOUT_INTRO = "Solved examples, in the exact format to follow:"
+SYSTEM_LAYOUT_EXAMPLE = "Example {n}\n\nProblem:\n{problem}\n\nSolution:\n{solution}"
+"""How layout "system" writes an example into the system prompt, after the instruction."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One solved example of prompts/examples.txt."""
+
+    problem: str
+    solution: str
+    """The assistant text: reasoning, agent calls, their output blocks and the final box."""
+    answer: str
+    """The content of the solution's final \\boxed{}."""
+
+
+_EXAMPLE_LINE = re.compile(r"=== example \d+ ===")
+_SECTION_LINE = re.compile(r"--- (problem|solution|answer) ---")
+
+
+def parse_examples(text: str) -> list[Example]:
+    """Parse the examples.txt format (described at the top of that file).
+
+    >>> parse_examples("note\\n=== example 1 ===\\n--- problem ---\\n1+1?\\n--- solution ---\\n"
+    ...                "It is \\\\boxed{2}.\\n\\n--- answer ---\\n2\\n")
+    [Example(problem='1+1?', solution='It is \\\\boxed{2}.', answer='2')]
+    """
+    examples: list[dict[str, list[str]]] = []
+    section = None
+    for line in text.split("\n"):
+        if _EXAMPLE_LINE.fullmatch(line):
+            examples.append({"problem": [], "solution": [], "answer": []})
+            section = None
+        elif examples and (m := _SECTION_LINE.fullmatch(line)):
+            section = m.group(1)
+        elif section is not None:
+            examples[-1][section].append(line)
+        elif examples and line.strip():
+            raise ValueError(f"examples.txt: text outside a section: {line!r}")
+    parsed = []
+    for n, parts in enumerate(examples, 1):
+        ex = {k: "\n".join(lines).strip("\n") for k, lines in parts.items()}
+        missing = [k for k, v in ex.items() if not v]
+        if missing:
+            raise ValueError(f"examples.txt: example {n} has no {', '.join(missing)}")
+        parsed.append(Example(**ex))
+    return parsed
+
+
+@functools.cache
+def load_examples() -> tuple[Example, ...]:
+    """The solved examples shown to the agent, in order."""
+    return tuple(parse_examples((PROMPTS_DIR / "examples.txt").read_text(encoding="utf-8")))
+
+
+@functools.cache
+def read_prompt(name: str) -> str:
+    """A file of prompts/ as the model sees it (the file's final newline is not part of it)."""
+    return (PROMPTS_DIR / name).read_text(encoding="utf-8").removesuffix("\n")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside its name set (MODES, LAYOUTS, BACKENDS) in one line that lists them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def shown_examples(examples: int | None = None) -> tuple[Example, ...]:
+    """The solved examples a prompt shows: all of them (None, the paper's 4), or the LAST
+    `examples` of prompts/examples.txt -- the file puts last the short ones that open with the
+    agent call, which a small model imitates (its note says why). Fewer examples make a shorter
+    prompt: the CPU miniature (recipes/cpu-mini.yaml) shows 2, which halves the prompt and with
+    it most of a CPU training step.
+
+    >>> [len(shown_examples()), len(shown_examples(2))]
+    [4, 2]
+    >>> shown_examples(1) == shown_examples()[-1:]
+    True
+    """
+    every = load_examples()
+    if examples is None:
+        return every
+    if not 1 <= examples <= len(every):
+        raise ValueError(f"examples must be between 1 and {len(every)} (prompts/examples.txt), not {examples}")
+    return every[len(every) - examples:]
+
+
+def system_prompt(mode: str = "agent", layout: str = "system", examples: int | None = None) -> str | None:
+    """The system message of build_messages (None in baseline mode, which has none)."""
+    check_choice("mode", mode, MODES)
+    check_choice("layout", layout, LAYOUTS)
+    if mode == "baseline":
+        return None
+    text = read_prompt("agent_instruction.txt")
+    if layout == "system":
+        shown = [
+            SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution)
+            for n, ex in enumerate(shown_examples(examples), 1)
+        ]
+        text = "\n\n".join([text, SYSTEM_LAYOUT_INTRO, *shown])
+    return text
+
+
+def build_messages(problem: str, mode: str = "agent", layout: str = "system",
+                   examples: int | None = None) -> list[dict]:
+    """The chat messages that pose one problem, before the model answers. Pure: no tokenizer.
+
+    mode "agent": a system message with the instruction (prompts/agent_instruction.txt), the
+    solved examples (prompts/examples.txt), then the problem as the user message. Layout
+    "system" writes the examples into the system message (the default); layout "turns"
+    gives each one as a user turn (its problem) and an assistant turn (its solution).
+    mode "baseline": one user message, prompts/baseline.txt with the problem filled in. There
+    are no examples, so the layout changes nothing. examples: how many solved examples to show
+    (None: all 4, the paper; see shown_examples).
+
+    rollout.py renders these with `apply_chat_template(..., add_generation_prompt=True)` and
+    continues token by token; MathAgent appends the assistant message written so far.
+
+    >>> [m["role"] for m in build_messages("1+1?")]
+    ['system', 'user']
+    >>> [m["role"] for m in build_messages("1+1?", layout="turns")][:4]
+    ['system', 'user', 'assistant', 'user']
+    >>> build_messages("1+1?", mode="baseline")[0]["content"].splitlines()[0]
+    '1+1?'
+    """
+    system = system_prompt(mode, layout, examples)
+    if system is None:
+        return [{"role": "user", "content": read_prompt("baseline.txt").replace("{problem}", problem)}]
+    messages = [{"role": "system", "content": system}]
+    if layout == "turns":
+        for ex in shown_examples(examples):
+            messages += [{"role": "user", "content": ex.problem}, {"role": "assistant", "content": ex.solution}]
+    messages.append({"role": "user", "content": problem})
+    return messages

@@ -619,7 +619,7 @@ def make_rollout_func(
         protocol.derive_seed(seed, step)).
     Sampling uses the trainer's top_p and top_k; min_p and repetition_penalty are not applied.
 
-    The dataset's "prompt" column should hold chat messages, e.g. agent.build_messages(problem).
+    The dataset's "prompt" column should hold chat messages, e.g. protocol.build_messages(problem).
     """
 
     def rollout_func(prompts: list, trainer) -> dict:
@@ -682,7 +682,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run a few problems through rollout() and print each trace. The defaults are protocol's:
     the paper's inference settings (EVAL_SAMPLING, EVAL_BUDGET; the model's context caps the
     tokens), the backend names (BACKENDS) and prompt layouts (LAYOUTS)."""
-    import agent  # the prompts (and, with it, smolagents when installed): for this CLI only
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("problems", nargs="+")
@@ -725,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     except (models.ModelNotFoundError, ValueError) as e:
         return fail(first_line(e))
     try:
-        prompts = [encode_prompt(be.tokenizer, agent.build_messages(q, layout=a.layout)) for q in a.problems]
+        prompts = [encode_prompt(be.tokenizer, protocol.build_messages(q, layout=a.layout)) for q in a.problems]
         budget = Budget(max_tokens=a.max_tokens, max_steps=a.max_steps, max_output_tokens=a.max_output_tokens)
         sampling = Sampling(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
         trajs = rollout(be, prompts, budget=budget, sampling=sampling, schedule=a.schedule)

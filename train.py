@@ -19,7 +19,7 @@ Data flow (the numbers match the code below):
   2. Model: models.resolve_model turns the name into weights (a hub id, a directory, or the
      embedded smollm2-135m); the completion cap is checked against the solved examples.
   3. Data: data.load_train -> (train, dev) Problems, decontaminated against the evaluation
-     benchmarks (the count is logged); each becomes {"prompt": agent.build_messages(problem),
+     benchmarks (the count is logged); each becomes {"prompt": protocol.build_messages(problem),
      "answer": gold}. GRPO sees the problem only, never a reference solution. The evaluation
      sets are loaded first (a missing or gated one is named before the training split is read);
      the hub pool (OpenMathReasoning tir: a 1.7M-row, ~36 GB stream) is filtered once and cached
@@ -112,6 +112,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
+import protocol
 from cli import field_docs, first_line
 
 ROOT = Path(__file__).resolve().parent
@@ -217,14 +218,13 @@ def parse_args(argv: list[str] | None = None):
 
 def check_config(script: ScriptArguments, args, model_args) -> None:
     """Fail fast, before anything heavy, on what cannot work. One ConfigError line each."""
-    import agent
 
-    if script.layout not in agent.LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(agent.LAYOUTS)}, not {script.layout!r}")
+    if script.layout not in protocol.LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(protocol.LAYOUTS)}, not {script.layout!r}")
     if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
         raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
-    if script.examples is not None and not 1 <= script.examples <= len(agent.load_examples()):
-        raise ConfigError(f"--examples must be between 1 and {len(agent.load_examples())} "
+    if script.examples is not None and not 1 <= script.examples <= len(protocol.load_examples()):
+        raise ConfigError(f"--examples must be between 1 and {len(protocol.load_examples())} "
                           f"(the solved examples in prompts/examples.txt), not {script.examples}")
     for name in ("max_agent_steps", "max_output_tokens", "code_reward_cap", "dev_size"):
         if getattr(script, name) < (0 if name == "dev_size" else 1):
@@ -272,17 +272,16 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
 def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config) -> None:
     """The cap must hold what the solved examples show, or imitating them is always truncated;
     prompt + cap must fit the model's context."""
-    import agent
 
     longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False))
-                  for ex in agent.shown_examples(script.examples))
+                  for ex in protocol.shown_examples(script.examples))
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
     import rollout
 
-    prompt = len(rollout.encode_prompt(tokenizer, agent.build_messages("x", layout=script.layout,
-                                                                              examples=script.examples)))
+    prompt = len(rollout.encode_prompt(tokenizer, protocol.build_messages("x", layout=script.layout,
+                                                                                 examples=script.examples)))
     context = getattr(model_config, "max_position_embeddings", None)
     if context and prompt + args.max_completion_length > context:
         raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
@@ -326,8 +325,6 @@ def load_datasets(script: ScriptArguments, args=None):
     filtered pool (data.py), and the others, released after it, read that cache."""
     import contextlib
 
-    import agent
-
     try:
         import data
     except ImportError as e:
@@ -350,7 +347,7 @@ def load_datasets(script: ScriptArguments, args=None):
             if not str(p.answer).strip():
                 raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
                                   "(every row needs an 'answer' field)")
-            out.append({"prompt": agent.build_messages(p.problem, layout=script.layout, examples=script.examples),
+            out.append({"prompt": protocol.build_messages(p.problem, layout=script.layout, examples=script.examples),
                         "answer": str(p.answer), "problem_id": str(p.id)})
         return out
 
@@ -618,7 +615,6 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     """The GRPOTrainer of this recipe (steps 2-6). Datasets default to load_datasets(script);
     rollout_overrides go to rollout.make_rollout_func (e.g. backend, run_batch: bench/train.py)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
-    import agent
     import rollout
     from transformers import AutoConfig, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -645,8 +641,8 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     # 6) the agent loop as TRL's rollout_func; per-rank seeds
     rank, world = args.process_index, args.world_size
     seed = args.seed + RANK_SEED_STRIDE * rank
-    budget = agent.Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
-                          max_output_tokens=script.max_output_tokens)
+    budget = protocol.Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
+                             max_output_tokens=script.max_output_tokens)
     rollout_func = rollout.make_rollout_func(**{
         "budget": budget, "temperature": sync, "seed": seed, "step_tokens": script.step_tokens,
         "schedule": script.rollout_schedule, **(rollout_overrides or {})})

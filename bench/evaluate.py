@@ -81,11 +81,11 @@ def main() -> int:
         and the solved examples), as any long evaluation has it cached after its first problems.
         Without this, the batched run prefills the shared prefix once per sequence (requests of
         one step cannot share blocks not yet computed) while the sequential run computes it once."""
-        import agent
+        import protocol
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        ids = [rollout.encode_prompt(backend.tokenizer, agent.build_messages(p.problem, layout="turns")) for p in probs]
+        ids = [rollout.encode_prompt(backend.tokenizer, protocol.build_messages(p.problem, layout="turns")) for p in probs]
         n = 0
         while all(len(x) > n and x[n] == ids[0][n] for x in ids):
             n += 1

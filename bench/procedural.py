@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project is a flat folder
 from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
 
-SETTINGS = {  # name -> (mode, layout) of agent.build_messages
+SETTINGS = {  # name -> (mode, layout) of protocol.build_messages
     "turns": ("agent", "turns"),
     "system": ("agent", "system"),
     "baseline": ("baseline", "system"),
@@ -120,10 +120,10 @@ def main() -> None:
     settings = [r[0] for r in runs]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-    import agent
     import backends
     import data
     import executor
+    import protocol
     import rewards
     import rollout as R
     from models import shutdown_vllm
@@ -136,12 +136,12 @@ def main() -> None:
     t0 = time.perf_counter()
     be = backends.VLLMBackend.from_model(a.model)
     load_s = time.perf_counter() - t0
-    budget = agent.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
+    budget = protocol.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
     out = open(a.out, "a") if a.out else None
     results: dict[str, list[dict]] = {}
     walls = {}
     for setting, mode, layout, temperature in runs:
-        prompt = {q.id: R.encode_prompt(be.tokenizer, agent.build_messages(q.problem, mode=mode, layout=layout))
+        prompt = {q.id: R.encode_prompt(be.tokenizer, protocol.build_messages(q.problem, mode=mode, layout=layout))
                   for q in problems}
         jobs = [q for q in problems for _ in range(a.samples)]
         t1 = time.perf_counter()

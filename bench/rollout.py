@@ -25,7 +25,7 @@ primed, so every run starts from the same cache state: prompts cached, nothing e
 line is machine-readable:
   RESULT batched_vs_sequential=<(a)/(b) tok/s> agent_vs_plain=<(a)/(c) tok/s>
 
-Workload: agent.arithmetic_messages -- 3-digit products at T=1.0, three solved products as
+Workload: data.arithmetic_messages -- 3-digit products at T=1.0, three solved products as
 earlier chat turns, on which the untrained SmolLM2-135M calls the tool on most problems (29 of
 32 in this benchmark); with the paper's competition-style prompt it hardly calls it, and there
 would be no agent loop to measure.
@@ -108,9 +108,10 @@ def main() -> None:
         p.error("--repeats must be at least 1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-    import agent
     import backends
+    import data
     import executor
+    import protocol
     import rollout as R
     from models import shutdown_vllm
     from vllm import SamplingParams
@@ -123,9 +124,9 @@ def main() -> None:
     be = backends.VLLMBackend.from_model(a.model, **engine)
     load_s = time.perf_counter() - t0
     llm = be.llm
-    qs = agent.arithmetic_problems(a.n, seed=a.seed)
-    prompts = [R.encode_prompt(be.tokenizer, agent.arithmetic_messages(x, y)) for x, y in qs]
-    budget = agent.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
+    qs = data.arithmetic_problems(a.n, seed=a.seed)
+    prompts = [R.encode_prompt(be.tokenizer, data.arithmetic_messages(x, y)) for x, y in qs]
+    budget = protocol.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
     logging.basicConfig(format="  %(message)s")
 
     def prime() -> None:
@@ -135,7 +136,7 @@ def main() -> None:
                      SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)
 
     def correct(trajs) -> str:
-        return f"{sum(agent.last_boxed(t.text) == str(x * y) for (x, y), t in zip(qs, trajs))}/{a.n}"
+        return f"{sum(protocol.last_boxed(t.text) == str(x * y) for (x, y), t in zip(qs, trajs))}/{a.n}"
 
     def agent_run(schedule: str, seed: int, verbose: bool = False) -> tuple[Run, list]:
         prime()
@@ -188,7 +189,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"model {a.model} on vLLM ({cfg.model_config.dtype}, KV block {cfg.cache_config.block_size}, chunked "
           f"prefill {cfg.scheduler_config.enable_chunked_prefill}), "
-          f"engine load {load_s:.0f}s; {a.n} problems (agent.arithmetic_messages), T={a.temperature}, "
+          f"engine load {load_s:.0f}s; {a.n} problems (data.arithmetic_messages), T={a.temperature}, "
           f"budget {a.max_tokens} tokens / {a.max_steps} steps, step_tokens {a.step_tokens}; "
           f"median of {a.repeats} for (a) (c) (a'); machine load avg {load[0]:.1f} (cores {os.cpu_count()})")
     print(f"{'':<24} {'wall_s':>8} {'model_tok':>9} {'exec_tok':>9} {'total_tok/s':>12} {'model_tok/s':>11} "

@@ -1,12 +1,12 @@
 """
 bench/tool_use.py -- does the model call the tool, per prompt layout? (docs/agent.md, the tool-use table)
 
-agent.py's MathAgent (smolagents) solves the same seeded 3-digit products (agent.
+agent.py's MathAgent (smolagents) solves the same seeded 3-digit products (data.
 arithmetic_problems) once per prompt layout, greedy, and counts the problems answered right
 and those on which the model called the tool at least once:
   layout "turns":  the 4 solved examples as earlier chat turns (what the 135M model needs);
   layout "system": the 4 solved examples inside the system prompt (the paper's layout).
-The prompt is agent.build_messages's (the project's instruction and examples); the problem is
+The prompt is protocol.build_messages's (the project's instruction and examples); the problem is
 "What is A * B?". Without the tool the tiny model answers products from memory, wrongly.
 
 Backends: "vllm" -- agent.VLLMAgentModel on an engine started with the project's settings
@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n", type=int, default=20, help="problems (seeded 3-digit products)")
-    p.add_argument("--seed", type=int, default=0, help="which products (agent.arithmetic_problems)")
+    p.add_argument("--seed", type=int, default=0, help="which products (data.arithmetic_problems)")
     p.add_argument("--layouts", default="turns,system", help="comma-separated: turns, system")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per model call")
     p.add_argument("--max-steps", type=int, default=8, help="agent calls per problem")
@@ -51,12 +51,13 @@ def main() -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import agent
+    import data
     from smolagents.monitoring import LogLevel
 
     cfg = agent.Config(problem="", model=a.model, backend=a.backend, temperature=0.0,
                        max_new_tokens=a.max_new_tokens, max_steps=a.max_steps)
     model = agent.make_model(cfg)
-    qs = agent.arithmetic_problems(a.n, seed=a.seed)
+    qs = data.arithmetic_problems(a.n, seed=a.seed)
     print(f"# bench/tool_use.py: backend {a.backend}, model {a.model}, {a.n} products (seed {a.seed}), greedy, "
           f"--max-new-tokens {a.max_new_tokens}; {cpu_line()}; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

@@ -4,7 +4,7 @@ against one step of TRL's own generation (no tools), at equal completion lengths
 
 Both trainers are built from the same recipe (recipes/cpu-smoke.yaml by default: SmolLM2-135M,
 LoRA r 32, CPU) and score the same prompts with the same reward functions. The prompts are
-agent.arithmetic_messages products, the workload on which the untrained 135M model calls the
+data.arithmetic_messages products, the workload on which the untrained 135M model calls the
 tool, so the sandbox is really exercised. Order:
   1. agentic: train.build_trainer (rollout.make_rollout_func on transformers, executor.Sandbox);
      one warm-up step, then two measured steps;
@@ -69,16 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer, get_peft_config
 
-    import agent
     import backends
+    import data
     import executor
     import train
 
     torch.set_num_threads(a.threads)
     print(f"CPU: {cpu_line()}; torch threads {a.threads}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    pairs = agent.arithmetic_problems(a.problems * 2, seed=0)
-    rows = [{"prompt": agent.arithmetic_messages(x, y), "answer": str(x * y)} for x, y in pairs]
+    pairs = data.arithmetic_problems(a.problems * 2, seed=0)
+    rows = [{"prompt": data.arithmetic_messages(x, y), "answer": str(x * y)} for x, y in pairs]
     ds = Dataset.from_list(rows)
 
     def config(out: str, extra: list[str]):

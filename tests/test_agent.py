@@ -1,5 +1,6 @@
 """
-Tests for agent.py: the protocol, same-turn continuation, MathAgent, the backends and the CLI.
+Tests for agent.py and the interface it runs: the protocol (protocol.py), same-turn
+continuation (models.continuation_chat_template), MathAgent, the backends and the CLI.
 
   .venv/bin/python -m pytest tests/test_agent.py -q                          # all: ~3.5 min idle
   .venv/bin/python -m pytest tests/test_agent.py -q -k "not real and not cli"  # tier 1: ~10 s
@@ -27,9 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import agent  # noqa: E402
+import data  # noqa: E402
+import models  # noqa: E402
 import protocol  # noqa: E402
 import rewards  # noqa: E402
-from agent import (  # noqa: E402
+from protocol import (  # noqa: E402
     CALL_CLOSE, FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget, close_chunk, end_reason,
     find_snippets, format_output, last_box, last_boxed, output_blocks, shows_error,
     strip_output_blocks, trailing_snippet,
@@ -44,7 +47,8 @@ PY = sys.executable
 
 def test_doctests():
     assert doctest.testmod(agent, optionflags=doctest.ELLIPSIS).failed == 0
-    assert doctest.testmod(protocol, optionflags=doctest.ELLIPSIS).failed == 0  # sections 1-2
+    assert doctest.testmod(protocol, optionflags=doctest.ELLIPSIS).failed == 0  # the interface, the prompts
+    assert doctest.testmod(data, optionflags=doctest.ELLIPSIS).failed == 0  # the arithmetic workload moved there
 
 
 def test_find_snippets_takes_calls_and_fences_in_order_and_skips_output_blocks():
@@ -309,7 +313,7 @@ SO_FAR = "I compute it.\n<tool_call>\nprint(17*23)\n</tool_call>\n```output\n391
 
 @pytest.mark.parametrize("template", [CHATML, THINKING], ids=["chatml", "thinking"])
 def test_continuation_template_continues_the_final_assistant_message(template):
-    wrapped = agent.continuation_chat_template(template)
+    wrapped = models.continuation_chat_template(template)
     expected = render(template, PROMPT) + SO_FAR  # the text the model saw while writing, plus the output
     assert render(wrapped, PROMPT + [{"role": "assistant", "content": SO_FAR}]) == expected
     # content given as text parts (smolagents' format) works the same
@@ -320,7 +324,7 @@ def test_continuation_template_continues_the_final_assistant_message(template):
     # conversations that do not end with the assistant render exactly as before
     assert render(wrapped, PROMPT) == render(template, PROMPT)
     assert render(wrapped, PROMPT, add_generation_prompt=False) == render(template, PROMPT, False)
-    assert agent.continuation_chat_template(wrapped) == wrapped  # idempotent
+    assert models.continuation_chat_template(wrapped) == wrapped  # idempotent
 
 
 def test_the_thinking_template_alone_would_close_the_think_block():
@@ -328,7 +332,7 @@ def test_the_thinking_template_alone_would_close_the_think_block():
     template puts it after a closed, empty think block, outside the reasoning."""
     plain = render(THINKING, PROMPT + [{"role": "assistant", "content": SO_FAR}], add_generation_prompt=False)
     assert "<think>\n\n</think>\n\nI compute it." in plain
-    wrapped = render(agent.continuation_chat_template(THINKING), PROMPT + [{"role": "assistant", "content": SO_FAR}])
+    wrapped = render(models.continuation_chat_template(THINKING), PROMPT + [{"role": "assistant", "content": SO_FAR}])
     assert wrapped.endswith("<|im_start|>assistant\n<think>\n" + SO_FAR)
 
 
@@ -397,9 +401,9 @@ def test_long_output_is_cut_by_the_rule_the_rollout_uses():
     math_agent, _ = make_agent(chunks, max_output_tokens=20)
     solution = math_agent.solve("Print a lot.")
     block = solution.trace[solution.trace.index("\n```output"): solution.trace.rindex("So ")]
-    expected, ids = agent.output_block(SimpleNamespace(stdout="ab " * 300 + "\n", error=None), WordTokenizer(), 20)
+    expected, ids = protocol.output_block(SimpleNamespace(stdout="ab " * 300 + "\n", error=None), WordTokenizer(), 20)
     assert block == expected and len(ids) <= 20
-    assert block.endswith(agent.TRUNCATION_MARKER + agent.OUTPUT_CLOSE) and block.startswith("\n```output\nab ab")
+    assert block.endswith(protocol.TRUNCATION_MARKER + protocol.OUTPUT_CLOSE) and block.startswith("\n```output\nab ab")
 
 
 @needs_smolagents
@@ -419,7 +423,7 @@ def test_output_is_inserted_into_the_same_assistant_message_and_a_box_ends_the_r
     # same single assistant message grown by the chunk and the executor output. No ReAct
     # "Observation:" user turn, no second assistant turn.
     first, second = model.requests
-    prompt = agent.build_messages("What is 17*23?", layout="turns")
+    prompt = protocol.build_messages("What is 17*23?", layout="turns")
     for request in (first, second):
         assert [(m.role, text_of(m)) for m in request[:-1]] == [(m["role"], m["content"]) for m in prompt]
         assert request[-1].role == MessageRole.ASSISTANT
@@ -544,7 +548,7 @@ def test_missing_smolagents_gives_one_clear_line(monkeypatch):
 
 
 def test_import_is_light():
-    """rollout.py and rewards.py import agent: no ML framework may load with it."""
+    """`import agent` (MathAgent's tests, the CLI's --help) loads no ML framework."""
     code = "import sys, agent; print([m for m in ('torch', 'vllm', 'transformers') if m in sys.modules])"
     run = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "[]", run.stderr
@@ -552,8 +556,8 @@ def test_import_is_light():
 
 def test_protocol_imports_without_smolagents():
     """rewards.py imports the protocol on machines without the ML stack."""
-    code = ("import sys; sys.modules['smolagents'] = None; import agent; "
-            "assert agent.find_snippets('<tool_call>\\nx\\n</tool_call>') == ['x']; "
+    code = ("import sys; sys.modules['smolagents'] = None; import agent, protocol; "
+            "assert protocol.find_snippets('<tool_call>\\nx\\n</tool_call>') == ['x']; "
             "assert not any(m in sys.modules for m in ('torch', 'vllm', 'transformers')); "
             "agent.MathAgent(None)")
     run = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -598,10 +602,10 @@ def test_real_tokenizer_continues_the_assistant_message(smollm2_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    prompt = agent.build_messages("What is 17*23?", layout="turns")
+    prompt = protocol.build_messages("What is 17*23?", layout="turns")
     prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     messages = prompt + [{"role": "assistant", "content": SO_FAR}]
-    wrapped = agent.continuation_chat_template_of(smollm2_dir)
+    wrapped = models.continuation_chat_template_of(smollm2_dir)
     assert tokenizer.apply_chat_template(messages, chat_template=wrapped, add_generation_prompt=True,
                                          tokenize=False) == prefix + SO_FAR
     # what a vLLM server does with continue_final_message and the model's own (ChatML) template:
@@ -691,4 +695,4 @@ def test_cli_bad_input_gives_one_error_line(args, message):
 def test_cli_help_comes_from_the_config_docstrings():
     run = run_cli("--help", timeout=120)
     assert run.returncode == 0
-    assert "Where the solved examples go" in run.stdout and "{transformers,vllm,openai}" in run.stdout
+    assert "Where the solved examples go" in run.stdout and "{vllm,transformers,openai}" in run.stdout  # protocol.BACKENDS, the one name set

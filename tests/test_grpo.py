@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import random
 
-import agent
+import data
+import protocol
 import rollout as R
 import train
 
@@ -31,9 +32,9 @@ def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    # agent.arithmetic_messages: prompts on which the untrained 135M model calls the tool
-    pairs = agent.arithmetic_problems(2, seed=0)
-    dataset = Dataset.from_list([{"prompt": agent.arithmetic_messages(a, b), "answer": str(a * b)} for a, b in pairs])
+    # data.arithmetic_messages: prompts on which the untrained 135M model calls the tool
+    pairs = data.arithmetic_problems(2, seed=0)
+    dataset = Dataset.from_list([{"prompt": data.arithmetic_messages(a, b), "answer": str(a * b)} for a, b in pairs])
 
     seen_kwargs = []
     noise = random.Random(1)
@@ -43,11 +44,11 @@ def test_grpo_step_masks_executor_tokens(smollm2_dir, tmp_path, one_torch_thread
                             "num_errors": num_errors, "num_timeouts": num_timeouts})
         # correctness, plus a little noise so the two completions of a group never tie:
         # the advantages must be non-zero for the gradient check below to mean anything
-        return [float(agent.last_boxed(c[0]["content"]) == ans) + 0.1 * noise.random()
+        return [float(protocol.last_boxed(c[0]["content"]) == ans) + 0.1 * noise.random()
                 for c, ans in zip(completions, answer)]
 
     rollouts = []
-    inner = R.make_rollout_func(budget=agent.Budget(max_tokens=48, max_steps=2, max_output_tokens=24),
+    inner = R.make_rollout_func(budget=protocol.Budget(max_tokens=48, max_steps=2, max_output_tokens=24),
                                 temperature=train.TemperatureSchedule(1.0, 0.7))
 
     def rollout_func(prompts, trainer):

@@ -1,5 +1,5 @@
 """
-Tests for prompts/: the solved examples, the agent instruction, and agent.build_messages.
+Tests for prompts/: the solved examples, the agent instruction, and protocol.build_messages.
 
   .venv/bin/python -m pytest tests/test_prompts.py -q       # about 10 s (starts the sandbox)
   .venv/bin/python tests/test_prompts.py --rewrite          # regenerate the output blocks
@@ -7,7 +7,7 @@ Tests for prompts/: the solved examples, the agent instruction, and agent.build_
 The examples are what the model imitates, so their output blocks must be exactly what it
 will see at run time: each example's snippets are re-run, in order, in one fresh
 executor.Sandbox session (one session per example, as the agent runs one problem), and
-the blocks agent.format_result renders must match prompts/examples.txt byte for byte.
+the blocks protocol.format_result renders must match prompts/examples.txt byte for byte.
 After a change to the executor or to format_output, `--rewrite` regenerates them.
 """
 
@@ -22,9 +22,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import agent  # noqa: E402
+import protocol  # noqa: E402
 
-EXAMPLES = agent.load_examples()
+EXAMPLES = protocol.load_examples()
 _OLD_BLOCK = re.compile(r"\n```output\n.*?\n```\n", re.DOTALL)
 
 
@@ -33,13 +33,13 @@ def replay(solution: str, sandbox) -> tuple[str, list]:
     now, and the ExecResults. Walks the text the way the agent produces it: a chunk up to the
     closing tag, then the inserted block."""
     rebuilt, rest, results = "", solution, []
-    while (end := rest.find(agent.CALL_CLOSE)) != -1:
-        chunk, rest = rest[: end + len(agent.CALL_CLOSE)], rest[end + len(agent.CALL_CLOSE):]
-        result = sandbox.run(agent.trailing_snippet(chunk))
+    while (end := rest.find(protocol.CALL_CLOSE)) != -1:
+        chunk, rest = rest[: end + len(protocol.CALL_CLOSE)], rest[end + len(protocol.CALL_CLOSE):]
+        result = sandbox.run(protocol.trailing_snippet(chunk))
         results.append(result)
         old = _OLD_BLOCK.match(rest)
         rest = rest[old.end():] if old else rest
-        rebuilt += chunk + agent.format_result(result)
+        rebuilt += chunk + protocol.format_result(result)
     return rebuilt + rest, results
 
 
@@ -64,8 +64,8 @@ def _loaded_names(code: str) -> set[str]:
 def test_four_examples_each_with_an_agent_call():
     assert len(EXAMPLES) == 4  # the paper: "we include 4 solved examples"
     for ex in EXAMPLES:
-        assert agent.find_snippets(ex.solution), ex.problem
-        assert ex.solution.count(agent.CALL_OPEN) == ex.solution.count(agent.CALL_CLOSE)
+        assert protocol.find_snippets(ex.solution), ex.problem
+        assert ex.solution.count(protocol.CALL_OPEN) == ex.solution.count(protocol.CALL_CLOSE)
 
 
 @pytest.mark.parametrize("n", range(len(EXAMPLES)), ids=lambda n: f"example{n + 1}")
@@ -81,7 +81,7 @@ def test_output_blocks_are_what_the_executor_prints(n):
 def test_an_example_reuses_a_name_from_an_earlier_snippet():
     reused = []
     for ex in EXAMPLES:
-        snippets = agent.find_snippets(ex.solution)
+        snippets = protocol.find_snippets(ex.solution)
         for i, later in enumerate(snippets[1:], 1):
             defined = set().union(*(_stored_names(s) for s in snippets[:i]))
             reused += sorted((_loaded_names(later) - _stored_names(later)) & defined)
@@ -90,21 +90,21 @@ def test_an_example_reuses_a_name_from_an_earlier_snippet():
 
 def test_each_example_ends_with_its_answer_boxed():
     for ex in EXAMPLES:
-        assert agent.last_boxed(ex.solution) == ex.answer
+        assert protocol.last_boxed(ex.solution) == ex.answer
         final_chunk = _OLD_BLOCK.split(ex.solution)[-1]
-        assert agent.CALL_OPEN not in final_chunk and "\\boxed" in final_chunk
+        assert protocol.CALL_OPEN not in final_chunk and "\\boxed" in final_chunk
         # read as a last generated chunk, it ends the trajectory with an answer
-        assert agent.end_reason(final_chunk, agent.FINISH_EOS, 1, 0, agent.Budget()) == "answer"
+        assert protocol.end_reason(final_chunk, protocol.FINISH_EOS, 1, 0, protocol.Budget()) == "answer"
 
 
 def test_parse_examples_format():
     text = ("note above the first example\n\n=== example 1 ===\n--- problem ---\nP?\n\n--- solution ---\n"
             "line 1\n\nline 2 \\boxed{3}\n\n--- answer ---\n3\n")
-    assert agent.parse_examples(text) == [agent.Example("P?", "line 1\n\nline 2 \\boxed{3}", "3")]
+    assert protocol.parse_examples(text) == [protocol.Example("P?", "line 1\n\nline 2 \\boxed{3}", "3")]
     with pytest.raises(ValueError, match="outside a section"):
-        agent.parse_examples("=== example 1 ===\nstray\n--- problem ---\nP\n")
+        protocol.parse_examples("=== example 1 ===\nstray\n--- problem ---\nP\n")
     with pytest.raises(ValueError, match="no answer"):
-        agent.parse_examples("=== example 1 ===\n--- problem ---\nP\n--- solution ---\nS\n")
+        protocol.parse_examples("=== example 1 ===\n--- problem ---\nP\n--- solution ---\nS\n")
 
 
 # -- the instruction -------------------------------------------------------------------------
@@ -112,59 +112,59 @@ def test_parse_examples_format():
 def test_instruction_lists_exactly_the_executors_allowed_imports():
     import executor
 
-    line = re.search(r"Only these modules can be imported: (.+)\.$", agent.read_prompt("agent_instruction.txt"), re.M)
+    line = re.search(r"Only these modules can be imported: (.+)\.$", protocol.read_prompt("agent_instruction.txt"), re.M)
     assert line, "the instruction must list the allowed imports on one line"
     assert tuple(line.group(1).split(", ")) == tuple(executor.ALLOWED_IMPORTS)
 
 
 def test_instruction_names_the_delimiters_and_the_answer_format():
-    text = agent.read_prompt("agent_instruction.txt")
-    assert agent.CALL_OPEN in text and agent.CALL_CLOSE in text
-    assert agent.OUTPUT_OPEN.strip() in text and "\\boxed{" in text
+    text = protocol.read_prompt("agent_instruction.txt")
+    assert protocol.CALL_OPEN in text and protocol.CALL_CLOSE in text
+    assert protocol.OUTPUT_OPEN.strip() in text and "\\boxed{" in text
 
 
 # -- build_messages --------------------------------------------------------------------------
 
 def test_build_messages_system_layout_puts_the_examples_in_the_system_prompt():
-    messages = agent.build_messages("What is 2+2?")
+    messages = protocol.build_messages("What is 2+2?")
     assert [m["role"] for m in messages] == ["system", "user"]
     system = messages[0]["content"]
-    assert system.startswith(agent.read_prompt("agent_instruction.txt"))
+    assert system.startswith(protocol.read_prompt("agent_instruction.txt"))
     for n, ex in enumerate(EXAMPLES, 1):
-        assert agent.SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution) in system
+        assert protocol.SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution) in system
     assert messages[1] == {"role": "user", "content": "What is 2+2?"}
 
 
 def test_build_messages_turns_layout_gives_each_example_as_a_chat_turn():
-    messages = agent.build_messages("What is 2+2?", layout="turns")
-    assert messages[0] == {"role": "system", "content": agent.read_prompt("agent_instruction.txt")}
+    messages = protocol.build_messages("What is 2+2?", layout="turns")
+    assert messages[0] == {"role": "system", "content": protocol.read_prompt("agent_instruction.txt")}
     pairs = list(zip(messages[1:-1:2], messages[2:-1:2]))
     assert [(u["content"], a["content"]) for u, a in pairs] == [(ex.problem, ex.solution) for ex in EXAMPLES]
     assert all(u["role"] == "user" and a["role"] == "assistant" for u, a in pairs)
     assert messages[-1] == {"role": "user", "content": "What is 2+2?"}
 
 
-@pytest.mark.parametrize("layout", agent.LAYOUTS)
+@pytest.mark.parametrize("layout", protocol.LAYOUTS)
 def test_build_messages_baseline_has_no_agent(layout):
-    messages = agent.build_messages("What is 2+2?", mode="baseline", layout=layout)
+    messages = protocol.build_messages("What is 2+2?", mode="baseline", layout=layout)
     assert len(messages) == 1 and messages[0]["role"] == "user"
     content = messages[0]["content"]
     assert content.startswith("What is 2+2?") and "\\boxed{" in content and "{problem}" not in content
-    assert agent.CALL_OPEN not in content
+    assert protocol.CALL_OPEN not in content
 
 
 def test_build_messages_rejects_unknown_mode_and_layout():
     with pytest.raises(ValueError, match="layout must be one of system, turns"):
-        agent.build_messages("x", layout="inline")
+        protocol.build_messages("x", layout="inline")
     with pytest.raises(ValueError, match="mode must be one of agent, baseline"):
-        agent.build_messages("x", mode="tools")
+        protocol.build_messages("x", mode="tools")
 
 
 def test_build_messages_is_pure():
-    assert agent.build_messages("q", layout="turns") == agent.build_messages("q", layout="turns")
-    first = agent.build_messages("q")
+    assert protocol.build_messages("q", layout="turns") == protocol.build_messages("q", layout="turns")
+    first = protocol.build_messages("q")
     first[0]["content"] = "changed"
-    assert agent.build_messages("q")[0]["content"] != "changed"
+    assert protocol.build_messages("q")[0]["content"] != "changed"
 
 
 # -- regenerate the output blocks ---------------------------------------------------------------
@@ -173,7 +173,7 @@ def rewrite() -> None:
     """Rewrite prompts/examples.txt with output blocks from the current executor."""
     from executor import Sandbox
 
-    path = agent.PROMPTS_DIR / "examples.txt"
+    path = protocol.PROMPTS_DIR / "examples.txt"
     text = path.read_text(encoding="utf-8")
     for ex in EXAMPLES:
         with Sandbox() as sandbox:

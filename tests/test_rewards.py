@@ -292,12 +292,11 @@ def test_code_use_counts():
 
 
 def test_code_use_counts_use_the_protocol_scanners():
-    # rewards counts with protocol.py's scanners, the ones agent.py re-exports: no second copy
-    import agent
+    # rewards counts with protocol.py's scanners: no second copy
     import protocol
 
-    assert rewards.find_snippets is agent.find_snippets is protocol.find_snippets
-    assert rewards.output_blocks is agent.output_blocks and rewards.shows_error is agent.shows_error
+    assert rewards.find_snippets is protocol.find_snippets is protocol.find_snippets
+    assert rewards.output_blocks is protocol.output_blocks and rewards.shows_error is protocol.shows_error
     text = ("<tool_call>\nprint(1)\n</tool_call>\n```output\n1\n```\n"
             "```python\nprint(y)\n```\n```output\nNameError: name 'y' is not defined\n```\n"
             "<tool_call>\nprint(2)\n</tool_call>\n```output\nunclosed")

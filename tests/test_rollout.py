@@ -23,12 +23,12 @@ from types import SimpleNamespace
 
 import pytest
 
-import agent
 import backends as B
+import data
 import protocol
 import rollout as R
 import train
-from agent import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
+from protocol import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Budget
 
 # ---------------------------------------------------------------------------
 # Tier 1 helpers: a 1-char-per-token tokenizer, a scripted backend, an in-memory sandbox
@@ -182,7 +182,7 @@ def test_call_output_answer_is_token_exact():
     for t in (t1, t2):
         check_invariants(t, tok)
     assert t1.finish_reason == "answer" and t2.finish_reason == "answer"
-    assert t1.snippets == ["print(17*23)"] and t1.blocks == [agent.format_output("391\n")]
+    assert t1.snippets == ["print(17*23)"] and t1.blocks == [protocol.format_output("391\n")]
     assert t1.text == "Compute.\n" + CALL + "\n```output\n391\n```\n" + "So \\boxed{391}."
     assert t1.completion_ids[-1] == EOS and t1.ended_with_eos
     # the model segments are exactly what the backend returned, logprobs included
@@ -381,7 +381,7 @@ def test_closing_tag_split_across_calls_with_more_text_on_its_last_token_is_run(
     (t,) = R.rollout(be, [tok.encode("Q")], sandbox_factory=factory, run_batch=batch, step_tokens=2,
                      schedule="lockstep")
     assert batches == [["print(17*23)"]]
-    assert t.text == CALL + "." + agent.format_output("391\n") + "\\boxed{391}"
+    assert t.text == CALL + "." + protocol.format_output("391\n") + "\\boxed{391}"
     assert [s.finish for s in t.segments if s.kind == "model"] == [FINISH_LENGTH, FINISH_STOP, FINISH_EOS]
     check_invariants(t, tok)
 
@@ -439,7 +439,7 @@ def test_finish_from_ids_is_linear_in_the_ids():
 
     tok = Counting()
     ids = tok.encode("x" * 4000 + "</tool_call> and more")
-    c = B._finish_from_ids(ids, [-1.0] * len(ids), 10_000, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, [-1.0] * len(ids), 10_000, {EOS}, protocol.STOP_STRINGS, tok)
     assert tok.decode(c.token_ids).endswith("x</tool_call>") and c.finish == FINISH_STOP
     assert Counting.decoded < 30 * len(ids)
 
@@ -457,15 +457,15 @@ def test_long_output_is_cut_with_marker_and_closing_fence():
     (t,), _ = run(be, ["Q"], {"print(17*23)": ("x" * 500, None, False)}, budget=Budget(max_output_tokens=40))
     check_invariants(t, be.tokenizer)
     block = t.blocks[0]
-    assert block.endswith(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
-    assert block.startswith("\n" + agent.OUTPUT_OPEN)
+    assert block.endswith(protocol.TRUNCATION_MARKER + protocol.OUTPUT_CLOSE)
+    assert block.startswith("\n" + protocol.OUTPUT_OPEN)
     assert len(be.tokenizer.encode(block)) <= 40
 
 
 def test_output_block_helper():
     tok = CharTokenizer()
     res = SimpleNamespace(stdout="12345\n", error=None)
-    assert R.output_block(res, tok, 100) == (agent.format_output("12345\n"), tok.encode(agent.format_output("12345\n")))
+    assert R.output_block(res, tok, 100) == (protocol.format_output("12345\n"), tok.encode(protocol.format_output("12345\n")))
     assert R.output_block(res, tok, 5) is None  # not even the marker fits: caller ends the trajectory
 
 
@@ -485,18 +485,18 @@ def test_budgets_steps_tokens_and_errors():
     be = ScriptedBackend({"Q": [(CALL, FINISH_STOP), ("\\boxed{0}", FINISH_EOS)]})
     (t,), _ = run(be, ["Q"], {"print(17*23)": ("", "TimeoutError: snippet ran over 10 s", True)})
     assert t.num_errors == 1 and t.timeouts == 1
-    assert t.blocks == [agent.format_output("", "TimeoutError: snippet ran over 10 s")]
+    assert t.blocks == [protocol.format_output("", "TimeoutError: snippet ran over 10 s")]
 
 
 def test_finish_from_ids_cuts_at_eos_stop_or_limit():
     tok = CharTokenizer()
     ids = tok.encode("ab</tool_call>\ncd")
     lps = [-1.0] * len(ids)
-    c = B._finish_from_ids(ids, lps, 100, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, lps, 100, {EOS}, protocol.STOP_STRINGS, tok)
     assert (tok.decode(c.token_ids), c.finish) == ("ab</tool_call>", FINISH_STOP)
-    c = B._finish_from_ids(tok.encode("ab") + [EOS, 99], [-1.0] * 4, 100, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(tok.encode("ab") + [EOS, 99], [-1.0] * 4, 100, {EOS}, protocol.STOP_STRINGS, tok)
     assert c.token_ids == tok.encode("ab") + [EOS] and c.finish == FINISH_EOS
-    c = B._finish_from_ids(ids, lps, 3, {EOS}, agent.STOP_STRINGS, tok)
+    c = B._finish_from_ids(ids, lps, 3, {EOS}, protocol.STOP_STRINGS, tok)
     assert c.token_ids == ids[:3] and c.finish == FINISH_LENGTH
 
 
@@ -576,8 +576,8 @@ def test_missing_model_is_a_clear_error():
 # ---------------------------------------------------------------------------
 
 def arithmetic_prompts(tok, n: int, seed: int = 0) -> tuple[list[tuple[int, int]], list[list[int]]]:
-    qs = agent.arithmetic_problems(n, seed=seed)
-    return qs, [R.encode_prompt(tok, agent.arithmetic_messages(a, b)) for a, b in qs]
+    qs = data.arithmetic_problems(n, seed=seed)
+    return qs, [R.encode_prompt(tok, data.arithmetic_messages(a, b)) for a, b in qs]
 
 
 class Recording:
@@ -632,15 +632,15 @@ def test_real_vllm_rollout_is_token_exact_with_real_sandboxes(vllm_llm, schedule
     with_output = [t for t in trajs if t.blocks]
     assert len(with_output) >= 4, "the model should call the tool on most of these problems"
     for t in with_output:  # what was inserted is what the real sandbox printed, formatted
-        full = agent.format_result(t.results[0])
+        full = protocol.format_result(t.results[0])
         if t.blocks[0] != full:  # cut to max_output_tokens: the head of the same block, marked
-            assert t.blocks[0].endswith(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)
-            head = t.blocks[0][: -len(protocol.TRUNCATION_MARKER + agent.OUTPUT_CLOSE)]
+            assert t.blocks[0].endswith(protocol.TRUNCATION_MARKER + protocol.OUTPUT_CLOSE)
+            head = t.blocks[0][: -len(protocol.TRUNCATION_MARKER + protocol.OUTPUT_CLOSE)]
             assert full.startswith(head) and len(be.tokenizer.encode(t.blocks[0])) <= 64
     assert stats.snippets == sum(t.num_snippets for t in trajs)
     assert stats.generate_calls == sum(len(call) for call in be.calls)
     assert all(t.finish_reason for t in trajs) and all(len(t.completion_ids) <= 96 for t in trajs)
-    assert sum(agent.last_boxed(t.text) == str(a * b) for (a, b), t in zip(qs, trajs)) >= 2
+    assert sum(protocol.last_boxed(t.text) == str(a * b) for (a, b), t in zip(qs, trajs)) >= 2
     assert not vllm_llm.llm_engine.has_unfinished_requests()
 
 
@@ -652,7 +652,7 @@ def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_di
     same seed per (trajectory, call)."""
     be = B.VLLMBackend(vllm_llm)
     rows = [json.loads(line) for line in (data_dir / "math500.jsonl").open()][:64]
-    prompts = [R.encode_prompt(be.tokenizer, agent.build_messages(r["problem"], mode="agent", layout="system"))
+    prompts = [R.encode_prompt(be.tokenizer, protocol.build_messages(r["problem"], mode="agent", layout="system"))
                for r in rows]
     budget_tokens = vllm_llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     assert sum(map(len, prompts)) > 10 * budget_tokens  # far more prefill than one engine step takes
@@ -690,7 +690,7 @@ def test_real_vllm_stop_string_that_ends_inside_a_token(vllm_llm):
     """A stop string that is not a token boundary: "</tool_ca" ends inside the token "call".
     vLLM returns the whole sampled token in token_ids; the backend keeps it."""
     be = B.VLLMBackend(vllm_llm)
-    prompt = R.encode_prompt(be.tokenizer, agent.arithmetic_messages(347, 829))
+    prompt = R.encode_prompt(be.tokenizer, data.arithmetic_messages(347, 829))
     (chunk,) = be.generate([prompt], [60], ["</tool_ca"], R.Sampling(temperature=0.0))
     text = be.tokenizer.decode(chunk.token_ids, skip_special_tokens=True)
     assert chunk.finish == FINISH_STOP
@@ -709,7 +709,7 @@ def test_real_rollout_func_on_a_colocated_engine(vllm_llm, smollm2_dir):
         processing_class=tok, eos_token_ids=[tok.eos_token_id], max_completion_length=64, temperature=1.0,
         top_p=1.0, top_k=0, state=SimpleNamespace(global_step=0, max_steps=1), chat_template_kwargs={},
     )
-    prompts = [agent.arithmetic_messages(a, b) for a, b in agent.arithmetic_problems(2, seed=5)
+    prompts = [data.arithmetic_messages(a, b) for a, b in data.arithmetic_problems(2, seed=5)
                for _ in range(2)]  # each repeated, as TRL does
     out = R.make_rollout_func(seed=0)(prompts, trainer)
     assert len(out["completion_ids"]) == 4 and out["prompt_ids"][0] == out["prompt_ids"][1]
@@ -744,12 +744,12 @@ def test_real_trl_server_backend_cuts_and_classifies(vllm_llm):
     local = B.VLLMBackend(vllm_llm)
     be = Recording(B.TRLServerBackend(EngineAsTRLClient(vllm_llm), local.tokenizer, {local.tokenizer.eos_token_id}))
     _, prompts = arithmetic_prompts(local.tokenizer, 3, seed=6)
-    chunks = be.generate(prompts, [40, 40, 5], agent.STOP_STRINGS, R.Sampling(temperature=0.0))
+    chunks = be.generate(prompts, [40, 40, 5], protocol.STOP_STRINGS, R.Sampling(temperature=0.0))
     assert len(chunks[2].token_ids) == 5 and chunks[2].finish == FINISH_LENGTH  # cut to its own budget
     for c in chunks[:2]:  # greedy on this prompt: a call, cut right where the stop string completes
         text = local.tokenizer.decode(c.token_ids)
-        assert c.finish == FINISH_STOP and protocol.cut_after_stop(text, agent.STOP_STRINGS) is not None
-        assert protocol.cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), agent.STOP_STRINGS) is None
+        assert c.finish == FINISH_STOP and protocol.cut_after_stop(text, protocol.STOP_STRINGS) is not None
+        assert protocol.cut_after_stop(local.tokenizer.decode(c.token_ids[:-1]), protocol.STOP_STRINGS) is None
 
 
 def test_real_trl_vllm_client_against_a_real_vllm_server(vllm_server, smollm2_dir):
@@ -955,7 +955,7 @@ def test_without_the_agent_a_code_block_mid_reasoning_does_not_end_the_trace(sch
     be = (StreamingWritingModel if schedule == "continuous" else WritingModel)({"Q": FENCED})
     (t,), batches = run(be, ["Q"], budget=Budget(max_tokens=500, max_steps=0), schedule=schedule,
                         step_tokens=step_tokens)
-    assert (t.finish_reason, t.text) == ("answer", FENCED) and agent.last_boxed(t.text) == "4"
+    assert (t.finish_reason, t.text) == ("answer", FENCED) and protocol.last_boxed(t.text) == "4"
     assert set(be.stops) == {()}  # the backend was asked for no stop string at all
     assert t.ended_with_eos and t.snippets == [] and t.blocks == [] and batches == [] and t.sandbox is None
     assert set(t.mask) == {1}
@@ -964,8 +964,8 @@ def test_without_the_agent_a_code_block_mid_reasoning_does_not_end_the_trace(sch
     be = (StreamingWritingModel if schedule == "continuous" else WritingModel)({"Q": FENCED})
     (t,), batches = run(be, ["Q"], {"print(2 + 2)": ("4\n", None, False)}, schedule=schedule,
                         step_tokens=step_tokens)
-    assert set(be.stops) == {agent.STOP_STRINGS} and batches == [["print(2 + 2)"]]
-    assert t.blocks == [agent.format_output("4\n")] and t.finish_reason == "answer"
+    assert set(be.stops) == {protocol.STOP_STRINGS} and batches == [["print(2 + 2)"]]
+    assert t.blocks == [protocol.format_output("4\n")] and t.finish_reason == "answer"
 
 
 def test_without_the_agent_the_token_cap_cuts_inside_or_after_a_code_block():
@@ -979,8 +979,8 @@ def test_without_the_agent_the_token_cap_cuts_inside_or_after_a_code_block():
         assert t.text == FENCED[:cap] and t.finish_reason == "max_tokens" and not t.ended_with_eos
         assert t.finish_reason in protocol.TRUNCATED
     be = WritingModel({"Q": FENCED})
-    (t,), _ = run(be, ["Q"], budget=Budget(max_steps=0), stop=agent.STOP_STRINGS)
-    assert be.stops == [agent.STOP_STRINGS] and t.finish_reason == "max_steps"
+    (t,), _ = run(be, ["Q"], budget=Budget(max_steps=0), stop=protocol.STOP_STRINGS)
+    assert be.stops == [protocol.STOP_STRINGS] and t.finish_reason == "max_steps"
     assert t.text == FENCED[: FENCED.index("```\nThat") + 4]  # ended just after the closing fence
     assert t.finish_reason in protocol.TRUNCATED
 
@@ -997,13 +997,13 @@ def test_real_vllm_without_the_agent_generates_past_a_code_block(vllm_llm, sched
     budget = Budget(max_tokens=160, max_steps=0)
     (t,) = R.rollout(be, [prompt], budget=budget, sampling=R.Sampling(temperature=0.0), schedule=schedule)
     check_against_engine([t], be)
-    fence = t.text.find(agent.FENCE_CLOSE)
-    assert fence != -1 and t.text[fence + len(agent.FENCE_CLOSE):].strip(), t.text  # text after the block
+    fence = t.text.find(protocol.FENCE_CLOSE)
+    assert fence != -1 and t.text[fence + len(protocol.FENCE_CLOSE):].strip(), t.text  # text after the block
     assert [s.kind for s in t.segments] == ["model"] and t.segments[0].finish in (FINISH_EOS, FINISH_LENGTH)
     assert t.finish_reason in ("answer", "no_snippet", "max_tokens") and t.snippets == [] and t.sandbox is None
     (cut,) = R.rollout(B.VLLMBackend(vllm_llm), [prompt], budget=budget, sampling=R.Sampling(temperature=0.0),
-                       schedule=schedule, stop=agent.STOP_STRINGS)
-    assert cut.finish_reason == "max_steps" and cut.text.endswith(agent.FENCE_CLOSE)
+                       schedule=schedule, stop=protocol.STOP_STRINGS)
+    assert cut.finish_reason == "max_steps" and cut.text.endswith(protocol.FENCE_CLOSE)
     assert t.text.startswith(cut.text)  # the same greedy trace, which went on
     assert not vllm_llm.llm_engine.has_unfinished_requests()
 
@@ -1015,6 +1015,6 @@ def test_real_transformers_without_the_agent_generates_past_a_code_block(smollm2
                                                                        "hello, then say what it prints."}])
     (t,) = R.rollout(be, [prompt], budget=Budget(max_tokens=80, max_steps=0), sampling=R.Sampling(temperature=0.0))
     check_against_engine([t], be)
-    fence = t.text.find(agent.FENCE_CLOSE)
-    assert fence != -1 and t.text[fence + len(agent.FENCE_CLOSE):].strip(), t.text
+    fence = t.text.find(protocol.FENCE_CLOSE)
+    assert fence != -1 and t.text[fence + len(protocol.FENCE_CLOSE):].strip(), t.text
     assert [s.kind for s in t.segments] == ["model"] and t.finish_reason in ("answer", "no_snippet", "max_tokens")

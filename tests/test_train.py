@@ -45,6 +45,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import protocol
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +185,6 @@ def test_doctests():
 # ---------------------------------------------------------------------------
 
 def test_paper_recipe_builds_a_trainer(smollm2_dir, tmp_path):
-    import agent
     from datasets import Dataset
 
     from models import _cpu_has_bf16
@@ -193,7 +193,7 @@ def test_paper_recipe_builds_a_trainer(smollm2_dir, tmp_path):
                  "--output_dir", str(tmp_path), "--bf16", str(_cpu_has_bf16()).lower()]
     script, args, model_args = train.parse_args(overrides)
     train.check_config(script, args, model_args)
-    ds = Dataset.from_list([{"prompt": agent.build_messages("What is 2+2?"), "answer": "4"}] * 8)
+    ds = Dataset.from_list([{"prompt": protocol.build_messages("What is 2+2?"), "answer": "4"}] * 8)
     trainer = train.build_trainer(script, args, model_args, train_dataset=ds)
     a = trainer.args
     assert (a.learning_rate, a.lr_scheduler_type.value, a.warmup_steps) == (1e-6, "cosine", 0.1)
