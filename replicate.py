@@ -76,6 +76,7 @@ import data
 import evaluate as E
 from cli import dataclass_parser
 from protocol import EVAL_SAMPLING
+from train import ScriptArguments  # train.py's flags: a recipe's missing key has their default
 
 ROOT = Path(__file__).resolve().parent
 SHARED_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
@@ -163,11 +164,12 @@ def read_recipe(path: str) -> dict:
     return {
         "model": r.get("model_name_or_path", "smollm2-135m"),
         "difficulty": dataset.partition(":")[2] or "mixed",
-        "layout": r.get("layout", "system"),
-        "examples": r.get("examples"),
+        # a key the recipe leaves out has train.py's default (max_completion_length: TRL's, 256)
+        "layout": r.get("layout", ScriptArguments.layout),
+        "examples": r.get("examples", ScriptArguments.examples),
         "max_tokens": int(r.get("max_completion_length", 256)),
-        "max_steps": int(r.get("max_agent_steps", 50)),
-        "max_output_tokens": int(r.get("max_output_tokens", 256)),
+        "max_steps": int(r.get("max_agent_steps", ScriptArguments.max_agent_steps)),
+        "max_output_tokens": int(r.get("max_output_tokens", ScriptArguments.max_output_tokens)),
         "max_train_steps": r.get("max_steps"),
     }
 

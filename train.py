@@ -179,8 +179,8 @@ class ScriptArguments:
     there); None spreads it over the whole run."""
     max_agent_steps: int = 50
     """Agent calls (snippets run) per trajectory; a trajectory that asks for one more ends."""
-    max_output_tokens: int = 256
-    """Executor output tokens inserted per call; longer output is cut with a marker."""
+    max_output_tokens: int = Budget.max_output_tokens
+    """Executor output tokens inserted per call (protocol.Budget's); longer output is cut with a marker."""
     step_tokens: int | None = None
     """Optional cap on tokens per generation call inside a trajectory (None: the budget)."""
     rollout_schedule: str = "auto"
