@@ -31,6 +31,8 @@ Data flow (the numbers match the code below):
   5. Temperature: TemperatureSync gives the rollout its T and sets the SAME T in the loss.
   6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
+     Each process samples its own stream: rank 0 with --seed (one process samples as it always
+     has), rank r with protocol.derive_seed(seed, "rank", r), the project's one seed rule.
   7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
      line per logging step beside the progress bar; freed heap memory handed back to the OS
      after every micro-step (MemoryTrim); the LoRA adapter is saved at the end (and in each
