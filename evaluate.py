@@ -7,59 +7,35 @@ majority@16 and mean output length. The ablations are Baseline (Qwen3-4B-Thinkin
 (trained model with the agent). Each is one run of this script; `--compare` prints them as the
 paper's Table 1.
 
-Data flow, numbered as in the code below:
+Data flow, numbered as in the code below (run() walks steps 1-6; the mechanism, 1 and 4-6,
+comes first in this file, the machinery, 2, 3 and 7, after it):
 
-  1. Config (one dataclass; its field docstrings are --help) -> problems from data.py
-     (load_benchmark: the hub, ../shared-style JSONL through --data, or the procedural set).
-  2. Resume: DIR/settings.json pins the settings of DIR, and the content of its inputs by sha256
-     (the --lora adapter, a local --model directory, the --data file: content_hash), so a
-     retrained adapter or an edited file at the same path is refused, not resumed; problems
-     already in DIR/generations.jsonl are skipped (a half-written last line from a kill -9 is
-     dropped), and refused if their text or answer is no longer the benchmark's.
-  3. The backend: vLLM offline (default), transformers, or any OpenAI-compatible server
-     (backends.OpenAIBackend); --lora merges a peft adapter into a cached checkpoint first
-     (models.merge_lora), stored in the dtype the backend computes in (merge_dtype).
-  4. Prompts: protocol.build_messages(problem, mode, layout) -> token ids (rollout.encode_prompt).
-     Baseline mode is the same rollout with max_steps=0 and the baseline prompt: no second
-     generation loop. max_steps=0 also means no stop strings (protocol.stop_strings), so each
-     trajectory is one generation to EOS or --max-tokens, as the paper's non-agent inference:
-     a code block the model writes anyway is text, not run and not an end.
-  5. All problems x samples go through rollout.rollout() (continuous batching on vLLM) in waves
-     of at most --max-batch trajectories. The moment a problem's last sample ends (rollout's
-     on_finish), a grading thread grades it with rewards.check (the training reward's grader)
-     and appends its line to generations.jsonl, flushed and fsynced, while the engine decodes
-     the others.
+  1. Config (one dataclass; its field docstrings are --help; sampling and budget defaults are
+     protocol.EVAL_SAMPLING / EVAL_BUDGET, with their sources) -> problems (data.load_benchmark).
+  2. Resume: DIR/settings.json pins the settings of DIR and the content of its inputs (sha256 of
+     --lora, a local --model, --data: content_hash); problems already in DIR/generations.jsonl
+     are skipped (a half-written last line from a kill -9 is dropped).
+  3. The backend (protocol.BACKENDS): vLLM offline (default), transformers, or an
+     OpenAI-compatible server; --lora is merged first (models.resolve_checkpoint).
+  4. Prompts: build_messages(problem, mode, layout) -> token ids. Baseline mode is the same
+     rollout with max_steps=0 (no agent, no stop strings: one generation to EOS or --max-tokens).
+  5. All problems x samples go through rollout.rollout() in waves of at most --max-batch
+     trajectories; the moment a problem's last sample ends, a grading thread grades it with
+     rewards.check (the training reward's grader) and appends its line to generations.jsonl
+     (flushed and fsynced) while the engine decodes the others.
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
      (unbiased), mean@k, bootstrap CIs, output length two ways, tool statistics -> summary.json.
-  7. `--compare DIR...`: Table 1 (accuracy, length, relative length, paired bootstrap CI of
-     each accuracy difference) and a PNG of accuracy against mean length. Every column and every
-     difference is computed from the records of the same problems: those every run's summary.json
-     covers (its problem_ids), the count printed; runs on another benchmark or k, with no problem
-     in common, or whose shared ids name different problems are refused (shared_problems).
-     replicate.py's report uses the same functions (load_run, shared_problems, paired_difference).
-     `--replay DIR`: every recorded snippet re-run in order in fresh sandbox sessions.
+  7. `--compare DIR...`: Table 1 on the problems every run covers, with paired-bootstrap CIs of
+     each accuracy difference, and a PNG of accuracy against length (replicate.py's report uses
+     the same functions); `--replay DIR`: every recorded snippet re-run in fresh sandboxes.
 
-Settings the paper does not give (printed in every summary, with their source):
-  - sampling T=0.6, top_p=0.95, top_k=20: the Qwen3-4B-Thinking-2507 model card's "Best
-    Practices" for thinking mode (also its "use 32,768 output tokens for most queries", our
-    --max-tokens default); the paper evaluates that model and its fine-tune;
-  - --max-steps 20: smolagents' MultiStepAgent default (the paper's inference runs on smolagents);
-  - 256 executor-output tokens per call: protocol.Budget's default, the same in training.
-Which length the paper reports: the total trace length (model tokens plus executor output). The
-released evaluation code measures the whole trace the agent returns, with the executor's output
-folded in. Both are reported: mean_output_tokens (mask 1, what the model sampled) and
-mean_total_tokens, the paper's measure.
+Which length the paper reports: the whole trace (model plus executor tokens), as the released
+evaluation code measures it: mean_total_tokens; mean_output_tokens is what the model sampled.
 
-Reproducibility (the exact guarantee). Every sample has its own seed, a function of --seed, the
-problem id and the sample index only (rollout seeds call c of it with protocol.derive_seed(seed,
-c)), so the random numbers a problem's samples draw do not depend on the batch, the wave, --limit
-or a resume. What can still differ is the logits: continuous batching is not batch-invariant (on CPU
-and GPU a sequence's logits change in the last bits with what else is in the batch), so a sample
-can diverge where two tokens are nearly tied. So: the same command on the same software and
-hardware repeats its results when the batches repeat (same --max-batch, no resume); and a problem
-alone in its wave (--max-batch equal to --samples) gets the same trajectories whatever else ran
-or was resumed. tests/test_evaluate.py checks the latter: a greedy run killed with SIGKILL and
-resumed equals an uninterrupted run, sample by sample.
+Reproducibility: each sample's seed is protocol.derive_seed(--seed, problem id, sample index), so
+its random numbers do not depend on the batch, the wave, --limit or a resume; continuous batching
+is not batch-invariant in the logits' last bits, so results repeat exactly when the batches
+repeat (docs/evaluation.md gives the exact guarantee and the test that checks it).
 
 Departures from the paper / the original code, and why:
   - one continuous-batched rollout for all problems x samples instead of one agent run after
@@ -79,7 +55,6 @@ Tests: python -m pytest tests/test_evaluate.py -q
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -94,11 +69,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import protocol
+import data
+import executor
+import models
+import rewards
+import rollout
 from cli import dataclass_parser, first_line
-from protocol import TRUNCATED, derive_seed
+from protocol import BACKENDS, EVAL_BUDGET, EVAL_SAMPLING, LAYOUTS, MODES, TRUNCATED, Budget, build_messages, Sampling, derive_seed
 
 log = logging.getLogger("deepmath.evaluate")
 
@@ -129,17 +108,17 @@ class Config:
     """Solved examples in the agent prompt: all 4 (the paper), or the last N (train.py's --examples)."""
     samples: int = 16
     """Samples per problem (the k of maj@k; the paper: 16)."""
-    temperature: float = 0.6
-    """Sampling temperature (Qwen3-4B-Thinking-2507's recommended 0.6); 0 is greedy."""
-    top_p: float = 0.95
-    """Nucleus sampling (Qwen3-Thinking's recommended 0.95)."""
-    top_k: int = 20
-    """Top-k sampling (Qwen3-Thinking's recommended 20); 0 disables it."""
-    max_tokens: int = 32768
-    """Token budget per trajectory, model and executor tokens together (Qwen3-Thinking card: 32,768)."""
-    max_steps: int = 20
-    """Agent calls per trajectory (smolagents' default max_steps); baseline mode uses 0."""
-    max_output_tokens: int = 256
+    temperature: float = EVAL_SAMPLING.temperature
+    """Sampling temperature (protocol.EVAL_SAMPLING: the model card's); 0 is greedy."""
+    top_p: float = EVAL_SAMPLING.top_p
+    """Nucleus sampling (protocol.EVAL_SAMPLING)."""
+    top_k: int = EVAL_SAMPLING.top_k
+    """Top-k sampling (protocol.EVAL_SAMPLING); 0 disables it."""
+    max_tokens: int = EVAL_BUDGET.max_tokens
+    """Token budget per trajectory, model and executor tokens together (protocol.EVAL_BUDGET)."""
+    max_steps: int = EVAL_BUDGET.max_steps
+    """Agent calls per trajectory (protocol.EVAL_BUDGET: smolagents' default); baseline mode uses 0."""
+    max_output_tokens: int = EVAL_BUDGET.max_output_tokens
     """Executor-output tokens inserted per call (longer output is cut, with a marker)."""
     limit: int | None = None
     """Evaluate only the first N problems (a rerun with a larger N extends the same --out)."""
@@ -148,7 +127,7 @@ class Config:
     out: str | None = None
     """Output directory (default runs/BENCH-MODE-MODEL); rerunning with it resumes."""
     backend: str = "vllm"
-    """vllm (offline engine), hf (transformers), or openai (a served model at --api-base)."""
+    """vllm (offline engine), transformers, or openai (a served model at --api-base)."""
     api_base: str | None = None
     """--backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
     concurrency: int = 64
@@ -173,300 +152,193 @@ class Config:
     """Re-run every recorded snippet of this run directory in fresh sandboxes; report differences."""
 
 
-MODES = ("agent", "baseline")
-LAYOUTS = ("system", "turns")
-BACKENDS = ("vllm", "hf", "openai")
-PROMPT_ROOM = 8192
-"""Tokens kept for the prompt when --max-model-len is automatic (the paper layout's prompt is ~3k)."""
-
-SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
-                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
-"""What makes two runs the same run: one --out never mixes runs that differ in any of these."""
-
-CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256")
-"""...and the content of its inputs (content_hash): the --lora adapter, a local --model directory,
-the --data file. None where there is no local input to hash (a hub id, the embedded alias, whose
-conversion is pinned by its package, a hub benchmark, the procedural set)."""
-
 SOURCES = {
-    "temperature/top_p/top_k": "Qwen3-4B-Thinking-2507 model card, Best Practices (thinking mode)",
-    "max_tokens": "Qwen3-4B-Thinking-2507 model card: 32,768 output tokens for most queries",
-    "max_steps": "smolagents MultiStepAgent default (max_steps=20)",
-    "max_output_tokens": "protocol.Budget default, as in training",
+    "temperature/top_p/top_k": "protocol.EVAL_SAMPLING (Qwen3-4B-Thinking-2507 model card, Best Practices)",
+    "max_tokens/max_steps/max_output_tokens": "protocol.EVAL_BUDGET (model card; smolagents' max_steps; training's)",
     "samples/maj": "the paper: majority@16",
     "length": "mean_total_tokens (model + executor tokens): the released evaluation code measures the whole trace",
 }
+"""Written into every summary.json: where the settings the paper does not give come from."""
 
 
 class EvalError(Exception):
     """Bad input or a failed setup: printed as one line, exit status 2."""
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-
-    p = dataclass_parser(Config, "evaluate.py",
-                         choices={"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout")},
-                         special={"compare": {"nargs": "+", "metavar": "DIR"}})
-    a = p.parse_args(argv)
-    cfg = Config(**vars(a))
-    for name in ("samples", "max_tokens", "max_batch", "concurrency", "tensor_parallel_size", "data_parallel_size"):
-        if getattr(cfg, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("max_steps", "max_output_tokens", "top_k", "max_model_len"):
-        if getattr(cfg, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
-    if cfg.limit is not None and cfg.limit < 1:
-        p.error("--limit must be at least 1")
-    if cfg.examples is not None and not 1 <= cfg.examples <= 4:
-        p.error("--examples must be between 1 and 4 (the solved examples in prompts/examples.txt)")
-    if cfg.temperature < 0:
-        p.error("--temperature must be >= 0 (0 is greedy)")
-    if not 0 < cfg.top_p <= 1:
-        p.error("--top-p must be in (0, 1]")
-    return cfg
-
-
 # ---------------------------------------------------------------------------
-# 2) Output files: settings.json (pins the run), generations.jsonl (one line per problem)
+# Steps 1-6: the evaluation (run() walks them; 2 and 3 are machinery, further down)
 # ---------------------------------------------------------------------------
 
-def default_out(cfg: Config) -> Path:
-    name = Path(cfg.model.rstrip("/")).name or cfg.model
-    lora = f"+{Path(cfg.lora.rstrip('/')).name}" if cfg.lora else ""
-    return ROOT / "runs" / f"{cfg.bench}-{cfg.mode}-{name}{lora}"
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON so that a reader (or a rerun after a kill) sees the old file or the new one,
-    never half of one: to PATH.tmp, then renamed over PATH."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".py")
-"""The files of a model or adapter directory that make the model: weights, configs, tokenizer, chat
-template, remote code (not README.md; not sub-folders such as a trainer's checkpoint-N)."""
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a directory's HASHED_SUFFIXES files at its top level (name,
-    size and bytes of each, in name order; symlinks followed, as in a hub snapshot). Streamed in
-    1 MiB blocks. Nothing is cached (a cache keyed on times or sizes could go stale): each run
-    reads the files once, 0.5-1.3 GB/s on the 2-core CPU here (sha256 with its SHA extensions;
-    the low end under a load of 10), so 6-16 s for a 4B model's 8 GB and nothing for a LoRA
-    adapter or a JSONL file."""
-    p = Path(path).expanduser()
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in HASHED_SUFFIXES and f.is_file())
-    for f in files:
-        if f is not p:  # a directory: the name and size too, so moving bytes between files changes the hash
-            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-def settings_of(cfg: Config) -> dict:
-    s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
-    if cfg.mode == "baseline":
-        s["layout"] = s["examples"] = None  # the baseline prompt has no examples: neither changes anything
-        s["max_steps"] = 0
-    for k in ("data", "lora"):
-        if s[k]:
-            s[k] = str(Path(s[k]).expanduser().resolve())
-    # the content behind the paths: an adapter retrained in place is another run, not a resume.
-    # A path that is not there hashes to None; loading it fails later with its own one-line error.
-    inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),
-              "data_sha256": (cfg.data, Path.is_file)}
-    for key, (path, kind) in inputs.items():
-        s[key] = None
-        if path and kind(Path(path).expanduser()):
-            try:
-                s[key] = content_hash(path)
-            except OSError as e:
-                raise EvalError(f"cannot read {path} to pin the run to its content ({e})") from None
-    return s
-
-
-def settings_change(out: Path, settings: dict) -> list[str]:
-    """What differs between the run already in OUT (its settings.json, if any) and `settings`,
-    one "key old -> new" per difference. A key the older run did not record is no difference: a
-    setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked."""
-    path = out / "settings.json"
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    short = lambda k, v: v[:12] if k in CONTENT_KEYS and isinstance(v, str) else v  # noqa: E731
-    return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + CONTENT_KEYS
-            if k in old and old[k] != settings.get(k)]
-
-
-def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
-    """Check that the run already in DIR (if any) has the same settings and inputs; with
-    write=True, create DIR/settings.json when there is none yet."""
-    diff = settings_change(out, settings)
-    if any(d.split()[0] in CONTENT_KEYS for d in diff):
-        raise EvalError(f"{out} holds a run of other inputs ({'; '.join(diff)}): a file at the same path has "
-                        f"changed since (a retrained adapter, an edited model or data file); use another --out, "
-                        f"or delete {out} to evaluate afresh")
-    if diff:
-        raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
-                        f"use another --out, or the same settings to resume it")
-    if not write or (out / "settings.json").is_file():
-        return
+def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend_factory=None) -> dict:
+    """Evaluate; returns the summary (also written to DIR/summary.json). A backend or problem
+    list passed in is used as is (bench/evaluate.py shares one engine between runs);
+    backend_factory(cfg), if given, is called instead of make_backend, and only when problems are
+    left to run (replicate.py shares one engine per model that way). Backends passed in or made by
+    backend_factory are the caller's to close."""
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    settings = settings_of(cfg)
+    # 1) the problems
+    if problems is None:
+        problems = load_problems(cfg)
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise EvalError(f"problem id {dup!r} appears twice in the benchmark; ids must be unique")
+    # 2) resume (settings.json is written only once the backend is up: a typo leaves no directory)
+    pin_settings(out, settings, write=False)
+    gen_path = out / "generations.jsonl"
+    records = read_generations(gen_path, repair=True)
+    by_id = {p.id: p for p in problems}
+    # the problems themselves, whatever served them (a file, $DEEPMATH_DATA, the hub): a record
+    # whose problem or answer is no longer the benchmark's would be scored against the old one
+    stale = next((r["id"] for r in records if r["id"] in by_id and "gold" in r and "problem" in r
+                  and (r["problem"], r["gold"]) != (by_id[r["id"]].problem, by_id[r["id"]].answer)), None)
+    if stale is not None:
+        raise EvalError(f"{out} holds problem {stale!r} with another text or answer than the benchmark now has: "
+                        f"use another --out, or delete {out} to evaluate afresh")
+    done = {r["id"] for r in records}
+    if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
+        log.warning("%s: graded again the samples whose gold could not be checked last time", out)
+    todo = [p for p in problems if p.id not in done]
+    if done:
+        log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
+                    len(problems), len(todo))
+    own_backend = backend is None and backend_factory is None
+    stats = rollout.RolloutStats()
+    t0 = time.perf_counter()
+    if todo:
+        # 3) the backend
+        if backend is None:
+            backend = (backend_factory or make_backend)(cfg)
+        pin_settings(out, settings)
+        try:  # 4) + 5) prompts, waves through the rollout, grading alongside
+            _generate(cfg, backend, todo, gen_path, stats, progress)
+        finally:
+            if own_backend:
+                close_backend(backend)
+    # 6) metrics from the file alone, over this run's problems
+    records = {r["id"]: r for r in read_generations(gen_path)}
+    rows = [records[i] for i in ids if i in records]
+    summary = summarize(rows, cfg.samples)
+    summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model, **summary,
+               "wall_s": round(time.perf_counter() - t0, 2),
+               "generation": {"model_tokens": stats.model_tokens, "inserted_tokens": stats.inserted_tokens,
+                              "generate_s": round(stats.generate_s, 2), "executor_s": round(stats.executor_s, 2),
+                              "tok_per_s": round(stats.model_tokens / stats.wall_s, 1) if stats.wall_s else None},
+               "settings": {**settings, "limit": cfg.limit, "max_batch": cfg.max_batch,
+                            "backend_name": getattr(backend, "name", cfg.backend)},
+               "settings_sources": SOURCES, "environment": environment()}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "settings.json", settings)
+    write_json(out / "summary.json", summary)
+    return summary
 
 
-def read_generations(path: Path, repair: bool = False) -> list[dict]:
-    """The records of generations.jsonl. A last line cut short by a kill is dropped (and, with
-    repair=True, cut from the file so that appending continues on a clean line)."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    records, good = [], 0
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good < len(raw):
-        if not repair:
-            log.warning("%s: ignoring a partial last line", path)
-        else:
-            with open(path, "r+b") as f:
-                f.truncate(good)
-    return records
-
-
-def append_record(path: Path, record: dict) -> None:
-    """One problem, one line: written, flushed and fsynced before the next (kill -9 safe)."""
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------------------
-# 3) Backends (and --lora)
-# ---------------------------------------------------------------------------
-
-def _has_gpu() -> bool:
+def load_problems(cfg: Config) -> list:
     try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 -- no torch, no GPU
-        return False
-
-
-def merge_lora(model_path: str, adapter: str, dtype: str | None = None) -> str:
-    """models.merge_lora (a cached checkpoint with the adapter merged in, stored in `dtype`, by
-    default the base model's, so every backend loads plain weights), its errors as one EvalError
-    line."""
-    from models import LoraMergeError
-    from models import merge_lora as merge
-
-    try:
-        return merge(model_path, adapter, dtype)
-    except LoraMergeError as e:
+        return data.load_benchmark(cfg.bench, data=cfg.data, limit=cfg.limit, seed=cfg.seed,
+                                   difficulty=cfg.difficulty, templates=cfg.templates)
+    except data.DataError as e:
         raise EvalError(str(e)) from None
-
-
-def _model_max_len(path: str) -> int | None:
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return cfg.get("max_position_embeddings")
-
-
-def resolve(cfg: Config) -> str:
-    """The checkpoint the backend loads: models.resolve_model(--model), with --lora merged in,
-    stored in the dtype the backend computes in (merge_dtype)."""
-    from models import ModelNotFoundError, resolve_model
-
-    try:
-        path = resolve_model(cfg.model)
-    except ModelNotFoundError as e:
-        raise EvalError(str(e)) from None
-    return merge_lora(path, cfg.lora, merge_dtype(cfg)) if cfg.lora else path
-
-
-def merge_dtype(cfg: Config) -> str:
-    """The dtype --backend computes in, which a merged --lora is stored in (models.py's contract
-    says why): transformers runs float32 (backends.HFBackend.from_model), vLLM its engine dtype
-    (models.vllm_engine_kwargs: bf16, float32 on a CPU without bf16 arithmetic)."""
-    if cfg.backend == "hf":
-        return "float32"
-    from models import vllm_engine_kwargs
-
-    return vllm_engine_kwargs()["dtype"]
-
-
-def make_backend(cfg: Config):
-    """Step 3: the backend this config asks for. Raises EvalError with one readable line."""
-    import backends
-
-    if cfg.tensor_parallel_size > 1 and cfg.backend != "vllm":
-        raise EvalError("--tensor-parallel-size applies to --backend vllm (a server sets its own)")
-    if cfg.data_parallel_size > 1:
-        raise EvalError("--data-parallel-size > 1: vLLM 0.32's offline LLM refuses data parallelism; run one "
-                        "evaluate.py per replica with --limit/--data slices, or serve the model "
-                        "(`vllm serve --data-parallel-size N`) and use --backend openai --api-base URL")
-    if cfg.tensor_parallel_size > 1 and not _has_gpu():
-        raise EvalError(f"--tensor-parallel-size {cfg.tensor_parallel_size} needs GPUs and none is visible "
-                        f"(torch.cuda.is_available() is False); use 1 on this machine")
-    if cfg.lora and cfg.backend == "openai":
-        raise EvalError("--lora with --backend openai: merge it here once (`--backend vllm --lora ...` caches the "
-                        "merged model under $DEEPMATH_CACHE/merged) and serve that directory")
-    path = resolve(cfg)
-    if cfg.backend == "openai":
-        if not cfg.api_base:
-            raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
-        try:
-            return backends.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
-        except OSError as e:
-            raise EvalError(f"--api-base {cfg.api_base}: cannot reach the server ({e})") from None
-    try:
-        if cfg.backend == "hf":
-            return backends.HFBackend.from_model(path)
-        limit = cfg.max_model_len or (PROMPT_ROOM + cfg.max_tokens)
-        own = _model_max_len(path)
-        if not cfg.max_model_len and own:
-            limit = min(limit, own)
-        kwargs = dict(max_model_len=limit, seed=cfg.seed, use_tqdm_on_load=cfg.verbose)
-        if cfg.tensor_parallel_size > 1:
-            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
-        return backends.VLLMBackend.from_model(path, **kwargs)
-    except EvalError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line
-        first = first_line(e)
-        hint = ("; offline? pass a local checkpoint directory or smollm2-135m" if "/" in cfg.model
-                and not Path(cfg.model).exists() else "")
-        raise EvalError(f"could not load model {cfg.model!r} on --backend {cfg.backend}: {first[:300]}{hint}") from None
-
-
-def close_backend(backend) -> None:
-    llm = getattr(backend, "llm", None)
-    if llm is not None:
-        from models import shutdown_vllm
-
-        shutdown_vllm(llm)
-    if callable(getattr(backend, "close", None)):
-        backend.close()
 
 
 # ---------------------------------------------------------------------------
 # 4) + 5) Prompts, waves through the rollout, grading alongside
 # ---------------------------------------------------------------------------
+
+def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
+    """Steps 4-5: waves of whole problems through rollout(); each problem is graded and written
+    by a grading thread the moment its last sample ends, while the engine decodes the rest."""
+    n = cfg.samples
+    per_wave = max(1, cfg.max_batch // n)
+    # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
+    budget = Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
+                          max_output_tokens=cfg.max_output_tokens)
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    tok = backend.tokenizer
+    bar = _progress_bar(len(todo) * n, progress)
+    seen = {"correct": 0, "graded": 0, "done": 0}
+    lock = threading.Lock()
+    t_start = time.perf_counter()
+
+    def show():
+        if bar is not None:
+            acc = f"{seen['correct'] / seen['graded']:.3f}" if seen["graded"] else "-"
+            rate = (stats.model_tokens + live["tokens"]) / max(time.perf_counter() - t_start, 1e-9)
+            bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s", refresh=False)
+
+    def grade_and_write(problem, trajs):
+        # grading alongside generation: this thread grades while the engine decodes the others
+        verdicts = grade([t.text for t in trajs], [problem.answer] * len(trajs))
+        append_record(gen_path, problem_record(problem, trajs, verdicts, equal=grader_equal))
+        with lock:
+            seen["graded"] += len(verdicts)
+            seen["correct"] += sum(bool(v.correct) for v in verdicts)
+            show()
+
+    live = {"tokens": 0}
+    grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-grade")
+    pending = []
+    try:
+        for start in range(0, len(todo), per_wave):
+            wave = todo[start:start + per_wave]
+            # 4) prompts: the same builder in both modes; baseline has no examples and no agent
+            prompts, seeds = [], []
+            for p in wave:
+                ids = rollout.encode_prompt(tok, build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
+                                                                         examples=cfg.examples))
+                prompts += [ids] * n
+                seeds += [derive_seed(cfg.seed, p.id, j) for j in range(n)]
+            done: list = [None] * len(prompts)
+            left = [n] * len(wave)
+
+            def on_finish(i: int, traj, wave=wave, done=done, left=left) -> None:
+                done[i] = traj
+                w = i // n
+                left[w] -= 1
+                with lock:
+                    live["tokens"] += int(sum(traj.mask))
+                    if bar is not None:
+                        bar.update(1)
+                        show()
+                if left[w] == 0:  # the problem's last sample: grade and write it now
+                    pending.append(grader.submit(grade_and_write, wave[w], done[w * n:(w + 1) * n]))
+
+            # 5) one continuous-batched rollout for the whole wave
+            try:
+                rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats,
+                                seeds=None if cfg.temperature == 0 else seeds, on_finish=on_finish)
+            except ValueError as e:  # e.g. a prompt longer than the context
+                raise EvalError(str(e)) from None
+            live["tokens"] = 0
+            for f in [f for f in pending if f.done()]:
+                f.result()  # surface a grading error now
+                pending.remove(f)
+            log.info("wave of %d problems done: %d/%d problems, %.0f s", len(wave), min(start + per_wave, len(todo)),
+                     len(todo), time.perf_counter() - t_start)
+    finally:
+        grader.shutdown(wait=True)  # every finished problem is written, even on Ctrl-C or an error
+        if bar is not None:
+            bar.close()
+    for f in pending:
+        f.result()
+
+
+GRADE_RETRIES = 2
+"""Extra checks of a sample whose GOLD check ran out of time (status gold_timeout/gold_crashed)."""
+
+
+def grade(texts: list[str], golds: list[str]) -> list:
+    """rewards.check_many, retrying the samples whose gold could not be checked this time (a
+    loaded machine): those are "unknown", not "wrong"."""
+    verdicts = rewards.check_many(texts, golds)
+    for _ in range(GRADE_RETRIES):
+        again = [i for i, v in enumerate(verdicts) if v.status.startswith("gold_")]
+        if not again:
+            break
+        for i, v in zip(again, rewards.check_many([texts[i] for i in again], [golds[i] for i in again])):
+            verdicts[i] = v
+    return verdicts
+
 
 def sample_record(j: int, traj, verdict) -> dict:
     """One sample of one problem, as generations.jsonl stores it (every summary number comes from these)."""
@@ -506,213 +378,9 @@ def problem_record(problem, trajs: list, verdicts: list, equal=None) -> dict:
 
 def grader_equal(a: str, b: str) -> bool:
     """Whether two extracted answers are the same answer, by the one grader (rewards.check)."""
-    import rewards
-
     if a.strip() == b.strip():
         return True
     return bool(rewards.check("\\boxed{" + a + "}", b).correct)
-
-
-def quiet_engine(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")
-    logging.getLogger("deepmath").setLevel(level)
-    if not verbose:
-        # before vLLM is imported; the engine's child processes inherit these
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10 warnings (NUMA binding) of the workers
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # library FutureWarnings, also in child processes
-        import warnings
-
-        warnings.filterwarnings("ignore")
-
-
-def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend_factory=None) -> dict:
-    """Evaluate; returns the summary (also written to DIR/summary.json). A backend or problem
-    list passed in is used as is (bench/evaluate.py shares one engine between runs);
-    backend_factory(cfg), if given, is called instead of make_backend, and only when problems are
-    left to run (replicate.py shares one engine per model that way). Backends passed in or made by
-    backend_factory are the caller's to close."""
-    import rollout
-
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    settings = settings_of(cfg)
-    # 1) the problems
-    if problems is None:
-        problems = load_problems(cfg)
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise EvalError(f"problem id {dup!r} appears twice in the benchmark; ids must be unique")
-    # 2) resume (settings.json is written only once the backend is up: a typo leaves no directory)
-    pin_settings(out, settings, write=False)
-    gen_path = out / "generations.jsonl"
-    records = read_generations(gen_path, repair=True)
-    by_id = {p.id: p for p in problems}
-    # the problems themselves, whatever served them (a file, $DEEPMATH_DATA, the hub): a record
-    # whose problem or answer is no longer the benchmark's would be scored against the old one
-    stale = next((r["id"] for r in records if r["id"] in by_id and "gold" in r and "problem" in r
-                  and (r["problem"], r["gold"]) != (by_id[r["id"]].problem, by_id[r["id"]].answer)), None)
-    if stale is not None:
-        raise EvalError(f"{out} holds problem {stale!r} with another text or answer than the benchmark now has: "
-                        f"use another --out, or delete {out} to evaluate afresh")
-    done = {r["id"] for r in records}
-    if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
-        log.warning("%s: graded again the samples whose gold could not be checked last time", out)
-    todo = [p for p in problems if p.id not in done]
-    if done:
-        log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
-                    len(problems), len(todo))
-    own_backend = backend is None and backend_factory is None
-    stats = rollout.RolloutStats()
-    t0 = time.perf_counter()
-    if todo:
-        # 3) the backend
-        if backend is None:
-            backend = (backend_factory or make_backend)(cfg)
-        pin_settings(out, settings)
-        try:
-            _generate(cfg, backend, todo, gen_path, stats, progress)
-        finally:
-            if own_backend:
-                close_backend(backend)
-    # 6) metrics from the file alone, over this run's problems
-    records = {r["id"]: r for r in read_generations(gen_path)}
-    rows = [records[i] for i in ids if i in records]
-    summary = summarize(rows, cfg.samples)
-    summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model, **summary,
-               "wall_s": round(time.perf_counter() - t0, 2),
-               "generation": {"model_tokens": stats.model_tokens, "inserted_tokens": stats.inserted_tokens,
-                              "generate_s": round(stats.generate_s, 2), "executor_s": round(stats.executor_s, 2),
-                              "tok_per_s": round(stats.model_tokens / stats.wall_s, 1) if stats.wall_s else None},
-               "settings": {**settings, "limit": cfg.limit, "max_batch": cfg.max_batch,
-                            "backend_name": getattr(backend, "name", cfg.backend)},
-               "settings_sources": SOURCES, "environment": environment()}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", summary)
-    return summary
-
-
-def load_problems(cfg: Config) -> list:
-    try:
-        import data
-    except ImportError as e:
-        raise EvalError(f"data.py could not be imported ({e})") from None
-    try:
-        return data.load_benchmark(cfg.bench, data=cfg.data, limit=cfg.limit, seed=cfg.seed,
-                                   difficulty=cfg.difficulty, templates=cfg.templates)
-    except data.DataError as e:
-        raise EvalError(str(e)) from None
-
-
-def sample_seed(seed: int, problem_id: str, j: int) -> int:
-    """The sampling seed of sample j of one problem: a function of --seed, the problem and j
-    only, so a problem's samples do not depend on which other problems share its batch.
-
-    >>> sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(0, "a", 2)
-    True
-    """
-    return derive_seed(seed, problem_id, j)
-
-
-GRADE_RETRIES = 2
-"""Extra checks of a sample whose GOLD check ran out of time (status gold_timeout/gold_crashed)."""
-
-
-def grade(texts: list[str], golds: list[str]) -> list:
-    """rewards.check_many, retrying the samples whose gold could not be checked this time (a
-    loaded machine): those are "unknown", not "wrong"."""
-    import rewards
-
-    verdicts = rewards.check_many(texts, golds)
-    for _ in range(GRADE_RETRIES):
-        again = [i for i, v in enumerate(verdicts) if v.status.startswith("gold_")]
-        if not again:
-            break
-        for i, v in zip(again, rewards.check_many([texts[i] for i in again], [golds[i] for i in again])):
-            verdicts[i] = v
-    return verdicts
-
-
-def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
-    """Steps 4-5: waves of whole problems through rollout(); each problem is graded and written
-    by a grading thread the moment its last sample ends, while the engine decodes the rest."""
-    import rollout
-
-    n = cfg.samples
-    per_wave = max(1, cfg.max_batch // n)
-    # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
-    budget = protocol.Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
-                             max_output_tokens=cfg.max_output_tokens)
-    sampling = rollout.Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    tok = backend.tokenizer
-    bar = _progress_bar(len(todo) * n, progress)
-    seen = {"correct": 0, "graded": 0, "done": 0}
-    lock = threading.Lock()
-    t_start = time.perf_counter()
-
-    def show():
-        if bar is not None:
-            acc = f"{seen['correct'] / seen['graded']:.3f}" if seen["graded"] else "-"
-            rate = (stats.model_tokens + live["tokens"]) / max(time.perf_counter() - t_start, 1e-9)
-            bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s", refresh=False)
-
-    def grade_and_write(problem, trajs):
-        # grading alongside generation: this thread grades while the engine decodes the others
-        verdicts = grade([t.text for t in trajs], [problem.answer] * len(trajs))
-        append_record(gen_path, problem_record(problem, trajs, verdicts, equal=grader_equal))
-        with lock:
-            seen["graded"] += len(verdicts)
-            seen["correct"] += sum(bool(v.correct) for v in verdicts)
-            show()
-
-    live = {"tokens": 0}
-    grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-grade")
-    pending = []
-    try:
-        for start in range(0, len(todo), per_wave):
-            wave = todo[start:start + per_wave]
-            # 4) prompts: the same builder in both modes; baseline has no examples and no agent
-            prompts, seeds = [], []
-            for p in wave:
-                ids = rollout.encode_prompt(tok, protocol.build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
-                                                                            examples=cfg.examples))
-                prompts += [ids] * n
-                seeds += [sample_seed(cfg.seed, p.id, j) for j in range(n)]
-            done: list = [None] * len(prompts)
-            left = [n] * len(wave)
-
-            def on_finish(i: int, traj, wave=wave, done=done, left=left) -> None:
-                done[i] = traj
-                w = i // n
-                left[w] -= 1
-                with lock:
-                    live["tokens"] += int(sum(traj.mask))
-                    if bar is not None:
-                        bar.update(1)
-                        show()
-                if left[w] == 0:  # the problem's last sample: grade and write it now
-                    pending.append(grader.submit(grade_and_write, wave[w], done[w * n:(w + 1) * n]))
-
-            # 5) one continuous-batched rollout for the whole wave
-            try:
-                rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats,
-                                seeds=None if cfg.temperature == 0 else seeds, on_finish=on_finish)
-            except ValueError as e:  # e.g. a prompt longer than the context
-                raise EvalError(str(e)) from None
-            live["tokens"] = 0
-            for f in [f for f in pending if f.done()]:
-                f.result()  # surface a grading error now
-                pending.remove(f)
-            log.info("wave of %d problems done: %d/%d problems, %.0f s", len(wave), min(start + per_wave, len(todo)),
-                     len(todo), time.perf_counter() - t_start)
-    finally:
-        grader.shutdown(wait=True)  # every finished problem is written, even on Ctrl-C or an error
-        if bar is not None:
-            bar.close()
-    for f in pending:
-        f.result()
 
 
 def regrade_unknown(gen_path: Path, problems: dict) -> int:
@@ -871,6 +539,146 @@ def summarize(records: list[dict], k: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------
+# 2) Output files: settings.json (pins the run), generations.jsonl (one line per problem)
+# ---------------------------------------------------------------------------
+
+SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
+                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
+"""What makes two runs the same run: one --out never mixes runs that differ in any of these."""
+
+
+CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256")
+"""...and the content of its inputs (content_hash): the --lora adapter, a local --model directory,
+the --data file. None where there is no local input to hash (a hub id, the embedded alias, whose
+conversion is pinned by its package, a hub benchmark, the procedural set)."""
+
+
+def default_out(cfg: Config) -> Path:
+    name = Path(cfg.model.rstrip("/")).name or cfg.model
+    lora = f"+{Path(cfg.lora.rstrip('/')).name}" if cfg.lora else ""
+    return ROOT / "runs" / f"{cfg.bench}-{cfg.mode}-{name}{lora}"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON so that a reader (or a rerun after a kill) sees the old file or the new one,
+    never half of one: to PATH.tmp, then renamed over PATH."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".py")
+"""The files of a model or adapter directory that make the model: weights, configs, tokenizer, chat
+template, remote code (not README.md; not sub-folders such as a trainer's checkpoint-N)."""
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a directory's HASHED_SUFFIXES files at its top level (name,
+    size and bytes of each, in name order; symlinks followed, as in a hub snapshot). Streamed in
+    1 MiB blocks. Nothing is cached (a cache keyed on times or sizes could go stale): each run
+    reads the files once, 0.5-1.3 GB/s on the 2-core CPU here (sha256 with its SHA extensions;
+    the low end under a load of 10), so 6-16 s for a 4B model's 8 GB and nothing for a LoRA
+    adapter or a JSONL file."""
+    p = Path(path).expanduser()
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in HASHED_SUFFIXES and f.is_file())
+    for f in files:
+        if f is not p:  # a directory: the name and size too, so moving bytes between files changes the hash
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def settings_of(cfg: Config) -> dict:
+    s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
+    if cfg.mode == "baseline":
+        s["layout"] = s["examples"] = None  # the baseline prompt has no examples: neither changes anything
+        s["max_steps"] = 0
+    for k in ("data", "lora"):
+        if s[k]:
+            s[k] = str(Path(s[k]).expanduser().resolve())
+    # the content behind the paths: an adapter retrained in place is another run, not a resume.
+    # A path that is not there hashes to None; loading it fails later with its own one-line error.
+    inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),
+              "data_sha256": (cfg.data, Path.is_file)}
+    for key, (path, kind) in inputs.items():
+        s[key] = None
+        if path and kind(Path(path).expanduser()):
+            try:
+                s[key] = content_hash(path)
+            except OSError as e:
+                raise EvalError(f"cannot read {path} to pin the run to its content ({e})") from None
+    return s
+
+
+def settings_change(out: Path, settings: dict) -> list[str]:
+    """What differs between the run already in OUT (its settings.json, if any) and `settings`,
+    one "key old -> new" per difference. A key the older run did not record is no difference: a
+    setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked."""
+    path = out / "settings.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    if old.get("backend") == "hf":  # what --backend transformers was called before issue 18
+        old["backend"] = "transformers"
+    short = lambda k, v: v[:12] if k in CONTENT_KEYS and isinstance(v, str) else v  # noqa: E731
+    return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + CONTENT_KEYS
+            if k in old and old[k] != settings.get(k)]
+
+
+def pin_settings(out: Path, settings: dict, write: bool = True) -> None:
+    """Check that the run already in DIR (if any) has the same settings and inputs; with
+    write=True, create DIR/settings.json when there is none yet."""
+    diff = settings_change(out, settings)
+    if any(d.split()[0] in CONTENT_KEYS for d in diff):
+        raise EvalError(f"{out} holds a run of other inputs ({'; '.join(diff)}): a file at the same path has "
+                        f"changed since (a retrained adapter, an edited model or data file); use another --out, "
+                        f"or delete {out} to evaluate afresh")
+    if diff:
+        raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}): "
+                        f"use another --out, or the same settings to resume it")
+    if not write or (out / "settings.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "settings.json", settings)
+
+
+def read_generations(path: Path, repair: bool = False) -> list[dict]:
+    """The records of generations.jsonl. A last line cut short by a kill is dropped (and, with
+    repair=True, cut from the file so that appending continues on a clean line)."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    records, good = [], 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    if good < len(raw):
+        if not repair:
+            log.warning("%s: ignoring a partial last line", path)
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(good)
+    return records
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One problem, one line: written, flushed and fsynced before the next (kill -9 safe)."""
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def environment() -> dict:
     """Library versions, sandbox limits and the commit, so a run can be reproduced."""
     from importlib import metadata
@@ -882,8 +690,6 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        import executor
-
         sig = inspect.signature(executor.Sandbox.__init__).parameters
         sandbox = {k: sig[k].default for k in ("timeout_s", "memory_mb", "max_output_chars")}
         sandbox["allowed_imports"] = list(executor.ALLOWED_IMPORTS)
@@ -897,39 +703,89 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"versions": versions, "sandbox": sandbox, "git_commit": commit, "git_dirty": dirty,
-            "python": sys.version.split()[0], "cpu_flags": _cpu_flags()}
+            "python": sys.version.split()[0], "cpu_flags": models.cpu_flags()}
 
 
-def _cpu_flags() -> list[str]:
-    from models import cpu_info
+# ---------------------------------------------------------------------------
+# 3) Backends (and --lora: models.resolve_checkpoint)
+# ---------------------------------------------------------------------------
 
-    return sorted(f for f in cpu_info()[1] if f.startswith(("avx", "amx")))
-
-
-def print_summary(s: dict, out: Path) -> None:
-    st = s["settings"]
-    ci = s.get("maj_at_k_ci95") or [float("nan")] * 2
-    print(f"{s['bench']} | {s['mode']} | {s['model']}{' + ' + Path(st['lora']).name if st.get('lora') else ''} | "
-          f"{s['n_problems']} problems x {s['samples']} samples")
-    print(f"  maj@{s['samples']} {pct(s['maj_at_k'])} (95% CI {pct(ci[0])}-{pct(ci[1])})   "
-          f"mean@{s['samples']} {pct(s['mean_at_k'])}   pass@{s['samples']} {pct(s['pass_at_k'])}")
-    print(f"  mean length: {_num(s['mean_output_tokens'], 1)} model tokens, {_num(s['mean_total_tokens'], 1)} with "
-          f"executor output")
-    print(f"  agent: {_num(s['snippets_per_solution'], 2)} calls/solution, snippet errors "
-          f"{pct(s['snippet_error_rate'])}, timeouts {pct(s['snippet_timeout_rate'])}, executor-token share "
-          f"{pct(s['executor_token_share'])}, truncated {pct(s['truncation_rate'])}")
-    print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
-          f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
-          f"(sources: summary.json settings_sources)")
-    print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
+PROMPT_ROOM = 8192
+"""Tokens kept for the prompt when --max-model-len is automatic (the paper layout's prompt is ~3k)."""
 
 
-def _num(x, digits: int) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def resolve(cfg: Config) -> str:
+    """The checkpoint the backend loads: models.resolve_checkpoint (--model, with --lora merged
+    in, stored in the dtype the backend computes in), its errors as one EvalError line."""
+    try:
+        return models.resolve_checkpoint(cfg.model, cfg.lora, cfg.backend)
+    except (models.ModelNotFoundError, models.LoraMergeError) as e:
+        raise EvalError(str(e)) from None
 
 
-def pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+def make_backend(cfg: Config):
+    """Step 3: the backend this config asks for. Raises EvalError with one readable line."""
+    if cfg.tensor_parallel_size > 1 and cfg.backend != "vllm":
+        raise EvalError("--tensor-parallel-size applies to --backend vllm (a server sets its own)")
+    if cfg.data_parallel_size > 1:
+        raise EvalError("--data-parallel-size > 1: vLLM 0.32's offline LLM refuses data parallelism; run one "
+                        "evaluate.py per replica with --limit/--data slices, or serve the model "
+                        "(`vllm serve --data-parallel-size N`) and use --backend openai --api-base URL")
+    if cfg.tensor_parallel_size > 1 and not models.has_gpu():
+        raise EvalError(f"--tensor-parallel-size {cfg.tensor_parallel_size} needs GPUs and none is visible "
+                        f"(torch.cuda.is_available() is False); use 1 on this machine")
+    if cfg.lora and cfg.backend == "openai":
+        raise EvalError("--lora with --backend openai: merge it here once (`--backend vllm --lora ...` caches the "
+                        "merged model under $DEEPMATH_CACHE/merged) and serve that directory")
+    path = resolve(cfg)
+    if cfg.backend == "openai":
+        if not cfg.api_base:
+            raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
+        try:
+            return rollout.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
+        except OSError as e:
+            raise EvalError(f"--api-base {cfg.api_base}: cannot reach the server ({e})") from None
+    try:
+        if cfg.backend == "transformers":
+            return rollout.HFBackend.from_model(path)
+        limit = cfg.max_model_len or (PROMPT_ROOM + cfg.max_tokens)
+        own = models.model_max_len(path)
+        if not cfg.max_model_len and own:
+            limit = min(limit, own)
+        kwargs = dict(max_model_len=limit, seed=cfg.seed, use_tqdm_on_load=cfg.verbose)
+        if cfg.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
+        return rollout.VLLMBackend.from_model(path, **kwargs)
+    except EvalError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line
+        first = first_line(e)
+        hint = ("; offline? pass a local checkpoint directory or smollm2-135m" if "/" in cfg.model
+                and not Path(cfg.model).exists() else "")
+        raise EvalError(f"could not load model {cfg.model!r} on --backend {cfg.backend}: {first[:300]}{hint}") from None
+
+
+def close_backend(backend) -> None:
+    llm = getattr(backend, "llm", None)
+    if llm is not None:
+        models.shutdown_vllm(llm)
+    if callable(getattr(backend, "close", None)):
+        backend.close()
+
+
+def quiet_engine(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("deepmath").setLevel(level)
+    if not verbose:
+        # before vLLM is imported; the engine's child processes inherit these
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10 warnings (NUMA binding) of the workers
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")  # library FutureWarnings, also in child processes
+        import warnings
+
+        warnings.filterwarnings("ignore")
 
 
 # ---------------------------------------------------------------------------
@@ -1091,8 +947,6 @@ def _plot(points, png: Path) -> None:
 def replay(d: str) -> tuple[int, int, list[str]]:
     """Re-run every recorded snippet, in order, each sample in a fresh sandbox session with the
     recorded session seed; compare stdout, error and timeout. Returns (calls, differing, reports)."""
-    import executor
-
     _summary, gens = _load_run(d)
     sessions, queues, where = [], [], []
     for r in gens.values():
@@ -1131,6 +985,56 @@ def replay(d: str) -> tuple[int, int, list[str]]:
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+
+    p = dataclass_parser(Config, "evaluate.py",
+                         choices={"mode": MODES, "layout": LAYOUTS, "backend": BACKENDS, "templates": ("train", "heldout")},
+                         special={"compare": {"nargs": "+", "metavar": "DIR"}})
+    a = p.parse_args(argv)
+    cfg = Config(**vars(a))
+    for name in ("samples", "max_tokens", "max_batch", "concurrency", "tensor_parallel_size", "data_parallel_size"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("max_steps", "max_output_tokens", "top_k", "max_model_len"):
+        if getattr(cfg, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if cfg.limit is not None and cfg.limit < 1:
+        p.error("--limit must be at least 1")
+    if cfg.examples is not None and not 1 <= cfg.examples <= 4:
+        p.error("--examples must be between 1 and 4 (the solved examples in prompts/examples.txt)")
+    if cfg.temperature < 0:
+        p.error("--temperature must be >= 0 (0 is greedy)")
+    if not 0 < cfg.top_p <= 1:
+        p.error("--top-p must be in (0, 1]")
+    return cfg
+
+
+def print_summary(s: dict, out: Path) -> None:
+    st = s["settings"]
+    ci = s.get("maj_at_k_ci95") or [float("nan")] * 2
+    print(f"{s['bench']} | {s['mode']} | {s['model']}{' + ' + Path(st['lora']).name if st.get('lora') else ''} | "
+          f"{s['n_problems']} problems x {s['samples']} samples")
+    print(f"  maj@{s['samples']} {pct(s['maj_at_k'])} (95% CI {pct(ci[0])}-{pct(ci[1])})   "
+          f"mean@{s['samples']} {pct(s['mean_at_k'])}   pass@{s['samples']} {pct(s['pass_at_k'])}")
+    print(f"  mean length: {_num(s['mean_output_tokens'], 1)} model tokens, {_num(s['mean_total_tokens'], 1)} with "
+          f"executor output")
+    print(f"  agent: {_num(s['snippets_per_solution'], 2)} calls/solution, snippet errors "
+          f"{pct(s['snippet_error_rate'])}, timeouts {pct(s['snippet_timeout_rate'])}, executor-token share "
+          f"{pct(s['executor_token_share'])}, truncated {pct(s['truncation_rate'])}")
+    print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
+          f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
+          f"(sources: summary.json settings_sources)")
+    print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
+
+
+def _num(x, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)

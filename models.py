@@ -27,15 +27,17 @@ The cache lives in $DEEPMATH_CACHE (default ~/.cache/deepmath).
 It also holds the one place that says how this project starts and stops a vLLM engine
 (vllm_engine_kwargs, vllm_server_args, shutdown_vllm), so rollout.py, agent.py, the benchmark
 and the tests run the same settings; the atomic write of a checkpoint directory (publish_dir);
-a trained LoRA adapter merged into its base model (merge_lora, for evaluate.py --lora), saved in
-the dtype it will be computed in; the one reader of the CPU's flags (cpu_info, cpu_line), which
-decide the engine's dtype and are printed beside every benchmark figure; and the wrapper of a
+a trained LoRA adapter merged into its base model (merge_lora), saved in the dtype the backend
+will compute in (merge_dtype; resolve_checkpoint is what evaluate.py loads: --model with --lora
+merged in); the hardware facts (cpu_info, cpu_line, cpu_flags, has_gpu), which decide the
+engine's dtype and are printed beside every benchmark figure; and a checkpoint's own context
+length (model_max_len); and the wrapper of a
 model's chat template that continues a final assistant message instead of closing it
 (continuation_chat_template, continuation_chat_template_of: agent.py's same-turn continuation,
 and a vLLM server's --chat-template for a thinking model).
 
 Merging a LoRA adapter (merge_lora), and why this route:
-  a) the dtype to store: the caller's (evaluate.py passes the dtype its backend computes in),
+  a) the dtype to store: the caller's (resolve_checkpoint passes merge_dtype: the dtype the backend computes in),
      else the base checkpoint's own, read from its files before anything is loaded
      (checkpoint_dtype: config.json, else the safetensors headers; a model loaded in float32
      says float32 in its config, transformers 5.19);
@@ -314,6 +316,22 @@ def cpu_line() -> str:
     return f"{name}, {os.cpu_count()} cores, flags {shown}"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's avx/amx flags, sorted: what evaluate.py's summary.json and the benchmarks record
+    beside a speed figure."""
+    return sorted(f for f in cpu_info()[1] if f.startswith(("avx", "amx")))
+
+
+def has_gpu() -> bool:
+    """Whether torch sees a CUDA device (False without torch)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 -- no torch, no GPU
+        return False
+
+
 def _cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
     flags = cpu_info()[1]
@@ -383,6 +401,38 @@ def shutdown_vllm(llm) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and callable(getattr(core, "shutdown", None)):
         core.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# What a backend loads: --model, with --lora merged in the dtype the backend computes in
+# ---------------------------------------------------------------------------
+
+def merge_dtype(backend: str) -> str:
+    """The dtype a --backend (protocol.BACKENDS) computes in, which a merged --lora is stored in
+    (this module's contract says why): transformers runs float32 (rollout.HFBackend.from_model),
+    vLLM and a server its engine dtype (vllm_engine_kwargs: bf16, float32 on a CPU without bf16
+    arithmetic)."""
+    if backend == "transformers":
+        return "float32"
+    return vllm_engine_kwargs()["dtype"]
+
+
+def resolve_checkpoint(model: str, lora: str | None = None, backend: str = "vllm") -> str:
+    """The checkpoint a backend loads: resolve_model(model), with the adapter `lora` merged in
+    (merge_lora), stored in merge_dtype(backend). Raises ModelNotFoundError or LoraMergeError."""
+    path = resolve_model(model)
+    return merge_lora(path, lora, merge_dtype(backend)) if lora else path
+
+
+def model_max_len(path: str) -> int | None:
+    """A checkpoint directory's own context length (config.json's max_position_embeddings), or None."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("max_position_embeddings")
 
 
 # ---------------------------------------------------------------------------

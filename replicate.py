@@ -51,7 +51,7 @@ Departures from the paper, and why:
     is 45 minutes on 2 cores, training included). 32 problems give a 95% interval of about +-16
     points on a difference, enough to tell a 15-point gain from none only when the gain is large;
     --problems raises it (the 64-problem run in docs/replication.md took 59 minutes);
-  - the evaluation samples at evaluate.py's defaults (T 0.6, top_p 0.95, top_k 20: the Qwen3
+  - the evaluation samples at protocol.EVAL_SAMPLING (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 
 Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here)
@@ -72,7 +72,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import data
+import evaluate as E
 from cli import dataclass_parser
+from protocol import EVAL_SAMPLING
+from train import ScriptArguments  # train.py's flags: a recipe's missing key has their default
 
 ROOT = Path(__file__).resolve().parent
 SHARED_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
@@ -121,12 +125,12 @@ class Config:
     """Samples per problem (the k of maj@k; the paper: 16)."""
     seed: int = 1
     """Evaluation seed: of the held-out procedural problems (split "test") and of sampling."""
-    temperature: float = 0.6
-    """Evaluation sampling temperature, the same for every row (evaluate.py's default)."""
-    top_p: float = 0.95
-    """Evaluation nucleus sampling (evaluate.py's default)."""
-    top_k: int = 20
-    """Evaluation top-k (evaluate.py's default)."""
+    temperature: float = EVAL_SAMPLING.temperature
+    """Evaluation sampling temperature, the same for every row (protocol.EVAL_SAMPLING, as evaluate.py)."""
+    top_p: float = EVAL_SAMPLING.top_p
+    """Evaluation nucleus sampling (protocol.EVAL_SAMPLING)."""
+    top_k: int = EVAL_SAMPLING.top_k
+    """Evaluation top-k (protocol.EVAL_SAMPLING)."""
 
 
 def parse_args(argv=None) -> Config:
@@ -160,11 +164,12 @@ def read_recipe(path: str) -> dict:
     return {
         "model": r.get("model_name_or_path", "smollm2-135m"),
         "difficulty": dataset.partition(":")[2] or "mixed",
-        "layout": r.get("layout", "system"),
-        "examples": r.get("examples"),
+        # a key the recipe leaves out has train.py's default (max_completion_length: TRL's, 256)
+        "layout": r.get("layout", ScriptArguments.layout),
+        "examples": r.get("examples", ScriptArguments.examples),
         "max_tokens": int(r.get("max_completion_length", 256)),
-        "max_steps": int(r.get("max_agent_steps", 50)),
-        "max_output_tokens": int(r.get("max_output_tokens", 256)),
+        "max_steps": int(r.get("max_agent_steps", ScriptArguments.max_agent_steps)),
+        "max_output_tokens": int(r.get("max_output_tokens", ScriptArguments.max_output_tokens)),
         "max_train_steps": r.get("max_steps"),
     }
 
@@ -190,8 +195,6 @@ def retire(d: Path, why: str) -> Path:
 
 def train_inputs(cfg: Config, seed: int) -> dict:
     """What an adapter is trained from, as recorded beside it (ADAPTER/../train_inputs.json)."""
-    import evaluate as E
-
     return {"recipe_sha256": E.content_hash(cfg.recipe), "seed": seed, "train_args": list(cfg.train_args)}
 
 
@@ -200,8 +203,6 @@ def train(cfg: Config, seed: int) -> tuple[Path, bool]:
     was trained in this call). A finished adapter of the same inputs is reused; one of other
     inputs (train_inputs: the recipe's content, the seed, --train-args), finished or not, is moved
     aside and trained again. An adapter from before the record is reused as it is."""
-    import evaluate as E
-
     out = adapter_dir(cfg, seed)
     record = out.parent / "train_inputs.json"
     want = train_inputs(cfg, seed)
@@ -251,8 +252,6 @@ def math500_source(cfg: Config) -> str | None:
     for path in ([Path(folder) / "math500.jsonl"] if folder else []) + [SHARED_MATH500]:
         if path.is_file():
             return str(path)
-    import data
-
     try:
         data.load_benchmark("math500", limit=1)
         return "hub"
@@ -280,8 +279,6 @@ def row_dir(cfg: Config, group: str, row: str, seed: int) -> Path:
 
 
 def eval_configs(cfg: Config, recipe: dict, grps: dict, adapter: Path | None, seed: int):
-    import evaluate as E
-
     out = []
     for gname, g in grps.items():
         for row, mode, trained in ROWS:
@@ -302,8 +299,6 @@ def refresh_row(c, retrained: bool = False) -> None:
     a trained row when its adapter was trained again in this run (`retrained`: whatever the folder
     recorded, it scored an earlier adapter), or any row whose settings.json differs from what this
     config pins (evaluate.settings_change: the adapter's content, the recipe's budget, --samples...)."""
-    import evaluate as E
-
     d = Path(c.out)
     if not (d / "settings.json").is_file():
         return
@@ -320,8 +315,6 @@ def evaluate_model(configs: list, retrained: bool = False) -> None:
     """Every config of one model through ONE engine (vLLM's start-up is ~45 s on this CPU), started
     only when a config still has problems to run (evaluate.run decides, and resumes the rest).
     Rows of other inputs are moved aside first (refresh_row)."""
-    import evaluate as E
-
     for c in configs:
         refresh_row(c, retrained)
     engine = []
@@ -377,8 +370,6 @@ def plot_training(states: dict[int, Path], png: Path) -> bool:
 
 
 def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
-    import evaluate as E
-
     out = Path(cfg.out)
     rep = {"recipe": cfg.recipe, "recipe_settings": recipe, "config": dataclasses.asdict(cfg), "groups": {},
            "wall_s": dict(walls), "wall_s_this_run": walls.this_run}
@@ -447,8 +438,6 @@ class Walls(dict):
         self.this_run: dict[str, float] = {}
 
     def add(self, stage: str, t0: float) -> None:
-        import evaluate as E
-
         dt = time.perf_counter() - t0
         self.this_run[stage] = round(dt, 1)
         self[stage] = round(self.get(stage, 0.0) + dt, 1)
@@ -460,8 +449,6 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     t_all = time.perf_counter()
     try:
-        import evaluate as E
-
         E.quiet_engine(False)
         recipe = read_recipe(cfg.recipe)
         out = Path(cfg.out)

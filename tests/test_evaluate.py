@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 import evaluate as E
+import models
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,6 +155,17 @@ def test_one_out_dir_never_mixes_settings(tmp_path):
     E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2, limit=5, max_batch=8)))
     with pytest.raises(E.EvalError, match=r"temperature 0.6 -> 1.0"):
         E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2, temperature=1.0)))
+
+
+def test_a_run_pinned_with_the_old_backend_name_hf_still_resumes(tmp_path):
+    """Issue 18: --backend hf is now --backend transformers (protocol.BACKENDS); a settings.json
+    written before says "hf" and must resume under the new name, and still refuse another backend."""
+    cfg = E.Config(bench="math500", model="m", samples=2, backend="transformers")
+    old = {**E.settings_of(cfg), "backend": "hf"}
+    tmp_path.joinpath("settings.json").write_text(json.dumps(old))
+    E.pin_settings(tmp_path, E.settings_of(cfg))
+    with pytest.raises(E.EvalError, match=r"backend 'transformers' -> 'vllm'"):
+        E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2)))
 
 
 class _Started(Exception):
@@ -445,7 +457,7 @@ def test_bad_input_gives_one_line(args, message, tmp_path, data_dir):
     if "--out" in args:  # a run with the default settings is already in that directory
         E.pin_settings(Path(args[args.index("--out") + 1]),
                        E.settings_of(E.Config(bench="math500", data=args[args.index("--data") + 1], model="smollm2-135m")))
-    if "--tensor-parallel-size" in args and E._has_gpu():
+    if "--tensor-parallel-size" in args and models.has_gpu():
         pytest.skip("this machine has a GPU: --tensor-parallel-size 2 is valid here")
     _one_error_line(run_cli(*args), message)
 
@@ -649,7 +661,7 @@ def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_pa
     _make_adapter(smollm2_dir, wrong, tiny=True)
     env = {"DEEPMATH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     common = ["--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "1", "--samples", "1",
-              "--mode", "baseline", "--temperature", "0", "--max-tokens", "8", "--model", smollm2_dir, "--backend", "hf"]
+              "--mode", "baseline", "--temperature", "0", "--max-tokens", "8", "--model", smollm2_dir, "--backend", "transformers"]
     # the good adapter in-process (merge, load, generate, grade); the misfit through the CLI below
     monkeypatch.setenv("DEEPMATH_CACHE", env["DEEPMATH_CACHE"])
     E.run(E.parse_args([*common, "--lora", str(adapter), "--out", str(tmp_path / "lora")]), progress=False)
@@ -669,7 +681,7 @@ def test_real_lora_adapter_is_merged_and_evaluated(smollm2_dir, data_dir, tmp_pa
     bad = run_cli(*common, "--lora", str(wrong), "--out", str(tmp_path / "bad"), env=env)
     _one_error_line(bad, f"--lora {wrong} does not fit --model")
     with pytest.raises(E.EvalError, match="no adapter_config.json"):
-        E.merge_lora(smollm2_dir, str(tmp_path))
+        E.resolve(E.Config(model=smollm2_dir, lora=str(tmp_path), backend="transformers"))
 
 
 # ---------------------------------------------------------------------------
@@ -756,8 +768,8 @@ def test_merged_lora_is_stored_in_the_dtype_the_backend_computes_in(monkeypatch)
     without bf16 arithmetic (this machine). The engine's choice is faked here (pure logic)."""
     import models
 
-    assert E.merge_dtype(E.Config(backend="hf", lora="a")) == "float32"
+    assert models.merge_dtype("transformers") == "float32"
     monkeypatch.setattr(models, "vllm_engine_kwargs", lambda **kw: {"dtype": "bfloat16"})
-    assert E.merge_dtype(E.Config(backend="vllm", lora="a")) == "bfloat16"
+    assert models.merge_dtype("vllm") == "bfloat16"
     monkeypatch.setattr(models, "vllm_engine_kwargs", lambda **kw: {"dtype": "float32"})
-    assert E.merge_dtype(E.Config(backend="vllm", lora="a")) == "float32"
+    assert models.merge_dtype("vllm") == "float32"

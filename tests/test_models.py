@@ -116,7 +116,7 @@ def test_real_merged_smollm2_keeps_bf16_and_rounds_once(smollm2_dir, tmp_path, m
     assert torch.equal(merged[k_name], base[k_name])  # not a target: untouched, bit for bit
     # cached: a second call returns the same directory without merging again
     assert models.merge_lora(smollm2_dir, str(adapter)) == str(out)
-    # for a backend that computes in float32 (evaluate.merge_dtype on this CPU): the float32 sum
+    # for a backend that computes in float32 (models.merge_dtype on this CPU): the float32 sum
     # itself, in a checkpoint of its own
     out32 = Path(models.merge_lora(smollm2_dir, str(adapter), "float32"))
     assert out32 != out and _header_dtypes(out32 / "model.safetensors") == {"F32"}

@@ -370,12 +370,12 @@ def test_adapter_written_and_loads_in_evaluate(smoke, smollm2_dir, tmp_path):
         assert any(bool(v.abs().sum() > 0) for v in lora_b), "a step with advantages left the adapter at zero"
 
     # `evaluate.py --lora` as a user runs it (a subprocess): it merges the adapter into the base
-    # model (evaluate.merge_lora; peft raises if the adapter does not fit SmolLM2), caches the
+    # model (models.merge_lora; peft raises if the adapter does not fit SmolLM2), caches the
     # merged checkpoint and evaluates it (transformers backend: no engine start-up; vLLM loading
     # the merged model is tests/test_replicate.py's)
     env = _env(DEEPMATH_CACHE=str(tmp_path / "cache"))
     p = subprocess.run([PY, str(ROOT / "evaluate.py"), "--bench", "procedural", "--model", "smollm2-135m",
-                        "--lora", str(out), "--backend", "hf", "--mode", "baseline", "--limit", "1", "--samples", "1",
+                        "--lora", str(out), "--backend", "transformers", "--mode", "baseline", "--limit", "1", "--samples", "1",
                         "--max-tokens", "16", "--out", str(tmp_path / "eval")],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
