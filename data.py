@@ -94,7 +94,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import rewards
 from cli import first_line
+from models import cache_root  # the cache models.py keeps: $DEEPMATH_CACHE, default ~/.cache/deepmath
 from protocol import CALL_CLOSE, CALL_OPEN, format_output
 
 log = logging.getLogger("deepmath.data")
@@ -784,8 +786,6 @@ def _openmathreasoning(limit: int | None) -> list[Problem]:
 
 
 def _pool_path(key: dict) -> Path:
-    from models import cache_root  # the cache models.py keeps: $DEEPMATH_CACHE, default ~/.cache/deepmath
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "train-pools" / f"openmathreasoning-{digest}.jsonl"
 
@@ -836,8 +836,6 @@ def _write_pool(path: Path, key: dict, pool: list[Problem]) -> None:
 def _stream_openmathreasoning(spec: Benchmark, limit: int | None) -> list[Problem]:
     """The TIR split, streamed: problems with an expected answer the grader parses as math,
     each problem once (the split holds several solutions per problem)."""
-    import rewards
-
     rows = _hub_rows(spec, "openmathreasoning", streaming=True,
                      offline="pass --dataset FILE.jsonl (fields problem, answer; e.g. "
                              "../shared/data/train_sample.jsonl) or --dataset procedural")
