@@ -85,7 +85,7 @@ from cli import dataclass_parser, fail, first_line
 from models import ModelNotFoundError, continuation_chat_template, resolve_model, shutdown_vllm, vllm_engine_kwargs
 from protocol import (
     BACKENDS, CALL_CLOSE, CALL_OPEN, FENCE_OPEN_RE, LAYOUTS, OUTPUT_CLOSE, OUTPUT_OPEN, STOP_STRINGS,
-    TRUNCATION_MARKER, UNKNOWN, Budget, build_messages, check_choice, close_chunk, end_reason,
+    TRUNCATION_MARKER, UNKNOWN, Budget, build_messages, check_choice, close_chunk, derive_seed, end_reason,
     format_output, format_result, last_boxed, output_block, system_prompt, trailing_snippet,
 )
 
@@ -473,8 +473,8 @@ class VLLMAgentModel(VLLMModel):
             chat, add_generation_prompt=True, tokenize=True, return_dict=False, **self.apply_chat_template_kwargs
         )
         sampling = {**self.sampling, **kwargs}
-        if sampling.get("seed") is not None:  # not one random stream reused by every chunk
-            sampling["seed"] += 104_729 * self._requests
+        if sampling.get("seed") is not None:  # not one random stream reused by every chunk: rollout's
+            sampling["seed"] = derive_seed(sampling["seed"], self._requests)  # rule for a prompt's c-th call
         self._requests += 1
         params = SamplingParams(stop=list(stop_sequences or []), **sampling)
         out = self.model.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0].outputs[0]
