@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import backends
 import data
 import executor
 import models
@@ -742,12 +743,12 @@ def make_backend(cfg: Config):
         if not cfg.api_base:
             raise EvalError("--backend openai needs --api-base URL (e.g. http://127.0.0.1:8000/v1)")
         try:
-            return rollout.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
+            return backends.OpenAIBackend.from_server(cfg.api_base, tokenizer=path, concurrency=cfg.concurrency)
         except OSError as e:
             raise EvalError(f"--api-base {cfg.api_base}: cannot reach the server ({e})") from None
     try:
         if cfg.backend == "transformers":
-            return rollout.HFBackend.from_model(path)
+            return backends.HFBackend.from_model(path)
         limit = cfg.max_model_len or (PROMPT_ROOM + cfg.max_tokens)
         own = models.model_max_len(path)
         if not cfg.max_model_len and own:
@@ -755,7 +756,7 @@ def make_backend(cfg: Config):
         kwargs = dict(max_model_len=limit, seed=cfg.seed, use_tqdm_on_load=cfg.verbose)
         if cfg.tensor_parallel_size > 1:
             kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
-        return rollout.VLLMBackend.from_model(path, **kwargs)
+        return backends.VLLMBackend.from_model(path, **kwargs)
     except EvalError:
         raise
     except Exception as e:  # noqa: BLE001 -- vLLM/transformers raise many kinds; the user needs one line
