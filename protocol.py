@@ -584,8 +584,9 @@ class Budget:
 
     max_tokens: int = 5000
     """Total completion tokens: model tokens plus inserted executor output."""
-    max_steps: int = 8
-    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it.
+    max_steps: int = 50
+    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it (ours:
+    training's default, recipes/deepmath.yaml; short problems make a handful of calls).
     0 turns the agent off (the paper's non-agent rows, Baseline and +GRPO): stop_strings() is
     then empty, so the model generates straight through, a code block it writes included, to
     EOS or max_tokens, and nothing is run."""

@@ -182,8 +182,8 @@ class ScriptArguments:
     temperature_steps: int | None = 1000
     """Optimizer steps the schedule takes from --temperature to --temperature_end (then it stays
     there); None spreads it over the whole run."""
-    max_agent_steps: int = 50
-    """Agent calls (snippets run) per trajectory; a trajectory that asks for one more ends."""
+    max_agent_steps: int = Budget.max_steps
+    """Agent calls (snippets run) per trajectory (protocol.Budget's); a trajectory that asks for one more ends."""
     max_output_tokens: int = Budget.max_output_tokens
     """Executor output tokens inserted per call (protocol.Budget's); longer output is cut with a marker."""
     step_tokens: int | None = None
