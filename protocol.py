@@ -29,12 +29,15 @@ Data flow (who calls what):
   5. output_blocks() and shows_error() count executed and failed calls from text alone
      (rewards.code_use_reward without rollout counts); strip_output_blocks() is the text the
      model wrote, with every output block removed.
-  6. The loop's rules, shared by rollout.py and agent.MathAgent: find_stop() (the one search
-     for stop strings; stop_token() runs it over token ids for backends.py and rollout.py,
-     cut_after_stop() cuts text at it), stop_strings() (which of them a budget generates with:
-     none when max_steps is 0, the agent off), Budget and end_reason() (when a trajectory
-     ends; TRUNCATED names the ends the budget cut), and output_block() (the one truncation
-     rule for executor output, in the model's tokens).
+  6. The knobs every entry point takes its defaults from (section "Knobs", just before the
+     loop's rules): BACKENDS, MODES, LAYOUTS, Sampling, Budget, EVAL_SAMPLING, EVAL_BUDGET and
+     derive_seed(), the one seed rule. Then the loop's rules, shared by rollout.py and
+     agent.MathAgent: find_stop() (the one search for stop strings; stop_token() runs it
+     over token ids for backends.py and rollout.py, cut_after_stop() cuts text at it),
+     stop_strings() (which of them a budget generates with: none when max_steps is 0, the
+     agent off), end_reason() (when a trajectory ends under its Budget; TRUNCATED names the
+     ends the budget cut), and output_block() (the one truncation rule for executor output,
+     in the model's tokens).
   7. The prompts every trajectory starts from (section "The prompts", last): build_messages(
      problem, mode, layout, examples) -> chat messages: the instruction (prompts/
      agent_instruction.txt) and the solved examples (load_examples/shown_examples of
@@ -472,6 +475,83 @@ def last_boxed(text: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------
+# Knobs: every sampling setting, agent budget, name set and seed rule, defined once here
+# ---------------------------------------------------------------------------
+# Each entry point (agent.py, rollout.py, evaluate.py, train.py where TRL does not own the flag,
+# replicate.py) takes its defaults from these, so a default changes in one place.
+
+BACKENDS = ("vllm", "transformers", "openai")
+"""--backend everywhere: an in-process vLLM engine, transformers `generate` (runs anywhere), or a
+running vLLM OpenAI-compatible server."""
+MODES = ("agent", "baseline")
+"""agent: snippets run and their output is folded in; baseline: the same model, no agent."""
+LAYOUTS = ("system", "turns")
+"""Where the solved examples go: the system prompt (the paper's layout) or earlier chat turns."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one rollout. The defaults are plain sampling from the model's
+    distribution (vLLM's SamplingParams defaults; TRL's GRPOConfig samples at temperature 1.0
+    too); EVAL_SAMPLING holds the paper's inference settings. temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k (vLLM and transformers alike; transformers would default to 50)."""
+    seed: int | None = None
+    """Makes a rollout reproducible; each sequence and step derives its own seed (derive_seed)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on one trajectory. The defaults are training's: the paper caps GRPO completions
+    at 5k tokens; max_steps and max_output_tokens are ours (the paper gives neither). EVAL_BUDGET
+    holds the evaluation's."""
+
+    max_tokens: int = 5000
+    """Total completion tokens: model tokens plus inserted executor output."""
+    max_steps: int = 50
+    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it (ours:
+    training's default, recipes/deepmath.yaml; short problems make a handful of calls).
+    0 turns the agent off (the paper's non-agent rows, Baseline and +GRPO): stop_strings() is
+    then empty, so the model generates straight through, a code block it writes included, to
+    EOS or max_tokens, and nothing is run."""
+    max_output_tokens: int = 256
+    """Executor output tokens inserted per call (longer blocks are cut, with a marker: output_block)."""
+
+
+EVAL_SAMPLING = Sampling(temperature=0.6, top_p=0.95, top_k=20)
+"""The paper evaluates Qwen3-4B-Thinking-2507 and its fine-tune: its model card's Best Practices
+for thinking mode (temperature 0.6, top_p 0.95, top_k 20)."""
+
+EVAL_BUDGET = Budget(max_tokens=32768, max_steps=20, max_output_tokens=256)
+"""Evaluation limits: 32,768 output tokens (the model card's length for most queries), 20 agent
+calls (smolagents' MultiStepAgent default; the paper's inference runs on smolagents), and
+executor output per call as in training (Budget's default)."""
+
+
+def derive_seed(seed: int | None, *keys) -> int | None:
+    """The one seed rule: the seed of whatever `keys` name (a problem id and sample index, a
+    trajectory and call, a rank) under a run's seed. A hash of both, so two keys never share a
+    random stream and a seed depends on its own keys only, never on a batch or its order; 31
+    bits, which every sampler accepts. None stays None (an unseeded run).
+
+    >>> derive_seed(0, "a", 1) == derive_seed(0, "a", 1) != derive_seed(0, "a", 2), derive_seed(None, 1)
+    (True, None)
+    >>> 0 <= derive_seed(7, 3) < 2**31
+    True
+    """
+    if seed is None:
+        return None
+    import hashlib  # stdlib, imported here: the scanners above need none of it
+    import json
+
+    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+# ---------------------------------------------------------------------------
 # The loop's rules: where a chunk stops, when a trajectory ends, how output is cut
 # ---------------------------------------------------------------------------
 # Used alike by rollout.py (training and batched evaluation, on token ids) and agent.py's
@@ -547,53 +627,6 @@ def stop_token(tokenizer, ids, stop=STOP_STRINGS, before: str = "") -> int | Non
     return None
 
 
-# ---------------------------------------------------------------------------
-# Knobs: every sampling setting, agent budget, name set and seed rule, defined once here
-# ---------------------------------------------------------------------------
-# Each entry point (agent.py, rollout.py, evaluate.py, train.py where TRL does not own the flag,
-# replicate.py) takes its defaults from these, so a default changes in one place.
-
-BACKENDS = ("vllm", "transformers", "openai")
-"""--backend everywhere: an in-process vLLM engine, transformers `generate` (runs anywhere), or a
-running vLLM OpenAI-compatible server."""
-MODES = ("agent", "baseline")
-"""agent: snippets run and their output is folded in; baseline: the same model, no agent."""
-LAYOUTS = ("system", "turns")
-"""Where the solved examples go: the system prompt (the paper's layout) or earlier chat turns."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one rollout. The defaults are plain sampling from the model's
-    distribution (vLLM's SamplingParams defaults; TRL's GRPOConfig samples at temperature 1.0
-    too); EVAL_SAMPLING holds the paper's inference settings. temperature 0 means greedy."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 disables top-k (vLLM and transformers alike; transformers would default to 50)."""
-    seed: int | None = None
-    """Makes a rollout reproducible; each sequence and step derives its own seed (derive_seed)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits on one trajectory. The defaults are training's: the paper caps GRPO completions
-    at 5k tokens; max_steps and max_output_tokens are ours (the paper gives neither). EVAL_BUDGET
-    holds the evaluation's."""
-
-    max_tokens: int = 5000
-    """Total completion tokens: model tokens plus inserted executor output."""
-    max_steps: int = 50
-    """Agent calls per trajectory; the chunk that would start call max_steps+1 ends it (ours:
-    training's default, recipes/deepmath.yaml; short problems make a handful of calls).
-    0 turns the agent off (the paper's non-agent rows, Baseline and +GRPO): stop_strings() is
-    then empty, so the model generates straight through, a code block it writes included, to
-    EOS or max_tokens, and nothing is run."""
-    max_output_tokens: int = 256
-    """Executor output tokens inserted per call (longer blocks are cut, with a marker: output_block)."""
-
-
 def stop_strings(budget: Budget) -> tuple[str, ...]:
     """The stop strings a trajectory under this budget generates with: STOP_STRINGS while it may
     make agent calls, none when max_steps is 0. Without an agent, a closing fence or
@@ -605,36 +638,6 @@ def stop_strings(budget: Budget) -> tuple[str, ...]:
     (True, ())
     """
     return STOP_STRINGS if budget.max_steps > 0 else ()
-
-
-EVAL_SAMPLING = Sampling(temperature=0.6, top_p=0.95, top_k=20)
-"""The paper evaluates Qwen3-4B-Thinking-2507 and its fine-tune: its model card's Best Practices
-for thinking mode (temperature 0.6, top_p 0.95, top_k 20)."""
-
-EVAL_BUDGET = Budget(max_tokens=32768, max_steps=20, max_output_tokens=256)
-"""Evaluation limits: 32,768 output tokens (the model card's length for most queries), 20 agent
-calls (smolagents' MultiStepAgent default; the paper's inference runs on smolagents), and
-executor output per call as in training (Budget's default)."""
-
-
-def derive_seed(seed: int | None, *keys) -> int | None:
-    """The one seed rule: the seed of whatever `keys` name (a problem id and sample index, a
-    trajectory and call, a rank) under a run's seed. A hash of both, so two keys never share a
-    random stream and a seed depends on its own keys only, never on a batch or its order; 31
-    bits, which every sampler accepts. None stays None (an unseeded run).
-
-    >>> derive_seed(0, "a", 1) == derive_seed(0, "a", 1) != derive_seed(0, "a", 2), derive_seed(None, 1)
-    (True, None)
-    >>> 0 <= derive_seed(7, 3) < 2**31
-    True
-    """
-    if seed is None:
-        return None
-    import hashlib  # stdlib, imported here: the scanners above need none of it
-    import json
-
-    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1
 
 
 # ---------------------------------------------------------------------------
@@ -718,7 +721,7 @@ def close_chunk(text: str, length: bool = False, stop_reason=UNKNOWN) -> tuple[s
 
 
 # ---------------------------------------------------------------------------
-# The loop's rules, continued: when a trajectory ends, how executor output is cut
+# When a trajectory ends, how executor output is cut
 # ---------------------------------------------------------------------------
 
 TRUNCATED: tuple[str, ...] = ("max_steps", "max_tokens")
