@@ -6,27 +6,29 @@ Run:  .venv/bin/python -m pytest tests/test_executor.py        (about 2 minutes 
       (about 35 s more) once `python tests/test_executor.py --make-unprivileged-venv` has
       made a Python that `nobody` can run; without one it skips and says so.
 
-They read as documentation, in the order of the module contract:
-  1) benign snippets of the kinds the paper shows give the right output, and state persists;
+They read as documentation; each group names the executor.py sections it covers (a
+group's number is this file's banner, not the module's section):
+  1) benign snippets of the kinds the paper shows give the right output, and state persists
+     (sections 0 and 2: the allow-lists, a session);
   2) the static check rejects what it should, with a message the model can act on, and
-     refuses a snippet over the size cap before parsing it;
-  3) every OS limit, attacked the way a hostile snippet would: through sympify's eval,
-     which hands the snippet the real `os` and `builtins` past the static check. Each
-     test asserts that the harmful effect did not happen (no file, no connection, the
-     target process alive), not only that an error came back. The seccomp filter's
-     decisions are also checked as data, by a small BPF interpreter;
+     refuses a snippet over the size cap before parsing it (section 1);
+  3) every OS limit (section 7, isolation), attacked the way a hostile snippet would:
+     through sympify's eval, which hands the snippet the real `os` and `builtins` past the
+     static check. Each test asserts that the harmful effect did not happen (no file, no
+     connection, the target process alive), not only that an error came back. The seccomp
+     filter's decisions are also checked as data, by a small BPF interpreter;
   4) failures: timeouts fire on time, crashes are reported, the caller never hangs or
-     leaks a process, and the next run continues in a fresh session;
-  5) many sessions: run_batch, the worker bound, eviction and replay;
-  5b) a determined attacker, through `random._os` and ctypes to raw libc calls: the
+     leaks a process, and the next run continues in a fresh session (section 2d, 5, 6);
+  5) many sessions: run_batch, the worker bound, eviction and replay (section 3);
+  5b) a determined attacker (sections 5-8), through `random._os` and ctypes to raw libc calls: the
      caller's environment, SysV IPC, inotify, shared memory, fcntl/ioctl signals and
      leases, limits, forged replies, CPU between snippets, replay time, the death signal;
      then a second round (issue 21): a replaced reply routine (every field the caller
      returns stays bounded), the pending-signal quota of the worker's uid, access times
      as a channel, page tables beyond the memory cap, the CPU limit during snippets (and
      where the caller may not set it); then the same tests as an unprivileged user;
-  6) the smolagents adapter: a scripted model, one agent run that tries to decide the next,
-     then the real embedded SmolLM2-135M.
+  6) the smolagents adapter (section 4): a scripted model, one agent run that tries to
+     decide the next, then the real embedded SmolLM2-135M.
 No test asserts speed, except that a timeout fires within its limit + 0.5 s (after an
 eviction too), and that an idle worker uses no CPU.
 """
