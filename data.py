@@ -10,10 +10,10 @@ evaluate.py and train.py consume; the answer is a string that rewards.py's grade
 
 Data flow (the numbers match the step comments in the code):
 
-  1. A benchmark name is looked up in BENCHMARKS (hub id, revision, split, field mapping,
-     accepted local file names). Unknown names fail with the list of known ones.
-  2. load_benchmark() takes the rows from, in this order: an explicit `data` JSONL file (any
-     name); a file in the folder $DEEPMATH_DATA (`<bench>.jsonl` or one of the names the
+  1. An explicit `data` JSONL file serves any name, a benchmark's or the user's own (the name
+     labels the run). Otherwise the name is looked up in BENCHMARKS (hub id, revision, split,
+     field mapping, accepted local file names); unknown names fail with the list of known ones.
+  2. load_benchmark() then takes the rows from, in this order: a file in the folder $DEEPMATH_DATA (`<bench>.jsonl` or one of the names the
      shared data folder uses, e.g. aime2024.jsonl); the hub through `datasets` (cached as
      usual; offline this fails with one line that names the caller's way to a local file --
      evaluate.py's `--data FILE.jsonl`, train.py's `--decontaminate_against` -- and DEEPMATH_DATA,
@@ -186,16 +186,16 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
     evaluate.py's "pass --data FILE.jsonl (fields id, problem, answer)"; train.py names its own flag).
     """
     instead = instead or "pass --data FILE.jsonl (fields id, problem, answer)"
-    # 1) the name
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be a positive number of problems, not {limit}")
+    # 1) an explicit file serves any name, a benchmark's or the user's own (it labels the run)
+    if data is not None:
+        return read_jsonl(data, source=name)[:limit]
+    # 2) else the name must be one we know: the data folder, a generator, or the hub
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
                         f"(or any name with --data FILE.jsonl)")
     spec = BENCHMARKS[name]
-    if limit is not None and limit < 1:
-        raise DataError(f"limit must be a positive number of problems, not {limit}")
-    # 2) an explicit file, the data folder, a generator, or the hub
-    if data is not None:
-        return read_jsonl(data, source=name)[:limit]
     folder = os.environ.get(DATA_ENV)
     if folder:
         for fname in spec.files:

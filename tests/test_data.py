@@ -104,6 +104,8 @@ def test_data_file_serves_any_name_and_limit(tmp_path, monkeypatch):
     got = data.load_benchmark("hle", data=path, limit=3)
     assert [p.id for p in got] == ["0", "1", "2"] and got[0].source == "hle"
     assert len(data.load_benchmark("procedural", data=path)) == 5  # a file wins over the generator
+    # a name of the user's own (a private set): the file serves it, the name labels it
+    assert {p.source for p in data.load_benchmark("my-private-set", data=path)} == {"my-private-set"}
 
 
 def test_data_folder_accepts_bench_and_shared_file_names(tmp_path, monkeypatch):

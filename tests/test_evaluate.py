@@ -528,13 +528,15 @@ def test_real_agent_calls_are_replayed_exactly(vllm_llm, tmp_path):
 
 
 def test_real_openai_backend_against_a_real_vllm_server(vllm_server, smollm2_dir, data_dir, tmp_path):
+    """Also a private problem set under a name of the user's own (issue 19): --data serves any
+    --bench name, and the name labels the run."""
     out = tmp_path / "served"
-    run = run_cli("--bench", "math500", "--data", str(data_dir / "math500.jsonl"), "--limit", "2", "--samples", "2",
+    run = run_cli("--bench", "my-private-set", "--data", str(data_dir / "math500.jsonl"), "--limit", "2", "--samples", "2",
                   "--model", smollm2_dir, "--backend", "openai", "--api-base", vllm_server + "/v1", "--layout", "turns",
                   "--max-tokens", "48", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
-    assert s["settings"]["backend"] == "openai" and s["n_problems"] == 2
+    assert s["settings"]["backend"] == "openai" and s["n_problems"] == 2 and s["bench"] == "my-private-set"
     _check_run(out, s, 2, 2)
     assert "maj@2" in run.stdout
 
