@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import rewards
-from cli import first_line
+from cli import fail, first_line
 from models import cache_root  # the cache models.py keeps: $DEEPMATH_CACHE, default ~/.cache/deepmath
 from protocol import CALL_CLOSE, CALL_OPEN, format_output
 
@@ -215,11 +215,57 @@ def load_benchmark(name: str, data: str | os.PathLike | None = None, limit: int 
 # 2) The hub: load_benchmark's last source (datasets is imported only here)
 # ---------------------------------------------------------------------------
 
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long hub_unreachable() waits for one TCP connection to the hub before calling it offline."""
+
+
+def hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be reached now, or None. Asked before `datasets` is: offline, datasets
+    retries for about 25 s before it gives up (measured here), so an offline run's one-line error
+    came late. Offline means HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set to 1, or one TCP
+    connection to the hub (HF_ENDPOINT's host, or the HTTPS proxy's when one is set) failing
+    within timeout_s. The name lookup has no timeout of its own, so the probe runs on a daemon
+    thread the caller stops waiting for."""
+    import socket
+    import threading
+    import urllib.parse
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
+            return f"{var} is set"
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(v)), None)
+    url = urllib.parse.urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"cannot connect to {host}:{port} ({first_line(e, 100)})")
+
+    thread = threading.Thread(target=probe, daemon=True, name="hub-probe")
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout_s:g} s"
+
+
 def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str | None = None):
     """Open a hub dataset, turning any failure into one DataError line with the fix (`offline`:
-    what to do without the hub; default: --data or DEEPMATH_DATA)."""
+    what to do without the hub; default: --data or DEEPMATH_DATA). When the hub cannot be
+    reached and `datasets` is not imported yet, HF_HUB_OFFLINE=1 is set first (the libraries'
+    documented switch, read when they are imported; this process could not reach the hub
+    anyway): datasets then serves a copy it has cached at once, or fails at once. Where
+    `datasets` was imported already (train.py, through TRL), it keeps its own retries and its
+    fallback to the cache."""
     offline = offline or (f"pass --data FILE.jsonl (fields id, problem, answer) or set {DATA_ENV} to a "
                           f"folder holding {spec.files[0] if spec.files else what + '.jsonl'}")
+    local = spec.hub_id is not None and Path(spec.hub_id).exists()  # a dataset folder: no hub to ask
+    why = None if local or "datasets" in sys.modules else hub_unreachable()
+    if why:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import datasets
     except ImportError:
@@ -230,7 +276,7 @@ def _hub_rows(spec: Benchmark, what: str, streaming: bool = False, offline: str 
         return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split, revision=spec.revision,
                                      streaming=streaming)
     except Exception as e:  # offline, gated, renamed: every path ends in the same advice
-        first = first_line(e, 200)
+        first = why or first_line(e, 200)  # offline: the probe's reason says more than datasets' message
         extra = f"; {spec.access}" if spec.access else ""
         raise DataError(f"cannot load {what} from the hub ({spec.hub_id}: {first}){extra}; offline, {offline}") from None
 
@@ -949,8 +995,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             problems = load_benchmark(args.bench, args.data, args.n, args.seed, args.difficulty, args.templates)
     except DataError as e:
-        print(f"data.py: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 2)
     for p in problems:
         if args.jsonl:
             print(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer, "meta": p.meta},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from fractions import Fraction
@@ -151,6 +152,60 @@ def test_hub_offline_is_one_line_naming_the_fix(monkeypatch):
     assert hle.startswith("hle ERR") and "gated" in hle and "huggingface-cli login" in hle
     assert omr.startswith("omr ERR cannot load openmathreasoning from the hub (nvidia/OpenMathReasoning")
     assert "--dataset FILE.jsonl" in omr and "--dataset procedural" in omr  # train.py's flag (issue 17)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket closes
+
+
+def test_hub_unreachable_says_why(monkeypatch):
+    """The probe asked before `datasets` (issue 19): the user's switch, a refused connection, a
+    reachable endpoint (a local listening socket stands in for the hub)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert data.hub_unreachable() == "HF_DATASETS_OFFLINE is set"
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    port = _closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert data.hub_unreachable().startswith(f"cannot connect to 127.0.0.1:{port}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert data.hub_unreachable() is None
+
+
+def test_hub_probe_gives_up_at_its_timeout(monkeypatch):
+    """When the probe's timeout fires: a lookup that never answers (socket.create_connection
+    replaced by one that sleeps, as a name lookup with no timeout of its own can) ends the wait at
+    timeout_s, not when the lookup ends."""
+    import time
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.monotonic()
+    why = data.hub_unreachable(timeout_s=0.3)
+    assert why.startswith("no answer from ") and why.endswith("within 0.3 s")
+    assert 0.3 <= time.monotonic() - t0 < 0.3 + 0.5
+
+
+def test_offline_error_comes_without_the_hub_retries():
+    """`python data.py math500` with the hub out of reach and no switch set: the probe finds it
+    out before `datasets` is asked, so datasets makes no retries (about 25 s of them here before
+    issue 19) and the one line names the reason and the fix. HF_ENDPOINT points at a closed
+    local port, so this holds on a machine with internet too."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", data.DATA_ENV)}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
+    out = subprocess.run([sys.executable, str(ROOT / "data.py"), "math500"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "Retry" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(
+        "error: cannot load math500 from the hub (HuggingFaceH4/MATH-500: cannot connect to 127.0.0.1:"), out.stderr
+    assert "--data FILE.jsonl" in out.stderr
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
