@@ -24,7 +24,10 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
      rewards.check (the training reward's grader) and appends its line to generations.jsonl
      (flushed and fsynced) while the engine decodes the others.
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
-     (unbiased), mean@k, bootstrap CIs, output length two ways, tool statistics -> summary.json.
+     (unbiased), mean@k (pass@1 averaged over the k samples) with its standard error, bootstrap
+     CIs, the no-answer rate, output length two ways, tool statistics -> summary.json.
+     --compare prints them side by side, and the mean and spread of runs that differ only in
+     --seed.
   7. `--compare DIR...`: Table 1 on the problems every run covers, with paired-bootstrap CIs of
      each accuracy difference, and a PNG of accuracy against length (replicate.py's report uses
      the same functions); `--replay DIR`: every recorded snippet re-run in fresh sandboxes.
@@ -504,6 +507,20 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def stderr_of_mean(values: Sequence[float]) -> float | None:
+    """Standard error of a mean over problems: the sample standard deviation over sqrt(n).
+    For mean@k, pass@1 averaged over the k samples (as harnesses that report "avg@k +- SE" do).
+
+    >>> stderr_of_mean([0.0, 1.0]), stderr_of_mean([0.5])
+    (0.5, None)
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
+
+
 def summarize(records: list[dict], k: int) -> dict:
     """Every summary number from generations.jsonl records (one per problem), and their ids."""
     samples = [s for r in records for s in r["samples"]]
@@ -524,6 +541,7 @@ def summarize(records: list[dict], k: int) -> dict:
         "pass_at": {kk: r4(v) for kk, v in pass_at.items()},
         "mean_at_k": r4(_mean(mean)),
         "mean_at_k_ci95": [r4(x) for x in bootstrap_ci(mean)] if records else None,
+        "mean_at_k_stderr": r4(stderr_of_mean(mean)),  # mean@k is pass@1 averaged over the k samples
         "mean_output_tokens": r4(_mean(s["output_tokens"] for s in samples)),
         "mean_total_tokens": r4(_mean(s["total_tokens"] for s in samples)),
         "length_reported_by_paper": "mean_total_tokens (the whole trace, as the released code measures it)",
@@ -895,8 +913,9 @@ def compare_table(runs: Sequence[ScoredRun], ids: Sequence[str], png: Path | Non
     cols = [columns(r, ids) for r in runs]
     ref = cols[0]
     lines = []
-    head = (f"{'run':<28} {'bench':<10} {'mode':<8} {'n':>4} {'maj@k':>7} {'95% CI':>13} {'mean@k':>7} "
-            f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'calls':>5} {'err':>6} {'Δmaj vs ref [95% CI]':>24}")
+    head = (f"{'run':<28} {'bench':<10} {'mode':<8} {'n':>4} {'maj@k':>7} {'95% CI':>13} {'mean@k':>7} {'SE':>6} "
+            f"{'out tok':>8} {'total tok':>9} {'len vs ref':>10} {'no ans':>6} {'calls':>5} {'err':>6} "
+            f"{'Δmaj vs ref [95% CI]':>24}")
     lines += [head, "-" * len(head)]
     points = []
     for j, (r, s) in enumerate(zip(runs, cols)):
@@ -911,9 +930,11 @@ def compare_table(runs: Sequence[ScoredRun], ids: Sequence[str], png: Path | Non
         name = Path(r.dir).name[:28]
         lines.append(f"{name:<28} {r.summary['bench'][:10]:<10} {r.summary['mode']:<8} {s['n_problems']:>4} "
                      f"{pct(s['maj_at_k']):>7} {pct(ci[0]) + '-' + pct(ci[1]):>13} {pct(s['mean_at_k']):>7} "
-                     f"{s['mean_output_tokens'] or 0:>8.1f} {s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} "
+                     f"{pct(s['mean_at_k_stderr']):>6} {s['mean_output_tokens'] or 0:>8.1f} "
+                     f"{s['mean_total_tokens'] or 0:>9.1f} {dlen:>10} {pct(s['no_answer_rate']):>6} "
                      f"{s.get('snippets_per_solution') or 0:>5.2f} {pct(s.get('snippet_error_rate')):>6} {dmaj:>24}")
         points.append((name, s["mean_total_tokens"] or 0, s["maj_at_k"] or 0))
+    lines += seed_spread(runs, cols)
     covered = [len(r.records) for r in runs]
     lines.append(f"paired on {len(ids)} problems: every column and Δ above is over them"
                  + ("" if set(covered) == {len(ids)} else
@@ -923,6 +944,42 @@ def compare_table(runs: Sequence[ScoredRun], ids: Sequence[str], png: Path | Non
         _plot(points, png)
         text += f"\nplot: {png}"
     return text
+
+
+def seed_spread(runs: Sequence[ScoredRun], cols: Sequence[dict]) -> list[str]:
+    """One line per group of runs that differ only in --seed (their pinned settings equal but for
+    the seed, the same inputs): the mean of maj@k and of mean@k across the runs, their sample
+    standard deviation and range, over the compared problems. One seed's figure hides how much a
+    rerun moves it; this is the spread a reader needs beside it. Runs without pinned settings (or
+    alone in their setting) get no line.
+
+    >>> r = lambda d, seed: ScoredRun(d, {"settings": {"model": "m", "seed": seed}}, {})
+    >>> seed_spread([r("a", 0), r("b", 1), r("c", 0)], [{"maj_at_k": 0.5, "mean_at_k": 0.4},
+    ...     {"maj_at_k": 0.7, "mean_at_k": 0.5}, {"maj_at_k": 0.6, "mean_at_k": 0.45}])[0]
+    'a, b, c: 3 runs of one setting (seeds 0, 1, 0): maj@k 60.0% sd 10.0 (50.0%-70.0%), mean@k 45.0% sd 5.0 (40.0%-50.0%)'
+    """
+    groups: dict[str, list[int]] = {}
+    for j, r in enumerate(runs):
+        st = r.summary.get("settings")
+        if st is None:
+            continue
+        key = json.dumps({k: st.get(k) for k in (*SETTINGS_KEYS, *CONTENT_KEYS) if k != "seed"},
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(j)
+    lines = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        names = ", ".join(Path(runs[j].dir).name for j in members)
+        seeds = ", ".join(str(runs[j].summary["settings"].get("seed")) for j in members)
+        parts = []
+        for key, label in (("maj_at_k", "maj@k"), ("mean_at_k", "mean@k")):
+            v = [cols[j][key] for j in members if cols[j][key] is not None]
+            m = sum(v) / len(v)
+            sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+            parts.append(f"{label} {pct(m)} sd {100 * sd:.1f} ({pct(min(v))}-{pct(max(v))})")
+        lines.append(f"{names}: {len(members)} runs of one setting (seeds {seeds}): {', '.join(parts)}")
+    return lines
 
 
 def _plot(points, png: Path) -> None:
@@ -1017,7 +1074,8 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"{s['bench']} | {s['mode']} | {s['model']}{' + ' + Path(st['lora']).name if st.get('lora') else ''} | "
           f"{s['n_problems']} problems x {s['samples']} samples")
     print(f"  maj@{s['samples']} {pct(s['maj_at_k'])} (95% CI {pct(ci[0])}-{pct(ci[1])})   "
-          f"mean@{s['samples']} {pct(s['mean_at_k'])}   pass@{s['samples']} {pct(s['pass_at_k'])}")
+          f"mean@{s['samples']} {pct(s['mean_at_k'])} (SE {pct(s.get('mean_at_k_stderr'))})   "
+          f"pass@{s['samples']} {pct(s['pass_at_k'])}   no answer {pct(s.get('no_answer_rate'))}")
     print(f"  mean length: {_num(s['mean_output_tokens'], 1)} model tokens, {_num(s['mean_total_tokens'], 1)} with "
           f"executor output")
     print(f"  agent: {_num(s['snippets_per_solution'], 2)} calls/solution, snippet errors "

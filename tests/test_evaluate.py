@@ -128,6 +128,7 @@ def test_summary_numbers_from_literal_records():
     assert s["snippet_error_rate"] == round(2 / 3, 4) and s["snippet_timeout_rate"] == round(1 / 3, 4)
     assert s["executor_token_share"] == round(40 / 140, 4)
     assert s["truncation_rate"] == 0.25 and s["no_answer_rate"] == 0.25
+    assert s["mean_at_k_stderr"] == 0.5  # per-problem mean@k 1 and 0: sd 0.7071 over sqrt(2) (issue 19)
     for key in ("maj_at_k", "pass_at_k", "mean_at_k", "mean_output_tokens", "mean_total_tokens",
                 "snippets_per_solution", "n_problems", "samples"):
         assert key in s
@@ -233,16 +234,43 @@ def _scored(pid, right: bool, k=2):
                    problem=f"What is {pid}?", gold="1")
 
 
-def _rerun(tmp_path, name, data, right: dict, limit, k=2, mode="baseline"):
+def _rerun(tmp_path, name, data, right: dict, limit, k=2, mode="baseline", seed=0):
     """A run folder whose generations.jsonl holds `right` (id -> all samples right?), summarised by
     evaluate.run itself over the first `limit` problems of `data` (every problem done: no engine)."""
     cfg = E.Config(bench="math500", data=str(data), mode=mode, model="m", samples=k, limit=limit,
-                   out=str(tmp_path / name))
+                   out=str(tmp_path / name), seed=seed)
     E.pin_settings(Path(cfg.out), E.settings_of(cfg))
     if not (Path(cfg.out) / "generations.jsonl").is_file():
         for pid, ok in right.items():
             E.append_record(Path(cfg.out) / "generations.jsonl", _scored(pid, ok, k))
     return E.run(cfg, backend_factory=_no_engine, progress=False)
+
+
+def test_compare_shows_no_answer_rate_and_the_spread_of_runs_that_differ_only_in_seed(tmp_path):
+    """Issue 19: the metrics users look for. Two runs of one setting under --seed 0 and 1 (right on
+    2 and on 4 of 4 problems) and a third of another mode: the table gives each run's mean@k with
+    its standard error and its no-answer rate, and one line the mean and spread of the two seeds;
+    the third, alone in its setting, gets none."""
+    ids = ["p0", "p1", "p2", "p3"]
+    data = _problems_file(tmp_path / "four.jsonl", ids)
+    _rerun(tmp_path, "seed0", data, {i: n < 2 for n, i in enumerate(ids)}, limit=None, seed=0)
+    _rerun(tmp_path, "seed1", data, {i: True for i in ids}, limit=None, seed=1)
+    _rerun(tmp_path, "agent", data, {i: n < 3 for n, i in enumerate(ids)}, limit=None, mode="agent")
+    table = E.compare([str(tmp_path / d) for d in ("seed0", "seed1", "agent")])
+    head = table.splitlines()[0].split()
+    assert head[7:9] == ["mean@k", "SE"] and "no" in head and "ans" in head  # "95% CI" is two words
+    assert _row(table, "seed0").split()[6:8] == ["50.0%", "28.9%"]  # 2 of 4 right: sd 0.577 / sqrt(4)
+    assert _row(table, "seed1").split()[6:8] == ["100.0%", "0.0%"]
+    assert "seed0, seed1: 2 runs of one setting (seeds 0, 1): maj@k 75.0% sd 35.4 (50.0%-100.0%), " \
+           "mean@k 75.0% sd 35.4 (50.0%-100.0%)" in table.splitlines()
+    assert not any(line.startswith("agent:") or ", agent:" in line for line in table.splitlines())
+
+
+def test_no_answer_rate_in_the_table(tmp_path):
+    recs = [_record("a", [_sample(0, True, "1", 10, 10), _sample(1, False, None, 10, 10)])]
+    _write_run(tmp_path / "half", "math500", "agent", recs, 2)
+    row = _row(E.compare([str(tmp_path / "half")]), "half")
+    assert row.split()[-4:] == ["50.0%", "0.00", "-", "(reference)"]  # no answer, then calls and errors
 
 
 def _row(table: str, name: str) -> str:
