@@ -480,7 +480,7 @@ class OpenAIBackend:
 
 
 # ---------------------------------------------------------------------------
-# 5) TRL's vLLM client (`trl vllm-serve`, or a vLLM OpenAI server TRL accepts)
+# 5) TRL's vLLM client (`vllm serve` with TRL's flags, docs/training.md; or any vLLM OpenAI server)
 # ---------------------------------------------------------------------------
 
 def _finish_from_ids(ids: list[int], lps: list[float], limit: int, eos: set[int], stop, tokenizer) -> Chunk:
