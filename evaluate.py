@@ -14,15 +14,20 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
      protocol.EVAL_SAMPLING / EVAL_BUDGET, with their sources) -> problems (data.load_benchmark).
   2. Resume: DIR/settings.json pins the settings of DIR and the content of its inputs (sha256 of
      --lora, a local --model, --data: content_hash); problems already in DIR/generations.jsonl
-     are skipped (a half-written last line from a kill -9 is dropped).
+     are skipped, and so are the finished samples of the others, kept in DIR/samples.jsonl: a
+     rerun generates only the missing samples, with their own seeds (a half-written last line
+     from a kill -9 is dropped).
   3. The backend (protocol.BACKENDS): vLLM offline (default), transformers, or an
      OpenAI-compatible server; --lora is merged first (models.resolve_checkpoint).
   4. Prompts: build_messages(problem, mode, layout) -> token ids. Baseline mode is the same
      rollout with max_steps=0 (no agent, no stop strings: one generation to EOS or --max-tokens).
-  5. All problems x samples go through rollout.rollout() in waves of at most --max-batch
-     trajectories; the moment a problem's last sample ends, a grading thread grades it with
-     rewards.check (the training reward's grader) and appends its line to generations.jsonl
-     (flushed and fsynced) while the engine decodes the others.
+  5. All problems x samples go through ONE rollout.rollout() with at most --max-batch
+     trajectories in flight: the next sample is admitted the moment one ends (continuous
+     admission; no wave waits for its longest trace). Each sample is appended to samples.jsonl
+     as it ends; the moment a problem's last sample ends, a grading thread grades the problem
+     with rewards.check (the training reward's grader) and appends its line to
+     generations.jsonl, while the engine decodes the others. Both files are flushed and
+     fsynced line by line.
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
      (unbiased), mean@k (pass@1 averaged over the k samples) with its standard error, bootstrap
      CIs, the no-answer rate, output length two ways, tool statistics -> summary.json.
@@ -36,7 +41,7 @@ Which length the paper reports: the whole trace (model plus executor tokens), as
 evaluation code measures it: mean_total_tokens; mean_output_tokens is what the model sampled.
 
 Reproducibility: each sample's seed is protocol.derive_seed(--seed, problem id, sample index), so
-its random numbers do not depend on the batch, the wave, --limit or a resume; continuous batching
+its random numbers do not depend on the batch, the admission order, --limit or a resume; continuous batching
 is not batch-invariant in the logits' last bits, so results repeat exactly when the batches
 repeat (docs/evaluation.md gives the exact guarantee and the test that checks it).
 
@@ -137,7 +142,8 @@ class Config:
     concurrency: int = 64
     """--backend openai: requests in flight at once."""
     max_batch: int = 256
-    """Trajectories per wave (memory cap); each wave holds whole problems."""
+    """Trajectories in flight at once (the memory and sandbox cap); the next sample is admitted
+    the moment one ends."""
     max_model_len: int = 0
     """vLLM context length; 0: prompt room (8192) + --max-tokens, capped at the model's own."""
     tensor_parallel_size: int = 1
@@ -204,9 +210,16 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
     if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
         log.warning("%s: graded again the samples whose gold could not be checked last time", out)
     todo = [p for p in problems if p.id not in done]
-    if done:
-        log.warning("%s: %d of %d problems already done, resuming with %d", out, len(problems) - len(todo),
-                    len(problems), len(todo))
+    # the finished samples of unfinished problems (the same staleness rule as for records)
+    partial = finished_samples(out / SAMPLES_FILE, {p.id: p for p in todo}, cfg.samples)
+    for p in [p for p in todo if len(partial.get(p.id, {})) == cfg.samples]:
+        # killed while grading it: every sample is kept, only the grading is done again
+        kept = partial.pop(p.id)
+        append_record(gen_path, graded_record(p, [kept[j] for j in range(cfg.samples)]))
+        todo.remove(p)
+    if done or partial:
+        log.warning("%s: %d of %d problems already done, resuming with %d (%d of their samples kept)", out,
+                    len(problems) - len(todo), len(problems), len(todo), sum(map(len, partial.values())))
     own_backend = backend is None and backend_factory is None
     stats = rollout.RolloutStats()
     t0 = time.perf_counter()
@@ -215,11 +228,13 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
         if backend is None:
             backend = (backend_factory or make_backend)(cfg)
         pin_settings(out, settings)
-        try:  # 4) + 5) prompts, waves through the rollout, grading alongside
-            _generate(cfg, backend, todo, gen_path, stats, progress)
+        try:  # 4) + 5) prompts, one rollout with continuous admission, grading alongside
+            _generate(cfg, backend, todo, partial, out, stats, progress)
         finally:
             if own_backend:
                 close_backend(backend)
+    if (out / SAMPLES_FILE).exists():  # what generations.jsonl now holds leaves samples.jsonl
+        compact_samples(out / SAMPLES_FILE, {r["id"] for r in read_generations(gen_path)})
     # 6) metrics from the file alone, over this run's problems
     records = {r["id"]: r for r in read_generations(gen_path)}
     rows = [records[i] for i in ids if i in records]
@@ -246,20 +261,33 @@ def load_problems(cfg: Config) -> list:
 
 
 # ---------------------------------------------------------------------------
-# 4) + 5) Prompts, waves through the rollout, grading alongside
+# 4) + 5) Prompts, one rollout with continuous admission, grading alongside
 # ---------------------------------------------------------------------------
 
-def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress: bool) -> None:
-    """Steps 4-5: waves of whole problems through rollout(); each problem is graded and written
-    by a grading thread the moment its last sample ends, while the engine decodes the rest."""
+def _generate(cfg: Config, backend, todo: list, partial: dict, out: Path, stats, progress: bool) -> None:
+    """Steps 4-5: every missing sample of the problems `todo` through one rollout(), at most
+    --max-batch in flight. Each sample is written to samples.jsonl as it ends; each problem is
+    graded and written to generations.jsonl by a grading thread the moment its last sample
+    ends, while the engine decodes the rest. `partial`: problem id -> {sample index: the fields
+    of a sample finished before a kill}, kept, not generated again."""
     n = cfg.samples
-    per_wave = max(1, cfg.max_batch // n)
+    gen_path, samples_path = out / "generations.jsonl", out / SAMPLES_FILE
     # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
     budget = Budget(max_tokens=cfg.max_tokens, max_steps=0 if cfg.mode == "baseline" else cfg.max_steps,
                           max_output_tokens=cfg.max_output_tokens)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    tok = backend.tokenizer
-    bar = _progress_bar(len(todo) * n, progress)
+    # 4) prompts: the same builder in both modes (baseline: no examples, no agent); one prompt
+    # per missing sample, its seed its own (derive_seed of --seed, problem id, sample index)
+    got = {p.id: dict(partial.get(p.id, {})) for p in todo}
+    work = [(p, j) for p in todo for j in range(n) if j not in got[p.id]]
+    encoded: dict[str, list[int]] = {}
+    for p, _ in work:
+        if p.id not in encoded:
+            messages = build_messages(p.problem, mode=cfg.mode, layout=cfg.layout, examples=cfg.examples)
+            encoded[p.id] = rollout.encode_prompt(backend.tokenizer, messages)
+    prompts = [encoded[p.id] for p, _ in work]
+    seeds = [derive_seed(cfg.seed, p.id, j) for p, j in work]
+    bar = _progress_bar(len(work), progress)
     seen = {"correct": 0, "graded": 0, "done": 0}
     lock = threading.Lock()
     t_start = time.perf_counter()
@@ -270,55 +298,42 @@ def _generate(cfg: Config, backend, todo: list, gen_path: Path, stats, progress:
             rate = (stats.model_tokens + live["tokens"]) / max(time.perf_counter() - t_start, 1e-9)
             bar.set_postfix_str(f"acc {acc} ({seen['graded']} graded), {rate:.0f} tok/s", refresh=False)
 
-    def grade_and_write(problem, trajs):
+    def grade_and_write(problem, samples):
         # grading alongside generation: this thread grades while the engine decodes the others
-        verdicts = grade([t.text for t in trajs], [problem.answer] * len(trajs))
-        append_record(gen_path, problem_record(problem, trajs, verdicts, equal=grader_equal))
+        record = graded_record(problem, samples)
+        append_record(gen_path, record)
         with lock:
-            seen["graded"] += len(verdicts)
-            seen["correct"] += sum(bool(v.correct) for v in verdicts)
+            seen["graded"] += len(samples)
+            seen["correct"] += record["n_correct"]
             show()
 
     live = {"tokens": 0}
     grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-grade")
     pending = []
+
+    def on_finish(i: int, traj) -> None:
+        # a sample ended: on disk at once (kill -9 keeps it), and its problem graded if complete
+        p, j = work[i]
+        fields = sample_fields(j, traj)
+        append_record(samples_path, {"id": p.id, "problem": p.problem, "gold": p.answer, **fields})
+        got[p.id][j] = fields
+        with lock:
+            live["tokens"] += int(sum(traj.mask))
+            if bar is not None:
+                bar.update(1)
+                show()
+        if len(got[p.id]) == n:  # the problem's last sample: grade and write it now
+            pending.append(grader.submit(grade_and_write, p, [got[p.id].pop(k) for k in range(n)]))
+
     try:
-        for start in range(0, len(todo), per_wave):
-            wave = todo[start:start + per_wave]
-            # 4) prompts: the same builder in both modes; baseline has no examples and no agent
-            prompts, seeds = [], []
-            for p in wave:
-                ids = rollout.encode_prompt(tok, build_messages(p.problem, mode=cfg.mode, layout=cfg.layout,
-                                                                         examples=cfg.examples))
-                prompts += [ids] * n
-                seeds += [derive_seed(cfg.seed, p.id, j) for j in range(n)]
-            done: list = [None] * len(prompts)
-            left = [n] * len(wave)
-
-            def on_finish(i: int, traj, wave=wave, done=done, left=left) -> None:
-                done[i] = traj
-                w = i // n
-                left[w] -= 1
-                with lock:
-                    live["tokens"] += int(sum(traj.mask))
-                    if bar is not None:
-                        bar.update(1)
-                        show()
-                if left[w] == 0:  # the problem's last sample: grade and write it now
-                    pending.append(grader.submit(grade_and_write, wave[w], done[w * n:(w + 1) * n]))
-
-            # 5) one continuous-batched rollout for the whole wave
-            try:
-                rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats,
-                                seeds=None if cfg.temperature == 0 else seeds, on_finish=on_finish)
-            except ValueError as e:  # e.g. a prompt longer than the context
-                raise EvalError(str(e)) from None
-            live["tokens"] = 0
-            for f in [f for f in pending if f.done()]:
-                f.result()  # surface a grading error now
-                pending.remove(f)
-            log.info("wave of %d problems done: %d/%d problems, %.0f s", len(wave), min(start + per_wave, len(todo)),
-                     len(todo), time.perf_counter() - t_start)
+        # 5) one continuous-batched rollout for every missing sample, --max-batch in flight
+        try:
+            rollout.rollout(backend, prompts, budget=budget, sampling=sampling, stats=stats,
+                            seeds=None if cfg.temperature == 0 else seeds, on_finish=on_finish,
+                            max_active=cfg.max_batch, keep_finished=False)
+        except ValueError as e:  # e.g. a prompt longer than the context
+            raise EvalError(str(e)) from None
+        log.info("%d samples of %d problems done in %.0f s", len(work), len(todo), time.perf_counter() - t_start)
     finally:
         grader.shutdown(wait=True)  # every finished problem is written, even on Ctrl-C or an error
         if bar is not None:
@@ -344,8 +359,9 @@ def grade(texts: list[str], golds: list[str]) -> list:
     return verdicts
 
 
-def sample_record(j: int, traj, verdict) -> dict:
-    """One sample of one problem, as generations.jsonl stores it (every summary number comes from these)."""
+def sample_fields(j: int, traj) -> dict:
+    """One sample of one problem, before grading: what samples.jsonl keeps the moment it ends,
+    and generations.jsonl (with the verdict: problem_record) once its problem is complete."""
     calls = []
     for k, (code, res) in enumerate(zip(traj.snippets, traj.results)):
         calls.append({"code": code, "stdout": res.stdout, "error": res.error, "timed_out": bool(res.timed_out),
@@ -355,9 +371,6 @@ def sample_record(j: int, traj, verdict) -> dict:
     sandbox = getattr(traj, "sandbox", None)
     return {
         "sample": j,
-        "answer": verdict.answer,
-        "correct": verdict.correct,
-        "status": verdict.status,
         "finish_reason": traj.finish_reason,
         "prompt_tokens": len(traj.prompt_ids),
         "output_tokens": output_tokens,
@@ -372,8 +385,18 @@ def sample_record(j: int, traj, verdict) -> dict:
     }
 
 
-def problem_record(problem, trajs: list, verdicts: list, equal=None) -> dict:
-    samples = [sample_record(j, t, v) for j, (t, v) in enumerate(zip(trajs, verdicts))]
+def graded_record(problem, samples: list[dict]) -> dict:
+    """A problem's line of generations.jsonl from its samples (sample_fields, in sample order),
+    graded by the one grader (grade: rewards.check_many, the training reward's)."""
+    verdicts = grade([s["text"] for s in samples], [problem.answer] * len(samples))
+    return problem_record(problem, samples, verdicts, equal=grader_equal)
+
+
+def problem_record(problem, samples: list[dict], verdicts: list, equal=None) -> dict:
+    """One problem, as generations.jsonl stores it (every summary number comes from these): its
+    samples (sample_fields, in sample order) each with its verdict, and the majority vote."""
+    samples = [{"sample": s["sample"], "answer": v.answer, "correct": v.correct, "status": v.status,
+                **{k: x for k, x in s.items() if k != "sample"}} for s, v in zip(samples, verdicts, strict=True)]
     vote = majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples], equal=equal)
     return {"id": problem.id, "problem": problem.problem, "gold": problem.answer, "source": problem.source,
             "maj_answer": vote[0], "maj_correct": vote[1], "n_correct": sum(bool(s["correct"]) for s in samples),
@@ -689,8 +712,50 @@ def read_generations(path: Path, repair: bool = False) -> list[dict]:
     return records
 
 
+SAMPLES_FILE = "samples.jsonl"
+"""DIR/samples.jsonl: each sample the moment it ends (id, problem, gold and sample_fields), so a
+kill loses no finished sample; compacted to the problems not yet in generations.jsonl when a run
+ends (compact_samples)."""
+
+
+def finished_samples(path: Path, todo: dict, k: int) -> dict[str, dict[int, dict]]:
+    """The samples in samples.jsonl of the problems `todo` (id -> Problem): id -> {sample index:
+    fields}. A half-written last line is cut (kill -9); a sample whose problem or answer is no
+    longer the benchmark's is refused, as a stale record is."""
+    found: dict[str, dict[int, dict]] = {}
+    for line in read_generations(path, repair=True):
+        p = todo.get(line.get("id"))
+        if p is None:
+            continue  # a problem done since, or outside this run's --limit: kept in the file, unused
+        if (line.get("problem"), line.get("gold")) != (p.problem, p.answer):
+            raise EvalError(f"{path} holds a sample of problem {p.id!r} with another text or answer than the "
+                            f"benchmark now has: use another --out, or delete {path.parent} to evaluate afresh")
+        j = line.get("sample")
+        if isinstance(j, int) and 0 <= j < k:
+            found.setdefault(p.id, {})[j] = {key: v for key, v in line.items() if key not in ("id", "problem", "gold")}
+    return found
+
+
+def compact_samples(path: Path, done: set) -> None:
+    """Drop from samples.jsonl the samples of problems now in generations.jsonl (they are there,
+    graded); the file goes when nothing is left. Written to a temporary file and renamed, so a
+    kill leaves the old file or the new one, never half of one."""
+    if not path.is_file():
+        return
+    keep = [line for line in read_generations(path, repair=True) if line.get("id") not in done]
+    if not keep:
+        path.unlink()
+        return
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def append_record(path: Path, record: dict) -> None:
-    """One problem, one line: written, flushed and fsynced before the next (kill -9 safe)."""
+    """One line (a problem, or a sample): written, flushed and fsynced before the next (kill -9 safe)."""
     line = json.dumps(record, ensure_ascii=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)

@@ -30,6 +30,9 @@ GRPO through `GRPOTrainer(rollout_func=...)`). Data flow, numbered as in the cod
      Budget.max_output_tokens (head of the printed text, a marker, the error, the closing
      fence: the rule MathAgent applies too) -- and appended with mask 0 and logprob 0.0.
   7. Finished trajectories leave the batch; the others go back to 2 until none is active.
+     With `max_active`, at most that many are in flight: the next prompt is admitted the
+     moment one ends (continuous admission), so a long-tailed batch never runs nearly empty
+     while prompts wait; evaluate.py admits every sample of a benchmark this way.
   8. Sandboxes are closed; for GRPO the trajectories are packed into the dict TRL expects
      (make_rollout_func).
 
@@ -238,7 +241,9 @@ def rollout(
     schedule: str = "auto",
     seeds: Sequence[int | None] | None = None,
     on_finish: Callable[[int, Trajectory], None] | None = None,
-) -> list[Trajectory]:
+    max_active: int | None = None,
+    keep_finished: bool = True,
+) -> list[Trajectory | None]:
     """Run one agent trajectory per prompt (token ids), all in one batch. Returns them in prompt
     order. sandbox_factory/run_batch default to executor.Sandbox/executor.run_batch.
 
@@ -256,7 +261,15 @@ def rollout(
     `seeds` (one per prompt), protocol.derive_seed(seeds[i], c) instead, so a trajectory's samples
     do not depend on its place in the batch (vLLM; transformers samples a batch from one stream).
     on_finish(i, trajectory) is called once per trajectory, from the loop's thread, soon after
-    it ends (end of its step, or of the engine iteration that ended it).
+    it ends (end of its step, or of the engine iteration that ended it); its sandbox session is
+    closed right after (unless close_sandboxes is False), so sessions live only as long as their
+    trajectory.
+    max_active: at most this many trajectories in flight (None: all at once). The next prompt,
+        in order, is admitted the moment one ends (continuous schedule), or at the next step
+        (lockstep). A trajectory's seeds depend on its index, not on when it was admitted.
+    keep_finished=False drops each trajectory once on_finish has had it (its place in the
+        returned list is None): a caller that consumes results in on_finish (evaluate.py) then
+        holds only the trajectories in flight, not every finished trace of the run.
     Pass `stats` to accumulate timings and counts. Lockstep logs one line per step; continuous
     one line every few seconds and one at the end."""
     if schedule not in ("auto", "lockstep", "continuous"):
@@ -268,6 +281,10 @@ def rollout(
     run_batch = run_batch or executor.run_batch
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts (one per prompt)")
+    if max_active is not None and max_active < 1:
+        raise ValueError(f"max_active={max_active}: at least 1 trajectory must be in flight")
+    if not keep_finished and on_finish is None:
+        raise ValueError("keep_finished=False without on_finish would drop every trajectory unseen")
     stats = stats if stats is not None else RolloutStats()
     stop = protocol.stop_strings(budget) if stop is None else tuple(stop)
     t_start = time.perf_counter()
@@ -277,28 +294,66 @@ def rollout(
             return derive_seed(seeds[i], call)
         return request_seed(sampling.seed, i, call)
 
-    # 1) one trajectory per prompt
-    trajs = [Trajectory(prompt_ids=list(p)) for p in prompts]
-    reported = [False] * len(trajs)
+    # 1) one trajectory per prompt, made when it is admitted (7: at most max_active in flight)
+    trajs: list[Trajectory | None] = [None] * len(prompts)
+    cap = len(prompts) if max_active is None else max_active
+    admission = _Admission(prompts, trajs, cap)
 
     def notify() -> None:
-        if on_finish is not None:
-            for i, t in enumerate(trajs):
-                if t.finish_reason is not None and not reported[i]:
-                    reported[i] = True
-                    on_finish(i, t)
+        # 7) each trajectory that ended: to the caller, its session closed, its slot freed
+        for i in admission.ended():
+            t = trajs[i]
+            if on_finish is not None:
+                on_finish(i, t)
+            if close_sandboxes and t.sandbox is not None:
+                t.sandbox.close()
+            if not keep_finished:
+                trajs[i] = None
 
     try:
         loop = _continuous if (schedule == "continuous" or (schedule == "auto" and can_stream)) else _lockstep
-        loop(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of, notify)
+        loop(backend, trajs, admission, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens,
+             seed_of, notify)
     finally:
         # 8) sessions end with the rollout (unless the caller wants to inspect them)
         if close_sandboxes:
             for t in trajs:
-                if t.sandbox is not None:
+                if t is not None and t.sandbox is not None:
                     t.sandbox.close()
     stats.wall_s += time.perf_counter() - t_start
     return trajs
+
+
+class _Admission:
+    """Which trajectories are in flight (step 7's bound). admit() makes the next trajectories,
+    in prompt order, while fewer than `cap` are live; ended() hands each live one that has a
+    finish_reason back once, in index order, and frees its slot. O(live) per call, so a run of
+    thousands of prompts costs nothing per engine iteration for the ones not yet admitted."""
+
+    def __init__(self, prompts, trajs: list, cap: int):
+        self.prompts, self.trajs, self.cap = prompts, trajs, cap
+        self.next = 0
+        self.live: list[int] = []
+
+    def admit(self) -> list[int]:
+        new = []
+        while self.next < len(self.prompts) and len(self.live) < self.cap:
+            i = self.next
+            self.next += 1
+            self.trajs[i] = Trajectory(prompt_ids=list(self.prompts[i]))
+            self.live.append(i)
+            new.append(i)
+        return new
+
+    def ended(self) -> list[int]:
+        done = [i for i in self.live if self.trajs[i].finish_reason is not None]
+        if done:
+            self.live = [i for i in self.live if self.trajs[i].finish_reason is None]
+        return done
+
+    def waiting(self) -> bool:
+        """Prompts not yet admitted."""
+        return self.next < len(self.prompts)
 
 
 def request_seed(seed: int | None, i: int, call: int) -> int | None:
@@ -315,12 +370,14 @@ def request_seed(seed: int | None, i: int, call: int) -> int | None:
     return derive_seed(seed, i, call)
 
 
-def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of,
-              notify) -> None:
-    """Steps 2-7 in lock-step: every active sequence in one generate call, then every snippet."""
+def _lockstep(backend, trajs, admission, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens,
+              seed_of, notify) -> None:
+    """Steps 2-7 in lock-step: every active sequence in one generate call, then every snippet.
+    Admission happens between steps: a trajectory that ended frees its slot for the next step."""
     tok = backend.tokenizer
-    active = list(trajs)
-    index = {id(t): i for i, t in enumerate(trajs)}
+    admission.admit()
+    active = [trajs[i] for i in admission.live]
+    index = {id(t): i for i, t in zip(admission.live, active)}
     step = 0
     while active:
         step += 1
@@ -360,10 +417,12 @@ def _lockstep(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop
         # 6) output blocks, tokenised alone, appended with mask 0
         n_ins = sum(_take_result(t, code, res, tok, budget) for (t, code), res in zip(to_run, results))
 
-        # 7) finished trajectories leave the batch
+        # 7) finished trajectories leave the batch, and the next prompts take their places
         before = len(active)
-        active = [t for t in active if t.finish_reason is None]
         notify()
+        for i in admission.admit():
+            index[id(trajs[i])] = i
+        active = [trajs[i] for i in admission.live]
         stats.steps += 1
         stats.generate_calls += len(pairs)
         stats.model_tokens += n_gen
@@ -386,12 +445,13 @@ LOG_EVERY_S = 5.0
 """Continuous schedule: seconds between progress lines."""
 
 
-def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens, seed_of,
-                notify) -> None:
+def _continuous(backend, trajs, admission, budget, sampling, sandbox_factory, run_batch, stop, stats, step_tokens,
+                seed_of, notify) -> None:
     """Steps 2-7 without a barrier: the engine keeps decoding the other sequences while a
     sequence's snippet runs, and its continuation joins the running batch (vLLM schedules its
     prefill beside the others' decode steps). The per-trajectory rules are the lockstep ones
-    (_take_chunk, _take_result); only the order of events differs."""
+    (_take_chunk, _take_result); only the order of events differs. Admission is continuous too:
+    the iteration that ends a trajectory submits the next prompt's first request."""
     tok = backend.tokenizer
     rooms: dict[int, int] = {}  # trajectory index -> tokens it was allowed in its running request
     calls = [0] * len(trajs)
@@ -420,10 +480,19 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
         res = run_batch([trajs[i].sandbox], [code])[0]
         return res, t0, time.perf_counter()
 
+    def admit() -> None:
+        # 7) fill the free slots; a prompt with no room at all ends at once and frees its slot
+        while True:
+            new = admission.admit()
+            if not new:
+                return
+            for i in new:
+                submit(i)
+            notify()
+
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(trajs), 16)), thread_name_prefix="rollout-snippet")
     try:
-        for i in range(len(trajs)):
-            submit(i)
+        admit()
         while backend.pending() or running:
             # the engine advances one iteration; if it has nothing to do, wait for a snippet
             t0 = time.perf_counter()
@@ -461,13 +530,14 @@ def _continuous(backend, trajs, budget, sampling, sandbox_factory, run_batch, st
                 if trajs[i].finish_reason is None:
                     submit(i)
             notify()
+            admit()
             now = time.perf_counter()
             if now - last_log >= LOG_EVERY_S or not (backend.pending() or running):
                 last_log = now
                 log.info(
                     "rollout %.1fs: %d/%d active (%d in a snippet), generated %d tok (%.0f tok/s), "
                     "ran %d snippets (%d errors, %d timeouts), inserted %d tok, %d requests",
-                    now - t_start, sum(t.finish_reason is None for t in trajs), len(trajs), len(running),
+                    now - t_start, len(admission.live), len(trajs), len(running),
                     n_gen, n_gen / max(now - t_start, 1e-9), n_snip, n_err, n_to, n_ins, sum(calls),
                 )
     finally:

@@ -192,6 +192,58 @@ def test_backend_factory_is_called_only_when_problems_are_left(tmp_path):
     assert s["n_problems"] == 2 and s["mean_at_k"] == 0.75 and (Path(cfg.out) / "summary.json").is_file()
 
 
+def _sample_line(pid, j, right, problem, gold):
+    s = _sample(j, right, gold if right else "0", 5, 5)
+    fields = {k: v for k, v in s.items() if k not in ("answer", "correct", "status")}
+    return {"id": pid, "problem": problem, "gold": gold, **fields, "text": f"so \\boxed{{{gold if right else 0}}}"}
+
+
+def test_finished_samples_are_kept_and_a_problem_they_complete_needs_no_engine(tmp_path):
+    """Issue 19, per-sample resume, on literal files: samples.jsonl holds both samples of "a"
+    (killed while grading it) and one of "b", then half a line (the kill). The rerun grades "a"
+    from its kept samples; "b" still needs a sample, so the engine is asked for; once "b" is
+    done too, samples.jsonl is gone (everything is in generations.jsonl)."""
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"id": "a", "problem": "1+0?", "answer": "1"}\n{"id": "b", "problem": "1+1?", "answer": "2"}\n')
+    cfg = E.Config(bench="math500", data=str(data), model="m", samples=2, out=str(tmp_path / "run"))
+    out = Path(cfg.out)
+    E.pin_settings(out, E.settings_of(cfg))
+    for line in (_sample_line("a", 0, True, "1+0?", "1"), _sample_line("a", 1, False, "1+0?", "1"),
+                 _sample_line("b", 1, True, "1+1?", "2")):
+        E.append_record(out / E.SAMPLES_FILE, line)
+    with open(out / E.SAMPLES_FILE, "a") as f:
+        f.write('{"id": "b", "sample": 0, "te')  # the kill
+    kept = E.finished_samples(out / E.SAMPLES_FILE, {p.id: p for p in E.load_problems(cfg)}, 2)
+    assert {i: sorted(v) for i, v in kept.items()} == {"a": [0, 1], "b": [1]}
+    with pytest.raises(_Started):  # "b" lacks sample 0: the factory is asked for an engine
+        E.run(cfg, backend_factory=_no_engine, progress=False)
+    (a,) = E.read_generations(out / "generations.jsonl")  # "a" graded from its kept samples
+    assert (a["id"], a["n_correct"], [s["sample"] for s in a["samples"]]) == ("a", 1, [0, 1])
+    E.append_record(out / E.SAMPLES_FILE, _sample_line("b", 0, True, "1+1?", "2"))
+    s = E.run(cfg, backend_factory=_no_engine, progress=False)  # nothing left to generate: no engine
+    assert s["n_problems"] == 2 and s["mean_at_k"] == 0.75 and not (out / E.SAMPLES_FILE).exists()
+
+
+def test_a_kept_sample_of_a_changed_problem_is_refused(tmp_path):
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"id": "a", "problem": "1+0?", "answer": "1"}\n')
+    cfg = E.Config(bench="math500", data=str(data), model="m", samples=2, out=str(tmp_path / "run"))
+    E.pin_settings(Path(cfg.out), E.settings_of(cfg))
+    E.append_record(Path(cfg.out) / E.SAMPLES_FILE, _sample_line("a", 0, True, "1+0?", "7"))
+    with pytest.raises(E.EvalError, match="a sample of problem 'a' with another text or answer"):
+        E.run(cfg, backend_factory=_no_engine, progress=False)
+
+
+def test_compacting_keeps_the_samples_of_problems_not_yet_done(tmp_path):
+    path = tmp_path / E.SAMPLES_FILE
+    for pid in ("a", "b", "a"):
+        E.append_record(path, {"id": pid, "sample": 0})
+    E.compact_samples(path, {"a"})
+    assert E.read_generations(path) == [{"id": "b", "sample": 0}]
+    E.compact_samples(path, {"b"})
+    assert not path.exists()
+
+
 def _write_run(d: Path, bench, mode, records, k):
     d.mkdir(parents=True)
     for r in records:
@@ -570,17 +622,17 @@ def test_real_openai_backend_against_a_real_vllm_server(vllm_server, smollm2_dir
 
 
 def _resume_args(data_dir, server, out):
-    return ["--bench", "procedural", "--difficulty", "easy", "--limit", "4", "--samples", "2", "--max-batch", "2",
-            "--temperature", "0", "--layout", "turns", "--max-tokens", "96", "--model", "smollm2-135m",
+    return ["--bench", "procedural", "--difficulty", "easy", "--limit", "3", "--samples", "2", "--max-batch", "1",
+            "--temperature", "0", "--layout", "turns", "--max-tokens", "64", "--model", "smollm2-135m",
             "--backend", "openai", "--api-base", server + "/v1", "--out", str(out)]
 
 
 class _Gate:
     """A pass-through HTTP proxy to the real server that holds every request made once
     `closed()` is true, until `close()`. It makes the kill point deterministic: on a fast
-    machine the whole 4-problem run can finish between two polls of generations.jsonl (a CI
-    run once recorded all 4 before the kill), but here no request made after the first
-    problem is written can be answered before the kill."""
+    machine the whole run can finish between two polls of the output (a CI run once recorded
+    every problem before the kill), but here no request made after the first sample
+    is written can be answered before the kill."""
 
     def __init__(self, upstream: str, closed):
         import http.server
@@ -625,12 +677,14 @@ class _Gate:
 
 
 def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data_dir, tmp_path):
-    """Greedy, one problem per wave (--max-batch = --samples): the guarantee evaluate.py states.
-    Killed once the first problem is on disk; requests made after that are held by _Gate, so the
-    kill lands mid-run on any machine (at most the one problem already in flight can finish)."""
+    """Greedy, one trajectory in flight (--max-batch 1), so the batches repeat: the guarantee
+    evaluate.py states. Killed mid-problem, once the first sample is in samples.jsonl and before
+    its problem is complete (issue 19: resume is per sample); requests made after that are held
+    by _Gate, so the kill lands there on any machine. The resumed run keeps that sample (it is
+    not generated again) and the result equals an uninterrupted run's."""
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    gen = killed / "generations.jsonl"
-    written = lambda: gen.is_file() and gen.read_bytes().count(b"\n") >= 1  # noqa: E731
+    gen, samples = killed / "generations.jsonl", killed / E.SAMPLES_FILE
+    written = lambda: samples.is_file() and samples.read_bytes().count(b"\n") >= 1  # noqa: E731
     gate = _Gate(vllm_server, written)
     try:
         cmd = [sys.executable, "evaluate.py", *_resume_args(data_dir, gate.url, killed)]
@@ -639,16 +693,19 @@ def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data
         while time.monotonic() < deadline and proc.poll() is None and not written():
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert written(), "no problem was written within 240 s"
+        assert written(), "no sample was written within 240 s"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         gate.close()
-    n_before = len(E.read_generations(gen))
-    assert 1 <= n_before < 4
+    kept = E.read_generations(samples)
+    assert len(kept) == 1 and not E.read_generations(gen), "killed mid-problem: one sample, no problem"
     resumed = run_cli(*_resume_args(data_dir, vllm_server, killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "already done" in resumed.stderr
+    assert "(1 of their samples kept)" in resumed.stderr
+    first = next(r for r in E.read_generations(gen) if r["id"] == kept[0]["id"])
+    assert first["samples"][kept[0]["sample"]]["text"] == kept[0]["text"]
+    assert not samples.exists()  # every problem done: nothing left to keep
     # the uninterrupted run, in-process (same code path, without another interpreter start)
     import backends
 
@@ -657,7 +714,7 @@ def test_real_resume_after_sigkill_equals_an_uninterrupted_run(vllm_server, data
     E.run(cfg, backend=backends.OpenAIBackend.from_server(cfg.api_base, E.resolve(cfg)), progress=False)
     a = {r["id"]: r for r in E.read_generations(gen)}
     b = {r["id"]: r for r in E.read_generations(whole / "generations.jsonl")}
-    assert len(a) == len(b) == 4 and set(a) == set(b)  # nothing lost, nothing done twice
+    assert len(a) == len(b) == 3 and set(a) == set(b)  # nothing lost, nothing done twice
     strip = lambda r: [{k: v for k, v in s.items() if k not in ("sandbox_seed", "calls")} for s in r["samples"]]  # noqa: E731
     assert all(strip(a[i]) == strip(b[i]) for i in a)
     sa = json.loads((killed / "summary.json").read_text())

@@ -279,6 +279,62 @@ def test_continuous_schedule_gives_the_lockstep_trajectories():
     assert stats.snippets == 3 and stats.generate_calls == 6 and be.pending() == 0 and be.cancelled == 0
 
 
+def _fields(t):
+    return (t.text, t.completion_ids, t.logprobs, t.mask, t.finish_reason, t.snippets)
+
+
+def test_continuous_admission_keeps_at_most_max_active_in_flight():
+    """max_active=2 over A, B, C (issue 19): C is admitted the moment B, the first to end, ends,
+    not when a wave would; the trajectories are the unbounded ones (a trajectory's requests and
+    seeds depend on its index, not on when it was admitted)."""
+    table = {"print(17*23)": ("391\n", None, False)}
+    whole, _ = run(StreamingScriptedBackend(SCRIPTS, latency={"A": 3, "B": 1, "C": 5}), ["A", "B", "C"], table,
+                   sampling=R.Sampling(temperature=1.0, seed=7))
+    be = StreamingScriptedBackend(SCRIPTS, latency={"A": 3, "B": 1, "C": 5})
+    capped, _ = run(be, ["A", "B", "C"], table, max_active=2, sampling=R.Sampling(temperature=1.0, seed=7))
+    firsts = [be.events.index(("submit", k)) for k in range(3)]
+    b_ends = max(j for j, e in enumerate(be.events) if e == ("done", 1))  # B's last request
+    a_ends = max(j for j, e in enumerate(be.events) if e == ("done", 0))
+    assert firsts[0] < firsts[1] < b_ends < firsts[2] < a_ends  # C took B's slot while A still ran
+    # in flight: from a trajectory's first request to its last answer; never more than 2 at once
+    spans = [(firsts[k], max(j for j, e in enumerate(be.events) if e == ("done", k))) for k in range(3)]
+    assert max(sum(a <= j <= b for a, b in spans) for j in range(len(be.events))) == 2
+    assert [_fields(t) for t in capped] == [_fields(t) for t in whole]
+    assert [s for k, s in be.seeds if k == 2] == [R.request_seed(7, 2, 0)]
+
+
+def test_lockstep_admission_fills_freed_slots_between_steps():
+    """max_active=1 in lockstep: one trajectory per generate call, the next admitted when it
+    ends; the same trajectories as all three in one batch."""
+    table = {"print(17*23)": ("391\n", None, False)}
+    whole, _ = run(ScriptedBackend(SCRIPTS), ["A", "B", "C"], table, schedule="lockstep")
+    be = ScriptedBackend(SCRIPTS)
+    one, batches = run(be, ["A", "B", "C"], table, schedule="lockstep", max_active=1)
+    assert [len(c["prompts"]) for c in be.calls] == [1] * 6  # A's 3 calls, B's 2, C's 1
+    assert [_fields(t) for t in one] == [_fields(t) for t in whole]
+
+
+def test_keep_finished_false_hands_each_trajectory_over_once_then_drops_it():
+    """keep_finished=False (evaluate.py's setting): on_finish gets each trajectory with its
+    session still open; the session is closed right after, and the rollout keeps nothing."""
+    factory, batch, _ = fake_executor({"print(17*23)": ("391\n", None, False)})
+    be = StreamingScriptedBackend(SCRIPTS, latency={"A": 3, "B": 1, "C": 5})
+    got = {}
+
+    def on_finish(i, t):
+        got[i] = (t.finish_reason, t.sandbox is None or not t.sandbox.closed, t.sandbox)
+
+    out = R.rollout(be, [be.tokenizer.encode(p) for p in "ABC"], sandbox_factory=factory, run_batch=batch,
+                    on_finish=on_finish, keep_finished=False, max_active=2)
+    assert out == [None, None, None] and sorted(got) == [0, 1, 2]
+    assert all(reason == "answer" and was_open for reason, was_open, _ in got.values())
+    assert all(s.closed for _, _, s in got.values() if s is not None)
+    with pytest.raises(ValueError, match="max_active=0"):
+        R.rollout(be, [[1]], max_active=0)
+    with pytest.raises(ValueError, match="without on_finish"):
+        R.rollout(be, [[1]], keep_finished=False)
+
+
 def test_continuous_schedule_decodes_while_a_snippet_runs():
     """A's snippet blocks until B has finished its whole trajectory: possible only if the
     engine keeps stepping B while A's snippet runs (lockstep would wait for A first)."""
