@@ -51,7 +51,12 @@ Departures from the paper / the original code, and why:
   - the agent continues one assistant message (agent.py explains why), graded by rewards.py's
     grader, the training reward's;
   - ties in the majority vote are broken toward the answer that appeared first (documented,
-    deterministic), not at random.
+    deterministic), not at random;
+  - HLE is graded like every benchmark, by rewards.py's grader (math-verify and sympy), not by
+    the LLM judge of HLE's leaderboard (extracted answer, yes/no equivalence, confidence): one
+    grader for training and every benchmark, offline and deterministic. Many HLE answers are
+    not expressions it parses; those score as wrong, so HLE figures here are a lower bound of a
+    judge's and not comparable to leaderboard numbers.
 
 Run:  python evaluate.py --bench math500                         (the paper's settings)
       python evaluate.py --bench procedural --model smollm2-135m --samples 4 --limit 16 --max-tokens 384
