@@ -238,10 +238,10 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
         finally:
             if own_backend:
                 close_backend(backend)
-    if (out / SAMPLES_FILE).exists():  # what generations.jsonl now holds leaves samples.jsonl
-        compact_samples(out / SAMPLES_FILE, {r["id"] for r in read_generations(gen_path)})
     # 6) metrics from the file alone, over this run's problems
     records = {r["id"]: r for r in read_generations(gen_path)}
+    if (out / SAMPLES_FILE).exists():  # what generations.jsonl now holds leaves samples.jsonl
+        compact_samples(out / SAMPLES_FILE, set(records))
     rows = [records[i] for i in ids if i in records]
     summary = summarize(rows, cfg.samples)
     summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model, **summary,

@@ -351,10 +351,6 @@ class _Admission:
             self.live = [i for i in self.live if self.trajs[i].finish_reason is None]
         return done
 
-    def waiting(self) -> bool:
-        """Prompts not yet admitted."""
-        return self.next < len(self.prompts)
-
 
 def request_seed(seed: int | None, i: int, call: int) -> int | None:
     """The seed of trajectory i's call-th generate request in a seeded rollout: protocol.derive_seed
