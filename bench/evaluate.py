@@ -34,7 +34,7 @@ continuous_vs_plain=<(e)/(c) wall>` (targets on a 2-core CPU: >= 4, >= 1.3, >= 0
 
 Run:   .venv/bin/python bench/evaluate.py                          (both cases; about 7 minutes here)
        .venv/bin/python bench/evaluate.py --cases longtail         (the long-tailed case only)
-       .venv/bin/python bench/evaluate.py --n 4 --short 6 --long 2 --max-batch 4 --long-tokens 128  (smoke run)
+       .venv/bin/python bench/evaluate.py --n 2 --max-tokens 48 --short 2 --long 1 --max-batch 2 --long-tokens 48  (smoke run)
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def batch_case(a, E, data, backend, prime, encode, tmp: Path, results: dict) -> 
         summary = E.run(cfg, backend=backend, problems=probs, progress=False)
         return time.perf_counter() - t0, summary
 
-    one("warmup", 32, data.load_benchmark("procedural", limit=4, seed=1, difficulty="easy"))
+    one("warmup", 32, data.load_benchmark("procedural", limit=min(a.n, 4), seed=1, difficulty="easy"))
     wall_b, s_b = one("batched", 32, problems)
     wall_s, s_s = one("sequential", 1, problems)
 
@@ -254,7 +254,7 @@ def longtail_case(a, rollout, protocol, backend, prime, encode, results: dict) -
         return time.perf_counter() - t0, r
 
     # untimed warm-up of both request paths, on another slice of the workload
-    warm = encode(long_tailed(6, 2, seed=1))
+    warm = encode(long_tailed(min(a.short, 6), min(a.long, 2), seed=1))
     continuous(warm)
     plain_capped(backend, warm, [64] * len(warm), a.max_batch, "warm")
 

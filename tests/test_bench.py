@@ -3,7 +3,7 @@ Tier 3 smoke runs of the benchmark scripts: each runs end to end on a tiny budge
 its machine-readable RESULT line. Nothing here checks a speed: bench/ measures, tests do not
 (the figures move with machine load); this only keeps the scripts from rotting.
 
-Run:  .venv/bin/python -m pytest tests/test_bench.py -q        (about 3 minutes on 2 CPU cores)
+Run:  .venv/bin/python -m pytest tests/test_bench.py -q        (about 4 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -45,3 +45,11 @@ def test_tool_use_bench_quick(smollm2_dir):
     result = run_bench("tool_use.py", "--n", "1", "--layouts", "turns", "--model", smollm2_dir)
     assert set(result) == {"turns_correct", "turns_called", "n"} and result["n"] == 1
 
+
+
+def test_evaluate_bench_quick(smollm2_dir):
+    """Both cases (batch; long-tailed: continuous admission, waves, plain generation) on a tiny budget."""
+    result = run_bench("evaluate.py", "--n", "2", "--max-tokens", "48", "--short", "2", "--long", "1",
+                       "--max-batch", "2", "--long-tokens", "48", "--model", smollm2_dir)
+    assert set(result) == {"batched_vs_sequential", "continuous_vs_waves", "continuous_vs_plain"}
+    assert all(v > 0 for v in result.values())
