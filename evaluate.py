@@ -25,7 +25,8 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
      trajectories in flight: the next sample is admitted the moment one ends (continuous
      admission; no wave waits for its longest trace). Each sample is appended to samples.jsonl
      as it ends; the moment a problem's last sample ends, a grading thread grades the problem
-     with rewards.check (the training reward's grader) and appends its line to
+     with rewards.check (the training reward's grader; with --judge MODEL, an LLM judge as
+     well, judge.py, whose verdict is then the score) and appends its line to
      generations.jsonl, while the engine decodes the others. Both files are flushed and
      fsynced line by line.
   6. Metrics from generations.jsonl alone: maj@k (equivalent answers vote together), pass@k
@@ -52,14 +53,19 @@ Departures from the paper / the original code, and why:
     grader, the training reward's;
   - ties in the majority vote are broken toward the answer that appeared first (documented,
     deterministic), not at random;
-  - HLE is graded like every benchmark, by rewards.py's grader (math-verify and sympy), not by
-    the LLM judge of HLE's leaderboard (extracted answer, yes/no equivalence, confidence): one
-    grader for training and every benchmark, offline and deterministic. Many HLE answers are
-    not expressions it parses; those score as wrong, so HLE figures here are a lower bound of a
-    judge's and not comparable to leaderboard numbers.
+  - by default HLE is graded like every benchmark, by rewards.py's grader (math-verify and
+    sympy), not by the LLM judge of HLE's leaderboard (extracted answer, yes/no equivalence,
+    confidence): one grader for training and every benchmark, offline and deterministic. Many
+    HLE answers are not expressions it parses; those score as wrong, so HLE figures graded so
+    are a lower bound of a judge's and not comparable to leaderboard numbers. --judge MODEL
+    --judge-api-base URL grades with an LLM judge instead (judge.py; any benchmark): its verdict
+    is each sample's `correct`, math-verify's is kept beside it (`grader_correct`), and
+    summary.json reports how often they agree. A sample the judge could not judge (timeout,
+    error, a reply without a verdict) counts as not correct and is judged again on resume.
 
 Run:  python evaluate.py --bench math500                         (the paper's settings)
       python evaluate.py --bench procedural --model smollm2-135m --samples 4 --limit 16 --max-tokens 384
+      python evaluate.py --bench hle --judge JUDGE_MODEL --judge-api-base http://HOST:8001/v1
       python evaluate.py --compare runs/baseline runs/agent
       python evaluate.py --replay runs/agent
       python evaluate.py --help
@@ -87,6 +93,7 @@ from typing import Sequence
 import backends
 import data
 import executor
+import judge
 import models
 import rewards
 import rollout
@@ -146,6 +153,17 @@ class Config:
     """--backend openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
     concurrency: int = 64
     """--backend openai: requests in flight at once."""
+    judge: str | None = None
+    """Grade with this LLM judge (the model name its server lists) instead of math-verify; the judge's verdict is
+    the score and math-verify's is kept beside it. Off by default (judge.py, docs/evaluation.md)."""
+    judge_api_base: str | None = None
+    """--judge: the judge's OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1 (not pinned: a server can move)."""
+    judge_timeout: float = 120.0
+    """--judge: seconds per request; a sample not judged in time is judge_timeout (not correct; judged again on resume)."""
+    judge_concurrency: int = 16
+    """--judge: judge requests in flight at once (the samples of one problem)."""
+    judge_max_tokens: int = 1024
+    """--judge: the judge's reply budget in tokens (pinned, with the judge, its prompt's sha256 and temperature 0)."""
     max_batch: int = 256
     """Trajectories in flight at once (the memory and sandbox cap); the next sample is admitted
     the moment one ends."""
@@ -191,6 +209,7 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
     left to run (replicate.py shares one engine per model that way). Backends passed in or made by
     backend_factory are the caller's to close."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    judged_by = judge_of(cfg)
     settings = settings_of(cfg)
     # 1) the problems
     if problems is None:
@@ -212,15 +231,16 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
         raise EvalError(f"{out} holds problem {stale!r} with another text or answer than the benchmark now has: "
                         f"use another --out, or delete {out} to evaluate afresh")
     done = {r["id"] for r in records}
-    if done and regrade_unknown(gen_path, {p.id: p for p in problems}):
-        log.warning("%s: graded again the samples whose gold could not be checked last time", out)
+    if done and regrade_unknown(gen_path, {p.id: p for p in problems}, judged_by):
+        log.warning("%s: graded again the samples whose gold could not be checked%s last time", out,
+                    " or that the judge could not judge" if judged_by else "")
     todo = [p for p in problems if p.id not in done]
     # the finished samples of unfinished problems (the same staleness rule as for records)
     partial = finished_samples(out / SAMPLES_FILE, {p.id: p for p in todo}, cfg.samples)
     for p in [p for p in todo if len(partial.get(p.id, {})) == cfg.samples]:
         # killed while grading it: every sample is kept, only the grading is done again
         kept = partial.pop(p.id)
-        append_record(gen_path, graded_record(p, [kept[j] for j in range(cfg.samples)]))
+        append_record(gen_path, graded_record(p, [kept[j] for j in range(cfg.samples)], judged_by))
         todo.remove(p)
     if done or partial:
         log.warning("%s: %d of %d problems already done, resuming with %d (%d of their samples kept)", out,
@@ -234,7 +254,7 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
             backend = (backend_factory or make_backend)(cfg)
         pin_settings(out, settings)
         try:  # 4) + 5) prompts, one rollout with continuous admission, grading alongside
-            _generate(cfg, backend, todo, partial, out, stats, progress)
+            _generate(cfg, backend, todo, partial, out, stats, progress, judged_by)
         finally:
             if own_backend:
                 close_backend(backend)
@@ -244,7 +264,8 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
         compact_samples(out / SAMPLES_FILE, set(records))
     rows = [records[i] for i in ids if i in records]
     summary = summarize(rows, cfg.samples)
-    summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model, **summary,
+    summary = {"bench": cfg.bench, "mode": cfg.mode, "model": cfg.model,
+               "grader": f"judge:{cfg.judge}" if cfg.judge else "math-verify", **summary,
                "wall_s": round(time.perf_counter() - t0, 2),
                "generation": {"model_tokens": stats.model_tokens, "inserted_tokens": stats.inserted_tokens,
                               "generate_s": round(stats.generate_s, 2), "executor_s": round(stats.executor_s, 2),
@@ -255,6 +276,19 @@ def run(cfg: Config, backend=None, problems=None, progress: bool = True, backend
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def judge_of(cfg: Config) -> judge.Judge | None:
+    """The LLM judge --judge asks for (None: math-verify alone grades), its flags checked."""
+    if cfg.judge is None:
+        if cfg.judge_api_base:
+            raise EvalError("--judge-api-base without --judge: name the judge model with --judge MODEL")
+        return None
+    if not cfg.judge_api_base:
+        raise EvalError("--judge needs --judge-api-base URL (the judge's OpenAI-compatible server, "
+                        "e.g. http://127.0.0.1:8001/v1)")
+    return judge.Judge(cfg.judge, cfg.judge_api_base, timeout_s=cfg.judge_timeout, max_tokens=cfg.judge_max_tokens,
+                       concurrency=cfg.judge_concurrency)
 
 
 def load_problems(cfg: Config) -> list:
@@ -269,12 +303,14 @@ def load_problems(cfg: Config) -> list:
 # 4) + 5) Prompts, one rollout with continuous admission, grading alongside
 # ---------------------------------------------------------------------------
 
-def _generate(cfg: Config, backend, todo: list, partial: dict, out: Path, stats, progress: bool) -> None:
+def _generate(cfg: Config, backend, todo: list, partial: dict, out: Path, stats, progress: bool,
+              judged_by: judge.Judge | None = None) -> None:
     """Steps 4-5: every missing sample of the problems `todo` through one rollout(), at most
     --max-batch in flight. Each sample is written to samples.jsonl as it ends; each problem is
     graded and written to generations.jsonl by a grading thread the moment its last sample
     ends, while the engine decodes the rest. `partial`: problem id -> {sample index: the fields
-    of a sample finished before a kill}, kept, not generated again."""
+    of a sample finished before a kill}, kept, not generated again. judged_by: the --judge
+    judge, asked from the grading thread too."""
     n = cfg.samples
     gen_path, samples_path = out / "generations.jsonl", out / SAMPLES_FILE
     # baseline: max_steps 0 is the agent off, and with it the stop strings (protocol.stop_strings)
@@ -305,7 +341,7 @@ def _generate(cfg: Config, backend, todo: list, partial: dict, out: Path, stats,
 
     def grade_and_write(problem, samples):
         # grading alongside generation: this thread grades while the engine decodes the others
-        record = graded_record(problem, samples)
+        record = graded_record(problem, samples, judged_by)
         append_record(gen_path, record)
         with lock:
             seen["graded"] += len(samples)
@@ -390,18 +426,52 @@ def sample_fields(j: int, traj) -> dict:
     }
 
 
-def graded_record(problem, samples: list[dict]) -> dict:
+def graded_record(problem, samples: list[dict], judged_by: judge.Judge | None = None) -> dict:
     """A problem's line of generations.jsonl from its samples (sample_fields, in sample order),
-    graded by the one grader (grade: rewards.check_many, the training reward's)."""
-    verdicts = grade([s["text"] for s in samples], [problem.answer] * len(samples))
-    return problem_record(problem, samples, verdicts, equal=grader_equal)
+    graded by the one grader (grade: rewards.check_many, the training reward's) and, with
+    --judge, by the LLM judge too (judge.Judge.judge_many: its verdict is the score)."""
+    texts = [s["text"] for s in samples]
+    verdicts = grade(texts, [problem.answer] * len(samples))
+    judged = judged_by.judge_many(problem.problem, problem.answer, texts) if judged_by else None
+    return problem_record(problem, samples, verdicts, equal=grader_equal, judged=judged)
 
 
-def problem_record(problem, samples: list[dict], verdicts: list, equal=None) -> dict:
+def verdict_fields(v, judged: dict | None = None) -> dict:
+    """A sample's verdict as generations.jsonl keeps it. Without a judge: math-verify's answer,
+    correct and status. With one (`judged`, a judge.FIELDS dict): `correct` is the judge's
+    verdict, False unless its status is judged (a judge that timed out, failed or gave no
+    verdict scores the sample as not correct); `status` is correct/wrong by the judge, or the
+    judge's failure status; math-verify's verdict stays beside it (grader_correct,
+    grader_status). `answer` is math-verify's in both (the last \\boxed{}: the vote and the
+    no-answer rate read it, so a sample with no boxed answer does not vote whatever the judge
+    says); the judge's own extraction is in `judge`.
+
+    >>> v = rewards.Verdict(correct=False, answer="x", status="wrong")
+    >>> verdict_fields(v, judge.outcome("judged", raw="r", verdict={"correct": True}))["status"]
+    'correct'
+    >>> {k: x for k, x in verdict_fields(v, judge.outcome("judge_timeout")).items() if k != "judge"}
+    {'answer': 'x', 'correct': False, 'status': 'judge_timeout', 'grader_correct': False, 'grader_status': 'wrong'}
+    """
+    if judged is None:
+        return {"answer": v.answer, "correct": v.correct, "status": v.status}
+    ok = judged["status"] == "judged"
+    return {"answer": v.answer, "correct": ok and bool(judged["correct"]),
+            "status": ("correct" if judged["correct"] else "wrong") if ok else judged["status"],
+            "grader_correct": v.correct, "grader_status": v.status, "judge": judged}
+
+
+VERDICT_KEYS = ("answer", "correct", "status", "grader_correct", "grader_status", "judge")
+"""The fields verdict_fields writes (what grading adds to a sample's sample_fields)."""
+
+
+def problem_record(problem, samples: list[dict], verdicts: list, equal=None, judged: list | None = None) -> dict:
     """One problem, as generations.jsonl stores it (every summary number comes from these): its
-    samples (sample_fields, in sample order) each with its verdict, and the majority vote."""
-    samples = [{"sample": s["sample"], "answer": v.answer, "correct": v.correct, "status": v.status,
-                **{k: x for k, x in s.items() if k != "sample"}} for s, v in zip(samples, verdicts, strict=True)]
+    samples (sample_fields, in sample order) each with its verdict (verdict_fields; with the
+    judge's dicts when `judged` is given), and the majority vote."""
+    judged = judged if judged is not None else [None] * len(samples)
+    samples = [{"sample": s["sample"], **verdict_fields(v, j),
+                **{k: x for k, x in s.items() if k != "sample" and k not in VERDICT_KEYS}}
+               for s, v, j in zip(samples, verdicts, judged, strict=True)]
     vote = majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples], equal=equal)
     return {"id": problem.id, "problem": problem.problem, "gold": problem.answer, "source": problem.source,
             "maj_answer": vote[0], "maj_correct": vote[1], "n_correct": sum(bool(s["correct"]) for s in samples),
@@ -415,20 +485,36 @@ def grader_equal(a: str, b: str) -> bool:
     return bool(rewards.check("\\boxed{" + a + "}", b).correct)
 
 
-def regrade_unknown(gen_path: Path, problems: dict) -> int:
+def regrade_unknown(gen_path: Path, problems: dict, judged_by: judge.Judge | None = None) -> int:
     """On resume: problems with samples whose gold could not be checked last time are graded
-    again from their stored text; the new record is appended (the last record of an id counts)."""
+    again from their stored text, and with --judge, the samples the judge could not judge
+    (judge_timeout, judge_error, judge_unparsed) are judged again. A record whose verdicts
+    changed is appended (the last record of an id counts); returns how many were."""
     fixed = 0
-    for r in read_generations(gen_path):
-        bad = [s for s in r["samples"] if str(s["status"]).startswith("gold_")]
-        if not bad or r["id"] not in problems:
+    for r in {r["id"]: r for r in read_generations(gen_path)}.values():  # the last record of each id
+        if r["id"] not in problems:
             continue
-        verdicts = grade([s["text"] for s in r["samples"]], [r["gold"]] * len(r["samples"]))
-        for s, v in zip(r["samples"], verdicts):
-            s.update(answer=v.answer, correct=v.correct, status=v.status)
-        vote = majority_vote([s["answer"] for s in r["samples"]], [s["correct"] for s in r["samples"]],
-                             equal=grader_equal)
-        r.update(maj_answer=vote[0], maj_correct=vote[1], n_correct=sum(bool(s["correct"]) for s in r["samples"]))
+        samples = r["samples"]
+        unknown = any(str(s.get("grader_status", s["status"])).startswith("gold_") for s in samples)
+        again = [i for i, s in enumerate(samples) if (s.get("judge") or {}).get("status") != "judged"] if judged_by else []
+        if not unknown and not again:
+            continue
+        texts = [s["text"] for s in samples]
+        if unknown:
+            verdicts = grade(texts, [r["gold"]] * len(samples))
+        else:  # math-verify's verdicts as they were
+            verdicts = [rewards.Verdict(correct=s.get("grader_correct", s["correct"]), answer=s["answer"],
+                                        status=s.get("grader_status", s["status"])) for s in samples]
+        judged = [s.get("judge") for s in samples] if judged_by else [None] * len(samples)
+        for i, j in zip(again, judged_by.judge_many(r["problem"], r["gold"], [texts[i] for i in again]) if again else []):
+            judged[i] = j
+        before = [{k: s.get(k) for k in VERDICT_KEYS} for s in samples]
+        for s, v, j in zip(samples, verdicts, judged):
+            s.update(verdict_fields(v, j))
+        if [{k: s.get(k) for k in VERDICT_KEYS} for s in samples] == before:
+            continue  # nothing new (a gold still unchecked, a judge still down): no duplicate line
+        vote = majority_vote([s["answer"] for s in samples], [s["correct"] for s in samples], equal=grader_equal)
+        r.update(maj_answer=vote[0], maj_correct=vote[1], n_correct=sum(bool(s["correct"]) for s in samples))
         append_record(gen_path, r)
         fixed += 1
     return fixed
@@ -582,8 +668,29 @@ def summarize(records: list[dict], k: int) -> dict:
         "finish_reasons": {r: sum(s["finish_reason"] == r for s in samples)
                            for r in sorted({str(s["finish_reason"]) for s in samples})},
         "no_answer_rate": r4(_mean(s["answer"] is None for s in samples)),
+        "judge": judge_summary(samples),
         "problem_ids": [r["id"] for r in records],  # what the numbers cover (--compare pairs runs on these)
     }
+
+
+def judge_summary(samples: list[dict]) -> dict | None:
+    """With --judge (None without): how many samples got each judge status, and how the judge's
+    verdicts compare with math-verify's on the samples it judged (a failed request has no verdict
+    to compare): the share where they agree, and the count each accepts alone.
+
+    >>> s = lambda st, c, g: {"judge": {"status": st}, "correct": c, "grader_correct": g}
+    >>> judge_summary([s("judged", True, True), s("judged", True, False), s("judge_timeout", False, True)])
+    {'statuses': {'judge_timeout': 1, 'judged': 2}, 'n_judged': 2, 'agreement_with_math_verify': 0.5, 'judge_only_correct': 1, 'math_verify_only_correct': 0}
+    """
+    if not any("judge" in s for s in samples):
+        return None
+    statuses = [str((s.get("judge") or {}).get("status")) for s in samples]
+    judged = [s for s, st in zip(samples, statuses) if st == "judged"]
+    agree = _mean(bool(s["correct"]) == bool(s["grader_correct"]) for s in judged)
+    return {"statuses": {st: statuses.count(st) for st in sorted(set(statuses))}, "n_judged": len(judged),
+            "agreement_with_math_verify": None if agree is None else round(agree, 4),
+            "judge_only_correct": sum(bool(s["correct"]) and not s["grader_correct"] for s in judged),
+            "math_verify_only_correct": sum(not s["correct"] and bool(s["grader_correct"]) for s in judged)}
 
 
 # ---------------------------------------------------------------------------
@@ -593,6 +700,12 @@ def summarize(records: list[dict], k: int) -> dict:
 SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
                  "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
+
+
+JUDGE_KEYS = tuple(judge.pinned(None, 0))
+"""...and the judge's (judge.pinned): model, prompt sha256, temperature, reply budget; all None with
+--judge off. A settings.json from before --judge lacks them and was graded by math-verify alone,
+so a missing key reads as None: such a run resumes without a judge and refuses one."""
 
 
 CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256")
@@ -647,6 +760,7 @@ def settings_of(cfg: Config) -> dict:
     for k in ("data", "lora"):
         if s[k]:
             s[k] = str(Path(s[k]).expanduser().resolve())
+    s.update(judge.pinned(cfg.judge, cfg.judge_max_tokens))
     # the content behind the paths: an adapter retrained in place is another run, not a resume.
     # A path that is not there hashes to None; loading it fails later with its own one-line error.
     inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),
@@ -664,15 +778,18 @@ def settings_of(cfg: Config) -> dict:
 def settings_change(out: Path, settings: dict) -> list[str]:
     """What differs between the run already in OUT (its settings.json, if any) and `settings`,
     one "key old -> new" per difference. A key the older run did not record is no difference: a
-    setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked."""
+    setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked
+    (JUDGE_KEYS excepted: missing, they read as None, the judge off)."""
     path = out / "settings.json"
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
     if old.get("backend") == "hf":  # what --backend transformers was called before issue 18
         old["backend"] = "transformers"
-    short = lambda k, v: v[:12] if k in CONTENT_KEYS and isinstance(v, str) else v  # noqa: E731
-    return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + CONTENT_KEYS
+    for k in JUDGE_KEYS:  # a run from before --judge: graded by math-verify alone
+        old.setdefault(k, None)
+    short = lambda k, v: v[:12] if k.endswith("sha256") and isinstance(v, str) else v  # noqa: E731
+    return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + JUDGE_KEYS + CONTENT_KEYS
             if k in old and old[k] != settings.get(k)]
 
 
@@ -932,6 +1049,10 @@ def shared_problems(runs: Sequence[ScoredRun]) -> list[str]:
             if r.summary.get(key) != ref.summary.get(key):
                 raise EvalError(f"cannot compare {r.dir} with {ref.dir}: {what} {r.summary.get(key)} vs "
                                 f"{ref.summary.get(key)}; compare runs of one benchmark with the same --samples")
+        graders = [x.summary.get("grader", "math-verify") for x in (r, ref)]  # before --judge: math-verify
+        if graders[0] != graders[1]:
+            raise EvalError(f"cannot compare {r.dir} with {ref.dir}: graded by {graders[0]} vs {graders[1]}; "
+                            f"compare runs graded alike")
     ids = [i for i in ref.records if all(i in r.records for r in runs[1:])]
     if not ids:
         raise EvalError(f"cannot compare {', '.join(r.dir for r in runs)}: no problem is in all of them "
@@ -1033,7 +1154,7 @@ def seed_spread(runs: Sequence[ScoredRun], cols: Sequence[dict]) -> list[str]:
         st = r.summary.get("settings")
         if st is None:
             continue
-        key = json.dumps({k: st.get(k) for k in (*SETTINGS_KEYS, *CONTENT_KEYS) if k != "seed"},
+        key = json.dumps({k: st.get(k) for k in (*SETTINGS_KEYS, *JUDGE_KEYS, *CONTENT_KEYS) if k != "seed"},
                          sort_keys=True, default=str)
         groups.setdefault(key, []).append(j)
     lines = []
@@ -1133,6 +1254,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         p.error("--examples must be between 1 and 4 (the solved examples in prompts/examples.txt)")
     if cfg.temperature < 0:
         p.error("--temperature must be >= 0 (0 is greedy)")
+    if cfg.judge_timeout <= 0 or cfg.judge_concurrency < 1 or cfg.judge_max_tokens < 1:
+        p.error("--judge-timeout must be > 0, --judge-concurrency and --judge-max-tokens at least 1")
     if not 0 < cfg.top_p <= 1:
         p.error("--top-p must be in (0, 1]")
     return cfg
@@ -1154,6 +1277,10 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
           f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
           f"(sources: summary.json settings_sources)")
+    j = s.get("judge")
+    if j:
+        print(f"  graded by {s['grader']} (math-verify beside it): statuses {j['statuses']}, agreement with "
+              f"math-verify {pct(j['agreement_with_math_verify'])} on the {j['n_judged']} samples judged")
     print(f"  wrote {out / 'generations.jsonl'} and {out / 'summary.json'} ({s['wall_s']} s)")
 
 

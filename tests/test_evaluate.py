@@ -234,6 +234,22 @@ def test_a_kept_sample_of_a_changed_problem_is_refused(tmp_path):
         E.run(cfg, backend_factory=_no_engine, progress=False)
 
 
+def test_regrading_reads_the_last_record_of_each_problem_only(tmp_path):
+    """A gold that could not be checked is graded again on resume, from the problem's last
+    record: an earlier, superseded line of the same id is not graded again (its new line would
+    override the later one), and a record graded again is appended once."""
+    gen = tmp_path / "generations.jsonl"
+    problems = {"a": object()}
+    stale = _record("a", [{**_sample(0, None, "1", 5, 5), "status": "gold_timeout", "text": "\\boxed{1}"}])
+    E.append_record(gen, stale)
+    E.append_record(gen, _record("a", [{**_sample(0, True, "1", 5, 5), "text": "\\boxed{1}"}]))
+    assert E.regrade_unknown(gen, problems) == 0 and len(E.read_generations(gen)) == 2
+    E.append_record(gen, stale)  # now the last record of "a"
+    assert E.regrade_unknown(gen, problems) == 1
+    last = E.read_generations(gen)[-1]
+    assert (len(E.read_generations(gen)), last["samples"][0]["status"], last["n_correct"]) == (4, "correct", 1)
+
+
 def test_compacting_keeps_the_samples_of_problems_not_yet_done(tmp_path):
     path = tmp_path / E.SAMPLES_FILE
     for pid in ("a", "b", "a"):
