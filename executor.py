@@ -2130,22 +2130,32 @@ def _seal_address_space(memory_mb: int) -> dict:
     mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     flags = 0x02 | _MAP_ANONYMOUS | _MAP_NORESERVE | _MAP_FIXED_NOREPLACE   # MAP_PRIVATE
 
+    errno_seen = [0]
+
     def reserve(lo: int, hi: int) -> bool:
         got = mmap(lo, hi - lo, 0, flags, -1, 0)
         if got != lo:
+            errno_seen[0] = ctypes.get_errno()
             if got not in (None, 2**64 - 1):   # an old kernel took the address as a hint
                 _libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(hi - lo))
             return False
         _syscall(_NR_MSEAL, ctypes.c_ulong(lo), ctypes.c_ulong(hi - lo), ctypes.c_ulong(0))
         return True
 
-    maps = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            span, rest = line.split(None, 1)
-            lo, hi = (int(x, 16) for x in span.split("-"))
-            if lo < _USER_TOPS[0]:             # not [vsyscall], which is kernel space
-                maps.append((lo, hi, rest.rstrip().rsplit(None, 1)[-1] if rest.strip() else ""))
+    def read_maps() -> list[tuple[int, int, str]]:
+        maps = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                span, rest = line.split(None, 1)
+                lo, hi = (int(x, 16) for x in span.split("-"))
+                if lo < _USER_TOPS[0]:             # not [vsyscall], which is kernel space
+                    maps.append((lo, hi, rest.rstrip().rsplit(None, 1)[-1] if rest.strip() else ""))
+        return maps
+
+    def gaps_of(maps: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
+        return [(floor, maps[0][0])] + [(a[1], b[0]) for a, b in zip(maps, maps[1:]) if b[0] > a[1]]
+
+    maps = read_maps()
     try:
         with open("/proc/sys/vm/mmap_min_addr") as f:
             floor = max(int(f.read()), page)
@@ -2165,31 +2175,47 @@ def _seal_address_space(memory_mb: int) -> dict:
         keep.append((stack[0] - room - (2 << 20), stack[0]))
     if heap is not None:
         keep.append((heap[1], heap[1] + BRK_ROOM))
-    gaps = [(a[1], b[0]) for a, b in zip(maps, maps[1:]) if b[0] > a[1]]
-    below_stack = [g for g in gaps if stack is None or g[1] <= stack[0]]
+    below_stack = [g for g in gaps_of(maps)[1:] if stack is None or g[1] <= stack[0]]
     largest = max(below_stack, key=lambda g: g[1] - g[0])
     keep.append((max(largest[1] - window, largest[0]), largest[1]))
-    # cut the keep ranges out of the gaps, then reserve what remains
-    todo = [(floor, maps[0][0])] + gaps
-    free = sum(hi - lo for lo, hi in todo)
-    for k_lo, k_hi in keep:
-        todo = [piece for lo, hi in todo
-                for piece in ((lo, min(hi, k_lo)), (max(lo, k_hi), hi)) if piece[1] > piece[0]]
-    regions = 0
-    for lo, hi in todo:
-        lo, hi = (lo + page - 1) // page * page, hi // page * page
-        if hi > lo:
-            # the lowest stretch: a security module may forbid addresses below 64 KiB
-            # (CONFIG_LSM_MMAP_MIN_ADDR) however low mmap_min_addr is
-            if not (reserve(lo, hi) or lo < 65536 < hi and reserve(65536, hi)):
-                raise OSError(f"could not reserve {lo:#x}-{hi:#x}")
-            regions += 1
-            free -= hi - lo
+    # cut the keep ranges out of the gaps, then reserve what remains. A mapping made meanwhile
+    # (Python's allocator taking a new arena while these lists grow, say) goes to the highest
+    # free gap that fits, which may be one not reserved yet, and the reservation there then
+    # fails (EEXIST): read the maps again and reserve what is still free, a few rounds at most.
+    reserved: list[tuple[int, int]] = []
+    for _ in range(8):
+        todo = gaps_of(maps)
+        for k_lo, k_hi in keep:
+            todo = [piece for lo, hi in todo
+                    for piece in ((lo, min(hi, k_lo)), (max(lo, k_hi), hi)) if piece[1] > piece[0]]
+        failed = None
+        for lo, hi in todo:
+            lo, hi = (lo + page - 1) // page * page, hi // page * page
+            if hi > lo:
+                # the lowest stretch: a security module may forbid addresses below 64 KiB
+                # (CONFIG_LSM_MMAP_MIN_ADDR) however low mmap_min_addr is
+                if reserve(lo, hi):
+                    reserved.append((lo, hi))
+                elif lo < 65536 < hi and reserve(65536, hi):
+                    reserved.append((65536, hi))
+                else:
+                    failed = (lo, hi)
+                    break
+        if failed is None:
+            break
+        maps = read_maps()
+    else:
+        raise OSError(f"could not reserve {failed[0]:#x}-{failed[1]:#x}: "
+                      f"{os.strerror(errno_seen[0]) if errno_seen[0] else 'taken as a hint'}")
+    maps = read_maps()
+    regions = len(reserved)
+    # what is left free below the last mapping, and what is mapped besides our reservations
+    free = sum(hi - lo for lo, hi in gaps_of(maps))
+    mapped = sum(hi - lo for lo, hi, _ in maps) - sum(hi - lo for lo, hi in reserved)
     # above the last mapping, up to the end of user space (found by trying, highest first)
     last = (maps[-1][1] + page - 1) // page * page
     if not any(top - page > last and reserve(last, top - page) for top in _USER_TOPS):
         raise OSError("could not reserve the address space above the stack")
-    mapped = sum(hi - lo for lo, hi, _ in maps)
     return {"sealed_regions": regions + 1, "free_address_space": free, "mapped_at_start": mapped,
             "page_table_bound": page_table_bound_bytes(memory_mb, mapped, regions + 2)}
 
