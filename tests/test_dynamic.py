@@ -267,6 +267,7 @@ def test_real_curriculum_recipe_logs_dynamic_sampling_and_saves_the_curriculum(s
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "recipes/cpu-curriculum.yaml"),
                         "--max_steps", "2", "--save_steps", "2", "--curriculum_stage_steps", "1",
+                        "--max_completion_length", "96", "--max_agent_steps", "1",  # CI-sized steps
                         "--output_dir", str(out)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     steps = [line for line in r.stdout.splitlines() + r.stderr.splitlines() if line.startswith("step ")]
