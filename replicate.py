@@ -68,7 +68,8 @@ Departures from the paper, and why:
   - the evaluation samples at protocol.EVAL_SAMPLING (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 
-Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here)
+Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here
+                                            before the hard row group, which took 4 min 35 s more)
       python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +31 min)
       python replicate.py --help
 Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training steps, 2 problems a row)
