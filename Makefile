@@ -5,7 +5,9 @@
 #                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
 #   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-mini.yaml),
 #                then Baseline / +Agent / +GRPO / DeepMath on held-out problems (runs/replication;
-#                31-37 min on a 2-core CPU here; a rerun resumes)
+#                31-37 min on a 2-core CPU here before the hard row group, which adds about 5;
+#                a rerun resumes). With dynamic sampling and the curriculum (docs/replication.md):
+#                make replicate REPLICATE_ARGS="--recipe recipes/cpu-curriculum.yaml --out runs/replication-curriculum"
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this
 #   make bench   the benchmark scripts in bench/
 #
@@ -41,8 +43,9 @@ demo: install
 	$(PY) evaluate.py $(DEMO_ARGS) --mode agent --out runs/demo-agent
 	$(PY) evaluate.py --compare runs/demo-baseline runs/demo-agent
 
+REPLICATE_ARGS ?=
 replicate: install
-	$(PY) replicate.py
+	$(PY) replicate.py $(REPLICATE_ARGS)
 
 test: install
 	$(PY) -m pytest

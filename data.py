@@ -729,6 +729,118 @@ def procedural(n: int, seed: int = 0, difficulty: str = "mixed", templates: str 
     return out
 
 
+class Curriculum:
+    """The CPU miniature's curriculum (issue 20): which procedural problems GRPO trains on next.
+
+    Why: with a fixed easy/medium mix the 135M model saturates the easy families within a few
+    steps, and from then on most groups earn one reward and teach nothing; the hard level's
+    multi-step problems were never trained. The curriculum moves through `stages` (difficulty
+    mixes, parse_difficulty's syntax), and inside a stage it favours the families that still
+    give a learning signal.
+
+    1. Running success rate per family: the mean accuracy of its last `window` groups (update()).
+    2. Inside a stage, a level is drawn by the stage's weights and a family of that level with
+       weight p(1 - p) + `floor`, p its running rate (0.5 before it is seen): the variance of
+       a Bernoulli reward, i.e. how likely a group of it has reward variance. A solved family
+       (p 1) or a hopeless one (p 0) is drawn at the floor only.
+    3. Advance: to the next stage when every family of the current stage's levels that has been
+       seen at least `window // 2` times runs at >= `advance_at` on average over the stage's
+       levels (the mean of the per-family rates), or when the stage has lasted `stage_steps`
+       optimizer steps (the deadline: a stage whose hardest family stays at 0 must not hold the
+       run forever). Both are logged; the last stage has no deadline.
+    Problems come from the procedural generator's TRAIN split (disjoint from every evaluation
+    problem by construction), built once per level as a pool of `pool_size` problems.
+
+    The state (stage, when it began, the per-family history) is a plain dict: state() /
+    load_state() carry it through a checkpoint (train.py writes curriculum.json there).
+
+    >>> c = Curriculum(["easy", "medium"], advance_at=0.75, window=4, stage_steps=10, pool_size=20)
+    >>> [p.meta["difficulty"] for p in c.draw(3, random.Random(0))]
+    ['easy', 'easy', 'easy']
+    >>> for fam in ("product", "sum3", "expr"):
+    ...     c.update({fam: [1.0, 1.0, 1.0, 0.0]})
+    >>> c.maybe_advance(step=3)
+    'rate'
+    >>> c.stage, [p.meta["difficulty"] for p in c.draw(2, random.Random(0))]
+    (1, ['medium', 'medium'])
+    >>> c.maybe_advance(step=13), c.stage   # the last stage: no deadline
+    (None, 1)
+    """
+
+    def __init__(self, stages: list[str], advance_at: float = 0.8, window: int = 8, stage_steps: int | None = 10,
+                 floor: float = 0.05, pool_size: int = 400, seed: int = 0):
+        if not stages:
+            raise DataError("curriculum: give at least one stage (a difficulty mix such as 'easy:2,medium:1')")
+        if not 0 < advance_at <= 1:
+            raise DataError(f"curriculum: advance_at must be in (0, 1], not {advance_at}")
+        if window < 1 or (stage_steps is not None and stage_steps < 1):
+            raise DataError("curriculum: window and stage_steps must be at least 1")
+        self.stages = [parse_difficulty(s) for s in stages]
+        self.names = list(stages)
+        self.advance_at, self.window, self.stage_steps, self.floor = advance_at, window, stage_steps, floor
+        levels = sorted({lv for s in self.stages for lv in s}, key=LEVELS.index)
+        self.pool = {lv: procedural(pool_size, seed=seed, difficulty=lv, split="train") for lv in levels}
+        self.stage, self.stage_began = 0, 0
+        self.history: dict[str, list[float]] = {}
+        self.advances: list[dict] = []
+
+    # 1) running success rate per family
+    def update(self, accuracy_by_family: dict[str, list[float]]) -> None:
+        """Record each group's mean accuracy under its family ({family: [group means]})."""
+        for fam, values in accuracy_by_family.items():
+            self.history[fam] = (self.history.get(fam, []) + [float(v) for v in values])[-self.window:]
+
+    def rate(self, family: str) -> float | None:
+        h = self.history.get(family)
+        return sum(h) / len(h) if h else None
+
+    # 2) what to train on next
+    def draw(self, n: int, rng: random.Random) -> list[Problem]:
+        """n training problems of the current stage (see the class docstring, step 2)."""
+        weights = self.stages[self.stage]
+        out = []
+        for _ in range(n):
+            level = rng.choices(list(weights), weights=list(weights.values()))[0]
+            fams = sorted({p.meta["family"] for p in self.pool[level]})
+            p_hat = [0.5 if self.rate(f) is None else self.rate(f) for f in fams]
+            fam = rng.choices(fams, weights=[p * (1 - p) + self.floor for p in p_hat])[0]
+            out.append(rng.choice([p for p in self.pool[level] if p.meta["family"] == fam]))
+        return out
+
+    # 3) moving on
+    def families(self) -> list[str]:
+        """The families of the current stage's levels."""
+        return sorted({f.name for f in FAMILIES if f.level in self.stages[self.stage]})
+
+    def maybe_advance(self, step: int) -> str | None:
+        """Advance one stage if its trigger fired at optimizer step `step`; returns "rate",
+        "deadline" or None (no advance)."""
+        if self.stage == len(self.stages) - 1:
+            return None
+        seen = [f for f in self.families() if len(self.history.get(f, [])) >= max(1, self.window // 2)]
+        by_rate = bool(seen) and len(seen) == len(self.families()) and \
+            sum(self.rate(f) for f in seen) / len(seen) >= self.advance_at
+        by_deadline = self.stage_steps is not None and step - self.stage_began >= self.stage_steps
+        if not (by_rate or by_deadline):
+            return None
+        why = "rate" if by_rate else "deadline"
+        self.advances.append({"step": step, "from": self.names[self.stage], "to": self.names[self.stage + 1],
+                              "why": why, "rates": {f: self.rate(f) for f in self.families()}})
+        self.stage, self.stage_began = self.stage + 1, step
+        return why
+
+    def state(self) -> dict:
+        return {"stages": self.names, "stage": self.stage, "stage_began": self.stage_began,
+                "history": self.history, "advances": self.advances}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("stages") != self.names:
+            raise DataError(f"curriculum state of other stages ({state.get('stages')}, this run: {self.names})")
+        self.stage, self.stage_began = int(state["stage"]), int(state["stage_began"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.advances = list(state.get("advances", []))
+
+
 # ---------------------------------------------------------------------------
 # 5) Training data, and 6) decontamination
 # ---------------------------------------------------------------------------

@@ -27,6 +27,9 @@ Data flow (the numbers match the code below):
          evaluation seed, in the training phrasings and difficulty mix;
        - heldout-templates (OUT/heldout-templates/ROW): the same families phrased in templates the
          training never saw;
+       - hard (OUT/hard/ROW): held-out problems of the hard level alone (multi-step word problems,
+         linear systems, congruences), in the training phrasings: where handing the arithmetic to
+         the sandbox should matter most, and a level the recipe may not train on;
        - math500 (OUT/math500/ROW): a slice of MATH-500 as a sanity row, from --math500-data, the
          shared data folder, or the hub; where none is reachable it says so and goes on.
      Every problem is written as it finishes (evaluate.py's generations.jsonl): a rerun resumes.
@@ -41,12 +44,23 @@ Data flow (the numbers match the code below):
      column and difference of a group over the same problems, those all four rows' summaries
      cover (evaluate.shared_problems), their count stated; all of it in OUT/report.json and
      OUT/report.md, with the wall time of every stage (summed over reruns: OUT/wall_s.json).
+  5. Per family and level: each procedural group's problems are generated again (the call its rows
+     were evaluated with) to name each problem's family and level; every row's maj@k and mean@k per
+     family and per level, over the same paired problems, follow that group's Table 1 (one markdown
+     table: the families of each level, then its subtotal) and go to report.json's
+     groups[GROUP/seedS]["per_family"] and ["per_level"].
+  6. Targets per level: per training seed, every procedural group pooled (one paired bootstrap over
+     all their problems: pooled_difference); for the medium level, the hard level and the
+     multi-step word families (MULTI_STEP_FAMILIES), DeepMath - +Agent maj@k must be >= 15 points
+     with its interval above 0; and DeepMath's traces shorter than Baseline's. Each is met, MISSED,
+     or "not measured" (no such problem: never met), in report.md's "Targets per level" and
+     report.json["levels"]["seedS"].
 
 Departures from the paper, and why:
   - a 135M model, generated problems with exact answers and a short completion cap instead of
     Qwen3-4B on OpenMathReasoning with 5k tokens: what one CPU can train in minutes (the recipe,
     recipes/cpu-mini.yaml, says what else it scales down);
-  - majority@4 instead of majority@16 on 32 held-out problems (16 and 8 in the other two groups),
+  - majority@4 instead of majority@16 on 32 held-out problems (16, 16 and 8 in the other three groups),
     with the paired interval over problems: evaluation time is the budget (the command's target
     is 45 minutes on 2 cores, training included). 32 problems give a 95% interval of about +-16
     points on a difference, enough to tell a 15-point gain from none only when the gain is large;
@@ -54,7 +68,8 @@ Departures from the paper, and why:
   - the evaluation samples at protocol.EVAL_SAMPLING (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 
-Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here)
+Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here
+                                            before the hard row group, which took 4 min 35 s more)
       python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +31 min)
       python replicate.py --help
 Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training steps, 2 problems a row)
@@ -89,6 +104,10 @@ ROWS = (  # name, evaluate.py --mode, trained?  (the paper's Table 1, top to bot
     ("deepmath", "agent", True),
 )
 LABELS = {"baseline": "Baseline", "agent": "+Agent", "grpo": "+GRPO", "deepmath": "DeepMath"}
+MULTI_STEP_FAMILIES = ("change", "distance", "crates", "work_rate", "committee", "divisible_or")
+"""The hard families whose text needs several quantities combined (prices and counts, speeds and
+hours...): the word problems where handing the arithmetic to the sandbox should pay most. The other
+two hard families, linear_system and congruence, are one stated equation each."""
 
 
 
@@ -117,6 +136,9 @@ class Config:
     """Held-out procedural problems per row (the main row group)."""
     heldout_templates: int = 16
     """Problems per row phrased in templates the training never saw (0 skips the group)."""
+    hard: int = 16
+    """Held-out problems of the hard level per row (multi-step word problems, linear systems, ...); 0 skips
+    the group."""
     math500: int = 8
     """MATH-500 problems per row, the sanity row group (0 skips it)."""
     math500_data: str | None = None
@@ -141,7 +163,7 @@ def parse_args(argv=None) -> Config:
     for name in ("problems", "samples"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name} must be at least 1")
-    for name in ("heldout_templates", "math500"):
+    for name in ("heldout_templates", "hard", "math500"):
         if getattr(cfg, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
@@ -266,6 +288,8 @@ def groups(cfg: Config, recipe: dict) -> dict[str, dict]:
     if cfg.heldout_templates:
         g["heldout-templates"] = {"bench": "procedural", "limit": cfg.heldout_templates, "templates": "heldout",
                                   "difficulty": recipe["difficulty"]}
+    if cfg.hard:  # the level the recipe may not train on: does the agent carry over to longer problems?
+        g["hard"] = {"bench": "procedural", "limit": cfg.hard, "templates": "train", "difficulty": "hard"}
     if cfg.math500:
         src = math500_source(cfg)
         if src is not None:
@@ -369,12 +393,128 @@ def plot_training(states: dict[int, Path], png: Path) -> bool:
     return drawn
 
 
+def problem_families(cfg: Config, g: dict) -> dict[str, tuple[str, str]]:
+    """Problem id -> (family, level) of a procedural row group. generations.jsonl keeps neither, so
+    the group's problems are generated again by the call its rows were evaluated with
+    (evaluate.load_problems: deterministic in seed, difficulty and templates). A problem without
+    them (a procedural.jsonl in $DEEPMATH_DATA) is ("?", "?")."""
+    problems = E.load_problems(E.Config(seed=cfg.seed, **g))
+    return {p.id: (p.meta.get("family", "?"), p.meta.get("difficulty", "?")) for p in problems}
+
+
+def _level_rank(level: str) -> int:
+    return data.LEVELS.index(level) if level in data.LEVELS else len(data.LEVELS)
+
+
+def breakdown(runs: list, ids: list[str], families: dict[str, tuple[str, str]]) -> dict:
+    """Per family and per level, over the paired problems `ids`: how many, and each row's maj@k and
+    mean@k -- evaluate.columns over that subset, the numbers Table 1 would show for it alone.
+    Families in data.FAMILIES order, grouped by level (easy, medium, hard)."""
+    def cell(sub):
+        cols = {row: E.columns(run, sub) for (row, _, _), run in zip(ROWS, runs)}
+        return {"n": len(sub), **{row: {k: c[k] for k in ("maj_at_k", "mean_at_k")} for row, c in cols.items()}}
+
+    where = {i: families.get(i, ("?", "?")) for i in ids}
+    order = {f.name: n for n, f in enumerate(data.FAMILIES)}
+    fams = sorted(set(where.values()), key=lambda w: (_level_rank(w[1]), order.get(w[0], len(order)), w[0]))
+    levels = dict.fromkeys(lv for _, lv in fams)  # in the families' order: easy, medium, hard
+    return {"per_family": {f: {"level": lv, **cell([i for i in ids if where[i] == (f, lv)])} for f, lv in fams},
+            "per_level": {lv: cell([i for i in ids if where[i][1] == lv]) for lv in levels}}
+
+
+def family_table(bd: dict, k: int) -> list[str]:
+    """breakdown() as a markdown table of maj@k: the families of each level, then its subtotal line."""
+    def line(name, c):
+        return f"| {name} | {c['n']} | " + " | ".join(E.pct(c[row]["maj_at_k"]) for row, _, _ in ROWS) + " |"
+
+    md = [f"maj@{k} per family and level, over the same paired problems:", "",
+          "| family | n | " + " | ".join(LABELS[row] for row, _, _ in ROWS) + " |", "|---|--:|" + "--:|" * len(ROWS)]
+    for lv, total in bd["per_level"].items():
+        md += [line(f, c) for f, c in bd["per_family"].items() if c["level"] == lv]
+        md.append(line(f"**{lv}, all**", total))
+    return md + [""]
+
+
+def pool(parts: list, width: int = len(ROWS)) -> tuple[list[E.ScoredRun], list[str]]:
+    """Several row groups as one run per row over all their problems, so that one paired bootstrap
+    spans the groups: parts = [(runs, ids)] per group, the runs in the same row order in each. The
+    procedural groups' ids differ (an id names its templates and difficulty); a problem two groups
+    do share -- a recipe of difficulty "hard" makes the main group's problems the hard group's --
+    counts once, as a problem scored twice would narrow the interval it does not narrow."""
+    records, ids = [{} for _ in range(width)], []
+    for runs, sub in parts:
+        for i in sub:
+            if i not in records[0]:
+                ids.append(i)
+                for rec, run in zip(records, runs):
+                    rec[i] = run.records[i]
+    k = parts[0][0][0].summary.get("samples") if parts else None
+    return [E.ScoredRun("pooled", {"samples": k}, rec) for rec in records], ids
+
+
+def pooled_difference(triples: list, metric: str = "maj") -> dict:
+    """b - a over the problems of several row groups together, with ONE 95% paired-bootstrap interval
+    over all of them (evaluate.paired_difference on pool()'s runs): triples = [(run_a, run_b, ids)],
+    one per group; the same {"n", "diff", "ci95"} as paired_difference."""
+    (a, b), ids = pool([((ra, rb), sub) for ra, rb, sub in triples], width=2)
+    return E.paired_difference(a, b, ids, metric)
+
+
+LEVEL_SETS = {  # per-level target -> (its line in report.md, which problems: from (family, level))
+    "medium": ("medium: DeepMath >= +Agent + 15 with CI above 0", lambda fam, lv: lv == "medium"),
+    "hard": ("hard: DeepMath >= +Agent + 15 with CI above 0", lambda fam, lv: lv == "hard"),
+    "multi_step_words": ("multi-step word families: DeepMath >= +Agent + 15 with CI above 0",
+                         lambda fam, lv: fam in MULTI_STEP_FAMILIES),
+}
+
+
+def _status(n: int, ok: bool) -> str:
+    return "not measured" if n == 0 else "met" if ok else "MISSED"  # no problem: nothing shown, so never met
+
+
+def level_targets(parts: list) -> dict:
+    """The per-level targets of one training seed, over every procedural row group together (the
+    main one alone holds few medium problems and no hard one): parts = [(runs, ids, families)] per
+    group, families as problem_families gives them. For the medium level, the hard level and the
+    multi-step word families: DeepMath - +Agent maj@k with its paired interval (pooled_difference),
+    met at >= 15 points with the interval above 0. Then DeepMath's mean length (total tokens)
+    against Baseline's over all those problems. Each: {"target", "status", "n", ...}."""
+    out = {}
+    for key, (text, keep) in LEVEL_SETS.items():
+        d = pooled_difference([(runs[1], runs[3], [i for i in ids if keep(*fam.get(i, ("?", "?")))])
+                               for runs, ids, fam in parts])
+        ok = d["diff"] is not None and d["diff"] >= 0.15 and d["ci95"][0] > 0
+        out[key] = {"target": text, "status": _status(d["n"], ok), **d}
+    rows, ids = pool([(runs, ids) for runs, ids, _ in parts])
+    base, dm = (E.columns(rows[j], ids)["mean_total_tokens"] if ids else None for j in (0, 3))
+    out["deepmath_shorter_than_baseline"] = {"target": "DeepMath shorter than Baseline (mean total tokens)",
+                                             "status": _status(len(ids), bool(ids) and dm < base), "n": len(ids),
+                                             "baseline_total_tokens": base, "deepmath_total_tokens": dm}
+    return out
+
+
+def level_lines(targets: dict) -> list[str]:
+    """level_targets() as report.md's lines: the verdict, then what it rests on."""
+    md = []
+    for t in targets.values():
+        if t["status"] == "not measured":
+            why = "no such problem among the paired ones"
+        elif "diff" in t:
+            why = (f"{100 * t['diff']:+.1f} points, 95% paired-bootstrap CI [{100 * t['ci95'][0]:+.1f}, "
+                   f"{100 * t['ci95'][1]:+.1f}] over {t['n']} problems")
+        else:
+            why = f"{t['deepmath_total_tokens']:.1f} vs {t['baseline_total_tokens']:.1f} tokens over {t['n']} problems"
+        md.append(f"- {t['target']}: {t['status']} ({why})")
+    return md + [""]
+
+
 def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
     out = Path(cfg.out)
     rep = {"recipe": cfg.recipe, "recipe_settings": recipe, "config": dataclasses.asdict(cfg), "groups": {},
-           "wall_s": dict(walls), "wall_s_this_run": walls.this_run}
+           "levels": {}, "wall_s": dict(walls), "wall_s_this_run": walls.this_run}
     md = [f"# Table 1 in miniature ({recipe['model']}, {cfg.recipe})", ""]
     for seed in cfg.train_seeds:
+        parts, pooled = [], []  # each procedural group's (runs, ids, families): the per-level targets pool them
         for gname in grps:
             dirs = [row_dir(cfg, gname, row, seed) for row, _, _ in ROWS]
             if not all((d / "summary.json").is_file() for d in dirs):
@@ -409,6 +549,12 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
             }
             rep["groups"][key] = g
             md += [f"## {gname or 'procedural (held-out problems)'}, training seed {seed}", "", "```", table, "```", ""]
+            if grps[gname].get("bench") == "procedural":  # 5) per family and level
+                fams = problem_families(cfg, grps[gname])
+                g.update(breakdown(runs, ids, fams))
+                parts.append((runs, ids, fams))
+                pooled.append(gname or "procedural")
+                md += family_table(g, runs[0].summary["samples"])
             for name, v in (("DeepMath - +Agent (maj)", d), ("DeepMath - +Agent (mean@k)", g["deepmath_minus_agent_mean_at_k"]),
                             ("DeepMath - Baseline (maj)", g["deepmath_minus_baseline"]),
                             ("+GRPO - Baseline (maj)", g["grpo_minus_baseline"])):
@@ -416,6 +562,11 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
                     md.append(f"- {name}: {100 * v['diff']:+.1f} points, 95% paired-bootstrap CI "
                               f"[{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] over {v['n']} problems")
             md += [f"- target {k}: {'met' if ok else 'MISSED'}" for k, ok in g["targets"].items()] + [""]
+        if parts:  # 6) the targets per level, every procedural group of this seed pooled
+            targets = level_targets(parts)
+            rep["levels"][f"seed{seed}"] = {"groups": pooled, "targets": targets}
+            md += [f"## Targets per level, training seed {seed} (pooled over {', '.join(pooled)})", ""]
+            md += level_lines(targets)
     md += ["## Wall time (summed over every run into this directory; this run's in brackets)", ""]
     md += [f"- {k}: {v:.0f} s ({walls.this_run.get(k, 0):.0f} s)" for k, v in walls.items()] + [""]
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")

@@ -30,11 +30,18 @@ Data flow (the numbers match the code below):
      the code-use wrapper also logs the agent statistics (section 4).
   5. Temperature: TemperatureSchedule (the paper's linear T) and TemperatureSync, side by side:
      the sync gives the rollout its T and sets the SAME T in the loss.
-  6. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
+  6. Dynamic sampling and the curriculum (off in the paper's recipe; recipes/cpu-curriculum.yaml
+     turns them on): DynamicSampling wraps the rollout below -- DAPO's dynamic sampling inside
+     TRL's rollout_func hook: candidate problems beside the batch's own, groups whose completions
+     all earned one reward dropped, the step skipped (NoSignalGuard: gradients set to None) when
+     none has signal; data.Curriculum draws the problems, stage by stage from easy to the hard
+     level's multi-step word problems, advanced by the running success rate per family or a
+     deadline. Per step it logs the groups dropped, problems sampled and the stage.
+  7. Rollout: rollout.make_rollout_func -- the agent loop (sandboxed snippets, output tokens with
      env_mask 0) replaces TRL's generation; GRPOTrainer(rollout_func=...) is TRL's public hook.
      Each process samples its own stream: rank 0 with --seed (one process samples as it always
      has), rank r with protocol.derive_seed(seed, "rank", r), the project's one seed rule.
-  7. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
+  8. Train: GRPOTrainer(peft_config=LoRA) -> trainer.train(resume_from_checkpoint); one plain
      line per logging step beside the progress bar; freed heap memory handed back to the OS
      after every micro-step (MemoryTrim); the LoRA adapter is saved at the end (and in each
      checkpoint), once, by the main process. `--resume_from_checkpoint last` takes the newest
@@ -85,6 +92,9 @@ Departures from the paper / released config, and why:
     saved adapter wrong for the original base model that evaluate.py --lora and vLLM load.
   - The agent loop is rollout.py's (no patched TRL); executor output gets no gradient (env_mask).
   - Offline CPU recipes (smollm2-135m, procedural problems) exist beside the paper's GPU recipe.
+  - Dynamic sampling and the curriculum (step 6) are not in the paper: DAPO's remedy for groups
+    without reward variance, which a 135M model on easy problems produces at most steps
+    (cpu-mini: 19 of 30 steps had loss 0). Off unless a recipe turns them on.
   - Training data: the released run used a preprocessed TIR set; the default here is the raw
     `tir` split, filtered by data.py (recipes/deepmath.yaml lists its departures).
 
@@ -103,9 +113,11 @@ vLLM with LLM(..., enable_lora=True, max_lora_rank=32): vLLM's default max_lora_
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -114,6 +126,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
+import backends
 import data
 import models
 import rewards
@@ -198,6 +211,28 @@ class ScriptArguments:
     """Credit only snippets that ran without error (False: any agent call counts, the paper)."""
     code_reward_cap: int = 1
     """code_use_reward gives min(calls, cap) / cap (1: one call earns the full reward, the paper)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (section 6): generate `dynamic_sampling_extra` candidate problems
+    beside each batch's own and keep the groups whose completions earned different rewards.
+    False: TRL's plain GRPO (the paper's)."""
+    dynamic_sampling_extra: int = 2
+    """Candidate problems generated per round, per process, beside the batch's own."""
+    dynamic_sampling_rounds: int = 1
+    """Generation rounds per batch at most (each adds `dynamic_sampling_extra` candidates) while
+    fewer groups than the batch holds have reward variance."""
+    skip_no_signal_steps: bool = False
+    """Skip the optimizer step (gradients set to None) when no group of its batch has reward
+    variance; without it AdamW still moves the weights by its momentum."""
+    curriculum: list[str] | None = None
+    """Curriculum stages over the procedural families (data.Curriculum), e.g. `easy:2,medium:1
+    easy:1,medium:2,hard:1 medium:1,hard:2`; the batch's problems are then the curriculum's
+    draws (needs dynamic_sampling). None: the dataset's problems."""
+    curriculum_advance_at: float = 0.8
+    """Advance when the stage's families run at this mean success rate (each seen enough)."""
+    curriculum_window: int = 8
+    """Groups per family in its running success rate."""
+    curriculum_stage_steps: int | None = 10
+    """Deadline: optimizer steps after which a stage gives way to the next (None: rate only)."""
 
 
 def parse_args(argv: list[str] | None = None):
@@ -236,6 +271,17 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
             raise ConfigError(f"--{name} must be at least {0 if name == 'dev_size' else 1}")
     if args.temperature <= 0 or (script.temperature_end is not None and script.temperature_end <= 0):
         raise ConfigError("temperatures must be > 0 (GRPO samples; greedy decoding gives no group variance)")
+    if script.curriculum and not script.dynamic_sampling:
+        raise ConfigError("--curriculum needs --dynamic_sampling true: the curriculum's problems are drawn "
+                          "inside the dynamic-sampling rollout")
+    if script.dynamic_sampling and (script.dynamic_sampling_extra < 1 or script.dynamic_sampling_rounds < 1):
+        raise ConfigError("--dynamic_sampling_extra and --dynamic_sampling_rounds must be at least 1")
+    if script.curriculum:
+        try:
+            data.Curriculum(script.curriculum, advance_at=script.curriculum_advance_at, window=script.curriculum_window,
+                            stage_steps=script.curriculum_stage_steps, pool_size=1)
+        except data.DataError as e:
+            raise ConfigError(str(e)) from e
     if script.temperature_steps is not None and script.temperature_steps < 1:
         raise ConfigError("--temperature_steps must be at least 1 (or None for the whole run)")
     # the global batch: TRL's GRPOConfig already refused a generation batch that num_generations
@@ -419,6 +465,9 @@ class AgentStats:
                 log_metric(f"agent/finish_{reason}", sum(r == reason for r in finish_reason) / n)
         if self.temperature is not None:
             log_metric("temperature", self.temperature.current)
+        for key in ("dyn_groups_dropped", "dyn_problems_sampled", "dyn_signal_share", "curriculum_stage"):
+            if kwargs.get(key):  # DynamicSampling's per-batch figures (one value repeated per completion)
+                log_metric(f"dynamic/{key.removeprefix('dyn_')}", float(kwargs[key][0]))
 
 
 def build_rewards(script: ScriptArguments, args, sync: "TemperatureSync"):
@@ -516,7 +565,193 @@ def set_loss_temperature(trainer, temperature: float) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 6) + 7) Rollout, trainer, training
+# 6) Dynamic sampling (DAPO) and the curriculum: no optimizer step without signal
+# ---------------------------------------------------------------------------
+
+def group_has_signal(rewards_of_group: list[float]) -> bool:
+    """GRPO learns from a group only when its completions earned different rewards: with one
+    reward, every advantage (r - mean) is 0 (DAPO, "dynamic sampling").
+
+    >>> group_has_signal([1.1, 1.1, 1.0, 1.1]), group_has_signal([1.0, 1.0, 1.0, 1.0])
+    (True, False)
+    """
+    return max(rewards_of_group) - min(rewards_of_group) > 1e-9
+
+
+def prompt_key(messages) -> str:
+    """The problem a prompt poses: its last user turn (the solved examples before it are shared)."""
+    if isinstance(messages, str):
+        return messages
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+class DynamicSampling:
+    """A rollout_func around rollout.make_rollout_func's: DAPO's dynamic sampling, inside TRL's hook.
+
+    TRL 1.16 has none: a group whose completions all earn one reward has advantage 0, yet stays in
+    the batch (and in the "dapo" loss's token normaliser, diluting the others), and the optimizer
+    still steps (AdamW's momentum moves the weights on zero gradients). Per call (one generation
+    batch of this process, `B` problems x G completions):
+      1. The step's problems: the curriculum's draw (data.Curriculum; the dataset then only sets
+         the batch shape) or the B problems TRL's sampler gave (their gold found by prompt text).
+      2. Generate them and `extra` candidate problems in ONE batched rollout (one round); score
+         every completion with the trainer's own reward functions and weights.
+      3. Keep up to B groups with reward variance (the step's own first, then candidates); while
+         short and `rounds` allow, draw `extra` more and generate again. Still short: the rest are
+         filled with flat groups, and `signal` says whether any kept group has variance
+         (NoSignalGuard below then skips the optimizer step). Logged per step: groups dropped,
+         problems sampled, the share of kept groups with signal, the curriculum stage.
+      4. The curriculum sees every generated group's accuracy (its running rate per family) and
+         advances at the next call if its trigger fired.
+    Returned: the kept groups' rollout fields plus `answer` / `problem_id` / `family` per
+    completion; TRL merges these over the dataset's columns before the rewards (grpo_trainer.py,
+    "Merge extra_fields"), so the rewards grade each completion against its own problem.
+    Limits: each process must hold whole groups (checked); TRL's completions table shows the
+    dataset's prompt for a replaced group (the loss and the rewards use the real one)."""
+
+    def __init__(self, inner: Callable, reward_funcs: list, weights: list[float], build_prompt: Callable,
+                 extra: int = 2, rounds: int = 1, curriculum: "data.Curriculum | None" = None, seed: int = 0):
+        self.inner, self.reward_funcs, self.weights = inner, reward_funcs, weights
+        self.build_prompt, self.extra, self.rounds, self.curriculum, self.seed = build_prompt, extra, rounds, curriculum, seed
+        self.signal = True
+        self.gold: dict[str, dict] | None = None  # prompt text -> row, from the trainer's dataset
+
+    def _dataset_draw(self, trainer, n: int, rng) -> list[dict]:
+        ds = trainer.train_dataset
+        return [ds[rng.randrange(len(ds))] for _ in range(n)]
+
+    def _rows(self, trainer, n: int, rng) -> list[dict]:
+        if self.curriculum is not None:
+            return [{"prompt": self.build_prompt(p.problem), "answer": p.answer, "problem_id": p.id,
+                     "family": p.meta.get("family", "")} for p in self.curriculum.draw(n, rng)]
+        return [{**r, "family": r.get("family", "")} for r in self._dataset_draw(trainer, n, rng)]
+
+    def _score(self, out: dict, rows_rep: list[dict], tok) -> tuple[list[float], list[float]]:
+        """(weighted reward, accuracy) per completion, by the trainer's own reward functions."""
+        texts = tok.batch_decode(out["completion_ids"], skip_special_tokens=True)
+        extras = {k: v for k, v in out.items() if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+        per_func = [f(texts, answer=[r["answer"] for r in rows_rep], **extras) for f in self.reward_funcs]
+        # None (an unusable gold) counts as 0 here; TRL leaves it out of its own sum
+        total = [sum(w * (v or 0.0) for w, v in zip(self.weights, vals)) for vals in zip(*per_func)]
+        return total, [v or 0.0 for v in per_func[0]]
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        if not trainer.model.training:  # evaluation batches are scored as sampled
+            return self.inner(prompts, trainer)
+        G = trainer.num_generations
+        B = len(prompts) // G
+        if len(prompts) % G or any(prompt_key(prompts[i]) != prompt_key(prompts[i - i % G]) for i in range(len(prompts))):
+            raise RuntimeError("dynamic sampling needs whole groups on each process: make per_device_train_batch_size "
+                               "x steps_per_generation a multiple of num_generations")
+        step = trainer.state.global_step
+        rng = random.Random(derive_seed(self.seed, "dynamic-sampling", step))
+        tok = backends.trainer_tokenizer(trainer)
+        # 4) the curriculum moves on before drawing this step's problems
+        if self.curriculum is not None and (why := self.curriculum.maybe_advance(step)):
+            log.info("curriculum: step %d, advanced by %s to stage %d (%s)", step, why, self.curriculum.stage,
+                     self.curriculum.names[self.curriculum.stage])
+        # 1) the step's own problems
+        if self.curriculum is not None:
+            rows = self._rows(trainer, B, rng)
+        else:
+            if self.gold is None:
+                self.gold = {prompt_key(r["prompt"]): r for r in trainer.train_dataset}
+            rows = [{**self.gold[prompt_key(prompts[i * G])], "family": ""} for i in range(B)]
+        # 2) + 3) generate in rounds, keep groups with signal
+        kept, flat, sampled, by_family = [], [], 0, {}
+        for r in range(self.rounds):
+            batch = (rows if r == 0 else []) + self._rows(trainer, self.extra, rng)
+            sampled += len(batch)
+            rep = [row for row in batch for _ in range(G)]
+            out = self.inner([row["prompt"] for row in rep], trainer)
+            total, acc = self._score(out, rep, tok)
+            for g, row in enumerate(batch):
+                span = range(g * G, (g + 1) * G)
+                group = ({k: [v[i] for i in span] for k, v in out.items() if isinstance(v, list)}, row)
+                (kept if group_has_signal([total[i] for i in span]) else flat).append(group)
+                by_family.setdefault(row["family"], []).append(sum(acc[i] for i in span) / G)
+            if len(kept) >= B:
+                break
+        chosen = (kept + flat)[:B]
+        n_signal = min(len(kept), B)
+        if self.curriculum is not None:
+            self.curriculum.update({f: v for f, v in by_family.items() if f})
+        self.signal = n_signal > 0
+        if trainer.accelerator.num_processes > 1:  # one verdict for all ranks: they share one optimizer step
+            import torch
+
+            self.signal = bool(trainer.accelerator.gather(torch.tensor([int(self.signal)])).max().item())
+        log.info("dynamic sampling: step %d, %d problems sampled, %d of %d kept groups with signal, %d flat dropped%s",
+                 step, sampled, n_signal, B, sampled - B, "" if self.curriculum is None
+                 else f", stage {self.curriculum.stage}, rates " + " ".join(
+                     f"{f} {self.curriculum.rate(f):.2f}" for f in self.curriculum.families() if self.curriculum.rate(f) is not None))
+        result = {k: [x for fields_, _ in chosen for x in fields_[k]] for k in chosen[0][0]}
+        result["answer"] = [row["answer"] for _, row in chosen for _ in range(G)]
+        result["problem_id"] = [row["problem_id"] for _, row in chosen for _ in range(G)]
+        result["family"] = [row["family"] for _, row in chosen for _ in range(G)]
+        n = len(result["answer"])
+        result["dyn_groups_dropped"] = [sampled - B] * n
+        result["dyn_problems_sampled"] = [sampled] * n
+        result["dyn_signal_share"] = [n_signal / B] * n
+        result["curriculum_stage"] = [self.curriculum.stage if self.curriculum is not None else 0] * n
+        return result
+
+
+def restore_curriculum(curriculum: "data.Curriculum", checkpoint: Path) -> None:
+    """A resumed run's curriculum: the state saved in the checkpoint, or, where its save was cut
+    short before curriculum.json (written after trainer_state.json), the stages the deadlines
+    alone would have reached by the checkpoint's step (said in one line)."""
+    saved = checkpoint / "curriculum.json"
+    if saved.is_file():
+        curriculum.load_state(json.loads(saved.read_text()))
+        log.info("curriculum: resumed in stage %d from %s", curriculum.stage, saved)
+        return
+    step = int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    while curriculum.stage_steps and curriculum.stage < len(curriculum.stages) - 1 and \
+            step - curriculum.stage_began >= curriculum.stage_steps:
+        curriculum.stage, curriculum.stage_began = curriculum.stage + 1, curriculum.stage_began + curriculum.stage_steps
+    log.info("curriculum: %s has no curriculum.json; stage %d by the deadlines alone", checkpoint, curriculum.stage)
+
+
+def no_signal_guard(sampler: DynamicSampling):
+    """A TrainerCallback that skips the optimizer step when the batch it trains on has no group
+    with reward variance (sampler.signal False): the gradients are set to None, so AdamW leaves
+    every weight alone (with zero gradients it would still move them by its momentum). Sound
+    when each optimizer step trains on the latest generation batch (steps_per_generation a
+    multiple of gradient_accumulation_steps, as in every recipe here)."""
+    from transformers import TrainerCallback
+
+    class NoSignalGuard(TrainerCallback):
+        def __init__(self):
+            self.skipped: list[int] = []  # the optimizer steps skipped (1-based, as the step lines)
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            if not sampler.signal and model is not None:
+                for p in model.parameters():
+                    p.grad = None
+                self.skipped.append(state.global_step + 1)
+                log.info("no-signal guard: step %d skipped (no group with reward variance)", state.global_step + 1)
+
+    return NoSignalGuard()
+
+
+def curriculum_checkpoint_callback(curriculum: "data.Curriculum"):
+    """Writes the curriculum's state into each checkpoint folder (curriculum.json), so a resumed
+    run goes on in the stage it had reached (main() reads it back)."""
+    from transformers import TrainerCallback
+
+    class CurriculumState(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if d.is_dir():
+                    (d / "curriculum.json").write_text(json.dumps(curriculum.state(), indent=1))
+
+    return CurriculumState()
+
+
+# ---------------------------------------------------------------------------
+# 7) + 8) Rollout, trainer, training
 # ---------------------------------------------------------------------------
 
 class StepLine:
@@ -528,7 +763,9 @@ class StepLine:
             ("T", "temperature", "{:.3f}"), ("len", "completions/mean_length", "{:.0f}"),
             ("len_all", "completions/mean_length_all_tokens", "{:.0f}"), ("calls", "agent/calls_per_completion", "{:.2f}"),
             ("err", "agent/snippet_error_rate", "{:.2f}"), ("tmo", "agent/snippet_timeout_rate", "{:.2f}"),
-            ("trunc", "agent/truncated_rate", "{:.2f}"), ("s/step", "step_time", "{:.1f}"))
+            ("trunc", "agent/truncated_rate", "{:.2f}"), ("drop", "dynamic/groups_dropped", "{:.0f}"),
+            ("sampled", "dynamic/problems_sampled", "{:.0f}"), ("signal", "dynamic/signal_share", "{:.2f}"),
+            ("stage", "dynamic/curriculum_stage", "{:.0f}"), ("s/step", "step_time", "{:.1f}"))
 
     @staticmethod
     def line(logs: dict, step: int) -> str:
@@ -624,7 +861,7 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     sync = TemperatureSync(args.temperature, script.temperature_end, script.temperature_steps)
     reward_funcs, weights = build_rewards(script, args, sync)
     args.reward_weights = weights
-    # 6) the agent loop as TRL's rollout_func; per-rank seeds
+    # 7) the agent loop as TRL's rollout_func; per-rank seeds
     rank, world = args.process_index, args.world_size
     # rank 0 keeps --seed itself, so a single-process run samples exactly as before; every other
     # rank draws its own stream by the one seed rule (protocol.derive_seed)
@@ -636,20 +873,36 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
         "schedule": script.rollout_schedule, **(rollout_overrides or {})})
     log.info("rank %d of world size %d: rollout seed %d, budget %s, T %.3f -> %.3f over %s steps",
              rank, world, seed, budget, sync.start, sync.end, script.temperature_steps or "all")
+    # 6) dynamic sampling and the curriculum around it (off in the paper's recipe)
+    sampler = None
+    if script.dynamic_sampling:
+        curriculum = None if not script.curriculum else data.Curriculum(
+            script.curriculum, advance_at=script.curriculum_advance_at, window=script.curriculum_window,
+            stage_steps=script.curriculum_stage_steps, seed=script.dataset_seed)
+        rollout_func = sampler = DynamicSampling(
+            rollout_func, reward_funcs, weights,
+            lambda problem: build_messages(problem, layout=script.layout, examples=script.examples),
+            extra=script.dynamic_sampling_extra, rounds=script.dynamic_sampling_rounds, curriculum=curriculum,
+            seed=seed)
     trainer = GRPOTrainer(
         model=path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
         eval_dataset=eval_dataset if args.eval_strategy != "no" else None, processing_class=tokenizer,
         peft_config=get_peft_config(model_args), rollout_func=rollout_func,
     )
-    # 7) one plain line per logging step, beside transformers' progress bar
+    # 8) one plain line per logging step, beside transformers' progress bar
     for cb in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(cb)
     trainer.add_callback(StepLine.callback(show_bar=not args.disable_tqdm))
     if (trim := memory_trim_callback()) is not None:
         trainer.add_callback(trim)
+    if sampler is not None and script.skip_no_signal_steps:
+        trainer.add_callback(no_signal_guard(sampler))
+    if sampler is not None and sampler.curriculum is not None:
+        trainer.add_callback(curriculum_checkpoint_callback(sampler.curriculum))
     for cb in callbacks or []:
         trainer.add_callback(cb)
     trainer.temperature_sync = sync
+    trainer.dynamic_sampling = sampler
     return trainer
 
 
@@ -738,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sampler = trainer.dynamic_sampling
+    if resume and sampler is not None and sampler.curriculum is not None:
+        restore_curriculum(sampler.curriculum, Path(resume))
     trainer.train(resume_from_checkpoint=resume)
     # the LoRA adapter (or the full model) and the tokenizer; save_model writes on the main process only
     trainer.save_model(args.output_dir)

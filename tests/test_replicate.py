@@ -9,12 +9,16 @@ What is checked:
     row's directory goes, one-line refusals; what changed inputs invalidate (literal row folders
     and adapter files, no engine: one asked for means a row is evaluated afresh): a changed or
     retrained adapter re-evaluates +GRPO and DeepMath and keeps Baseline and +Agent, an adapter
-    of another recipe is trained again;
+    of another recipe is trained again; the hard row group asked for or skipped; the per-family
+    and per-level maj@k and mean@k of literal runs with known verdicts (report.json and
+    report.md's table); the per-level targets pooled over row groups, met / MISSED / not
+    measured on literal inputs;
   - tier 3: a CI-sized run of the real command as a subprocess -- a copy of recipes/cpu-mini.yaml
     cut to 2 training steps of 2 completions and one solved example, 2 problems x 2 samples per
-    row -- trains a real adapter, evaluates all four rows of every row group with real vLLM
-    engines, and writes the tables, both plots and the report; a second run reuses everything
-    (no training, no engine, no row moved aside) and writes the same report.
+    row -- trains a real adapter, evaluates all four rows of every row group (the hard one
+    included) with real vLLM engines, and writes the tables, both plots and the report, with its
+    per-family tables and targets per level; a second run reuses everything (no training, no
+    engine, no row moved aside) and writes the same report.
 """
 
 from __future__ import annotations
@@ -70,11 +74,13 @@ def _record(pid, correct: list[bool], problem=None, gold="1"):
             "maj_correct": vote[1], "n_correct": sum(correct), "samples": samples}
 
 
-def _run(d: Path, correct: list[bool], summarised: int | None = None, mode="agent"):
-    """A row folder as evaluate.py leaves it: generations.jsonl (problem i: maj right iff correct[i],
-    one of two samples right when it is) and a summary.json over the first `summarised` problems."""
+def _run(d: Path, correct: list[bool], summarised: int | None = None, mode="agent", ids=None):
+    """A row folder as evaluate.py leaves it: generations.jsonl (problem i, id ids[i] or "i": maj
+    right iff correct[i], one of two samples right when it is) and a summary.json over the first
+    `summarised` problems."""
     d.mkdir(parents=True)
-    recs = [_record(str(i), [c, False] if c else [False, False]) for i, c in enumerate(correct)]
+    ids = ids or [str(i) for i in range(len(correct))]
+    recs = [_record(pid, [c, False] if c else [False, False]) for pid, c in zip(ids, correct, strict=True)]
     for r in recs:
         E.append_record(d / "generations.jsonl", r)
     s = {"bench": "procedural", "mode": mode, "model": "m", **E.summarize(recs[:summarised], 2)}
@@ -133,6 +139,99 @@ def test_report_pairs_every_column_and_difference_on_the_same_problems(tmp_path)
     assert "over 4 problems" in (tmp_path / "o" / "report.md").read_text()
 
 
+def test_the_hard_row_group_is_asked_for_or_skipped(capsys):
+    recipe = {"difficulty": "easy:2,medium:1"}
+    g = R.groups(R.Config(hard=3, math500=0), recipe)
+    assert list(g) == ["", "heldout-templates", "hard"]
+    assert g["hard"] == {"bench": "procedural", "limit": 3, "templates": "train", "difficulty": "hard"}
+    assert g[""]["difficulty"] == g["heldout-templates"]["difficulty"] == "easy:2,medium:1"  # the recipe's mix
+    assert "hard" not in R.groups(R.Config(hard=0, math500=0), recipe)
+    assert R.parse_args(["--hard", "0"]).hard == 0 and R.Config().hard == 16
+    with pytest.raises(SystemExit):
+        R.parse_args(["--hard", "-1"])
+    assert capsys.readouterr().err.strip() == "error: --hard must be >= 0 (see `python replicate.py --help`)"
+
+
+# the four rows of the per-family report: Baseline and +GRPO never right, +Agent on problem 0 only
+FAMILY_ROWS = {"baseline": [False] * 6, "agent": [True] + [False] * 5, "grpo": [False] * 6,
+               "deepmath": [True, True, True, False, True, False]}
+
+
+def test_per_family_and_level_breakdown_of_literal_runs(tmp_path):
+    """6 mixed problems come as easy, medium, hard, easy, medium, hard (data._levels); the rows'
+    literal verdicts give every family's and level's maj@k and mean@k, in report.json and report.md."""
+    cfg = R.Config(out=str(tmp_path / "o"), problems=6, heldout_templates=0, hard=0, math500=0, samples=2)
+    recipe = {**R.read_recipe(str(ROOT / "recipes" / "cpu-mini.yaml")), "difficulty": "mixed"}
+    grps = R.groups(cfg, recipe)
+    problems = E.load_problems(E.Config(seed=cfg.seed, **grps[""]))
+    assert [p.meta["difficulty"] for p in problems] == ["easy", "medium", "hard"] * 2
+    for row, right in FAMILY_ROWS.items():
+        _run(R.row_dir(cfg, "", row, 0), right, ids=[p.id for p in problems])
+    rep = R.report(cfg, recipe, grps, R.Walls(Path(cfg.out)))
+    g = rep["groups"]["procedural/seed0"]
+    lv = g["per_level"]
+    assert list(lv) == ["easy", "medium", "hard"] and {c["n"] for c in lv.values()} == {2}
+    assert [lv[x]["deepmath"]["maj_at_k"] for x in lv] == [0.5, 1.0, 0.5]
+    assert [lv[x]["agent"]["maj_at_k"] for x in lv] == [0.5, 0.0, 0.0]
+    assert lv["medium"]["deepmath"]["mean_at_k"] == 0.5  # one sample of two right on each
+    assert {c["baseline"]["maj_at_k"] for c in lv.values()} == {c["grpo"]["maj_at_k"] for c in lv.values()} == {0.0}
+    fams = g["per_family"]
+    for fam, c in fams.items():  # each family: DeepMath's share of its problems that it got right
+        mine = [n for n, p in enumerate(problems) if p.meta["family"] == fam]
+        assert c["n"] == len(mine) and c["level"] == problems[mine[0]].meta["difficulty"], fam
+        assert c["deepmath"]["maj_at_k"] == sum(FAMILY_ROWS["deepmath"][n] for n in mine) / len(mine), fam
+    assert sum(c["n"] for c in fams.values()) == 6
+    assert [c["level"] for c in fams.values()] == sorted((c["level"] for c in fams.values()),
+                                                         key=["easy", "medium", "hard"].index)  # grouped by level
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| family | n | Baseline | +Agent | +GRPO | DeepMath |" in md
+    assert "| **medium, all** | 2 | 0.0% | 0.0% | 0.0% | 100.0% |" in md
+    assert md.index("| family |") > md.index("paired on 6 problems")  # after the group's Table 1
+    assert md.index("## Targets per level, training seed 0") > md.index("| **hard, all** |")
+    targets = rep["levels"]["seed0"]["targets"]
+    assert rep["levels"]["seed0"]["groups"] == ["procedural"]
+    assert targets["medium"]["status"] == "met" and targets["medium"]["n"] == 2  # +100 points, CI [100, 100]
+    assert "- medium: DeepMath >= +Agent + 15 with CI above 0: met (+100.0 points" in md
+
+
+def _literal_groups(tmp_path, deepmath: dict[str, list[bool]]):
+    """Two procedural groups of 4 literal problems each, +Agent never right: (runs, ids, families)."""
+    fams = {"a0": ("remainder", "medium"), "a1": ("gcd", "medium"), "a2": ("change", "hard"),
+            "a3": ("linear_system", "hard"), "b0": ("change", "hard"), "b1": ("distance", "hard"),
+            "b2": ("product", "easy"), "b3": ("linear_system", "hard")}
+    parts = []
+    for grp, right in deepmath.items():
+        ids = [f"{grp}{n}" for n in range(4)]
+        for row in ("baseline", "agent", "grpo", "deepmath"):
+            _run(tmp_path / grp / row, right if row == "deepmath" else [False] * 4, ids=ids)
+        runs = [E.load_run(tmp_path / grp / row) for row in ("baseline", "agent", "grpo", "deepmath")]
+        parts.append((runs, ids, fams))
+    return parts
+
+
+def test_per_level_targets_pool_the_groups(tmp_path):
+    parts = _literal_groups(tmp_path, {"a": [True, True, False, True], "b": [False, False, True, True]})
+    t = R.level_targets(parts)
+    assert (t["medium"]["status"], t["medium"]["n"], t["medium"]["diff"]) == ("met", 2, 1.0)
+    # hard: a2, a3 of one group and b0, b1, b3 of the other -- +40 points, but 5 problems leave the
+    # interval at 0: missed
+    assert (t["hard"]["n"], t["hard"]["diff"], t["hard"]["ci95"][0]) == (5, 0.4, 0.0)
+    assert t["hard"]["status"] == "MISSED"
+    assert (t["multi_step_words"]["n"], t["multi_step_words"]["diff"]) == (3, 0.0)  # change, change, distance
+    assert t["multi_step_words"]["status"] == "MISSED"
+    assert (t["deepmath_shorter_than_baseline"]["n"], t["deepmath_shorter_than_baseline"]["status"]) == (8, "MISSED")
+    only_a = R.level_targets([(parts[0][0], ["a0", "a1"], parts[0][2])])  # no hard problem: not measured
+    assert [x["status"] for x in only_a.values()] == ["met", "not measured", "not measured", "MISSED"]
+    assert {x["status"] for x in R.level_targets([(parts[0][0], [], parts[0][2])]).values()} == {"not measured"}
+    lines = R.level_lines(only_a)
+    assert lines[1] == ("- hard: DeepMath >= +Agent + 15 with CI above 0: not measured "
+                        "(no such problem among the paired ones)")
+    # a problem two groups share is one problem: counted once
+    assert R.pool([(parts[0][0], parts[0][1])] * 2)[1] == ["a0", "a1", "a2", "a3"]
+    same = R.pooled_difference([(parts[0][0][1], parts[0][0][3], ["a0", "a1"])])
+    assert same == E.paired_difference(parts[0][0][1], parts[0][0][3], ["a0", "a1"])  # one group: paired_difference's
+
+
 class _Started(Exception):
     pass
 
@@ -153,7 +252,7 @@ def _finished_rows(configs, legacy=False):
 
 
 def _rows_and_adapter(tmp_path, legacy=False):
-    cfg = R.Config(out=str(tmp_path / "o"), problems=2, heldout_templates=0, math500=0, samples=2)
+    cfg = R.Config(out=str(tmp_path / "o"), problems=2, heldout_templates=0, hard=0, math500=0, samples=2)
     recipe = R.read_recipe(str(ROOT / "recipes" / "cpu-mini.yaml"))
     grps = R.groups(cfg, recipe)
     adapter = R.adapter_dir(cfg, 0)
@@ -241,7 +340,7 @@ def tiny_replication(tmp_path_factory, smollm2_dir):
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp / "rep"
     cmd = [sys.executable, str(ROOT / "replicate.py"), "--recipe", str(tmp / "tiny.yaml"), "--out", str(out),
-           "--problems", "2", "--heldout-templates", "2", "--math500", "2", "--samples", "2"]
+           "--problems", "2", "--heldout-templates", "2", "--hard", "2", "--math500", "2", "--samples", "2"]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -251,7 +350,7 @@ def tiny_replication(tmp_path_factory, smollm2_dir):
 
 def test_all_four_rows_of_every_group(tiny_replication, data_dir):
     out, first, _ = tiny_replication
-    for group in ("", "heldout-templates", "math500"):
+    for group in ("", "heldout-templates", "hard", "math500"):
         for row in ("baseline", "agent", "grpo", "deepmath"):
             s = json.loads((out / group / row / "summary.json").read_text())
             assert s["n_problems"] == 2 and s["samples"] == 2
@@ -274,7 +373,19 @@ def test_training_adapter_curves_and_report(tiny_replication):
     assert set(main["targets"]) == {"deepmath_beats_agent_by_15_with_ci_above_0", "deepmath_beats_baseline",
                                     "deepmath_shorter_than_baseline"}
     assert main["deepmath_minus_agent"]["n"] == 2
-    assert "DeepMath - +Agent (maj)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "DeepMath - +Agent (maj)" in md
+    # per family and level: a table after each procedural group's Table 1, none for MATH-500
+    assert md.count("| family | n | Baseline | +Agent | +GRPO | DeepMath |") == 3
+    hard = rep["groups"]["hard/seed0"]
+    assert list(hard["per_level"]) == ["hard"] and hard["per_level"]["hard"]["n"] == 2
+    assert sum(c["n"] for c in hard["per_family"].values()) == 2 and "per_family" not in rep["groups"]["math500/seed0"]
+    assert hard["rows"]["deepmath"]["n_problems"] == 2
+    assert "## Targets per level, training seed 0" in md
+    levels = rep["levels"]["seed0"]
+    assert levels["groups"] == ["procedural", "heldout-templates", "hard"]
+    assert set(levels["targets"]) == {"medium", "hard", "multi_step_words", "deepmath_shorter_than_baseline"}
+    assert levels["targets"]["hard"]["n"] >= 2 and levels["targets"]["hard"]["status"] in ("met", "MISSED")
 
 
 def test_rerun_reuses_everything(tiny_replication):
