@@ -575,8 +575,11 @@ def _check_run(out: Path, summary: dict, n: int, k: int):
     for key in ("bench", "mode", "model", "n_problems", "samples", "maj_at_k", "pass_at_k", "mean_at_k",
                 "mean_output_tokens", "mean_total_tokens", "snippets_per_solution", "settings", "environment"):
         assert key in on_disk, key
-    # every number is recomputed from generations.jsonl alone
-    again = E.summarize(recs, k)
+    # every number is recomputed from generations.jsonl alone, in the problems' order: the file is
+    # in the order problems finished (continuous admission), the summary in the benchmark's
+    by_id = {r["id"]: r for r in recs}
+    assert sorted(on_disk["problem_ids"]) == sorted(by_id)
+    again = E.summarize([by_id[i] for i in on_disk["problem_ids"]], k)
     assert {key: on_disk[key] for key in again} == again
     assert on_disk["environment"]["sandbox"]["timeout_s"] > 0 and on_disk["environment"]["versions"]
     for r in recs:
