@@ -681,7 +681,7 @@ class DynamicSampling:
             import torch
 
             self.signal = bool(trainer.accelerator.gather(torch.tensor([int(self.signal)])).max().item())
-        log.info("dynamic sampling: step %d, %d problems sampled, %d of %d kept groups with signal, %d flat dropped%s",
+        log.info("dynamic sampling: step %d, %d problems sampled, %d of %d kept groups with signal, %d dropped%s",
                  step, sampled, n_signal, B, sampled - B, "" if self.curriculum is None
                  else f", stage {self.curriculum.stage}, rates " + " ".join(
                      f"{f} {self.curriculum.rate(f):.2f}" for f in self.curriculum.families() if self.curriculum.rate(f) is not None))
@@ -707,9 +707,8 @@ def restore_curriculum(curriculum: "data.Curriculum", checkpoint: Path) -> None:
         log.info("curriculum: resumed in stage %d from %s", curriculum.stage, saved)
         return
     step = int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
-    while curriculum.stage_steps and curriculum.stage < len(curriculum.stages) - 1 and \
-            step - curriculum.stage_began >= curriculum.stage_steps:
-        curriculum.stage, curriculum.stage_began = curriculum.stage + 1, curriculum.stage_began + curriculum.stage_steps
+    for s in range(step + 1):  # the training's own calls, replayed: with no history only deadlines fire
+        curriculum.maybe_advance(s)
     log.info("curriculum: %s has no curriculum.json; stage %d by the deadlines alone", checkpoint, curriculum.stage)
 
 
