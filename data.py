@@ -27,6 +27,9 @@ Data flow (the numbers match the step comments in the code):
      parameters, so train and test never share a problem, whatever the seeds. Each family has
      several phrasings, partitioned into "train" and "heldout" templates (issue 12's
      generalisation rows evaluate on phrasings GRPO never saw).
+     Curriculum draws GRPO's procedural problems stage by stage (easy -> hard), favouring the
+     families whose running success rate still leaves reward variance; train.py's dynamic
+     sampling (recipes/cpu-curriculum.yaml) asks it for each step's problems.
   5. load_train() gives (train, dev). It loads the decontamination sets (step 6) FIRST, so a
      missing or gated one is named before the training source is read; then the pool:
      OpenMathReasoning `tir` from the hub (problem + expected_answer, duplicates folded,
