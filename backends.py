@@ -233,6 +233,28 @@ def _eos_ids(tokenizer, generation_config=None) -> set[int]:
     return ids
 
 
+SHARED_PREFIX_MIN = 64
+"""Tokens a batch's rows must share before HFBackend reads them once for all rows."""
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]], minimum: int = SHARED_PREFIX_MIN) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one token of its own
+    (generate needs one to start from); 0 below `minimum` or for a single prompt.
+
+    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]], minimum=2), shared_prefix([[1, 2, 3], [1, 2, 3]], minimum=2)
+    (3, 2)
+    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5]], minimum=4), shared_prefix([[1, 2, 3]], minimum=1)
+    (0, 0)
+    """
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = next((j for j in range(n) if p[j] != first[j]), n)
+    return n if n >= minimum else 0
+
+
 def _batch_seed(seeds: Sequence[int | None]) -> int | None:
     """One seed for a whole batch of per-sequence seeds (transformers samples a batch from one
     stream): protocol.derive_seed over them all (in order, under a fixed base 0), stable across
@@ -250,16 +272,23 @@ class HFBackend:
     """transformers `generate`: the fallback that works everywhere, and the CPU training path
     (inside GRPOTrainer it wraps the trainer's own model, so the policy samples itself).
 
-    Each call left-pads the batch and re-reads every sequence from its ids (no KV cache kept
-    between calls); fine for the short CPU runs it serves.
+    Each call re-reads every sequence from its ids (no KV cache kept between calls: in training
+    the weights change between calls), except the prefix all its rows share: the system prompt
+    and the solved examples, in training and evaluation alike. That prefix is read once and its
+    KV cache repeated for every row (shared_prefix), so the rows' own tokens are all that the
+    batch prefills: with the CPU curriculum's prompt ~360 of each row's ~400 prompt tokens are
+    shared, and prefilling them 16 times was most of a rollout call (bench/shared_prefix.py
+    measures the two ways side by side).
     """
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, eos_token_ids: set[int] | None = None):
+    def __init__(self, model, tokenizer, eos_token_ids: set[int] | None = None, shared_min: int = SHARED_PREFIX_MIN):
         self.model, self.tokenizer = model, tokenizer
         self.eos = set(eos_token_ids) if eos_token_ids else _eos_ids(tokenizer, model.generation_config)
         self.max_model_len = getattr(model.config, "max_position_embeddings", None)
+        self.shared_min = shared_min
+        """The fewest shared tokens read once for all rows (a larger value than any prompt: never)."""
 
     @classmethod
     def from_model(cls, model: str, dtype: str = "float32") -> "HFBackend":
@@ -277,12 +306,17 @@ class HFBackend:
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        # rows are [shared prefix][pads][own tokens]: the pads are masked out, and transformers
+        # numbers positions by the attention mask (cumsum), so every real token keeps the
+        # position it has unpadded. Without a shared prefix this is plain left padding.
+        shared = shared_prefix(prompts, self.shared_min)
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # (B, P) left-padded
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # (B, P)
         attention = torch.zeros_like(input_ids)  # (B, P)
         for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
+            own = len(p) - shared
+            input_ids[i, :shared], input_ids[i, width - own:] = torch.tensor(p[:shared]), torch.tensor(p[shared:])
+            attention[i, :shared], attention[i, width - own:] = 1, 1
 
         window = stop_window(stop)
         stopped_at: dict[int, int] = {}
@@ -325,9 +359,14 @@ class HFBackend:
                 if seed is not None:
                     torch.manual_seed(seed)
                 with torch.no_grad():
+                    cache = None
+                    if shared:  # read the prefix once, then give every row its own copy of its KV cache
+                        cache = self.model(input_ids=input_ids[:1, :shared].to(device), use_cache=True,
+                                           logits_to_keep=1).past_key_values
+                        cache.batch_repeat_interleave(len(prompts))
                     out = self.model.generate(
                         input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        generation_config=config,
+                        past_key_values=cache, generation_config=config,
                         # no stop strings (the agent off): no criterion decoding every row each step
                         stopping_criteria=StoppingCriteriaList([StopStrings()] if stop else []),
                     )

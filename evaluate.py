@@ -98,7 +98,8 @@ import models
 import rewards
 import rollout
 from cli import dataclass_parser, first_line
-from protocol import BACKENDS, EVAL_BUDGET, EVAL_SAMPLING, LAYOUTS, MODES, TRUNCATED, Budget, build_messages, Sampling, derive_seed
+from protocol import (BACKENDS, EVAL_BUDGET, EVAL_SAMPLING, EXAMPLES_FILE, LAYOUTS, MODES, TRUNCATED, Budget, build_messages,
+                      Sampling, derive_seed, shown_examples)
 
 log = logging.getLogger("deepmath.evaluate")
 
@@ -127,6 +128,9 @@ class Config:
     """Where the solved examples go: system (the paper's) or turns (earlier chat turns)."""
     examples: int | None = None
     """Solved examples in the agent prompt: all 4 (the paper), or the last N (train.py's --examples)."""
+    examples_file: str = EXAMPLES_FILE
+    """The file of prompts/ they come from: examples.txt (the paper's 4) or another in its format,
+    e.g. examples-multistep.txt (train.py's --examples_file)."""
     samples: int = 16
     """Samples per problem (the k of maj@k; the paper: 16)."""
     temperature: float = EVAL_SAMPLING.temperature
@@ -324,7 +328,8 @@ def _generate(cfg: Config, backend, todo: list, partial: dict, out: Path, stats,
     encoded: dict[str, list[int]] = {}
     for p, _ in work:
         if p.id not in encoded:
-            messages = build_messages(p.problem, mode=cfg.mode, layout=cfg.layout, examples=cfg.examples)
+            messages = build_messages(p.problem, mode=cfg.mode, layout=cfg.layout, examples=cfg.examples,
+                                      examples_file=cfg.examples_file)
             encoded[p.id] = rollout.encode_prompt(backend.tokenizer, messages)
     prompts = [encoded[p.id] for p, _ in work]
     seeds = [derive_seed(cfg.seed, p.id, j) for p, j in work]
@@ -697,8 +702,8 @@ def judge_summary(samples: list[dict]) -> dict | None:
 # 2) Output files: settings.json (pins the run), generations.jsonl (one line per problem)
 # ---------------------------------------------------------------------------
 
-SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "samples", "temperature", "top_p", "top_k",
-                 "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
+SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "examples_file", "samples", "temperature",
+                 "top_p", "top_k", "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
 
 
@@ -755,7 +760,7 @@ def content_hash(path: str | os.PathLike) -> str:
 def settings_of(cfg: Config) -> dict:
     s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.mode == "baseline":
-        s["layout"] = s["examples"] = None  # the baseline prompt has no examples: neither changes anything
+        s["layout"] = s["examples"] = s["examples_file"] = None  # the baseline prompt has no examples: none of these changes anything
         s["max_steps"] = 0
     for k in ("data", "lora"):
         if s[k]:
@@ -1250,8 +1255,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.limit is not None and cfg.limit < 1:
         p.error("--limit must be at least 1")
-    if cfg.examples is not None and not 1 <= cfg.examples <= 4:
-        p.error("--examples must be between 1 and 4 (the solved examples in prompts/examples.txt)")
+    try:  # protocol's own checks: the file is one of prompts/, and N is within it
+        shown_examples(cfg.examples, cfg.examples_file)
+    except ValueError as e:  # "examples_file must ..." / "examples must ...": the flag, as this CLI spells it
+        name, rest = str(e).split(" ", 1)
+        p.error(f"--{name.replace('_', '-')} {rest}")
     if cfg.temperature < 0:
         p.error("--temperature must be >= 0 (0 is greedy)")
     if cfg.judge_timeout <= 0 or cfg.judge_concurrency < 1 or cfg.judge_max_tokens < 1:
@@ -1275,7 +1283,7 @@ def print_summary(s: dict, out: Path) -> None:
           f"{pct(s['snippet_error_rate'])}, timeouts {pct(s['snippet_timeout_rate'])}, executor-token share "
           f"{pct(s['executor_token_share'])}, truncated {pct(s['truncation_rate'])}")
     print(f"  settings: T={st['temperature']} top_p={st['top_p']} top_k={st['top_k']} max_tokens={st['max_tokens']} "
-          f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} seed={st['seed']} backend={st['backend']} "
+          f"max_steps={st['max_steps']} layout={st['layout']} examples={st.get('examples')} examples_file={st.get('examples_file')} seed={st['seed']} backend={st['backend']} "
           f"(sources: summary.json settings_sources)")
     j = s.get("judge")
     if j:

@@ -39,10 +39,11 @@ Data flow (who calls what):
      ends the budget cut), and output_block() (the one truncation rule for executor output,
      in the model's tokens).
   7. The prompts every trajectory starts from (section "The prompts", last): build_messages(
-     problem, mode, layout, examples) -> chat messages: the instruction (prompts/
+     problem, mode, layout, examples, examples_file) -> chat messages: the instruction (prompts/
      agent_instruction.txt) and the solved examples (load_examples/shown_examples of
-     prompts/examples.txt) in the system prompt (system_prompt) or as earlier chat turns, then the
-     problem; mode "baseline" is prompts/baseline.txt alone. read_prompt() reads a prompts/ file.
+     prompts/examples.txt, or the file of prompts/ a recipe names) in the system prompt
+     (system_prompt) or as earlier chat turns, then the problem; mode "baseline" is
+     prompts/baseline.txt alone. read_prompt() reads a prompts/ file.
 
 Scanning hostile text in linear time
 ------------------------------------
@@ -881,10 +882,19 @@ def parse_examples(text: str) -> list[Example]:
     return parsed
 
 
+EXAMPLES_FILE = "examples.txt"
+"""The paper's four solved examples. A recipe may name another file of prompts/ in the same
+format (examples_file): the CPU curriculum shows examples-multistep.txt's word problem."""
+
+
 @functools.cache
-def load_examples() -> tuple[Example, ...]:
-    """The solved examples shown to the agent, in order."""
-    return tuple(parse_examples((PROMPTS_DIR / "examples.txt").read_text(encoding="utf-8")))
+def load_examples(examples_file: str = EXAMPLES_FILE) -> tuple[Example, ...]:
+    """The solved examples of prompts/<examples_file>, in order."""
+    path = PROMPTS_DIR / examples_file
+    if Path(examples_file).name != examples_file or not path.is_file():
+        names = ", ".join(sorted(f.name for f in PROMPTS_DIR.glob("examples*.txt")))
+        raise ValueError(f"examples_file must name a file of prompts/ ({names}), not {examples_file!r}")
+    return tuple(parse_examples(path.read_text(encoding="utf-8")))
 
 
 @functools.cache
@@ -899,27 +909,28 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
-def shown_examples(examples: int | None = None) -> tuple[Example, ...]:
-    """The solved examples a prompt shows: all of them (None, the paper's 4), or the LAST
-    `examples` of prompts/examples.txt -- the file puts last the short ones that open with the
-    agent call, which a small model imitates (its note says why). Fewer examples make a shorter
-    prompt: the CPU miniature (recipes/cpu-mini.yaml) shows 2, which halves the prompt and with
-    it most of a CPU training step.
+def shown_examples(examples: int | None = None, examples_file: str = EXAMPLES_FILE) -> tuple[Example, ...]:
+    """The solved examples a prompt shows: all of prompts/<examples_file> (None; examples.txt
+    holds the paper's 4), or its LAST `examples` -- examples.txt puts last the short ones that
+    open with the agent call, which a small model imitates (its note says why). Fewer examples
+    make a shorter prompt: the CPU miniature (recipes/cpu-mini.yaml) shows 1, which cuts the
+    prompt from ~950 tokens to ~330 and with it most of a CPU training step.
 
     >>> [len(shown_examples()), len(shown_examples(2))]
     [4, 2]
     >>> shown_examples(1) == shown_examples()[-1:]
     True
     """
-    every = load_examples()
+    every = load_examples(examples_file)
     if examples is None:
         return every
     if not 1 <= examples <= len(every):
-        raise ValueError(f"examples must be between 1 and {len(every)} (prompts/examples.txt), not {examples}")
+        raise ValueError(f"examples must be between 1 and {len(every)} (prompts/{examples_file}), not {examples}")
     return every[len(every) - examples:]
 
 
-def system_prompt(mode: str = "agent", layout: str = "system", examples: int | None = None) -> str | None:
+def system_prompt(mode: str = "agent", layout: str = "system", examples: int | None = None,
+                  examples_file: str = EXAMPLES_FILE) -> str | None:
     """The system message of build_messages (None in baseline mode, which has none)."""
     check_choice("mode", mode, MODES)
     check_choice("layout", layout, LAYOUTS)
@@ -929,14 +940,14 @@ def system_prompt(mode: str = "agent", layout: str = "system", examples: int | N
     if layout == "system":
         shown = [
             SYSTEM_LAYOUT_EXAMPLE.format(n=n, problem=ex.problem, solution=ex.solution)
-            for n, ex in enumerate(shown_examples(examples), 1)
+            for n, ex in enumerate(shown_examples(examples, examples_file), 1)
         ]
         text = "\n\n".join([text, SYSTEM_LAYOUT_INTRO, *shown])
     return text
 
 
 def build_messages(problem: str, mode: str = "agent", layout: str = "system",
-                   examples: int | None = None) -> list[dict]:
+                   examples: int | None = None, examples_file: str = EXAMPLES_FILE) -> list[dict]:
     """The chat messages that pose one problem, before the model answers. Pure: no tokenizer.
 
     mode "agent": a system message with the instruction (prompts/agent_instruction.txt), the
@@ -945,7 +956,7 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system",
     gives each one as a user turn (its problem) and an assistant turn (its solution).
     mode "baseline": one user message, prompts/baseline.txt with the problem filled in. There
     are no examples, so the layout changes nothing. examples: how many solved examples to show
-    (None: all 4, the paper; see shown_examples).
+    (None: all 4, the paper; see shown_examples), from prompts/<examples_file>.
 
     rollout.py renders these with `apply_chat_template(..., add_generation_prompt=True)` and
     continues token by token; MathAgent appends the assistant message written so far.
@@ -957,12 +968,12 @@ def build_messages(problem: str, mode: str = "agent", layout: str = "system",
     >>> build_messages("1+1?", mode="baseline")[0]["content"].splitlines()[0]
     '1+1?'
     """
-    system = system_prompt(mode, layout, examples)
+    system = system_prompt(mode, layout, examples, examples_file)
     if system is None:
         return [{"role": "user", "content": read_prompt("baseline.txt").replace("{problem}", problem)}]
     messages = [{"role": "system", "content": system}]
     if layout == "turns":
-        for ex in shown_examples(examples):
+        for ex in shown_examples(examples, examples_file):
             messages += [{"role": "user", "content": ex.problem}, {"role": "assistant", "content": ex.solution}]
     messages.append({"role": "user", "content": problem})
     return messages

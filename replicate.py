@@ -189,6 +189,7 @@ def read_recipe(path: str) -> dict:
         # a key the recipe leaves out has train.py's default (max_completion_length: TRL's, 256)
         "layout": r.get("layout", ScriptArguments.layout),
         "examples": r.get("examples", ScriptArguments.examples),
+        "examples_file": r.get("examples_file", ScriptArguments.examples_file),
         "max_tokens": int(r.get("max_completion_length", 256)),
         "max_steps": int(r.get("max_agent_steps", ScriptArguments.max_agent_steps)),
         "max_output_tokens": int(r.get("max_output_tokens", ScriptArguments.max_output_tokens)),
@@ -310,8 +311,8 @@ def eval_configs(cfg: Config, recipe: dict, grps: dict, adapter: Path | None, se
                 continue
             out.append(E.Config(
                 mode=mode, model=recipe["model"], lora=str(adapter) if adapter else None, layout=recipe["layout"],
-                examples=recipe["examples"], samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                top_k=cfg.top_k, max_tokens=recipe["max_tokens"], max_steps=recipe["max_steps"],
+                examples=recipe["examples"], examples_file=recipe["examples_file"], samples=cfg.samples,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_tokens=recipe["max_tokens"], max_steps=recipe["max_steps"],
                 max_output_tokens=recipe["max_output_tokens"], seed=cfg.seed,
                 out=str(row_dir(cfg, gname, row, seed)), **g))
     return out
@@ -512,7 +513,10 @@ def report(cfg: Config, recipe: dict, grps: dict, walls: Walls) -> dict:
     out = Path(cfg.out)
     rep = {"recipe": cfg.recipe, "recipe_settings": recipe, "config": dataclasses.asdict(cfg), "groups": {},
            "levels": {}, "wall_s": dict(walls), "wall_s_this_run": walls.this_run}
-    md = [f"# Table 1 in miniature ({recipe['model']}, {cfg.recipe})", ""]
+    md = [f"# Table 1 in miniature ({recipe['model']}, {cfg.recipe})", "",
+          f"Prompt of the agent rows (+Agent and DeepMath alike): layout {recipe['layout']}, "
+          f"{'all' if recipe['examples'] is None else recipe['examples']} solved example(s) of "
+          f"prompts/{recipe['examples_file']}; the baseline rows show none.", ""]
     for seed in cfg.train_seeds:
         parts, pooled = [], []  # each procedural group's (runs, ids, families): the per-level targets pool them
         for gname in grps:

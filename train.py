@@ -132,7 +132,7 @@ import models
 import rewards
 import rollout
 from cli import field_docs, first_line
-from protocol import LAYOUTS, Budget, build_messages, derive_seed, load_examples, shown_examples
+from protocol import EXAMPLES_FILE, LAYOUTS, Budget, build_messages, derive_seed, shown_examples
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RECIPE = ROOT / "recipes" / "deepmath.yaml"
@@ -187,8 +187,12 @@ class ScriptArguments:
     """Where the solved examples go: system (inside the system prompt, the paper) or turns
     (earlier chat turns, what SmolLM2-135M needs to call the tool)."""
     examples: int | None = None
-    """Solved examples in the prompt: None shows all 4 (the paper); N shows the last N, a shorter
-    prompt for CPU runs (evaluate.py --examples N must then match)."""
+    """Solved examples in the prompt: None shows all of --examples_file (examples.txt: the paper's
+    4); N shows its last N, a shorter prompt for CPU runs (evaluate.py --examples N must then match)."""
+    examples_file: str = EXAMPLES_FILE
+    """The file of prompts/ the solved examples come from: examples.txt (the paper's 4) or another
+    in its format, e.g. examples-multistep.txt (the CPU curriculum's; evaluate.py --examples_file
+    must then match)."""
     temperature_end: float | None = 0.7
     """Last value of the linear temperature schedule, which starts at --temperature; None keeps
     the temperature constant."""
@@ -263,9 +267,10 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
         raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, not {script.layout!r}")
     if script.rollout_schedule not in ("auto", "continuous", "lockstep"):
         raise ConfigError(f"--rollout_schedule must be auto, continuous or lockstep, not {script.rollout_schedule!r}")
-    if script.examples is not None and not 1 <= script.examples <= len(load_examples()):
-        raise ConfigError(f"--examples must be between 1 and {len(load_examples())} "
-                          f"(the solved examples in prompts/examples.txt), not {script.examples}")
+    try:  # protocol's own checks: the file is one of prompts/, and N is within it
+        shown_examples(script.examples, script.examples_file)
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from None
     for name in ("max_agent_steps", "max_output_tokens", "code_reward_cap", "dev_size"):
         if getattr(script, name) < (0 if name == "dev_size" else 1):
             raise ConfigError(f"--{name} must be at least {0 if name == 'dev_size' else 1}")
@@ -322,12 +327,12 @@ def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config)
     """The cap must hold what the solved examples show, or imitating them is always truncated;
     prompt + cap must fit the model's context."""
     longest = max(len(tokenizer.encode(ex.solution, add_special_tokens=False))
-                  for ex in shown_examples(script.examples))
+                  for ex in shown_examples(script.examples, script.examples_file))
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
-    prompt = len(rollout.encode_prompt(tokenizer, build_messages("x", layout=script.layout,
-                                                                              examples=script.examples)))
+    prompt = len(rollout.encode_prompt(tokenizer, build_messages("x", layout=script.layout, examples=script.examples,
+                                                                              examples_file=script.examples_file)))
     context = getattr(model_config, "max_position_embeddings", None)
     if context and prompt + args.max_completion_length > context:
         raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
@@ -387,7 +392,8 @@ def load_datasets(script: ScriptArguments, args=None):
             if not str(p.answer).strip():
                 raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
                                   "(every row needs an 'answer' field)")
-            out.append({"prompt": build_messages(p.problem, layout=script.layout, examples=script.examples),
+            out.append({"prompt": build_messages(p.problem, layout=script.layout, examples=script.examples,
+                                                 examples_file=script.examples_file),
                         "answer": str(p.answer), "problem_id": str(p.id)})
         return out
 
@@ -880,7 +886,8 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
             stage_steps=script.curriculum_stage_steps, seed=script.dataset_seed)
         rollout_func = sampler = DynamicSampling(
             rollout_func, reward_funcs, weights,
-            lambda problem: build_messages(problem, layout=script.layout, examples=script.examples),
+            lambda problem: build_messages(problem, layout=script.layout, examples=script.examples,
+                                           examples_file=script.examples_file),
             extra=script.dynamic_sampling_extra, rounds=script.dynamic_sampling_rounds, curriculum=curriculum,
             seed=seed)
     trainer = GRPOTrainer(

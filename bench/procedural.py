@@ -28,6 +28,10 @@ the train templates). The last line is machine-readable:
 
 Run:  python bench/procedural.py            (16 problems x 4 samples per level, 4 runs; ~10 min here)
       python bench/procedural.py --quick    (a smoke run: 3 problems x 2 samples, 2 settings)
+      python bench/procedural.py --split train --seed 101 --settings turns --temperatures 1.0 \
+          --examples 1 --examples-file examples-multistep.txt --max-tokens 256 --max-output-tokens 48
+                                            (a prompt for the CPU curriculum, chosen on training problems
+                                            only; --lora DIR measures a trained adapter under it)
 """
 
 from __future__ import annotations
@@ -103,6 +107,12 @@ def main() -> None:
     p.add_argument("--settings", default="turns,system,baseline", help=f"comma-separated of {', '.join(SETTINGS)}")
     p.add_argument("--templates", default="train", help="procedural phrasing set: train or heldout")
     p.add_argument("--seed", type=int, default=0, help="problem seed")
+    p.add_argument("--split", default="test", help="procedural split: test (evaluation's instances) or train "
+                                                   "(GRPO's: for choosing a prompt without looking at test problems)")
+    p.add_argument("--examples", type=int, default=None, help="show the last N solved examples (default: all)")
+    p.add_argument("--examples-file", default="examples.txt", help="the file of prompts/ they come from")
+    p.add_argument("--max-output-tokens", type=int, default=None, help="executor output cap (default: Budget's)")
+    p.add_argument("--lora", default=None, help="a peft LoRA adapter to merge in (e.g. a replication's adapter)")
     p.add_argument("--sampling-seed", type=int, default=None, help="seed the sampling too (default: unseeded)")
     p.add_argument("--out", default=None, help="also write one JSON line per trajectory here")
     p.add_argument("--quick", action="store_true", help="3 problems x 2 samples, 128 tokens, turns and baseline")
@@ -130,19 +140,26 @@ def main() -> None:
 
     try:
         problems = [q for lv in levels for q in data.procedural(a.problems, seed=a.seed, difficulty=lv,
-                                                                  templates=a.templates, split="test")]
-    except data.DataError as e:
+                                                                  templates=a.templates, split=a.split)]
+        protocol.shown_examples(a.examples, a.examples_file)
+    except ValueError as e:  # DataError, or a bad --examples / --examples-file
+        p.error(str(e))
+    from models import LoraMergeError, ModelNotFoundError, resolve_checkpoint
+    try:
+        checkpoint = resolve_checkpoint(a.model, a.lora)
+    except (ModelNotFoundError, LoraMergeError) as e:
         p.error(str(e))
     t0 = time.perf_counter()
-    be = backends.VLLMBackend.from_model(a.model)
+    be = backends.VLLMBackend.from_model(checkpoint)
     load_s = time.perf_counter() - t0
-    budget = protocol.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps)
+    budget = protocol.Budget(max_tokens=a.max_tokens, max_steps=a.max_steps, **(
+        {} if a.max_output_tokens is None else {"max_output_tokens": a.max_output_tokens}))
     out = open(a.out, "a") if a.out else None
     results: dict[str, list[dict]] = {}
     walls = {}
     for setting, mode, layout, temperature in runs:
-        prompt = {q.id: R.encode_prompt(be.tokenizer, protocol.build_messages(q.problem, mode=mode, layout=layout))
-                  for q in problems}
+        prompt = {q.id: R.encode_prompt(be.tokenizer, protocol.build_messages(
+            q.problem, mode=mode, layout=layout, examples=a.examples, examples_file=a.examples_file)) for q in problems}
         jobs = [q for q in problems for _ in range(a.samples)]
         t1 = time.perf_counter()
         sampling = R.Sampling(temperature, top_p=a.top_p, top_k=a.top_k, seed=a.sampling_seed)
@@ -168,7 +185,8 @@ def main() -> None:
     cfg = be.llm.llm_engine.vllm_config
     print(f"\nmodel {a.model} on vLLM ({cfg.model_config.dtype}), engine load {load_s:.0f}s; CPU: {cpu_line()}; "
           f"cores {os.cpu_count()}, load avg {load[0]:.1f}")
-    print(f"{a.problems} problems per level (data.procedural split test, templates {a.templates}, seed {a.seed}) "
+    print(f"{a.problems} problems per level (data.procedural split {a.split}, templates {a.templates}, seed {a.seed}) "
+          f"{'+ ' + a.lora + ' ' if a.lora else ''}agent prompt: {a.examples or 'all'} example(s) of prompts/{a.examples_file}, "
           f"x {a.samples} samples, top_p {a.top_p} top_k {a.top_k}, sampling seed {a.sampling_seed}, "
           f"budget {a.max_tokens} tokens / {a.max_steps} calls; "
           f"var_acc / var_w = share of groups with reward variance (accuracy; {CODE_W} code + {ACC_W} accuracy)")

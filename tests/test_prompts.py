@@ -1,5 +1,6 @@
 """
-Tests for prompts/: the solved examples, the agent instruction, and protocol.build_messages.
+Tests for prompts/: the solved examples (examples.txt and every other examples*.txt a recipe may
+name), the agent instruction, and protocol.build_messages.
 
   .venv/bin/python -m pytest tests/test_prompts.py -q       # about 10 s (starts the sandbox)
   .venv/bin/python tests/test_prompts.py --rewrite          # regenerate the output blocks
@@ -7,7 +8,7 @@ Tests for prompts/: the solved examples, the agent instruction, and protocol.bui
 The examples are what the model imitates, so their output blocks must be exactly what it
 will see at run time: each example's snippets are re-run, in order, in one fresh
 executor.Sandbox session (one session per example, as the agent runs one problem), and
-the blocks protocol.format_result renders must match prompts/examples.txt byte for byte.
+the blocks protocol.format_result renders must match the file byte for byte.
 After a change to the executor or to format_output, `--rewrite` regenerates them.
 """
 
@@ -25,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import protocol  # noqa: E402
 
 EXAMPLES = protocol.load_examples()
+FILES = sorted(f.name for f in protocol.PROMPTS_DIR.glob("examples*.txt"))
+"""Every examples file: examples.txt (the paper's 4) and the recipes' others (examples_file)."""
+EVERY = [(name, n) for name in FILES for n in range(len(protocol.load_examples(name)))]
 _OLD_BLOCK = re.compile(r"\n```output\n.*?\n```\n", re.DOTALL)
 
 
@@ -68,14 +72,16 @@ def test_four_examples_each_with_an_agent_call():
         assert ex.solution.count(protocol.CALL_OPEN) == ex.solution.count(protocol.CALL_CLOSE)
 
 
-@pytest.mark.parametrize("n", range(len(EXAMPLES)), ids=lambda n: f"example{n + 1}")
-def test_output_blocks_are_what_the_executor_prints(n):
+@pytest.mark.parametrize("name,n", EVERY, ids=[f"{name}:example{n + 1}" for name, n in EVERY])
+def test_output_blocks_are_what_the_executor_prints(name, n):
     from executor import Sandbox
 
+    example = protocol.load_examples(name)[n]
+    assert protocol.find_snippets(example.solution)
     with Sandbox() as sandbox:
-        rebuilt, results = replay(EXAMPLES[n].solution, sandbox)
+        rebuilt, results = replay(example.solution, sandbox)
     assert [r.error for r in results] == [None] * len(results)  # examples show working code
-    assert rebuilt == EXAMPLES[n].solution
+    assert rebuilt == example.solution
 
 
 def test_an_example_reuses_a_name_from_an_earlier_snippet():
@@ -88,8 +94,9 @@ def test_an_example_reuses_a_name_from_an_earlier_snippet():
     assert reused, "no example shows that names persist from one snippet to the next"
 
 
-def test_each_example_ends_with_its_answer_boxed():
-    for ex in EXAMPLES:
+@pytest.mark.parametrize("name", FILES)
+def test_each_example_ends_with_its_answer_boxed(name):
+    for ex in protocol.load_examples(name):
         assert protocol.last_boxed(ex.solution) == ex.answer
         final_chunk = _OLD_BLOCK.split(ex.solution)[-1]
         assert protocol.CALL_OPEN not in final_chunk and "\\boxed" in final_chunk
@@ -160,6 +167,16 @@ def test_build_messages_rejects_unknown_mode_and_layout():
         protocol.build_messages("x", mode="tools")
 
 
+def test_examples_file_picks_the_file_and_refuses_one_outside_prompts():
+    multistep = protocol.load_examples("examples-multistep.txt")
+    messages = protocol.build_messages("q", layout="turns", examples=1, examples_file="examples-multistep.txt")
+    assert [m["content"] for m in messages[1:3]] == [multistep[-1].problem, multistep[-1].solution]
+    assert protocol.build_messages("q", layout="turns", examples=1)[1]["content"] == EXAMPLES[-1].problem
+    for bad in ("nope.txt", "../README.md", "baseline.txt/.."):
+        with pytest.raises(ValueError, match="examples_file must name a file of prompts/"):
+            protocol.load_examples(bad)
+
+
 def test_build_messages_is_pure():
     assert protocol.build_messages("q", layout="turns") == protocol.build_messages("q", layout="turns")
     first = protocol.build_messages("q")
@@ -170,20 +187,21 @@ def test_build_messages_is_pure():
 # -- regenerate the output blocks ---------------------------------------------------------------
 
 def rewrite() -> None:
-    """Rewrite prompts/examples.txt with output blocks from the current executor."""
+    """Rewrite every prompts/examples*.txt with output blocks from the current executor."""
     from executor import Sandbox
 
-    path = protocol.PROMPTS_DIR / "examples.txt"
-    text = path.read_text(encoding="utf-8")
-    for ex in EXAMPLES:
-        with Sandbox() as sandbox:
-            rebuilt, results = replay(ex.solution, sandbox)
-        for r in results:
-            if r.error:
-                print(f"warning: a snippet of {ex.problem[:40]!r}... fails: {r.error}")
-        text = text.replace(ex.solution, rebuilt)
-    path.write_text(text, encoding="utf-8")
-    print(f"rewrote {path}")
+    for name in FILES:
+        path = protocol.PROMPTS_DIR / name
+        text = path.read_text(encoding="utf-8")
+        for ex in protocol.load_examples(name):
+            with Sandbox() as sandbox:
+                rebuilt, results = replay(ex.solution, sandbox)
+            for r in results:
+                if r.error:
+                    print(f"warning: a snippet of {ex.problem[:40]!r}... fails: {r.error}")
+            text = text.replace(ex.solution, rebuilt)
+        path.write_text(text, encoding="utf-8")
+        print(f"rewrote {path}")
 
 
 if __name__ == "__main__":

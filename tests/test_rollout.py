@@ -880,6 +880,37 @@ def test_real_transformers_backend_on_the_real_model(smollm2_dir, one_torch_thre
     assert [x.completion_ids for x in again] == [x.completion_ids for x in trajs]
 
 
+def test_real_transformers_reads_the_shared_prefix_once_with_the_same_result(smollm2_dir, one_torch_thread):
+    """HFBackend reads the prefix every row shares (system prompt and solved examples) once and
+    repeats its KV cache; the rows' own tokens are all the batch prefills. Greedy tokens and
+    logprobs must match plain left padding, rows of different lengths included (the padding
+    then sits between the prefix and a row's own tokens)."""
+    be = B.HFBackend.from_model(smollm2_dir)
+    messages = [protocol.build_messages(q, layout="turns", examples=1) for q in
+                ("What is 123 * 45?", "Compute 98765 mod 97.", "A box holds 12 pencils. How many pencils are in 345 boxes?")]
+    prompts = [R.encode_prompt(be.tokenizer, m) for m in messages]
+    shared = B.shared_prefix(prompts)
+    assert shared >= 200 and len({len(p) for p in prompts}) == 3
+    prefilled = []
+    hook = be.model.register_forward_pre_hook(lambda m, args, kw: prefilled.append(kw["input_ids"].shape), with_kwargs=True)
+    stop = protocol.stop_strings(Budget(max_steps=2))
+    try:
+        cached = be.generate(prompts, [24] * 3, stop, R.Sampling(temperature=0.0))
+        first_cached = prefilled[:2]
+        prefilled.clear()
+        be.shared_min = 10**9  # never: plain left padding
+        plain = be.generate(prompts, [24] * 3, stop, R.Sampling(temperature=0.0))
+    finally:
+        hook.remove()
+    width = max(map(len, prompts))
+    assert first_cached == [(1, shared), (3, width - shared)]  # the prefix once, then only the rows' own tokens
+    assert prefilled[0] == (3, width)
+    assert [c.token_ids for c in cached] == [c.token_ids for c in plain]
+    assert [c.finish for c in cached] == [c.finish for c in plain]
+    for c, p in zip(cached, plain):
+        assert max(abs(a - b) for a, b in zip(c.logprobs, p.logprobs)) < 1e-3
+
+
 def test_real_vllm_logprobs_are_the_samplers_at_temperature_07(vllm_llm, smollm2_dir):
     """models.vllm_engine_kwargs asks for processed logprobs: after temperature, top-k and
     top-p. Checked where that matters, at T=0.7 with top-k/top-p, against a float32 forward

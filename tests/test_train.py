@@ -112,6 +112,8 @@ def test_bad_configurations_fail_fast_with_one_line(tmp_path):
         "sync_ref_model with LoRA": (["--config", SMOKE, "--sync_ref_model", "true", "--beta", "0.04"],
                                      "sync_ref_model does not work with LoRA"),
         "unknown layout": (["--config", SMOKE, "--layout", "sideways"], "--layout must be one of"),
+        "unknown examples file": (["--config", SMOKE, "--examples_file", "nosuch.txt"],
+                                  "--examples_file must name a file of prompts/"),
     }
     procs = {name: subprocess.Popen([PY, "train.py", *argv], cwd=ROOT, env=_env(), text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
