@@ -287,8 +287,7 @@ class HFBackend:
         self.model, self.tokenizer = model, tokenizer
         self.eos = set(eos_token_ids) if eos_token_ids else _eos_ids(tokenizer, model.generation_config)
         self.max_model_len = getattr(model.config, "max_position_embeddings", None)
-        self.shared_min = shared_min
-        """The fewest shared tokens read once for all rows (a larger value than any prompt: never)."""
+        self.shared_min = shared_min  # the fewest shared tokens read once for all rows (larger than any prompt: never)
 
     @classmethod
     def from_model(cls, model: str, dtype: str = "float32") -> "HFBackend":
