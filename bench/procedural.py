@@ -22,13 +22,15 @@ batching) of all its problems x samples. Sampling uses the released config's top
 top_k 50, at T=1.0 (the brief's starting point) and T=0.7 (the end of the paper's schedule) for the
 turns layout; the untrained 135M model with top_p 1.0 at T=1.0 barely calls the tool even on
 bare products (3 of 32 easy trajectories here, none right). Sampling is unseeded unless
---sampling-seed is given (the recorded runs were unseeded). Problems are seeded (split "test",
-the train templates). The last line is machine-readable:
+--sampling-seed is given (the recorded runs were unseeded). Problems are seeded: the training
+split by default (split "train", the train templates), so a prompt or a mix is chosen without
+looking at evaluation problems; the 2026-12-01 runs in docs/benchmarks.md used --split test.
+The last line is machine-readable:
   RESULT turns_T1_acc=<easy>/<medium>/<hard> turns_T1_var=<mixed, accuracy> turns_T1_var_w=<mixed, weighted> ...
 
 Run:  python bench/procedural.py            (16 problems x 4 samples per level, 4 runs; ~10 min here)
       python bench/procedural.py --quick    (a smoke run: 3 problems x 2 samples, 2 settings)
-      python bench/procedural.py --split train --seed 101 --settings turns --temperatures 1.0 \
+      python bench/procedural.py --seed 101 --settings turns --temperatures 1.0 \
           --examples 1 --examples-file examples-multistep.txt --max-tokens 256 --max-output-tokens 48
                                             (a prompt for the CPU curriculum, chosen on training problems
                                             only; --lora DIR measures a trained adapter under it)
@@ -107,8 +109,9 @@ def main() -> None:
     p.add_argument("--settings", default="turns,system,baseline", help=f"comma-separated of {', '.join(SETTINGS)}")
     p.add_argument("--templates", default="train", help="procedural phrasing set: train or heldout")
     p.add_argument("--seed", type=int, default=0, help="problem seed")
-    p.add_argument("--split", default="test", help="procedural split: test (evaluation's instances) or train "
-                                                   "(GRPO's: for choosing a prompt without looking at test problems)")
+    p.add_argument("--split", default="train", help="procedural split: train (GRPO's: for choosing a prompt or a "
+                                                    "mix without looking at evaluation problems) or test "
+                                                    "(evaluation's instances: the recorded 2026-12-01 runs)")
     p.add_argument("--examples", type=int, default=None, help="show the last N solved examples (default: all)")
     p.add_argument("--examples-file", default="examples.txt", help="the file of prompts/ they come from")
     p.add_argument("--max-output-tokens", type=int, default=None, help="executor output cap (default: Budget's)")
