@@ -778,6 +778,8 @@ class Curriculum:
             raise DataError(f"curriculum: advance_at must be in (0, 1], not {advance_at}")
         if window < 1 or (stage_steps is not None and stage_steps < 1):
             raise DataError("curriculum: window and stage_steps must be at least 1")
+        if not 0 < floor <= 1:
+            raise DataError(f"curriculum: floor must be in (0, 1] (a family's least draw weight), not {floor}")
         self.stages = [parse_difficulty(s) for s in stages]
         self.names = list(stages)
         self.advance_at, self.window, self.stage_steps, self.floor = advance_at, window, stage_steps, floor

@@ -237,6 +237,9 @@ class ScriptArguments:
     """Groups per family in its running success rate."""
     curriculum_stage_steps: int | None = 10
     """Deadline: optimizer steps after which a stage gives way to the next (None: rate only)."""
+    curriculum_floor: float = 0.05
+    """A family's least draw weight inside its level, beside p(1 - p) (p its running rate): how often a
+    solved or never-solved family is still drawn."""
 
 
 def parse_args(argv: list[str] | None = None):
@@ -284,7 +287,7 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
     if script.curriculum:
         try:
             data.Curriculum(script.curriculum, advance_at=script.curriculum_advance_at, window=script.curriculum_window,
-                            stage_steps=script.curriculum_stage_steps, pool_size=1)
+                            stage_steps=script.curriculum_stage_steps, floor=script.curriculum_floor, pool_size=1)
         except data.DataError as e:
             raise ConfigError(str(e)) from e
     if script.temperature_steps is not None and script.temperature_steps < 1:
@@ -883,7 +886,7 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
     if script.dynamic_sampling:
         curriculum = None if not script.curriculum else data.Curriculum(
             script.curriculum, advance_at=script.curriculum_advance_at, window=script.curriculum_window,
-            stage_steps=script.curriculum_stage_steps, seed=script.dataset_seed)
+            stage_steps=script.curriculum_stage_steps, floor=script.curriculum_floor, seed=script.dataset_seed)
         rollout_func = sampler = DynamicSampling(
             rollout_func, reward_funcs, weights,
             lambda problem: build_messages(problem, layout=script.layout, examples=script.examples,

@@ -213,6 +213,21 @@ def test_curriculum_draws_its_stage_and_favours_families_with_signal():
     assert easy.count("expr") > 0.8 * len(easy)  # the solved ones are drawn at the floor only
 
 
+def test_curriculum_floor_sets_how_often_a_family_without_signal_is_drawn():
+    """p(1 - p) + floor: with a solved and a never-solved family beside one at p 0.5, a smaller floor
+    draws the one with signal more often; a floor of 0 is refused (a stage of solved and hopeless
+    families would have no weight left to draw by)."""
+    shares = {}
+    for floor in (0.05, 0.01):
+        cur = data.Curriculum(["easy"], pool_size=60, window=4, floor=floor)
+        cur.update({"product": [1.0] * 4, "sum3": [0.0] * 4, "expr": [0.5] * 4})
+        drawn = [p.meta["family"] for p in cur.draw(2000, random.Random(0))]
+        shares[floor] = drawn.count("expr") / len(drawn)
+    assert abs(shares[0.05] - 0.30 / 0.40) < 0.05 and abs(shares[0.01] - 0.26 / 0.28) < 0.05
+    with pytest.raises(data.DataError, match="floor must be in"):
+        data.Curriculum(["easy"], pool_size=10, floor=0.0)
+
+
 def test_curriculum_advances_by_rate_or_by_deadline():
     cur = data.Curriculum(["easy", "medium", "hard"], advance_at=0.8, window=4, stage_steps=5, pool_size=10)
     cur.update({"product": [1.0] * 4, "sum3": [1.0] * 4})

@@ -114,6 +114,8 @@ def test_bad_configurations_fail_fast_with_one_line(tmp_path):
         "unknown layout": (["--config", SMOKE, "--layout", "sideways"], "--layout must be one of"),
         "unknown examples file": (["--config", SMOKE, "--examples_file", "nosuch.txt"],
                                   "--examples_file must name a file of prompts/"),
+        "curriculum floor of 0": (["--config", SMOKE, "--dynamic_sampling", "true", "--curriculum", "easy",
+                                   "--curriculum_floor", "0"], "floor must be in (0, 1]"),
     }
     procs = {name: subprocess.Popen([PY, "train.py", *argv], cwd=ROOT, env=_env(), text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
