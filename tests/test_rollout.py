@@ -705,7 +705,11 @@ def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_di
     when vLLM split a prompt's prefill across engine steps (chunked prefill), as 64+ paper-layout
     prompts (~1000 tokens each, beyond one step's token budget) make it do. With whole prefills
     (models.vllm_engine_kwargs) the run finishes, and both schedules give the same samples: the
-    same seed per (trajectory, call)."""
+    same seed per (trajectory, call). Nearly, not all: vLLM is not batch-invariant on CPU (its
+    batch-invariance mode needs a GPU; docs.vllm.ai, "Batch Invariance"), so the two schedules'
+    different batches can flip a sample whose logits sit near a tie (64 of 64 matched on an AMD
+    EPYC with AVX-512, 62 of 64 on an Intel Xeon with AMX). Another seed shows the match is the
+    seeds' doing: far fewer samples agree then."""
     be = B.VLLMBackend(vllm_llm)
     rows = [json.loads(line) for line in (data_dir / "math500.jsonl").open()][:64]
     prompts = [R.encode_prompt(be.tokenizer, protocol.build_messages(r["problem"], mode="agent", layout="system"))
@@ -718,7 +722,11 @@ def test_real_vllm_seeded_rollout_on_many_paper_layout_prompts(vllm_llm, data_di
     lock = R.rollout(be, prompts, schedule="lockstep", **kw)
     assert all(len(t.completion_ids) >= 1 and t.finish_reason for t in cont)
     same = sum(a.completion_ids == b.completion_ids for a, b in zip(cont, lock))
-    assert same == len(prompts), f"{same}/{len(prompts)} identical"
+    assert same >= 0.9 * len(prompts), f"{same}/{len(prompts)} identical"
+    other = R.rollout(be, prompts, schedule="lockstep", budget=kw["budget"],
+                      sampling=R.Sampling(temperature=1.0, seed=2))
+    by_chance = sum(a.completion_ids == b.completion_ids for a, b in zip(cont, other))
+    assert by_chance < 0.5 * len(prompts), f"{by_chance}/{len(prompts)} identical under another seed"
 
 
 def test_real_vllm_continuous_rollout_cancels_its_requests_on_error(vllm_llm):
