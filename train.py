@@ -19,11 +19,12 @@ Data flow (the numbers match the code below):
   2. Model: models.resolve_model turns the name into weights (a hub id, a directory, or the
      embedded smollm2-135m); the completion cap is checked against the solved examples.
   3. Data: data.load_train -> (train, dev) Problems, decontaminated against the evaluation
-     benchmarks (the count is logged); each becomes {"prompt": build_messages(problem),
-     "answer": gold}. GRPO sees the problem only, never a reference solution. The evaluation
-     sets are loaded first (a missing or gated one is named before the training split is read);
-     the hub pool (OpenMathReasoning tir: a 1.7M-row, ~36 GB stream) is filtered once and cached
-     in $DEEPMATH_CACHE/train-pools, so a restart or a resume reads the cache; with several
+     benchmarks (the count is logged); each becomes {"prompt": prompt_messages(problem)
+     (protocol.build_messages with the recipe's layout and examples), "answer": gold}. GRPO
+     sees the problem only, never a reference solution. The evaluation sets are loaded first
+     (a missing or gated one is named before the training split is read); the hub pool
+     (OpenMathReasoning tir: a 1.7M-row, ~36 GB stream) is filtered once and cached in
+     $DEEPMATH_CACHE/train-pools, so a restart or a resume reads the cache; with several
      processes the main one builds it first and the others read it (main_process_first).
   4. Rewards: rewards.reward_funcs_and_weights() (accuracy 0.1, code use 1.0), each wrapped by
      FinishedOnly (which scores truncated completions 0 when reward_truncated is false, below);
@@ -326,6 +327,13 @@ def check_config(script: ScriptArguments, args, model_args) -> None:
                           "temperature (temperature_end: null)")
 
 
+def prompt_messages(script: ScriptArguments, problem: str) -> list[dict]:
+    """The chat messages a training problem is posed in (the recipe's layout and examples): the
+    one place train.py builds a prompt, so the dataset, the dynamic-sampling candidates and the
+    completion-cap check see the same one (evaluate.py builds it from the same fields)."""
+    return build_messages(problem, layout=script.layout, examples=script.examples, examples_file=script.examples_file)
+
+
 def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config) -> None:
     """The cap must hold what the solved examples show, or imitating them is always truncated;
     prompt + cap must fit the model's context."""
@@ -334,8 +342,7 @@ def check_completion_cap(tokenizer, args, script: ScriptArguments, model_config)
     if args.max_completion_length < longest:
         raise ConfigError(f"max_completion_length {args.max_completion_length} is smaller than the longest "
                           f"in-context example solution ({longest} tokens): raise it to at least {longest}")
-    prompt = len(rollout.encode_prompt(tokenizer, build_messages("x", layout=script.layout, examples=script.examples,
-                                                                              examples_file=script.examples_file)))
+    prompt = len(rollout.encode_prompt(tokenizer, prompt_messages(script, "x")))
     context = getattr(model_config, "max_position_embeddings", None)
     if context and prompt + args.max_completion_length > context:
         raise ConfigError(f"prompt ({prompt} tokens with layout {script.layout}) + max_completion_length "
@@ -395,8 +402,7 @@ def load_datasets(script: ScriptArguments, args=None):
             if not str(p.answer).strip():
                 raise ConfigError(f"dataset {script.dataset!r}: problem {p.id!r} has no answer "
                                   "(every row needs an 'answer' field)")
-            out.append({"prompt": build_messages(p.problem, layout=script.layout, examples=script.examples,
-                                                 examples_file=script.examples_file),
+            out.append({"prompt": prompt_messages(script, p.problem),
                         "answer": str(p.answer), "problem_id": str(p.id)})
         return out
 
@@ -889,8 +895,7 @@ def build_trainer(script: ScriptArguments, args, model_args, train_dataset=None,
             stage_steps=script.curriculum_stage_steps, floor=script.curriculum_floor, seed=script.dataset_seed)
         rollout_func = sampler = DynamicSampling(
             rollout_func, reward_funcs, weights,
-            lambda problem: build_messages(problem, layout=script.layout, examples=script.examples,
-                                           examples_file=script.examples_file),
+            lambda problem: prompt_messages(script, problem),
             extra=script.dynamic_sampling_extra, rounds=script.dynamic_sampling_rounds, curriculum=curriculum,
             seed=seed)
     trainer = GRPOTrainer(

@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project is a flat folder
 from models import cpu_line  # noqa: E402  (CPU model and flags, beside every figure)
+from protocol import EXAMPLES_FILE  # noqa: E402
 
 SETTINGS = {  # name -> (mode, layout) of protocol.build_messages
     "turns": ("agent", "turns"),
@@ -113,7 +114,7 @@ def main() -> None:
                                                     "mix without looking at evaluation problems) or test "
                                                     "(evaluation's instances: the recorded 2026-12-01 runs)")
     p.add_argument("--examples", type=int, default=None, help="show the last N solved examples (default: all)")
-    p.add_argument("--examples-file", default="examples.txt", help="the file of prompts/ they come from")
+    p.add_argument("--examples-file", default=EXAMPLES_FILE, help="the file of prompts/ they come from")
     p.add_argument("--max-output-tokens", type=int, default=None, help="executor output cap (default: Budget's)")
     p.add_argument("--lora", default=None, help="a peft LoRA adapter to merge in (e.g. a replication's adapter)")
     p.add_argument("--sampling-seed", type=int, default=None, help="seed the sampling too (default: unseeded)")
