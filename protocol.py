@@ -884,7 +884,7 @@ def parse_examples(text: str) -> list[Example]:
 
 EXAMPLES_FILE = "examples.txt"
 """The paper's four solved examples. A recipe may name another file of prompts/ in the same
-format (examples_file): the CPU curriculum shows examples-multistep.txt's word problem."""
+format (examples_file): the CPU curriculum shows examples-multistep.txt's two word problems."""
 
 
 @functools.cache

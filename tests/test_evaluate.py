@@ -543,7 +543,7 @@ def _one_error_line(run, message):
       "--data-parallel-size", "2"], "offline LLM refuses data parallelism"),
     (["--samples", "0"], "--samples must be at least 1"),
     (["--examples-file", "nosuch.txt"], "--examples-file must name a file of prompts/"),
-    (["--examples-file", "examples-multistep.txt", "--examples", "2"], "--examples must be between 1 and 1"),
+    (["--examples-file", "examples-multistep.txt", "--examples", "3"], "--examples must be between 1 and 2"),
     (["--replay", "{tmp}/nothing"], "no summary.json there"),
     (["--bench", "math500", "--data", "{math500}", "--limit", "1", "--model", "smollm2-135m", "--out", "{tmp}/pinned",
       "--top-p", "0.5"], "holds a run with other settings (top_p 0.95 -> 0.5)"),

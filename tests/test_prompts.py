@@ -171,6 +171,9 @@ def test_examples_file_picks_the_file_and_refuses_one_outside_prompts():
     multistep = protocol.load_examples("examples-multistep.txt")
     messages = protocol.build_messages("q", layout="turns", examples=1, examples_file="examples-multistep.txt")
     assert [m["content"] for m in messages[1:3]] == [multistep[-1].problem, multistep[-1].solution]
+    both = protocol.build_messages("q", layout="turns", examples=2, examples_file="examples-multistep.txt")
+    assert [m["content"] for m in both[1:5]] == [multistep[0].problem, multistep[0].solution,
+                                                 multistep[1].problem, multistep[1].solution]  # the file's order
     assert protocol.build_messages("q", layout="turns", examples=1)[1]["content"] == EXAMPLES[-1].problem
     for bad in ("nope.txt", "../README.md", "baseline.txt/.."):
         with pytest.raises(ValueError, match="examples_file must name a file of prompts/"):

@@ -52,7 +52,7 @@ def test_evaluation_copies_the_recipe_budget_and_prompt():
     assert r["difficulty"] == mini["dataset"].partition(":")[2]
     assert r["examples_file"] == "examples.txt"  # the recipe names none: train.py's default
     curriculum = R.read_recipe(str(ROOT / "recipes" / "cpu-curriculum.yaml"))
-    assert curriculum["examples_file"] == "examples-multistep.txt" and curriculum["examples"] == 1
+    assert curriculum["examples_file"] == "examples-multistep.txt" and curriculum["examples"] == 2
 
 
 def test_recipe_without_procedural_data_is_refused(tmp_path):
