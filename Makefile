@@ -3,11 +3,11 @@
 #
 #   make demo    evaluate.py end to end: the embedded tiny model on the procedural benchmark, without and
 #                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
-#   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-mini.yaml),
-#                then Baseline / +Agent / +GRPO / DeepMath on held-out problems (runs/replication;
-#                31-37 min on a 2-core CPU here before the hard row group, which adds about 5;
-#                a rerun resumes). With dynamic sampling and the curriculum (docs/replication.md):
-#                make replicate REPLICATE_ARGS="--recipe recipes/cpu-curriculum.yaml --out runs/replication-curriculum"
+#   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-curriculum.yaml:
+#                dynamic sampling and a curriculum), then Baseline / +Agent / +GRPO / DeepMath on held-out
+#                problems (runs/replication; about 44 min on a 2-core CPU here; a rerun resumes).
+#                Without dynamic sampling and the curriculum (docs/replication.md):
+#                make replicate REPLICATE_ARGS="--recipe recipes/cpu-mini.yaml --out runs/replication-mini"
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this
 #   make bench   the benchmark scripts in bench/
 #

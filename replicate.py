@@ -59,7 +59,8 @@ Data flow (the numbers match the code below):
 Departures from the paper, and why:
   - a 135M model, generated problems with exact answers and a short completion cap instead of
     Qwen3-4B on OpenMathReasoning with 5k tokens: what one CPU can train in minutes (the recipe,
-    recipes/cpu-mini.yaml, says what else it scales down);
+    recipes/cpu-curriculum.yaml, says what else it scales down, and what it adds: DAPO's dynamic
+    sampling and a curriculum; recipes/cpu-mini.yaml is the same run without them, one example shown);
   - majority@4 instead of majority@16 on 32 held-out problems (16, 16 and 8 in the other three groups),
     with the paired interval over problems: evaluation time is the budget (the command's target
     is 45 minutes on 2 cores, training included). 32 problems give a 95% interval of about +-16
@@ -68,9 +69,9 @@ Departures from the paper, and why:
   - the evaluation samples at protocol.EVAL_SAMPLING (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 
-Run:  make replicate                        (= python replicate.py; 31-37 min on 2 CPU cores here
-                                            before the hard row group, which took 4 min 35 s more)
-      python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +31 min)
+Run:  make replicate                        (= python replicate.py; about 44 min on 2 CPU cores here)
+      python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +40 min)
+      python replicate.py --recipe recipes/cpu-mini.yaml --out runs/replication-mini  (no curriculum)
       python replicate.py --help
 Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training steps, 2 problems a row)
 """
@@ -121,11 +122,11 @@ class ReplicateError(Exception):
 
 @dataclass
 class Config:
-    """The paper's Table 1 in miniature: train with recipes/cpu-mini.yaml, evaluate four rows."""
+    """The paper's Table 1 in miniature: train with recipes/cpu-curriculum.yaml, evaluate four rows."""
 
     out: str = "runs/replication"
     """Output directory: the adapter, each row's evaluate.py directory, the plots and the report."""
-    recipe: str = "recipes/cpu-mini.yaml"
+    recipe: str = "recipes/cpu-curriculum.yaml"
     """train.py recipe; the evaluation reads its budget, prompt layout, examples and difficulty."""
     train_seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds. The first writes OUT/adapter and the main rows; each other seed S writes
@@ -177,12 +178,12 @@ def read_recipe(path: str) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise ReplicateError(f"recipe {path} not found (the miniature's is recipes/cpu-mini.yaml)")
+        raise ReplicateError(f"recipe {path} not found (the miniature's is recipes/cpu-curriculum.yaml)")
     r = yaml.safe_load(p.read_text()) or {}
     dataset = str(r.get("dataset", ""))
     if not dataset.startswith("procedural"):
         raise ReplicateError(f"{path}: dataset {dataset!r} is not procedural; the miniature scores held-out "
-                             "procedural problems of the same families (use recipes/cpu-mini.yaml)")
+                             "procedural problems of the same families (use recipes/cpu-curriculum.yaml)")
     return {
         "model": r.get("model_name_or_path", "smollm2-135m"),
         "difficulty": dataset.partition(":")[2] or "mixed",

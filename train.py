@@ -102,7 +102,7 @@ Departures from the paper / released config, and why:
 Run:
   python train.py                                     # the paper's recipe (GPU; recipes/deepmath.yaml)
   python train.py --config recipes/cpu-smoke.yaml     # a few steps of SmolLM2-135M on CPU, minutes
-  python train.py --config recipes/cpu-mini.yaml      # the CPU miniature replication run
+  python train.py --config recipes/cpu-curriculum.yaml  # the CPU miniature replication run (make replicate)
   accelerate launch --multi_gpu --num_processes 2 train.py --config recipes/cpu-smoke.yaml   # 2 CPU processes (gloo)
   accelerate launch --config_file recipes/zero2.yaml train.py --config recipes/deepmath.yaml   # GPUs, untested
   python train.py --config recipes/cpu-smoke.yaml --resume_from_checkpoint last   # newest complete checkpoint
