@@ -5,7 +5,7 @@
 #                with the agent, then the two-row comparison table (a few minutes on a 2-core CPU)
 #   make replicate  the paper's Table 1 in miniature: GRPO-train SmolLM2-135M (recipes/cpu-curriculum.yaml:
 #                dynamic sampling and a curriculum), then Baseline / +Agent / +GRPO / DeepMath on held-out
-#                problems (runs/replication; about 44 min on a 2-core CPU here; a rerun resumes).
+#                problems (runs/replication; 37-44 min on a 2-core CPU here; a rerun resumes).
 #                Without dynamic sampling and the curriculum (docs/replication.md):
 #                make replicate REPLICATE_ARGS="--recipe recipes/cpu-mini.yaml --out runs/replication-mini"
 #   make test    the whole test suite (unit, real-model integration, smoke runs); CI runs this

@@ -69,7 +69,7 @@ Departures from the paper, and why:
   - the evaluation samples at protocol.EVAL_SAMPLING (T 0.6, top_p 0.95, top_k 20: the Qwen3
     card's), the same for all four rows.
 
-Run:  make replicate                        (= python replicate.py; about 44 min on 2 CPU cores here)
+Run:  make replicate                        (= python replicate.py; 37-44 min on 2 CPU cores here)
       python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +40 min)
       python replicate.py --recipe recipes/cpu-mini.yaml --out runs/replication-mini  (no curriculum)
       python replicate.py --help
