@@ -70,7 +70,7 @@ Departures from the paper, and why:
     card's), the same for all four rows.
 
 Run:  make replicate                        (= python replicate.py; 37-44 min on 2 CPU cores here)
-      python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +40 min)
+      python replicate.py --train-seeds 0 1 (a second training seed: OUT/seed1/{adapter,grpo,deepmath}, +34-41 min)
       python replicate.py --recipe recipes/cpu-mini.yaml --out runs/replication-mini  (no curriculum)
       python replicate.py --help
 Tests: python -m pytest tests/test_replicate.py -q   (a CI-sized run: 2 training steps, 2 problems a row)

@@ -14,11 +14,13 @@ What is checked:
     report.md's table); the per-level targets pooled over row groups, met / MISSED / not
     measured on literal inputs;
   - tier 3: a CI-sized run of the real command as a subprocess -- a copy of recipes/cpu-mini.yaml
-    cut to 2 training steps of 2 completions and one solved example, 2 problems x 2 samples per
-    row -- trains a real adapter, evaluates all four rows of every row group (the hard one
-    included) with real vLLM engines, and writes the tables, both plots and the report, with its
-    per-family tables and targets per level; a second run reuses everything (no training, no
-    engine, no row moved aside) and writes the same report.
+    (not the default cpu-curriculum.yaml: its candidate problems double or triple a step's
+    generation; tests/test_dynamic.py runs that recipe's real 2 steps) cut to 2 training steps of 2
+    completions and one solved example, 2 problems x 2 samples per row -- trains a real adapter,
+    evaluates all four rows of every row group (the hard one included) with real vLLM engines, and
+    writes the tables, both plots and the report, with its per-family tables and targets per level;
+    a second run reuses everything (no training, no engine, no row moved aside) and writes the same
+    report.
 """
 
 from __future__ import annotations
