@@ -13,10 +13,10 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
   1. Config (one dataclass; its field docstrings are --help; sampling and budget defaults are
      protocol.EVAL_SAMPLING / EVAL_BUDGET, with their sources) -> problems (data.load_benchmark).
   2. Resume: DIR/settings.json pins the settings of DIR and the content of its inputs (sha256 of
-     --lora, a local --model, --data: content_hash); problems already in DIR/generations.jsonl
-     are skipped, and so are the finished samples of the others, kept in DIR/samples.jsonl: a
-     rerun generates only the missing samples, with their own seeds (a half-written last line
-     from a kill -9 is dropped).
+     --lora, a local --model, --data: content_hash; of the prompt: prompt_hash); problems already
+     in DIR/generations.jsonl are skipped, and so are the finished samples of the others, kept in
+     DIR/samples.jsonl: a rerun generates only the missing samples, with their own seeds (a
+     half-written last line from a kill -9 is dropped).
   3. The backend (protocol.BACKENDS): vLLM offline (default), transformers, or an
      OpenAI-compatible server; --lora is merged first (models.resolve_checkpoint).
   4. Prompts: build_messages(problem, mode, layout) -> token ids. Baseline mode is the same
@@ -713,10 +713,12 @@ JUDGE_KEYS = tuple(judge.pinned(None, 0))
 so a missing key reads as None: such a run resumes without a judge and refuses one."""
 
 
-CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256")
+CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256", "prompt_sha256")
 """...and the content of its inputs (content_hash): the --lora adapter, a local --model directory,
 the --data file. None where there is no local input to hash (a hub id, the embedded alias, whose
-conversion is pinned by its package, a hub benchmark, the procedural set)."""
+conversion is pinned by its package, a hub benchmark, the procedural set). prompt_sha256 is the
+prompt itself (prompt_hash): examples_file pins a file of prompts/ by name, and an edited example
+or instruction is another run, not a resume."""
 
 
 def default_out(cfg: Config) -> Path:
@@ -757,6 +759,14 @@ def content_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def prompt_hash(cfg: Config) -> str:
+    """sha256 of the chat messages build_messages makes for a placeholder problem: the instruction,
+    the shown examples and their layout, as the model sees them (baseline: prompts/baseline.txt)."""
+    messages = build_messages("{problem}", mode=cfg.mode, layout=cfg.layout, examples=cfg.examples,
+                              examples_file=cfg.examples_file)
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()
+
+
 def settings_of(cfg: Config) -> dict:
     s = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
     if cfg.mode == "baseline":
@@ -766,6 +776,7 @@ def settings_of(cfg: Config) -> dict:
         if s[k]:
             s[k] = str(Path(s[k]).expanduser().resolve())
     s.update(judge.pinned(cfg.judge, cfg.judge_max_tokens))
+    s["prompt_sha256"] = prompt_hash(cfg)
     # the content behind the paths: an adapter retrained in place is another run, not a resume.
     # A path that is not there hashes to None; loading it fails later with its own one-line error.
     inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),

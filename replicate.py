@@ -14,8 +14,8 @@ Data flow (the numbers match the code below):
      agent steps, executor output, prompt layout and examples, difficulty mix -- is read from the
      training recipe, so the four rows are scored under the conditions the policy trained in.
   2. Train: `train.py --config RECIPE --seed S --output_dir OUT/adapter` in a subprocess, its log
-     appended to OUT/train.log. What it trains from (the recipe's content, the seed, --train-args)
-     is written to OUT/train_inputs.json first. A finished adapter of the same inputs is reused;
+     appended to OUT/train.log. What it trains from (the recipe's content, its prompt's, the seed,
+     --train-args) is written to OUT/train_inputs.json first. A finished adapter of the same inputs is reused;
      an interrupted run resumes from its last checkpoint (--resume_from_checkpoint last); an
      adapter of other inputs is moved aside (renamed ADAPTER.old-TIME, with a printed line) and
      trained again.
@@ -218,21 +218,28 @@ def retire(d: Path, why: str) -> Path:
 
 
 def train_inputs(cfg: Config, seed: int) -> dict:
-    """What an adapter is trained from, as recorded beside it (ADAPTER/../train_inputs.json)."""
-    return {"recipe_sha256": E.content_hash(cfg.recipe), "seed": seed, "train_args": list(cfg.train_args)}
+    """What an adapter is trained from, as recorded beside it (ADAPTER/../train_inputs.json): the
+    recipe's content, the prompt it trains under (the recipe names its examples file of prompts/ by
+    name only: evaluate.prompt_hash hashes what the file says), the seed and --train-args."""
+    r = read_recipe(cfg.recipe)
+    prompt = E.prompt_hash(E.Config(mode="agent", model=r["model"], layout=r["layout"], examples=r["examples"],
+                                    examples_file=r["examples_file"]))
+    return {"recipe_sha256": E.content_hash(cfg.recipe), "prompt_sha256": prompt, "seed": seed,
+            "train_args": list(cfg.train_args)}
 
 
 def train(cfg: Config, seed: int) -> tuple[Path, bool]:
     """train.py in a subprocess (its own memory; its log kept). Returns (the adapter, whether it
     was trained in this call). A finished adapter of the same inputs is reused; one of other
-    inputs (train_inputs: the recipe's content, the seed, --train-args), finished or not, is moved
-    aside and trained again. An adapter from before the record is reused as it is."""
+    inputs (train_inputs: the recipe's content, its prompt, the seed, --train-args), finished or not, is
+    moved aside and trained again. An adapter from before the record is reused as it is, and a key
+    the record lacks (recorded before it was added) is no difference."""
     out = adapter_dir(cfg, seed)
     record = out.parent / "train_inputs.json"
     want = train_inputs(cfg, seed)
     have = json.loads(record.read_text()) if record.is_file() else None
-    if out.exists() and have is not None and have != want:
-        changed = ", ".join(k for k in want if have.get(k) != want[k])
+    changed = ", ".join(k for k in want if have is not None and k in have and have[k] != want[k])
+    if out.exists() and changed:
         retire(out, f"trained from other inputs ({changed} changed), so it is trained again")
     if (out / "adapter_config.json").is_file() and (out / "trainer_state.json").is_file():
         print(f"training seed {seed}: {out} is already trained, reused (delete it to train again)", flush=True)

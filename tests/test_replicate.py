@@ -331,6 +331,50 @@ def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypa
     assert json.loads((Path(cfg.out) / "train_inputs.json").read_text()) == R.train_inputs(cfg, 0)
 
 
+def test_an_adapter_trained_under_an_edited_prompt_is_trained_again(tmp_path, monkeypatch, capsys):
+    """The recipe names its examples file by name; train_inputs.json also records what the prompt
+    says (prompt_sha256), so an edited example retrains even though the recipe is unchanged. A
+    record from before the key was added is no difference: that adapter is reused."""
+    import shutil
+
+    import protocol
+    prompts = tmp_path / "prompts"
+    shutil.copytree(protocol.PROMPTS_DIR, prompts)
+    monkeypatch.setattr(protocol, "PROMPTS_DIR", prompts)
+    for cached in (protocol.load_examples, protocol.read_prompt):  # read from the copy from now on
+        cached.cache_clear()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "recipes" / "cpu-curriculum.yaml").read_text())
+    cfg = R.Config(out=str(tmp_path / "o"), recipe=str(recipe))
+    adapter = R.adapter_dir(cfg, 0)
+    adapter.mkdir(parents=True)
+    for name in ("adapter_config.json", "trainer_state.json"):
+        (adapter / name).write_text("{}")
+    started = []
+
+    def no_training(cmd, **kw):
+        started.append(cmd)
+        raise _Started
+
+    monkeypatch.setattr(R.subprocess, "Popen", no_training)
+    try:
+        older = {k: v for k, v in R.train_inputs(cfg, 0).items() if k != "prompt_sha256"}
+        E.write_json(Path(cfg.out) / "train_inputs.json", older)
+        assert R.train(cfg, 0) == (adapter, False) and not started  # recorded before the key: reused
+        E.write_json(Path(cfg.out) / "train_inputs.json", R.train_inputs(cfg, 0))
+        assert R.train(cfg, 0) == (adapter, False) and not started  # the same prompt: reused
+        f = prompts / "examples-multistep.txt"
+        f.write_text(f.read_text().replace("print(14 * 23 + 9 * 31 - 57)", "print(14*23 + 9*31 - 57)"))
+        protocol.load_examples.cache_clear()
+        with pytest.raises(_Started):
+            R.train(cfg, 0)
+        assert "trained from other inputs (prompt_sha256 changed)" in capsys.readouterr().out
+        assert len(list(Path(cfg.out).glob("adapter.old-*"))) == 1 and len(started) == 1
+    finally:
+        for cached in (protocol.load_examples, protocol.read_prompt):  # nothing of the copy outlives the test
+            cached.cache_clear()
+
+
 # ---------------------------------------------------------------------------
 # Tier 3: the command, CI-sized
 # ---------------------------------------------------------------------------
