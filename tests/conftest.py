@@ -79,6 +79,26 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def prompts_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of prompts/ that protocol reads instead of the real one for this test, so a test may
+    edit an examples file (the real files are never touched). protocol caches what it read: the
+    caches are emptied on the way in and on the way out."""
+    import shutil
+
+    import protocol
+
+    copy = tmp_path / "prompts"
+    shutil.copytree(protocol.PROMPTS_DIR, copy)
+    caches = (protocol.load_examples, protocol.read_prompt)
+    for cached in caches:
+        cached.cache_clear()
+    monkeypatch.setattr(protocol, "PROMPTS_DIR", copy)
+    yield copy
+    for cached in caches:  # before monkeypatch restores PROMPTS_DIR: nothing read from the copy outlives it
+        cached.cache_clear()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -169,34 +169,24 @@ def test_a_run_pinned_with_the_old_backend_name_hf_still_resumes(tmp_path):
         E.pin_settings(tmp_path, E.settings_of(E.Config(bench="math500", model="m", samples=2)))
 
 
-def test_an_edited_prompt_file_is_another_run_not_a_resume(tmp_path, monkeypatch):
+def test_an_edited_prompt_file_is_another_run_not_a_resume(tmp_path, prompts_copy):
     """examples_file names a file of prompts/; settings.json also pins what the file says
     (prompt_sha256), so a run resumed after its examples were edited is refused, naming the key."""
-    import shutil
-
     import protocol
-    prompts = tmp_path / "prompts"
-    shutil.copytree(protocol.PROMPTS_DIR, prompts)
-    monkeypatch.setattr(protocol, "PROMPTS_DIR", prompts)
-    for cached in (protocol.load_examples, protocol.read_prompt):  # read from the copy from now on
-        cached.cache_clear()
+
     cfg = E.Config(bench="math500", model="m", samples=2, layout="turns", examples=2,
                    examples_file="examples-multistep.txt")
     out = tmp_path / "run"
     out.mkdir()
     E.pin_settings(out, E.settings_of(cfg))
     E.pin_settings(out, E.settings_of(cfg))  # the same prompt: resumes
-    f = prompts / "examples-multistep.txt"
+    f = prompts_copy / "examples-multistep.txt"
     f.write_text(f.read_text().replace("print(14 * 23 + 9 * 31 - 57)", "print(14*23 + 9*31 - 57)"))
     protocol.load_examples.cache_clear()
-    try:
-        with pytest.raises(E.EvalError, match=r"prompt_sha256 '[0-9a-f]{12}' -> '[0-9a-f]{12}'"):
-            E.pin_settings(out, E.settings_of(cfg))
-        base = E.Config(bench="math500", model="m", samples=2, mode="baseline")
-        assert E.settings_of(base)["prompt_sha256"] == E.settings_of(dataclasses.replace(base, examples=1))["prompt_sha256"]
-    finally:
-        for cached in (protocol.load_examples, protocol.read_prompt):  # nothing of the copy outlives the test
-            cached.cache_clear()
+    with pytest.raises(E.EvalError, match=r"prompt_sha256 '[0-9a-f]{12}' -> '[0-9a-f]{12}'"):
+        E.pin_settings(out, E.settings_of(cfg))
+    base = E.Config(bench="math500", model="m", samples=2, mode="baseline")  # no examples shown: none count
+    assert E.settings_of(base)["prompt_sha256"] == E.settings_of(dataclasses.replace(base, examples=1))["prompt_sha256"]
 
 
 class _Started(Exception):

@@ -303,10 +303,9 @@ def test_rows_from_before_the_content_keys_are_re_evaluated_after_a_retraining(t
     R.evaluate_model(untrained, retrained=True)  # the untrained model's rows are not the adapter's
 
 
-def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypatch, capsys):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text((ROOT / "recipes" / "cpu-mini.yaml").read_text())
-    cfg = R.Config(out=str(tmp_path / "o"), recipe=str(recipe))
+def _finished_adapter_and_no_trainer(cfg, monkeypatch) -> tuple[Path, list]:
+    """A finished-looking adapter in cfg.out, and train.py's subprocess replaced by one that records
+    its command and raises _Started: what R.train reuses, and whether it would train again."""
     adapter = R.adapter_dir(cfg, 0)
     adapter.mkdir(parents=True)
     for name in ("adapter_config.json", "trainer_state.json"):
@@ -318,6 +317,14 @@ def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypa
         raise _Started
 
     monkeypatch.setattr(R.subprocess, "Popen", no_training)
+    return adapter, started
+
+
+def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "recipes" / "cpu-mini.yaml").read_text())
+    cfg = R.Config(out=str(tmp_path / "o"), recipe=str(recipe))
+    adapter, started = _finished_adapter_and_no_trainer(cfg, monkeypatch)
     assert R.train(cfg, 0) == (adapter, False) and not started  # no record yet (an older OUT): reused
     E.write_json(Path(cfg.out) / "train_inputs.json", R.train_inputs(cfg, 0))
     assert R.train(cfg, 0) == (adapter, False) and not started  # the same inputs: reused
@@ -331,48 +338,28 @@ def test_an_adapter_of_other_training_inputs_is_trained_again(tmp_path, monkeypa
     assert json.loads((Path(cfg.out) / "train_inputs.json").read_text()) == R.train_inputs(cfg, 0)
 
 
-def test_an_adapter_trained_under_an_edited_prompt_is_trained_again(tmp_path, monkeypatch, capsys):
+def test_an_adapter_trained_under_an_edited_prompt_is_trained_again(tmp_path, monkeypatch, capsys, prompts_copy):
     """The recipe names its examples file by name; train_inputs.json also records what the prompt
     says (prompt_sha256), so an edited example retrains even though the recipe is unchanged. A
     record from before the key was added is no difference: that adapter is reused."""
-    import shutil
-
     import protocol
-    prompts = tmp_path / "prompts"
-    shutil.copytree(protocol.PROMPTS_DIR, prompts)
-    monkeypatch.setattr(protocol, "PROMPTS_DIR", prompts)
-    for cached in (protocol.load_examples, protocol.read_prompt):  # read from the copy from now on
-        cached.cache_clear()
+
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text((ROOT / "recipes" / "cpu-curriculum.yaml").read_text())
     cfg = R.Config(out=str(tmp_path / "o"), recipe=str(recipe))
-    adapter = R.adapter_dir(cfg, 0)
-    adapter.mkdir(parents=True)
-    for name in ("adapter_config.json", "trainer_state.json"):
-        (adapter / name).write_text("{}")
-    started = []
-
-    def no_training(cmd, **kw):
-        started.append(cmd)
-        raise _Started
-
-    monkeypatch.setattr(R.subprocess, "Popen", no_training)
-    try:
-        older = {k: v for k, v in R.train_inputs(cfg, 0).items() if k != "prompt_sha256"}
-        E.write_json(Path(cfg.out) / "train_inputs.json", older)
-        assert R.train(cfg, 0) == (adapter, False) and not started  # recorded before the key: reused
-        E.write_json(Path(cfg.out) / "train_inputs.json", R.train_inputs(cfg, 0))
-        assert R.train(cfg, 0) == (adapter, False) and not started  # the same prompt: reused
-        f = prompts / "examples-multistep.txt"
-        f.write_text(f.read_text().replace("print(14 * 23 + 9 * 31 - 57)", "print(14*23 + 9*31 - 57)"))
-        protocol.load_examples.cache_clear()
-        with pytest.raises(_Started):
-            R.train(cfg, 0)
-        assert "trained from other inputs (prompt_sha256 changed)" in capsys.readouterr().out
-        assert len(list(Path(cfg.out).glob("adapter.old-*"))) == 1 and len(started) == 1
-    finally:
-        for cached in (protocol.load_examples, protocol.read_prompt):  # nothing of the copy outlives the test
-            cached.cache_clear()
+    adapter, started = _finished_adapter_and_no_trainer(cfg, monkeypatch)
+    older = {k: v for k, v in R.train_inputs(cfg, 0).items() if k != "prompt_sha256"}
+    E.write_json(Path(cfg.out) / "train_inputs.json", older)
+    assert R.train(cfg, 0) == (adapter, False) and not started  # recorded before the key: reused
+    E.write_json(Path(cfg.out) / "train_inputs.json", R.train_inputs(cfg, 0))
+    assert R.train(cfg, 0) == (adapter, False) and not started  # the same prompt: reused
+    f = prompts_copy / "examples-multistep.txt"
+    f.write_text(f.read_text().replace("print(14 * 23 + 9 * 31 - 57)", "print(14*23 + 9*31 - 57)"))
+    protocol.load_examples.cache_clear()
+    with pytest.raises(_Started):
+        R.train(cfg, 0)
+    assert "trained from other inputs (prompt_sha256 changed)" in capsys.readouterr().out
+    assert len(list(Path(cfg.out).glob("adapter.old-*"))) == 1 and len(started) == 1
 
 
 # ---------------------------------------------------------------------------
