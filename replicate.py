@@ -15,10 +15,10 @@ Data flow (the numbers match the code below):
      training recipe, so the four rows are scored under the conditions the policy trained in.
   2. Train: `train.py --config RECIPE --seed S --output_dir OUT/adapter` in a subprocess, its log
      appended to OUT/train.log. What it trains from (the recipe's content, its prompt's, the seed,
-     --train-args) is written to OUT/train_inputs.json first. A finished adapter of the same inputs is reused;
-     an interrupted run resumes from its last checkpoint (--resume_from_checkpoint last); an
-     adapter of other inputs is moved aside (renamed ADAPTER.old-TIME, with a printed line) and
-     trained again.
+     --train-args) is written to OUT/train_inputs.json first. A finished adapter of the same
+     inputs is reused; an interrupted run resumes from its last checkpoint
+     (--resume_from_checkpoint last); an adapter of other inputs is moved aside (renamed
+     ADAPTER.old-TIME, with a printed line) and trained again.
   3. Evaluate: the four rows of each row group through evaluate.run, one vLLM engine per model
      (the untrained model: Baseline and +Agent; the adapter merged into it: +GRPO and DeepMath).
      Row groups:
@@ -231,9 +231,9 @@ def train_inputs(cfg: Config, seed: int) -> dict:
 def train(cfg: Config, seed: int) -> tuple[Path, bool]:
     """train.py in a subprocess (its own memory; its log kept). Returns (the adapter, whether it
     was trained in this call). A finished adapter of the same inputs is reused; one of other
-    inputs (train_inputs: the recipe's content, its prompt, the seed, --train-args), finished or not, is
-    moved aside and trained again. An adapter from before the record is reused as it is, and a key
-    the record lacks (recorded before it was added) is no difference."""
+    inputs (train_inputs: the recipe's content, its prompt, the seed, --train-args), finished or
+    not, is moved aside and trained again. An adapter from before the record is reused as it is,
+    and a key the record lacks (recorded before it was added) is no difference."""
     out = adapter_dir(cfg, seed)
     record = out.parent / "train_inputs.json"
     want = train_inputs(cfg, seed)
