@@ -13,7 +13,8 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
   1. Config (one dataclass; its field docstrings are --help; sampling and budget defaults are
      protocol.EVAL_SAMPLING / EVAL_BUDGET, with their sources) -> problems (data.load_benchmark).
   2. Resume: DIR/settings.json pins the settings of DIR and the content of its inputs (sha256 of
-     --lora, a local --model, --data: content_hash; of the prompt: prompt_hash); problems already
+     --lora, a local --model, --data: content_hash; of the prompt: prompt_hash; an input moved or
+     copied with the same content is the same input); problems already
      in DIR/generations.jsonl are skipped, and so are the finished samples of the others, kept in
      DIR/samples.jsonl: a rerun generates only the missing samples, with their own seeds (a
      half-written last line from a kill -9 is dropped).
@@ -791,11 +792,18 @@ def settings_of(cfg: Config) -> dict:
     return s
 
 
+PATH_CONTENT = {"lora": "lora_sha256", "model": "model_sha256", "data": "data_sha256"}
+"""A path setting and the content key that stands for it. Where both runs hashed the same content,
+the path is no difference: a run folder copied or moved together with its adapter, or a data file
+renamed, resumes instead of being evaluated again."""
+
+
 def settings_change(out: Path, settings: dict) -> list[str]:
     """What differs between the run already in OUT (its settings.json, if any) and `settings`,
     one "key old -> new" per difference. A key the older run did not record is no difference: a
     setting added since had its default then, and a run from before CONTENT_KEYS resumes unchecked
-    (JUDGE_KEYS excepted: missing, they read as None, the judge off)."""
+    (JUDGE_KEYS excepted: missing, they read as None, the judge off). A path of PATH_CONTENT whose
+    content both runs hashed the same is no difference either."""
     path = out / "settings.json"
     if not path.is_file():
         return []
@@ -805,8 +813,10 @@ def settings_change(out: Path, settings: dict) -> list[str]:
     for k in JUDGE_KEYS:  # a run from before --judge: graded by math-verify alone
         old.setdefault(k, None)
     short = lambda k, v: v[:12] if k.endswith("sha256") and isinstance(v, str) else v  # noqa: E731
+    same_content = lambda k: k in PATH_CONTENT and old.get(PATH_CONTENT[k]) is not None \
+        and old.get(PATH_CONTENT[k]) == settings.get(PATH_CONTENT[k])  # noqa: E731
     return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + JUDGE_KEYS + CONTENT_KEYS
-            if k in old and old[k] != settings.get(k)]
+            if k in old and old[k] != settings.get(k) and not same_content(k)]
 
 
 def pin_settings(out: Path, settings: dict, write: bool = True) -> None:

@@ -496,6 +496,31 @@ def test_a_retrained_adapter_at_the_same_path_is_refused_not_resumed(tmp_path):
     _one_error_line(p, "holds a run of other inputs (lora_sha256")
 
 
+def test_a_run_copied_with_its_adapter_and_data_resumes_and_a_changed_copy_does_not(tmp_path):
+    """The content, not the path, is the input: a run folder copied elsewhere together with its
+    adapter and data file (replicate.py's OUT copied to try another --hard) resumes; the copy's
+    adapter retrained, or a run of the same path from before the content keys, is still judged by
+    the path."""
+    import shutil
+
+    cfg, adapter, data = _pinned_lora_run(tmp_path)
+    moved = tmp_path / "copy"
+    moved.mkdir()
+    for src in (adapter, Path(cfg.out)):
+        shutil.copytree(src, moved / src.name)
+    shutil.copy(data, moved / "renamed.jsonl")
+    copy = dataclasses.replace(cfg, lora=str(moved / "adapter"), data=str(moved / "renamed.jsonl"),
+                               out=str(moved / "run"))
+    assert E.settings_change(Path(copy.out), E.settings_of(copy)) == []
+    summary = E.run(copy, backend_factory=_no_engine, progress=False)  # no engine: nothing is generated again
+    assert summary["n_problems"] == 2 and summary["maj_at_k"] == 1.0
+    (moved / "adapter" / "adapter_model.safetensors").write_bytes(b"weights of the second training")
+    diff = E.settings_change(Path(copy.out), E.settings_of(copy))
+    assert [d.split()[0] for d in diff] == ["lora", "lora_sha256"]
+    with pytest.raises(E.EvalError, match=r"other inputs \(lora "):
+        E.run(copy, backend_factory=_no_engine, progress=False)
+
+
 def test_a_run_from_before_the_content_keys_still_resumes(tmp_path):
     cfg, adapter, _ = _pinned_lora_run(tmp_path, legacy=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights of the second training")
