@@ -14,10 +14,10 @@ comes first in this file, the machinery, 2, 3 and 7, after it):
      protocol.EVAL_SAMPLING / EVAL_BUDGET, with their sources) -> problems (data.load_benchmark).
   2. Resume: DIR/settings.json pins the settings of DIR and the content of its inputs (sha256 of
      --lora, a local --model, --data: content_hash; of the prompt: prompt_hash; an input moved or
-     copied with the same content is the same input); problems already
-     in DIR/generations.jsonl are skipped, and so are the finished samples of the others, kept in
-     DIR/samples.jsonl: a rerun generates only the missing samples, with their own seeds (a
-     half-written last line from a kill -9 is dropped).
+     copied with the same content is the same input); problems already in DIR/generations.jsonl
+     are skipped, and so are the finished samples of the others, kept in DIR/samples.jsonl: a
+     rerun generates only the missing samples, with their own seeds (a half-written last line
+     from a kill -9 is dropped).
   3. The backend (protocol.BACKENDS): vLLM offline (default), transformers, or an
      OpenAI-compatible server; --lora is merged first (models.resolve_checkpoint).
   4. Prompts: build_messages(problem, mode, layout) -> token ids. Baseline mode is the same
@@ -703,6 +703,14 @@ def judge_summary(samples: list[dict]) -> dict | None:
 # 2) Output files: settings.json (pins the run), generations.jsonl (one line per problem)
 # ---------------------------------------------------------------------------
 
+PATH_CONTENT = {"lora": ("lora_sha256", Path.is_dir), "model": ("model_sha256", Path.is_dir),
+                "data": ("data_sha256", Path.is_file)}
+"""A path setting, the content key that stands for it, and what the path must be to be hashed.
+Where both runs hashed the same content, the path is no difference (settings_change): a run
+folder copied or moved together with its adapter, or a data file renamed, resumes instead of
+being evaluated again."""
+
+
 SETTINGS_KEYS = ("bench", "data", "mode", "model", "lora", "layout", "examples", "examples_file", "samples", "temperature",
                  "top_p", "top_k", "max_tokens", "max_steps", "max_output_tokens", "seed", "backend", "difficulty", "templates")
 """What makes two runs the same run: one --out never mixes runs that differ in any of these."""
@@ -714,7 +722,7 @@ JUDGE_KEYS = tuple(judge.pinned(None, 0))
 so a missing key reads as None: such a run resumes without a judge and refuses one."""
 
 
-CONTENT_KEYS = ("lora_sha256", "model_sha256", "data_sha256", "prompt_sha256")
+CONTENT_KEYS = (*(key for key, _ in PATH_CONTENT.values()), "prompt_sha256")
 """...and the content of its inputs (content_hash): the --lora adapter, a local --model directory,
 the --data file. None where there is no local input to hash (a hub id, the embedded alias, whose
 conversion is pinned by its package, a hub benchmark, the procedural set). prompt_sha256 is the
@@ -780,9 +788,8 @@ def settings_of(cfg: Config) -> dict:
     s["prompt_sha256"] = prompt_hash(cfg)
     # the content behind the paths: an adapter retrained in place is another run, not a resume.
     # A path that is not there hashes to None; loading it fails later with its own one-line error.
-    inputs = {"lora_sha256": (cfg.lora, Path.is_dir), "model_sha256": (cfg.model, Path.is_dir),
-              "data_sha256": (cfg.data, Path.is_file)}
-    for key, (path, kind) in inputs.items():
+    for name, (key, kind) in PATH_CONTENT.items():
+        path = getattr(cfg, name)
         s[key] = None
         if path and kind(Path(path).expanduser()):
             try:
@@ -790,12 +797,6 @@ def settings_of(cfg: Config) -> dict:
             except OSError as e:
                 raise EvalError(f"cannot read {path} to pin the run to its content ({e})") from None
     return s
-
-
-PATH_CONTENT = {"lora": "lora_sha256", "model": "model_sha256", "data": "data_sha256"}
-"""A path setting and the content key that stands for it. Where both runs hashed the same content,
-the path is no difference: a run folder copied or moved together with its adapter, or a data file
-renamed, resumes instead of being evaluated again."""
 
 
 def settings_change(out: Path, settings: dict) -> list[str]:
@@ -813,8 +814,11 @@ def settings_change(out: Path, settings: dict) -> list[str]:
     for k in JUDGE_KEYS:  # a run from before --judge: graded by math-verify alone
         old.setdefault(k, None)
     short = lambda k, v: v[:12] if k.endswith("sha256") and isinstance(v, str) else v  # noqa: E731
-    same_content = lambda k: k in PATH_CONTENT and old.get(PATH_CONTENT[k]) is not None \
-        and old.get(PATH_CONTENT[k]) == settings.get(PATH_CONTENT[k])  # noqa: E731
+
+    def same_content(k: str) -> bool:  # a path whose bytes both runs hashed the same
+        key = PATH_CONTENT[k][0] if k in PATH_CONTENT else None
+        return key is not None and old.get(key) is not None and old.get(key) == settings.get(key)
+
     return [f"{k} {short(k, old[k])!r} -> {short(k, settings.get(k))!r}" for k in SETTINGS_KEYS + JUDGE_KEYS + CONTENT_KEYS
             if k in old and old[k] != settings.get(k) and not same_content(k)]
 

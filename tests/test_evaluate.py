@@ -498,9 +498,8 @@ def test_a_retrained_adapter_at_the_same_path_is_refused_not_resumed(tmp_path):
 
 def test_a_run_copied_with_its_adapter_and_data_resumes_and_a_changed_copy_does_not(tmp_path):
     """The content, not the path, is the input: a run folder copied elsewhere together with its
-    adapter and data file (replicate.py's OUT copied to try another --hard) resumes; the copy's
-    adapter retrained, or a run of the same path from before the content keys, is still judged by
-    the path."""
+    adapter and data file (replicate.py's OUT copied to try another --hard) resumes; once the
+    copy's adapter is retrained, its new path counts again beside its new content."""
     import shutil
 
     cfg, adapter, data = _pinned_lora_run(tmp_path)
